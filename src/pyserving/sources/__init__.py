@@ -1,0 +1,1 @@
+"""Sources of servable versions (file-system storage paths) and their adapters."""
