@@ -1,0 +1,7 @@
+"""``python -m pyserving``: the same as the ``pyserving`` command."""
+
+import sys
+
+from pyserving.cli import main
+
+sys.exit(main())

@@ -1,0 +1,225 @@
+"""Running a server: flags -> ServerOptions -> ServerCore + gRPC + REST, until a signal.
+
+Start-up blocks until every configured model is AVAILABLE or failed; if any failed, the
+process prints ``N model(s) did not become available`` and exits 1. SIGTERM/SIGINT stop
+accepting, let requests in flight finish within a grace period, unload models, exit 0.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from pyserving.cli import ParsedFlags, UsageError, not_implemented_flags
+from pyserving.config import ConfigError, load_model_server_config, single_model_config
+from pyserving.core.loader import ResourceEstimate
+from pyserving.core.manager import ManagerOptions
+from pyserving.errors import ServingError
+from pyserving.server.core import ServerCore, ServerCoreOptions
+from pyserving.server.service import ModelServing
+
+log = logging.getLogger("pyserving")
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Everything a server process needs, derived from the flags."""
+
+    core: ServerCoreOptions
+    model_config: Any  # ModelServerConfig
+    grpc_port: int = 8500
+    grpc_socket_path: str = ""
+    grpc_channel_arguments: str = ""
+    grpc_max_threads: int = 8
+    enable_grpc_health: bool = False
+    rest_port: int = 0
+    rest_num_threads: int = 8
+    rest_timeout_ms: int = 30000
+    rest_enable_cors: bool = False
+    check_method_name: bool = False
+    shutdown_grace_seconds: float = 30.0
+    ignored_flags: tuple[str, ...] = ()
+
+
+def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
+    """Build ServerOptions; ``UsageError`` for inconsistent flags or a bad config file."""
+    if flags.model_config_file:
+        try:
+            config = load_model_server_config(flags.model_config_file)
+        except ConfigError as exc:
+            raise UsageError(exc.message) from None
+    elif flags.model_base_path:
+        config = single_model_config(flags.model_name, flags.model_base_path)
+    else:
+        raise UsageError(
+            "Both server_options.model_base_path and server_options.model_config_file are "
+            "empty!\nStart with --model_base_path=/path/to/model (or --model_config_file)."
+        )
+    if flags.version_policy not in ("availability_preserving", "resource_preserving"):
+        raise UsageError(
+            f"--version_policy must be availability_preserving or resource_preserving, "
+            f"not {flags.version_policy}"
+        )
+    budget = (
+        ResourceEstimate(ram_bytes=flags.model_memory_budget_bytes)
+        if flags.model_memory_budget_bytes > 0
+        else None
+    )
+    intra = flags.tensorflow_intra_op_parallelism or flags.tensorflow_session_parallelism
+    inter = flags.tensorflow_inter_op_parallelism or flags.tensorflow_session_parallelism
+    core = ServerCoreOptions(
+        manager=ManagerOptions(
+            num_load_threads=flags.num_load_threads,
+            num_unload_threads=flags.num_unload_threads,
+            max_num_load_retries=flags.max_num_load_retries,
+            load_retry_interval=flags.load_retry_interval_micros / 1e6,
+            default_policy=flags.version_policy,
+            resource_budget=budget,
+        ),
+        file_system_poll_wait_seconds=flags.file_system_poll_wait_seconds,
+        allow_version_labels_for_unavailable_models=flags.allow_version_labels_for_unavailable_models,
+        saved_model_tags=tuple(t.strip() for t in flags.saved_model_tags.split(",") if t.strip()),
+        intra_op_threads=intra,
+        inter_op_threads=inter,
+    )
+    return ServerOptions(
+        core=core,
+        model_config=config,
+        grpc_port=flags.port,
+        grpc_socket_path=flags.grpc_socket_path,
+        grpc_channel_arguments=flags.grpc_channel_arguments,
+        grpc_max_threads=max(1, flags.grpc_max_threads),
+        enable_grpc_health=flags.enable_grpc_healthcheck_service,
+        rest_port=flags.rest_api_port,
+        rest_num_threads=max(1, flags.rest_api_num_threads),
+        rest_timeout_ms=flags.rest_api_timeout_in_ms,
+        rest_enable_cors=flags.rest_api_enable_cors_support,
+        check_method_name=flags.enable_signature_method_name_check,
+        ignored_flags=tuple(not_implemented_flags(flags)),
+    )
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s.%(msecs)03d %(levelname).1s %(name)s] %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def run_server(options: ServerOptions) -> int:
+    """Serve until SIGTERM/SIGINT; return the process exit status."""
+    configure_logging()
+    for name in options.ignored_flags:
+        log.warning("Flag --%s is accepted but not implemented by pyserving yet; ignored", name)
+    core = ServerCore(options.core)
+    try:
+        try:
+            core.reload_config(options.model_config)
+        except ServingError as exc:
+            sys.stderr.write(f"{exc.message}\n")
+            return 1
+        failed = [name for name in core.model_names() if not core.manager.available_versions(name)]
+        if failed:
+            for name in failed:
+                for state in core.monitor.get_version_states(name).values():
+                    if state.error is not None:
+                        log.error(
+                            "Model %s version %d failed: %s",
+                            name,
+                            state.id.version,
+                            state.error.message,
+                        )
+            sys.stderr.write(f"{len(failed)} model(s) did not become available\n")
+            return 1
+        return _serve(options, core)
+    finally:
+        core.close()
+
+
+def _serve(options: ServerOptions, core: ServerCore) -> int:
+    from pyserving.server.grpc_server import GrpcServerOptions, start_grpc_server
+
+    serving = ModelServing(core, check_method_name=options.check_method_name)
+    grpc_server = start_grpc_server(
+        serving,
+        GrpcServerOptions(
+            port=options.grpc_port,
+            socket_path=options.grpc_socket_path,
+            channel_arguments=options.grpc_channel_arguments,
+            max_threads=options.grpc_max_threads,
+            enable_health=options.enable_grpc_health,
+        ),
+    )
+    log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", grpc_server.port)
+    try:
+        if options.rest_port and options.rest_port != options.grpc_port:
+            _serve_rest(options, serving)
+        else:
+            if options.rest_port:
+                log.error(
+                    "--rest_api_port cannot be same as --port. Please use a different port "
+                    "for HTTP/REST API. Skipped exporting HTTP/REST API."
+                )
+            _wait_for_signal()
+    finally:
+        log.info("Shutting down: finishing requests in flight")
+        grpc_server.stop(options.shutdown_grace_seconds)
+    return 0
+
+
+def _serve_rest(options: ServerOptions, serving: ModelServing) -> None:
+    import uvicorn
+
+    from pyserving.server.rest import RestApp, RestHandler
+
+    executor = concurrent.futures.ThreadPoolExecutor(
+        max_workers=options.rest_num_threads, thread_name_prefix="pyserving-rest"
+    )
+    app = RestApp(
+        RestHandler(serving),
+        executor,
+        timeout_ms=options.rest_timeout_ms,
+        enable_cors=options.rest_enable_cors,
+    )
+    config = uvicorn.Config(
+        app,
+        host="0.0.0.0",
+        port=options.rest_port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=int(options.shutdown_grace_seconds),
+        limit_concurrency=None,
+        backlog=2048,
+    )
+    server = uvicorn.Server(config)
+    log.info("Exporting HTTP/REST API at:localhost:%d ...", options.rest_port)
+    try:
+        server.run()
+    finally:
+        executor.shutdown(wait=True)
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("Received signal %d", signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

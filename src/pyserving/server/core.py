@@ -1,0 +1,238 @@
+"""ServerCore: turns a ModelServerConfig into a running lifecycle pipeline.
+
+``FileSystemStoragePathSource -> PathToLoaderAdapter -> AspiredVersionsManager``, with a
+``ServableStateMonitor`` on the manager's event bus. Front ends (REST, gRPC) only ask it for
+handles, model status and labels; they never touch the pipeline.
+
+Contract:
+
+* :meth:`reload_config` validates a whole ModelServerConfig, replaces the model set (models
+  added are loaded, models dropped are unloaded), waits until every listed model has settled
+  (an AVAILABLE version, or all its versions ended), then applies version labels. It raises
+  ``ConfigError``/``ServingError`` on an invalid config, leaving the previous set untouched.
+* :meth:`handle` resolves a model spec (name + version or label) into a scoped handle.
+* :meth:`model_status` reports the states TF Serving's GetModelStatus reports.
+
+Thread-safe; a context manager; ``close`` unloads everything and is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tensorflow_serving.config import model_server_config_pb2
+
+from pyserving.config import ConfigError, validate_model_server_config
+from pyserving.core.handle import ServableHandle, ServableRequest
+from pyserving.core.loader import Loader
+from pyserving.core.manager import AspiredVersionsManager, ManagerOptions
+from pyserving.core.monitor import ManagerState, ServableState, ServableStateMonitor
+from pyserving.core.source import ServableId, connect
+from pyserving.errors import FailedPrecondition, InvalidArgument, NotFound
+from pyserving.sources.adapter import PathToLoaderAdapter
+from pyserving.sources.filesystem import (
+    FileSystemStoragePathSource,
+    ServableSourceConfig,
+    ServableVersionPolicy,
+)
+
+log = logging.getLogger(__name__)
+
+#: ``factory(model_config, servable_id, version_path) -> Loader`` for one platform.
+PlatformLoaderFactory = Callable[[model_server_config_pb2.ModelConfig, ServableId, str], Loader]
+
+
+@dataclass(frozen=True)
+class ServerCoreOptions:
+    """Options of :class:`ServerCore`.
+
+    ``file_system_poll_wait_seconds``: as the flag (>0 period, 0 once, <0 never).
+    ``allow_version_labels_for_unavailable_models``: as the flag.
+    ``platforms``: loader factory per ``model_platform`` name (empty = the built-in ones).
+    ``settle_timeout``: seconds :meth:`ServerCore.reload_config` waits for models (None =
+    forever, as TF Serving).
+    """
+
+    manager: ManagerOptions = field(default_factory=ManagerOptions)
+    file_system_poll_wait_seconds: float = 1.0
+    allow_version_labels_for_unavailable_models: bool = False
+    saved_model_tags: tuple[str, ...] = ("serve",)
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    platforms: dict[str, PlatformLoaderFactory] = field(default_factory=dict)
+    settle_timeout: float | None = None
+
+
+class ServerCore:
+    """The model set of one server and the pipeline that keeps it loaded."""
+
+    def __init__(self, options: ServerCoreOptions | None = None) -> None:
+        self.options = options or ServerCoreOptions()
+        self.manager = AspiredVersionsManager(self.options.manager)
+        self.monitor = ServableStateMonitor(self.manager.bus)
+        self._config = model_server_config_pb2.ModelServerConfig()
+        self._models: dict[str, model_server_config_pb2.ModelConfig] = {}
+        self._platforms = dict(self.options.platforms) or {"tensorflow": self._tensorflow_loader}
+        self._adapter = PathToLoaderAdapter(self._make_loader)
+        self._source = FileSystemStoragePathSource(
+            poll_wait_seconds=self.options.file_system_poll_wait_seconds
+        )
+        connect(self._source, self._adapter)
+        connect(self._adapter, self.manager)
+        self._reload_lock = threading.Lock()
+        self._started = False
+        self._closed = False
+
+    # ------------------------------------------------------------------ configuration
+
+    @property
+    def config(self) -> model_server_config_pb2.ModelServerConfig:
+        """The model set in force (a copy)."""
+        copy = model_server_config_pb2.ModelServerConfig()
+        copy.CopyFrom(self._config)
+        return copy
+
+    def model_names(self) -> list[str]:
+        return list(self._models)
+
+    def reload_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        """Replace the model set with ``config`` and wait until it has settled."""
+        validate_model_server_config(config)
+        for model in config.model_config_list.config:
+            if (model.model_platform or "tensorflow") not in self._platforms:
+                raise ConfigError(
+                    f"Model {model.name} requests model_platform {model.model_platform!r}, "
+                    "which this server does not support"
+                )
+        with self._reload_lock:
+            models = {m.name: m for m in config.model_config_list.config}
+            removed = set(self._models) - set(models)
+            self._models = models
+            self._config = model_server_config_pb2.ModelServerConfig()
+            self._config.CopyFrom(config)
+            self._source.update_config([self._source_config(m) for m in models.values()])
+            if not self._started:
+                self._started = True
+                self._source.start()
+            elif self.options.file_system_poll_wait_seconds >= 0:
+                self._source.poll_once()
+            self.monitor.wait_until_settled(models, timeout=self.options.settle_timeout)
+            for name in removed:
+                self._wait_until_unloaded(name)
+                self.manager.set_version_labels(name, {})
+            for model in models.values():
+                self._apply_labels(model)
+
+    def _source_config(self, model: model_server_config_pb2.ModelConfig) -> ServableSourceConfig:
+        policy = model.model_version_policy
+        choice = policy.WhichOneof("policy_choice")
+        if choice == "all":
+            version_policy = ServableVersionPolicy.all()
+        elif choice == "specific":
+            version_policy = ServableVersionPolicy.specific(policy.specific.versions)
+        elif choice == "latest":
+            version_policy = ServableVersionPolicy.latest(policy.latest.num_versions or 1)
+        else:
+            version_policy = ServableVersionPolicy.latest()
+        return ServableSourceConfig(model.name, model.base_path, version_policy)
+
+    def _wait_until_unloaded(self, name: str) -> None:
+        def gone(m: ServableStateMonitor) -> bool:
+            return all(s.state is ManagerState.END for s in m.get_version_states(name).values())
+
+        self.monitor.wait_for(gone, timeout=self.options.settle_timeout)
+
+    def _apply_labels(self, model: model_server_config_pb2.ModelConfig) -> None:
+        labels = dict(model.version_labels)
+        if not self.options.allow_version_labels_for_unavailable_models:
+            available = set(self.manager.available_versions(model.name))
+            current = self.manager.version_labels(model.name)
+            for label, version in labels.items():
+                if version not in available and current.get(label) != version:
+                    raise FailedPrecondition(
+                        f"Request to assign label to version {version} of model {model.name}, "
+                        "which is not currently available for inference"
+                    )
+        self.manager.set_version_labels(model.name, labels)
+
+    # ------------------------------------------------------------------ loaders
+
+    def _make_loader(self, id: ServableId, path: str) -> Loader:
+        model = self._models.get(id.name)
+        if model is None:
+            raise NotFound(f"Model {id.name} is no longer configured")
+        factory = self._platforms[model.model_platform or "tensorflow"]
+        return factory(model, id, path)
+
+    def _tensorflow_loader(
+        self, model: model_server_config_pb2.ModelConfig, id: ServableId, path: str
+    ) -> Loader:
+        from pyserving.platforms.tensorflow.loader import SavedModelLoader
+
+        return SavedModelLoader(
+            path,
+            self.options.saved_model_tags,
+            intra_op_threads=self.options.intra_op_threads,
+            inter_op_threads=self.options.inter_op_threads,
+        )
+
+    # ------------------------------------------------------------------ requests
+
+    def request_for(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> ServableRequest:
+        """The ServableRequest a model spec denotes; ``InvalidArgument`` without a name."""
+        if not name:
+            raise InvalidArgument("Missing ModelSpec name")
+        if version is not None and label:
+            raise InvalidArgument("ModelSpec has both version and version_label set")
+        return ServableRequest(name, version=version, label=label or None)
+
+    def handle(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> ServableHandle:
+        """A scoped handle on the requested version (``NotFound`` when not AVAILABLE)."""
+        return self.manager.handle(self.request_for(name, version, label))
+
+    def model_status(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> list[ServableState]:
+        """States of ``name``'s versions, ascending; one version when ``version``/``label``.
+
+        ``NotFound`` (``Could not find any versions of model NAME``) when nothing is known.
+        """
+        request = self.request_for(name, version, label)
+        if request.label is not None:
+            labels = self.manager.version_labels(name)
+            if request.label not in labels:
+                raise InvalidArgument(f"Unrecognized servable version label: {request.label}")
+            version = labels[request.label]
+        states = self.monitor.get_version_states(name)
+        if version is not None:
+            state = states.get(version)
+            if state is None:
+                raise NotFound(f"Could not find version {version} of model {name}")
+            return [state]
+        if not states:
+            raise NotFound(f"Could not find any versions of model {name}")
+        return [states[v] for v in sorted(states)]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Stop polling and unload every model. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._source.close()
+        self.manager.close()
+        self.monitor.close()
+
+    def __enter__(self) -> ServerCore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

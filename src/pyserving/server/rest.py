@@ -1,0 +1,279 @@
+"""The TF-Serving-compatible REST API: a raw ASGI app over :class:`ModelServing`.
+
+Routes (TF Serving's, case-insensitive)::
+
+    POST /v1/models/{name}[/versions/{v}|/labels/{l}]:(predict|classify|regress)
+    GET  /v1/models/{name}[/versions/{v}|/labels/{l}]          model status
+    GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata  signature metadata
+
+Errors answer ``{"error": "..."}`` with TF Serving's status mapping (see ``errors.py``).
+Request bodies may be gzip-encoded. The work of a request (JSON decoding, the model run,
+JSON encoding) happens on a bounded thread pool (``rest_api_num_threads``), never on the
+event loop; ``rest_api_timeout_in_ms`` bounds how long a client waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import gzip
+import logging
+import re
+import zlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from google.protobuf import json_format
+from tensorflow_serving.apis import input_pb2
+
+from pyserving import tensors
+from pyserving.errors import DeadlineExceeded, InvalidArgument, NotFound, ServingError
+from pyserving.server.service import ModelServing, ModelSpec
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_POST = re.compile(
+    r"^/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:(classify|regress|predict)$",
+    re.IGNORECASE,
+)
+_GET = re.compile(
+    r"^/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?(/metadata)?$", re.IGNORECASE
+)
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_CORS_HEADERS = [
+    (b"access-control-allow-origin", b"*"),
+    (b"access-control-allow-methods", b"POST, GET"),
+    (b"access-control-allow-headers", b"Content-Type"),
+]
+
+
+@dataclass(frozen=True)
+class RestResponse:
+    status: int
+    body: bytes
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+def error_response(error: ServingError) -> RestResponse:
+    status, body = error.to_http()
+    return RestResponse(status, orjson.dumps(body))
+
+
+#: Extra handlers on the REST port (metrics, health), by exact path, for GET.
+ExtraRoute = Callable[[], RestResponse]
+
+
+class RestHandler:
+    """Synchronous request handling: ``handle(method, path, headers, body)``. Thread-safe."""
+
+    def __init__(self, serving: ModelServing) -> None:
+        self.serving = serving
+        self.extra_routes: dict[str, ExtraRoute] = {}
+
+    def handle(
+        self, method: str, path: str, headers: dict[bytes, bytes], body: bytes
+    ) -> RestResponse:
+        try:
+            return self._dispatch(method, path, headers, body)
+        except ServingError as exc:
+            return error_response(exc)
+        except Exception as exc:  # a bug must not take the server down
+            log.exception("REST request %s %s failed", method, path)
+            return error_response(ServingError(f"Internal error: {type(exc).__name__}: {exc}"))
+
+    def _dispatch(
+        self, method: str, path: str, headers: dict[bytes, bytes], body: bytes
+    ) -> RestResponse:
+        extra = self.extra_routes.get(path)
+        if extra is not None and method == "GET":
+            return extra()
+        if not path.lower().startswith("/v1/"):
+            return RestResponse(404, orjson.dumps({"error": f"Not found: {method} {path}"}))
+        if method == "POST":
+            match = _POST.match(path)
+            if match:
+                name, version, label, verb = match.groups()
+                spec = _spec(name, version, label)
+                payload = _decode_body(headers, body)
+                verb = verb.lower()
+                if verb == "predict":
+                    return self._predict(spec, payload)
+                return self._examples(spec, payload, verb)
+        elif method == "GET":
+            match = _GET.match(path)
+            if match:
+                name, version, label, metadata = match.groups()
+                spec = _spec(name, version, label)
+                if metadata:
+                    return self._json_proto(self.serving.metadata(spec))
+                return self._json_proto(self.serving.status(spec))
+        raise InvalidArgument(f"Malformed request: {method} {path}")
+
+    def _predict(self, spec: ModelSpec, payload: bytes) -> RestResponse:
+        body = _parse_json_object(payload)
+        signature_name = _signature_name(body)
+        spec = ModelSpec(spec.name, spec.version, spec.label, signature_name)
+        formats: list[str] = []
+
+        def decode(signature_def: Any) -> dict[str, Any]:
+            fmt, inputs = tensors.parse_predict_request(body, signature_def)
+            formats.append(fmt)
+            return inputs
+
+        result = self.serving.predict(spec, decode)
+        return RestResponse(200, tensors.format_predict_response(result.outputs, formats[0]))
+
+    def _examples(self, spec: ModelSpec, payload: bytes, verb: str) -> RestResponse:
+        body = _parse_json_object(payload)
+        signature_name, request_input = tensors.parse_examples_request(body)
+        spec = ModelSpec(spec.name, spec.version, spec.label, signature_name)
+        assert isinstance(request_input, input_pb2.Input)
+        if verb == "classify":
+            _id, _sig, cresult = self.serving.classify(spec, request_input)
+            return RestResponse(200, tensors.format_classify_response(cresult))
+        _id, _sig, rresult = self.serving.regress(spec, request_input)
+        return RestResponse(200, tensors.format_regress_response(rresult))
+
+    @staticmethod
+    def _json_proto(message: Any) -> RestResponse:
+        return RestResponse(200, proto_to_json(message))
+
+
+def proto_to_json(message: Any) -> bytes:
+    """TF Serving's JSON for status and metadata: proto field names, defaults printed."""
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    if isinstance(message, get_model_metadata_pb2.GetModelMetadataResponse):
+        # The metadata map holds google.protobuf.Any; TF Serving prints the unpacked message.
+        out: dict[str, Any] = {
+            "model_spec": _message_to_dict(message.model_spec),
+            "metadata": {},
+        }
+        for key, packed in message.metadata.items():
+            sig_map = get_model_metadata_pb2.SignatureDefMap()
+            packed.Unpack(sig_map)
+            out["metadata"][key] = _message_to_dict(sig_map)
+        return orjson.dumps(out)
+    return orjson.dumps(_message_to_dict(message))
+
+
+def _message_to_dict(message: Any) -> dict[str, Any]:
+    result: dict[str, Any] = json_format.MessageToDict(
+        message,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+    )
+    return result
+
+
+def _spec(name: str, version: str | None, label: str | None) -> ModelSpec:
+    if version is not None:
+        try:
+            number = int(version)
+        except ValueError:
+            raise InvalidArgument(f"Failed to convert version: {version} to numeric.") from None
+        if number > 2**63 - 1:
+            raise InvalidArgument(f"Failed to convert version: {version} to numeric.")
+        return ModelSpec(name, number)
+    return ModelSpec(name, None, label)
+
+
+def _decode_body(headers: dict[bytes, bytes], body: bytes) -> bytes:
+    encoding = headers.get(b"content-encoding", b"").lower()
+    if encoding == b"gzip":
+        try:
+            return gzip.decompress(body)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise InvalidArgument(f"Failed to decompress gzip request body: {exc}") from None
+    return body
+
+
+def _parse_json_object(payload: bytes) -> dict[str, Any]:
+    body = tensors.loads(payload)
+    if not isinstance(body, dict):
+        raise InvalidArgument("JSON Value not an object")
+    return body
+
+
+def _signature_name(body: dict[str, Any]) -> str:
+    name = body.get("signature_name", "")
+    if not isinstance(name, str):
+        raise InvalidArgument("'signature_name' key must be a string value.")
+    return name
+
+
+class RestApp:
+    """ASGI application running :class:`RestHandler` on a bounded executor."""
+
+    def __init__(
+        self,
+        handler: RestHandler,
+        executor: concurrent.futures.Executor,
+        *,
+        timeout_ms: int = 30000,
+        enable_cors: bool = False,
+    ) -> None:
+        self.handler = handler
+        self.executor = executor
+        self.timeout = timeout_ms / 1000.0 if timeout_ms > 0 else None
+        self.enable_cors = enable_cors
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        method: str = scope["method"]
+        path: str = scope["path"]
+        headers = dict(scope["headers"])
+        chunks = []
+        more = True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if method == "OPTIONS" and self.enable_cors:
+            response = RestResponse(200, b"")
+        else:
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(
+                self.executor, self.handler.handle, method, path, headers, body
+            )
+            try:
+                response = await asyncio.wait_for(future, self.timeout)
+            except TimeoutError:
+                response = error_response(
+                    DeadlineExceeded(
+                        f"Request timed out after {int((self.timeout or 0) * 1000)} ms"
+                    )
+                )
+        out_headers = list(_JSON_HEADERS)
+        out_headers.extend(response.headers)
+        if self.enable_cors:
+            out_headers.extend(_CORS_HEADERS)
+        await send(
+            {"type": "http.response.start", "status": response.status, "headers": out_headers}
+        )
+        await send({"type": "http.response.body", "body": response.body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+__all__ = ["NotFound", "RestApp", "RestHandler", "RestResponse", "error_response", "proto_to_json"]

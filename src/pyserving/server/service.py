@@ -1,0 +1,182 @@
+"""The one request path behind both front ends.
+
+REST and gRPC translate their wire format into calls on :class:`ModelServing` and translate
+the answer back; everything between (model spec resolution, scoped handles, signature checks,
+running the model, status and metadata) happens here once. The hops: resolve the model spec
+into a scoped handle -> convert inputs against the signature -> run the servable.
+
+Thread-safe; every method blocks while the model runs, so front ends call it from worker
+threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    input_pb2,
+    regression_pb2,
+)
+
+from pyserving import inference
+from pyserving.core.monitor import ManagerState, ServableState
+from pyserving.core.source import ServableId
+from pyserving.errors import Code, InvalidArgument, ServingError
+from pyserving.server.core import ServerCore
+
+DEFAULT_SIGNATURE = "serving_default"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a request names: a model, optionally a version or a label, and a signature."""
+
+    name: str
+    version: int | None = None
+    label: str | None = None
+    signature_name: str = ""
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    id: ServableId
+    signature_name: str
+    outputs: dict[str, np.ndarray]
+
+
+#: Turns the chosen signature's SignatureDef into input arrays (the front end's decoder).
+InputDecoder = Callable[[Any], Mapping[str, np.ndarray]]
+
+
+class ModelServing:
+    """Predict, classify, regress, metadata and status over a :class:`ServerCore`."""
+
+    def __init__(self, core: ServerCore, *, check_method_name: bool = False) -> None:
+        self.core = core
+        self.check_method_name = check_method_name
+
+    def predict(
+        self, spec: ModelSpec, decode: InputDecoder, output_filter: Sequence[str] = ()
+    ) -> PredictResult:
+        """Run ``spec``'s signature on the inputs ``decode`` builds from its SignatureDef."""
+        with self.core.handle(spec.name, spec.version, spec.label) as handle:
+            servable = handle.servable
+            signature_name = spec.signature_name or DEFAULT_SIGNATURE
+            signature_def = inference.find_signature(servable, signature_name)
+            inputs = decode(signature_def)
+            resolved, outputs = inference.predict(
+                servable,
+                signature_name,
+                dict(inputs),
+                output_filter,
+                check_method_name=self.check_method_name,
+            )
+            return PredictResult(handle.id, resolved, outputs)
+
+    def classify(
+        self, spec: ModelSpec, request_input: input_pb2.Input
+    ) -> tuple[ServableId, str, classification_pb2.ClassificationResult]:
+        with self.core.handle(spec.name, spec.version, spec.label) as handle:
+            signature_name = spec.signature_name or DEFAULT_SIGNATURE
+            result = inference.classify(
+                handle.servable,
+                signature_name,
+                request_input,
+                check_method_name=self.check_method_name,
+            )
+            return handle.id, signature_name, result
+
+    def regress(
+        self, spec: ModelSpec, request_input: input_pb2.Input
+    ) -> tuple[ServableId, str, regression_pb2.RegressionResult]:
+        with self.core.handle(spec.name, spec.version, spec.label) as handle:
+            signature_name = spec.signature_name or DEFAULT_SIGNATURE
+            result = inference.regress(
+                handle.servable,
+                signature_name,
+                request_input,
+                check_method_name=self.check_method_name,
+            )
+            return handle.id, signature_name, result
+
+    def multi_inference(self, request: Any) -> Any:
+        """MultiInference: every task must name the same model (and version/label)."""
+        tasks = list(request.tasks)
+        if not tasks:
+            raise InvalidArgument("Signature names should be unique.")
+        first = tasks[0].model_spec
+        spec = spec_from_proto(first)
+        for task in tasks[1:]:
+            other = spec_from_proto(task.model_spec)
+            if (other.name, other.version, other.label) != (spec.name, spec.version, spec.label):
+                raise InvalidArgument("Inconsistent model specs across tasks")
+        with self.core.handle(spec.name, spec.version, spec.label) as handle:
+            response = inference.multi_inference(
+                handle.servable, request, check_method_name=self.check_method_name
+            )
+            for result in response.results:
+                set_model_spec(result.model_spec, handle.id, result.model_spec.signature_name)
+            return response
+
+    def metadata(
+        self, spec: ModelSpec, fields: Sequence[str] = ("signature_def",)
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        """GetModelMetadata; only the ``signature_def`` field exists (as in TF Serving)."""
+        if not fields:
+            raise InvalidArgument(
+                "GetModelMetadataRequest must specify at least one metadata_field"
+            )
+        for field in fields:
+            if field != "signature_def":
+                raise InvalidArgument(f"Metadata field {field} is not supported")
+        with self.core.handle(spec.name, spec.version, spec.label) as handle:
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            set_model_spec(response.model_spec, handle.id, "")
+            response.metadata["signature_def"].Pack(inference.signature_def_map(handle.servable))
+            return response
+
+    def status(self, spec: ModelSpec) -> get_model_status_pb2.GetModelStatusResponse:
+        """GetModelStatus: every known version of the model, or the one asked for."""
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for state in self.core.model_status(spec.name, spec.version, spec.label):
+            fill_version_status(response.model_version_status.add(), state)
+        return response
+
+
+def spec_from_proto(model_spec: Any) -> ModelSpec:
+    """A ModelSpec from ``tensorflow.serving.ModelSpec``."""
+    choice = model_spec.WhichOneof("version_choice")
+    version = model_spec.version.value if choice == "version" else None
+    label = model_spec.version_label if choice == "version_label" else None
+    return ModelSpec(model_spec.name, version, label, model_spec.signature_name)
+
+
+def set_model_spec(target: Any, id: ServableId, signature_name: str) -> None:
+    """Echo the resolved name, version and signature into a response's model_spec."""
+    target.name = id.name
+    target.version.value = id.version
+    target.signature_name = signature_name
+
+
+_STATE_NUMBER = {
+    ManagerState.START: 10,
+    ManagerState.LOADING: 20,
+    ManagerState.AVAILABLE: 30,
+    ManagerState.UNLOADING: 40,
+    ManagerState.END: 50,
+}
+
+
+def fill_version_status(target: Any, state: ServableState) -> None:
+    """Fill a ``ModelVersionStatus`` from a monitor state (TF Serving's numbering)."""
+    target.version = state.id.version
+    target.state = _STATE_NUMBER[state.state]
+    error: ServingError | None = state.error
+    target.status.error_code = int(error.code) if error is not None else int(Code.OK)
+    target.status.error_message = error.message if error is not None else ""
