@@ -147,19 +147,17 @@ class ServableStateMonitor:
     def wait_until_settled(
         self, names: Iterable[str], timeout: float | None = None
     ) -> dict[str, bool]:
-        """Wait until each model has an AVAILABLE version or every version it has is END.
+        """Wait until every version seen of each model is AVAILABLE or END.
 
         A model counts as settled only once at least one of its versions has been seen.
         Returns ``{name: has_an_available_version}``.
         """
         wanted = list(names)
+        done = (ManagerState.AVAILABLE, ManagerState.END)
 
         def is_settled(m: ServableStateMonitor, name: str) -> bool:
             versions = m._states.get(name, {})
-            if not versions:
-                return False
-            states = [s.state for s in versions.values()]
-            return ManagerState.AVAILABLE in states or all(s is ManagerState.END for s in states)
+            return bool(versions) and all(s.state in done for s in versions.values())
 
         self.wait_for(lambda m: all(is_settled(m, n) for n in wanted), timeout)
         with self._cond:
@@ -167,6 +165,3 @@ class ServableStateMonitor:
                 n: any(s.state is ManagerState.AVAILABLE for s in self._states.get(n, {}).values())
                 for n in wanted
             }
-
-    def now(self) -> float:
-        return time.time()

@@ -1,0 +1,94 @@
+"""Flag parsing: TF Serving's forms, unknown flags, bad values, --version."""
+
+from __future__ import annotations
+
+import pytest
+
+from pyserving.cli import FLAGS, UsageError, main, not_implemented_flags, parse_flags
+
+
+def test_defaults_match_tf_serving() -> None:
+    flags = parse_flags([])
+    assert flags.port == 8500
+    assert flags.rest_api_port == 0
+    assert flags.rest_api_timeout_in_ms == 30000
+    assert flags.model_name == "default"
+    assert flags.file_system_poll_wait_seconds == 1
+    assert flags.max_num_load_retries == 5
+    assert flags.load_retry_interval_micros == 60_000_000
+    assert flags.saved_model_tags == "serve"
+    assert flags.enable_model_warmup is True
+    assert flags.model_config_file_poll_wait_seconds == 0
+
+
+def test_value_and_bool_forms() -> None:
+    flags = parse_flags(
+        [
+            "--port=9000",
+            "--rest_api_port=8080",
+            "--model_name=m",
+            "--model_base_path=/mnt/models",
+            "--rest_api_timeout_in_ms=60000",
+            "--enable_batching",
+            "--rest_api_enable_cors_support=true",
+            "--enable_model_warmup=false",
+            "--allow_version_labels_for_unavailable_models=1",
+            "--grpc_channel_arguments=grpc.max_connection_age_ms=2000,grpc.lb_policy_name=grpclb",
+        ]
+    )
+    assert (flags.port, flags.rest_api_port, flags.model_name) == (9000, 8080, "m")
+    assert flags.model_base_path == "/mnt/models"
+    assert flags.enable_batching is True
+    assert flags.rest_api_enable_cors_support is True
+    assert flags.enable_model_warmup is False
+    assert flags.allow_version_labels_for_unavailable_models is True
+    assert flags.grpc_channel_arguments.endswith("grpc.lb_policy_name=grpclb")
+    assert "enable_batching" in flags.given
+
+
+def test_unknown_flags_are_collected_not_fatal() -> None:
+    flags = parse_flags(["--no_such_flag=3", "stray", "--port=1"])
+    assert flags.unknown == ["--no_such_flag=3", "stray"]
+    assert flags.port == 1
+
+
+@pytest.mark.parametrize(
+    "arg",
+    ["--port=abc", "--enable_batching=maybe", "--port", "--per_process_gpu_memory_fraction=x"],
+)
+def test_bad_values_are_usage_errors(arg: str) -> None:
+    with pytest.raises(UsageError):
+        parse_flags([arg])
+
+
+def test_bad_value_exits_nonzero_with_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--port=abc"]) == 1
+    err = capsys.readouterr().err
+    assert "Couldn't interpret value abc for flag port." in err
+    assert "--rest_api_port" in err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version", "--bogus"]) == 0
+    captured = capsys.readouterr()
+    assert "TensorFlow ModelServer: pyserving" in captured.out
+    assert "TensorFlow Library: 2." in captured.out
+    assert "unknown argument: --bogus" in captured.err
+
+
+def test_missing_model_path_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 1
+    assert "model_base_path" in capsys.readouterr().err
+
+
+def test_not_implemented_flags_listed_only_when_set() -> None:
+    assert not_implemented_flags(parse_flags(["--flush_filesystem_caches=true"])) == []
+    assert not_implemented_flags(parse_flags(["--xla_cpu_compilation_enabled"])) == [
+        "xla_cpu_compilation_enabled"
+    ]
+
+
+def test_every_flag_has_a_unique_name_and_help() -> None:
+    names = [f.name for f in FLAGS]
+    assert len(names) == len(set(names))
+    assert all(f.help for f in FLAGS)
