@@ -127,7 +127,7 @@ class RestHandler:
             formats.append(fmt)
             return inputs
 
-        result = self.serving.predict(spec, decode)
+        result = self.serving.predict(spec, decode, entrypoint="REST")
         return RestResponse(200, tensors.format_predict_response(result.outputs, formats[0]))
 
     def _examples(self, spec: ModelSpec, payload: bytes, verb: str) -> RestResponse:
@@ -136,9 +136,9 @@ class RestHandler:
         spec = ModelSpec(spec.name, spec.version, spec.label, signature_name)
         assert isinstance(request_input, input_pb2.Input)
         if verb == "classify":
-            _id, _sig, cresult = self.serving.classify(spec, request_input)
+            _id, _sig, cresult = self.serving.classify(spec, request_input, entrypoint="REST")
             return RestResponse(200, tensors.format_classify_response(cresult))
-        _id, _sig, rresult = self.serving.regress(spec, request_input)
+        _id, _sig, rresult = self.serving.regress(spec, request_input, entrypoint="REST")
         return RestResponse(200, tensors.format_regress_response(rresult))
 
     @staticmethod

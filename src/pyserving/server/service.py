@@ -11,7 +11,9 @@ threads.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,7 @@ from pyserving.core.monitor import ManagerState, ServableState
 from pyserving.core.source import ServableId
 from pyserving.errors import Code, InvalidArgument, ServingError
 from pyserving.server.core import ServerCore
+from pyserving.server.metrics import ServerMetrics
 
 DEFAULT_SIGNATURE = "serving_default"
 
@@ -57,15 +60,51 @@ InputDecoder = Callable[[Any], Mapping[str, np.ndarray]]
 class ModelServing:
     """Predict, classify, regress, metadata and status over a :class:`ServerCore`."""
 
-    def __init__(self, core: ServerCore, *, check_method_name: bool = False) -> None:
+    def __init__(
+        self,
+        core: ServerCore,
+        *,
+        check_method_name: bool = False,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
         self.core = core
         self.check_method_name = check_method_name
+        self.metrics = metrics
+
+    @contextlib.contextmanager
+    def _observed(self, model_name: str, api: str, entrypoint: str) -> Iterator[None]:
+        """Count the request and its latency (status ``OK`` or the error code's name)."""
+        if self.metrics is None:
+            yield
+            return
+        start = time.perf_counter()
+        status = "OK"
+        try:
+            yield
+        except ServingError as exc:
+            status = exc.code.name
+            raise
+        except Exception:
+            status = Code.INTERNAL.name
+            raise
+        finally:
+            self.metrics.observe_request(
+                model_name, api, entrypoint, status, time.perf_counter() - start
+            )
 
     def predict(
-        self, spec: ModelSpec, decode: InputDecoder, output_filter: Sequence[str] = ()
+        self,
+        spec: ModelSpec,
+        decode: InputDecoder,
+        output_filter: Sequence[str] = (),
+        *,
+        entrypoint: str = "GRPC",
     ) -> PredictResult:
         """Run ``spec``'s signature on the inputs ``decode`` builds from its SignatureDef."""
-        with self.core.handle(spec.name, spec.version, spec.label) as handle:
+        with (
+            self._observed(spec.name, "predict", entrypoint),
+            self.core.handle(spec.name, spec.version, spec.label) as handle,
+        ):
             servable = handle.servable
             signature_name = spec.signature_name or DEFAULT_SIGNATURE
             signature_def = inference.find_signature(servable, signature_name)
@@ -80,9 +119,12 @@ class ModelServing:
             return PredictResult(handle.id, resolved, outputs)
 
     def classify(
-        self, spec: ModelSpec, request_input: input_pb2.Input
+        self, spec: ModelSpec, request_input: input_pb2.Input, *, entrypoint: str = "GRPC"
     ) -> tuple[ServableId, str, classification_pb2.ClassificationResult]:
-        with self.core.handle(spec.name, spec.version, spec.label) as handle:
+        with (
+            self._observed(spec.name, "classify", entrypoint),
+            self.core.handle(spec.name, spec.version, spec.label) as handle,
+        ):
             signature_name = spec.signature_name or DEFAULT_SIGNATURE
             result = inference.classify(
                 handle.servable,
@@ -93,9 +135,12 @@ class ModelServing:
             return handle.id, signature_name, result
 
     def regress(
-        self, spec: ModelSpec, request_input: input_pb2.Input
+        self, spec: ModelSpec, request_input: input_pb2.Input, *, entrypoint: str = "GRPC"
     ) -> tuple[ServableId, str, regression_pb2.RegressionResult]:
-        with self.core.handle(spec.name, spec.version, spec.label) as handle:
+        with (
+            self._observed(spec.name, "regress", entrypoint),
+            self.core.handle(spec.name, spec.version, spec.label) as handle,
+        ):
             signature_name = spec.signature_name or DEFAULT_SIGNATURE
             result = inference.regress(
                 handle.servable,
@@ -116,7 +161,10 @@ class ModelServing:
             other = spec_from_proto(task.model_spec)
             if (other.name, other.version, other.label) != (spec.name, spec.version, spec.label):
                 raise InvalidArgument("Inconsistent model specs across tasks")
-        with self.core.handle(spec.name, spec.version, spec.label) as handle:
+        with (
+            self._observed(spec.name, "multi_inference", "GRPC"),
+            self.core.handle(spec.name, spec.version, spec.label) as handle,
+        ):
             response = inference.multi_inference(
                 handle.servable, request, check_method_name=self.check_method_name
             )

@@ -1,0 +1,176 @@
+"""Prometheus metrics with TF Serving's names, rendered with ``prometheus-client``.
+
+TF Serving exports its metrics with ``/`` in names replaced by ``:``; pyserving keeps the same
+names, types, labels and units so existing dashboards work:
+
+* ``:tensorflow:serving:request_count{model_name,status}`` (counter)
+* ``:tensorflow:serving:request_latency{model_name,API,entrypoint}`` (histogram, microseconds)
+* ``:tensorflow:cc:saved_model:load_latency{model_path}`` (counter, microseconds, successful loads)
+* ``:tensorflow:cc:saved_model:load_attempt_count{model_path,status}`` (counter)
+* ``:tensorflow:serving:model_warmup_latency{model_path}`` (histogram, microseconds)
+
+and pyserving's own:
+
+* ``pyserving_model_version_state{model_name,version,state}`` (gauge, 1 for the state a
+  version is in; a version appears once it is seen)
+
+Counters are exported under their own name (not ``_total``-suffixed) as TF Serving does.
+Recording is thread-safe and cheap (a lock and a dict update); rendering happens per scrape.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from pyserving.core.monitor import ManagerState, ServableState
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+#: TF Serving's latency buckets: 10 us growing by 1.8x, 33 buckets.
+LATENCY_BUCKETS_US: tuple[float, ...] = tuple(10.0 * 1.8**i for i in range(33))
+
+
+class _Counter:
+    def __init__(self, name: str, doc: str, labels: Sequence[str]) -> None:
+        self.name, self.doc, self.labels = name, doc, tuple(labels)
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, key: tuple[str, ...], amount: float = 1.0) -> None:
+        self.values[key] = self.values.get(key, 0.0) + amount
+
+    def metric(self) -> Metric:
+        m = Metric(self.name, self.doc, "counter")
+        for key, value in self.values.items():
+            m.add_sample(self.name, dict(zip(self.labels, key, strict=True)), value)
+        return m
+
+
+class _Histogram:
+    def __init__(
+        self, name: str, doc: str, labels: Sequence[str], buckets: Sequence[float]
+    ) -> None:
+        self.name, self.doc, self.labels = name, doc, tuple(labels)
+        self.buckets = tuple(buckets)
+        self.values: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+
+    def observe(self, key: tuple[str, ...], value: float) -> None:
+        entry = self.values.get(key)
+        if entry is None:
+            entry = ([0] * (len(self.buckets) + 1), [0.0])
+            self.values[key] = entry
+        entry[0][bisect.bisect_left(self.buckets, value)] += 1
+        entry[1][0] += value
+
+    def metric(self) -> Metric:
+        m = Metric(self.name, self.doc, "histogram")
+        for key, (counts, total) in self.values.items():
+            labels = dict(zip(self.labels, key, strict=True))
+            cumulative = 0
+            for bound, count in zip(self.buckets, counts, strict=False):
+                cumulative += count
+                m.add_sample(self.name + "_bucket", {**labels, "le": _fmt(bound)}, cumulative)
+            cumulative += counts[-1]
+            m.add_sample(self.name + "_bucket", {**labels, "le": "+Inf"}, cumulative)
+            m.add_sample(self.name + "_count", labels, cumulative)
+            m.add_sample(self.name + "_sum", labels, total[0])
+        return m
+
+
+def _fmt(value: float) -> str:
+    return repr(float(value))
+
+
+class ServerMetrics(Collector):
+    """All metrics of one server. Subscribe :meth:`on_state` to the manager's event bus."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.request_count = _Counter(
+            ":tensorflow:serving:request_count",
+            "The total number of requests.",
+            ("model_name", "status"),
+        )
+        self.request_latency = _Histogram(
+            ":tensorflow:serving:request_latency",
+            "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
+            ("model_name", "API", "entrypoint"),
+            LATENCY_BUCKETS_US,
+        )
+        self.load_latency = _Counter(
+            ":tensorflow:cc:saved_model:load_latency",
+            "Latency in microseconds for SavedModels that were successfully loaded.",
+            ("model_path",),
+        )
+        self.load_attempts = _Counter(
+            ":tensorflow:cc:saved_model:load_attempt_count",
+            "The number of times a SavedModel was successfully loaded.",
+            ("model_path", "status"),
+        )
+        self.warmup_latency = _Histogram(
+            ":tensorflow:serving:model_warmup_latency",
+            "Distribution of wall time (in microseconds) for warming up the model.",
+            ("model_path",),
+            LATENCY_BUCKETS_US,
+        )
+        self._states: dict[tuple[str, int], ManagerState] = {}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    # ------------------------------------------------------------------ recording
+
+    def observe_request(
+        self, model_name: str, api: str, entrypoint: str, status: str, seconds: float
+    ) -> None:
+        """One finished request: ``status`` is ``OK`` or the error code's name."""
+        with self._lock:
+            self.request_count.inc((model_name, status))
+            self.request_latency.observe((model_name, api, entrypoint), seconds * 1e6)
+
+    def observe_warmup(self, model_path: str, seconds: float) -> None:
+        with self._lock:
+            self.warmup_latency.observe((model_path,), seconds * 1e6)
+
+    def on_state(self, state: ServableState, model_path: str | None = None) -> None:
+        """Event-bus subscriber: version states and load latencies."""
+        with self._lock:
+            self._states[(state.id.name, state.id.version)] = state.state
+            path = model_path or f"{state.id.name}/{state.id.version}"
+            if state.state is ManagerState.AVAILABLE and state.duration is not None:
+                self.load_latency.inc((path,), state.duration * 1e6)
+                self.load_attempts.inc((path, "success"))
+            elif state.state is ManagerState.END and state.error is not None:
+                self.load_attempts.inc((path, "fail"))
+
+    # ------------------------------------------------------------------ exposition
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            yield self.request_count.metric()
+            yield self.request_latency.metric()
+            yield self.load_latency.metric()
+            yield self.load_attempts.metric()
+            yield self.warmup_latency.metric()
+            gauge = Metric(
+                "pyserving_model_version_state",
+                "1 for the state each model version is in (START, LOADING, AVAILABLE, "
+                "UNLOADING, END).",
+                "gauge",
+            )
+            for (name, version), current in sorted(self._states.items()):
+                for candidate in ManagerState:
+                    gauge.add_sample(
+                        "pyserving_model_version_state",
+                        {"model_name": name, "version": str(version), "state": candidate.value},
+                        1.0 if candidate is current else 0.0,
+                    )
+            yield gauge
+
+    def render(self) -> bytes:
+        """The text exposition format of every metric."""
+        return generate_latest(self.registry)
