@@ -59,7 +59,6 @@ FLAGS: tuple[Flag, ...] = (
         int,
         0,
         "Seconds between re-reads of model_config_file (0 = read once)",
-        False,
     ),
     Flag("model_name", str, "default", "Name of the model"),
     Flag("model_base_path", str, "", "Path to export (the directory holding version dirs)"),
@@ -88,7 +87,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("enable_model_warmup", bool, True, "Replay warmup requests before serving", False),
     Flag("num_request_iterations_for_warmup", int, 1, "Warmup iterations per record", False),
     Flag("version", bool, False, "Print the version and exit"),
-    Flag("monitoring_config_file", str, "", "MonitoringConfig text proto", False),
+    Flag("monitoring_config_file", str, "", "MonitoringConfig text proto (Prometheus)"),
     Flag(
         "remove_unused_fields_from_bundle_metagraph",
         bool,

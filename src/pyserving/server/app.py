@@ -21,6 +21,8 @@ from pyserving.core.loader import ResourceEstimate
 from pyserving.core.manager import ManagerOptions
 from pyserving.errors import ServingError
 from pyserving.server.core import ServerCore, ServerCoreOptions
+from pyserving.server.health import install_health_routes, is_ready
+from pyserving.server.metrics import CONTENT_TYPE, ServerMetrics
 from pyserving.server.service import ModelServing
 
 log = logging.getLogger("pyserving")
@@ -44,6 +46,11 @@ class ServerOptions:
     check_method_name: bool = False
     shutdown_grace_seconds: float = 30.0
     ignored_flags: tuple[str, ...] = ()
+    #: Where Prometheus metrics are served on the REST port ("" = not served).
+    metrics_path: str = ""
+    #: ``--model_config_file`` and how often to re-read it (0 = never).
+    model_config_file: str = ""
+    model_config_file_poll_wait_seconds: float = 0.0
 
 
 def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
@@ -60,6 +67,21 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
             "Both server_options.model_base_path and server_options.model_config_file are "
             "empty!\nStart with --model_base_path=/path/to/model (or --model_config_file)."
         )
+    metrics_path = ""
+    if flags.monitoring_config_file:
+        from pyserving.config import read_text_proto
+        from pyserving.protos import MonitoringConfig
+
+        try:
+            monitoring = read_text_proto(
+                flags.monitoring_config_file,
+                MonitoringConfig(),
+                "tensorflow.serving.MonitoringConfig",
+            )
+        except ConfigError as exc:
+            raise UsageError(exc.message) from None
+        if monitoring.prometheus_config.enable:
+            metrics_path = monitoring.prometheus_config.path or "/monitoring/prometheus/metrics"
     if flags.version_policy not in ("availability_preserving", "resource_preserving"):
         raise UsageError(
             f"--version_policy must be availability_preserving or resource_preserving, "
@@ -101,6 +123,11 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         rest_enable_cors=flags.rest_api_enable_cors_support,
         check_method_name=flags.enable_signature_method_name_check,
         ignored_flags=tuple(not_implemented_flags(flags)),
+        metrics_path=metrics_path,
+        model_config_file=flags.model_config_file,
+        model_config_file_poll_wait_seconds=(
+            flags.model_config_file_poll_wait_seconds if flags.model_config_file else 0
+        ),
     )
 
 
@@ -119,6 +146,8 @@ def run_server(options: ServerOptions) -> int:
     for name in options.ignored_flags:
         log.warning("Flag --%s is accepted but not implemented by pyserving yet; ignored", name)
     core = ServerCore(options.core)
+    metrics = ServerMetrics()
+    core.manager.bus.subscribe(metrics.on_state)
     try:
         try:
             core.reload_config(options.model_config)
@@ -138,15 +167,15 @@ def run_server(options: ServerOptions) -> int:
                         )
             sys.stderr.write(f"{len(failed)} model(s) did not become available\n")
             return 1
-        return _serve(options, core)
+        return _serve(options, core, metrics)
     finally:
         core.close()
 
 
-def _serve(options: ServerOptions, core: ServerCore) -> int:
+def _serve(options: ServerOptions, core: ServerCore, metrics: ServerMetrics) -> int:
     from pyserving.server.grpc_server import GrpcServerOptions, start_grpc_server
 
-    serving = ModelServing(core, check_method_name=options.check_method_name)
+    serving = ModelServing(core, check_method_name=options.check_method_name, metrics=metrics)
     grpc_server = start_grpc_server(
         serving,
         GrpcServerOptions(
@@ -158,9 +187,15 @@ def _serve(options: ServerOptions, core: ServerCore) -> int:
         ),
     )
     log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", grpc_server.port)
+    unsubscribe = core.manager.bus.subscribe(
+        lambda _state: grpc_server.set_serving_status(is_ready(core))
+    )
+    grpc_server.set_serving_status(is_ready(core))
+    poller = ConfigFilePoller(options, core)
+    poller.start()
     try:
         if options.rest_port and options.rest_port != options.grpc_port:
-            _serve_rest(options, serving)
+            _serve_rest(options, serving, metrics)
         else:
             if options.rest_port:
                 log.error(
@@ -170,20 +205,30 @@ def _serve(options: ServerOptions, core: ServerCore) -> int:
             _wait_for_signal()
     finally:
         log.info("Shutting down: finishing requests in flight")
+        poller.stop()
+        unsubscribe()
+        grpc_server.set_serving_status(False)
         grpc_server.stop(options.shutdown_grace_seconds)
     return 0
 
 
-def _serve_rest(options: ServerOptions, serving: ModelServing) -> None:
+def _serve_rest(options: ServerOptions, serving: ModelServing, metrics: ServerMetrics) -> None:
     import uvicorn
 
-    from pyserving.server.rest import RestApp, RestHandler
+    from pyserving.server.rest import RestApp, RestHandler, RestResponse
 
     executor = concurrent.futures.ThreadPoolExecutor(
         max_workers=options.rest_num_threads, thread_name_prefix="pyserving-rest"
     )
+    handler = RestHandler(serving)
+    install_health_routes(handler, serving.core)
+    if options.metrics_path:
+        handler.extra_routes[options.metrics_path] = lambda: RestResponse(
+            200, metrics.render(), CONTENT_TYPE.encode()
+        )
+        log.info("Prometheus metrics at :%d%s", options.rest_port, options.metrics_path)
     app = RestApp(
-        RestHandler(serving),
+        handler,
         executor,
         timeout_ms=options.rest_timeout_ms,
         enable_cors=options.rest_enable_cors,
@@ -223,3 +268,56 @@ def _wait_for_signal() -> None:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+class ConfigFilePoller:
+    """Re-reads ``--model_config_file`` every ``--model_config_file_poll_wait_seconds``.
+
+    A changed, valid file replaces the model set (as the reload RPC does); a file that does
+    not parse or validate is logged and the current set keeps serving.
+    """
+
+    def __init__(self, options: ServerOptions, core: ServerCore) -> None:
+        self._path = options.model_config_file
+        self._period = options.model_config_file_poll_wait_seconds
+        self._core = core
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last = self._read()
+
+    def _read(self) -> bytes | None:
+        try:
+            with open(self._path, "rb") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def start(self) -> None:
+        if not self._path or self._period <= 0:
+            return
+        self._thread = threading.Thread(
+            target=self._loop, name="pyserving-config-poll", daemon=True
+        )
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._period):
+            self.poll_once()
+
+    def poll_once(self) -> None:
+        content = self._read()
+        if content is None or content == self._last:
+            return
+        self._last = content
+        try:
+            config = load_model_server_config(self._path)
+            log.info("Model config file %s changed; reloading", self._path)
+            self._core.reload_config(config)
+            log.info("Model config reloaded: %s", ", ".join(self._core.model_names()))
+        except ServingError as exc:
+            log.error("Not applying model config file %s: %s", self._path, exc.message)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

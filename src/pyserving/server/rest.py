@@ -46,7 +46,6 @@ _POST = re.compile(
 _GET = re.compile(
     r"^/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?(/metadata)?$", re.IGNORECASE
 )
-_JSON_HEADERS = [(b"content-type", b"application/json")]
 _CORS_HEADERS = [
     (b"access-control-allow-origin", b"*"),
     (b"access-control-allow-methods", b"POST, GET"),
@@ -58,7 +57,7 @@ _CORS_HEADERS = [
 class RestResponse:
     status: int
     body: bytes
-    headers: tuple[tuple[bytes, bytes], ...] = ()
+    content_type: bytes = b"application/json"
 
 
 def error_response(error: ServingError) -> RestResponse:
@@ -256,8 +255,7 @@ class RestApp:
                         f"Request timed out after {int((self.timeout or 0) * 1000)} ms"
                     )
                 )
-        out_headers = list(_JSON_HEADERS)
-        out_headers.extend(response.headers)
+        out_headers = [(b"content-type", response.content_type)]
         if self.enable_cors:
             out_headers.extend(_CORS_HEADERS)
         await send(
