@@ -1,0 +1,198 @@
+"""The batch scheduler with a NumPy run function: merging, splitting, padding, back-pressure."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+from pyserving.batching import BatchingOptions, BatchScheduler
+from pyserving.errors import Internal, InvalidArgument, Unavailable
+from pyserving.protos import BatchingParameters
+
+
+class Recorder:
+    """``y = 0.5 x + 2`` that records each batch size and can be held shut by a gate."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.entered.set()
+        assert self.gate.wait(30)
+        self.batches.append(int(inputs["x"].shape[0]))
+        return {"y": inputs["x"] * 0.5 + 2}
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+def scheduler(recorder: Recorder, **kw: object) -> BatchScheduler:
+    return BatchScheduler(recorder, BatchingOptions(**kw))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def held(recorder: Recorder) -> Iterator[BatchScheduler]:
+    s = scheduler(recorder, max_batch_size=8, num_batch_threads=1, max_enqueued_batches=4)
+    yield s
+    recorder.gate.set()
+    s.close()
+
+
+def test_single_request(recorder: Recorder) -> None:
+    s = scheduler(recorder)
+    try:
+        out = s.submit({"x": np.array([[2.0], [3.0]], np.float32)})
+        np.testing.assert_allclose(out["y"], [[3.0], [3.5]])
+    finally:
+        s.close()
+
+
+def test_concurrent_requests_are_merged_and_split_back(
+    recorder: Recorder, held: BatchScheduler
+) -> None:
+    # Hold the only batch thread on a first request so the next ones queue up together.
+    recorder.gate.clear()
+    first = threading.Thread(target=held.submit, args=({"x": np.zeros((1, 1), np.float32)},))
+    first.start()
+    assert recorder.entered.wait(30)
+    inputs = [np.full((i + 1, 1), float(i), np.float32) for i in range(3)]  # 1 + 2 + 3 rows
+    results: list = [None] * 3
+
+    def call(i: int) -> None:
+        results[i] = held.submit({"x": inputs[i]})["y"]
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    while held._queued_rows < 6:  # all three are queued behind the held batch
+        threading.Event().wait(0.005)
+    recorder.gate.set()
+    for t in [*threads, first]:
+        t.join(30)
+    assert recorder.batches == [1, 6]
+    for x, y in zip(inputs, results, strict=True):
+        np.testing.assert_allclose(y, x * 0.5 + 2)
+
+
+def test_padding_to_allowed_batch_sizes(recorder: Recorder) -> None:
+    s = scheduler(recorder, max_batch_size=8, allowed_batch_sizes=(2, 4, 8))
+    try:
+        out = s.submit({"x": np.ones((3, 1), np.float32)})
+        assert out["y"].shape == (3, 1)
+        assert recorder.batches == [4]
+    finally:
+        s.close()
+
+
+def test_full_queue_answers_unavailable_at_once(recorder: Recorder, held: BatchScheduler) -> None:
+    recorder.gate.clear()
+    blocker = threading.Thread(target=held.submit, args=({"x": np.zeros((1, 1), np.float32)},))
+    blocker.start()
+    assert recorder.entered.wait(30)
+    # Capacity is 4 batches x 8 rows = 32 rows queued.
+    waiting = [
+        threading.Thread(target=held.submit, args=({"x": np.zeros((8, 1), np.float32)},))
+        for _ in range(4)
+    ]
+    for t in waiting:
+        t.start()
+    while held._queued_rows < 32:
+        threading.Event().wait(0.005)
+    with pytest.raises(Unavailable, match="queue to which this task was submitted is full"):
+        held.submit({"x": np.zeros((1, 1), np.float32)})
+    recorder.gate.set()
+    for t in [*waiting, blocker]:
+        t.join(30)
+
+
+def test_request_larger_than_max_batch_runs_alone(recorder: Recorder) -> None:
+    s = scheduler(recorder, max_batch_size=4)
+    try:
+        out = s.submit({"x": np.ones((10, 1), np.float32)})
+        assert out["y"].shape == (10, 1)
+        assert recorder.batches == [10]
+    finally:
+        s.close()
+
+
+def test_incompatible_shapes_batch_apart(recorder: Recorder, held: BatchScheduler) -> None:
+    recorder.gate.clear()
+    blocker = threading.Thread(target=held.submit, args=({"x": np.zeros((1, 1), np.float32)},))
+    blocker.start()
+    assert recorder.entered.wait(30)
+    results: list = [None, None]
+
+    def call(i: int, x: np.ndarray) -> None:
+        results[i] = held.submit({"x": x})["y"]
+
+    a = threading.Thread(target=call, args=(0, np.ones((2, 1), np.float32)))
+    b = threading.Thread(target=call, args=(1, np.ones((2, 3), np.float32)))
+    a.start()
+    b.start()
+    while held._queued_rows < 4:
+        threading.Event().wait(0.005)
+    recorder.gate.set()
+    for t in (a, b, blocker):
+        t.join(30)
+    assert sorted(recorder.batches) == [1, 2, 2]
+    assert results[0].shape == (2, 1) and results[1].shape == (2, 3)
+
+
+def test_pad_variable_length_inputs(recorder: Recorder) -> None:
+    s = scheduler(recorder, pad_variable_length_inputs=True, num_batch_threads=1)
+    try:
+        out = s.submit({"x": np.ones((2, 3), np.float32)})
+        assert out["y"].shape == (2, 3)
+    finally:
+        s.close()
+
+
+def test_output_without_batch_dimension_is_an_error() -> None:
+    s = BatchScheduler(lambda x: {"y": np.float32(1.0) * np.ones(())}, BatchingOptions())
+    try:
+        with pytest.raises(Internal, match="dimension 0 must be the batch size"):
+            s.submit({"x": np.ones((2, 1), np.float32)})
+    finally:
+        s.close()
+
+
+def test_close_fails_queued_and_refuses_new(recorder: Recorder) -> None:
+    s = scheduler(recorder)
+    s.close()
+    s.close()
+    with pytest.raises(Unavailable):
+        s.submit({"x": np.ones((1, 1), np.float32)})
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"max_batch_size": 8, "allowed_batch_sizes": (4, 2, 8)}, "increasing"),
+        ({"max_batch_size": 8, "allowed_batch_sizes": (2, 4)}, "must match max_batch_size"),
+        ({"num_batch_threads": 0}, "num_batch_threads"),
+    ],
+)
+def test_options_validation(kw: dict, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        BatchingOptions(**kw)
+
+
+def test_options_from_tf_serving_file(testdata) -> None:  # type: ignore[no-untyped-def]
+    params = text_format.Parse((testdata / "batching_config.txt").read_text(), BatchingParameters())
+    options = BatchingOptions.from_proto(params)
+    assert options == BatchingOptions(
+        max_batch_size=128,
+        batch_timeout_micros=0,
+        max_enqueued_batches=1000000,
+        num_batch_threads=8,
+    )
