@@ -1,0 +1,412 @@
+"""A loaded SavedModel: its signatures (exactly as in the MetaGraphDef) and a thread-safe ``run``.
+
+:class:`SavedModelServable` is what a ``ServableHandle`` hands to requests. It knows nothing
+about REST or gRPC: it takes and returns ``numpy`` arrays keyed by signature alias, and raises
+only :class:`~pyserving.errors.ServingError` subclasses, with TF Serving's messages.
+
+The heavy lifting is done by a *runner*, chosen by the loader:
+
+- ``session``: the graph runs in a ``tf.compat.v1.Session``; each (signature, outputs) pair is
+  compiled once into a C++ ``Session::MakeCallable`` handle, so a call is one trip into C++
+  with no Python-side feed/fetch bookkeeping. This is how TF Serving itself runs every
+  SavedModel (TF1 and TF2 exports alike), and it accepts the same inputs TF Serving does (feed
+  shapes are not checked against the placeholder's static shape).
+- ``function``: a TF2 export restored with ``tf.saved_model.load``, called through its
+  signature concrete functions. Only used when the session path cannot load a model.
+
+Both runners are driven through the same :meth:`SavedModelServable.run`, which does the
+request validation TF Serving does before ``Session::Run`` (``predict_util.cc``,
+``saved_model/util.cc``) and feed dtype checks with ``FunctionCallFrame``'s message.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Protocol
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
+
+from pyserving.errors import (
+    Code,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    ServingError,
+)
+from pyserving.tensors import (
+    datatype_for_numpy,
+    dtype_name,
+    numpy_dtype,
+    tensor_proto_to_ndarray,
+)
+
+#: Signature key TF2 exports use for their initializer; it is not a servable signature.
+INIT_OP_SIGNATURE_KEY = "__saved_model_init_op"
+
+#: At most this many compiled (signature, output set) callables are kept per servable. More
+#: distinct ``output_filter`` combinations still work; they are compiled per call.
+MAX_CACHED_CALLABLES = 256
+
+_DT_STRING = 7
+
+RunFn = Callable[..., Sequence[Any]]
+
+
+class Runner(Protocol):
+    """Executes signatures. Implementations must be safe to call from many threads at once."""
+
+    def make_callable(
+        self,
+        signature_name: str,
+        signature: meta_graph_pb2.SignatureDef,
+        feed_aliases: Sequence[str],
+        fetch_aliases: Sequence[str],
+    ) -> RunFn:
+        """A function taking one array per ``feed_aliases`` entry (positionally) and returning
+        one value per ``fetch_aliases`` entry. May raise ``tf.errors.OpError``."""
+        ...
+
+    def close(self) -> None:
+        """Release the runtime (idempotent). No callable may be used afterwards."""
+        ...
+
+
+class SessionRunner:
+    """Runs signatures in a TF1 ``Session`` through C++ callables (see module docstring)."""
+
+    def __init__(self, graph: tf.Graph, session: tf.compat.v1.Session) -> None:
+        self._graph: tf.Graph | None = graph
+        self._session: tf.compat.v1.Session | None = session
+
+    def make_callable(
+        self,
+        signature_name: str,
+        signature: meta_graph_pb2.SignatureDef,
+        feed_aliases: Sequence[str],
+        fetch_aliases: Sequence[str],
+    ) -> RunFn:
+        session = self._session
+        if session is None:
+            raise FailedPrecondition("The servable has been unloaded.")
+        fetch_names = [signature.outputs[a].name for a in fetch_aliases]
+        unique = list(dict.fromkeys(fetch_names))
+        options = config_pb2.CallableOptions()
+        options.feed.extend(signature.inputs[a].name for a in feed_aliases)
+        options.fetch.extend(unique)
+        # Session.make_callable() with a feed list falls back to feed_dict runs (slow, and it
+        # checks static shapes, which TF Serving does not); the options form is the C++
+        # Session::MakeCallable API.
+        fn: RunFn = session._make_callable_from_options(options)
+        if unique == fetch_names:
+            return fn
+        positions = [unique.index(n) for n in fetch_names]
+
+        def run_with_duplicates(*args: Any) -> list[Any]:
+            values = fn(*args)
+            return [values[i] for i in positions]
+
+        return run_with_duplicates
+
+    def close(self) -> None:
+        session, self._session, self._graph = self._session, None, None
+        if session is not None:
+            session.close()
+
+
+class FunctionRunner:
+    """Runs signatures through the concrete functions of ``tf.saved_model.load``."""
+
+    def __init__(self, loaded: Any) -> None:
+        self._loaded: Any = loaded
+        self._functions: Mapping[str, Any] | None = loaded.signatures
+
+    def make_callable(
+        self,
+        signature_name: str,
+        signature: meta_graph_pb2.SignatureDef,
+        feed_aliases: Sequence[str],
+        fetch_aliases: Sequence[str],
+    ) -> RunFn:
+        functions = self._functions
+        if functions is None:
+            raise FailedPrecondition("The servable has been unloaded.")
+        try:
+            function = functions[signature_name]
+        except KeyError:
+            raise Internal(
+                f"Signature {signature_name!r} has no restored function in {self._loaded!r}"
+            ) from None
+        feeds = tuple(feed_aliases)
+        fetches = tuple(fetch_aliases)
+
+        def run(*args: Any) -> list[Any]:
+            kwargs = {
+                alias: tf.convert_to_tensor(value) for alias, value in zip(feeds, args, strict=True)
+            }
+            try:
+                result = function(**kwargs)
+            except (TypeError, ValueError) as exc:
+                raise InvalidArgument(str(exc)) from None
+            return [result[a].numpy() for a in fetches]
+
+        return run
+
+    def close(self) -> None:
+        self._functions = None
+        self._loaded = None
+
+
+@dataclass(frozen=True)
+class _Feed:
+    alias: str
+    tensor_name: str
+    dtype: int
+    np_dtype: np.dtype[Any] | None
+
+
+class _SignatureInfo:
+    """What ``run`` needs to validate and feed one signature, computed once at load."""
+
+    def __init__(self, name: str, signature: meta_graph_pb2.SignatureDef) -> None:
+        self.name = name
+        self.signature = signature
+        self.input_aliases = frozenset(signature.inputs.keys())
+        self.sorted_aliases = sorted(self.input_aliases)
+        self.output_aliases = tuple(sorted(signature.outputs.keys()))
+        # Feeds are ordered by tensor name, the order DirectSession numbers its args in.
+        self.feeds = tuple(
+            sorted(
+                (
+                    _Feed(alias, info.name, info.dtype, _maybe_numpy_dtype(info.dtype))
+                    for alias, info in signature.inputs.items()
+                ),
+                key=lambda f: f.tensor_name,
+            )
+        )
+        self.defaults: dict[str, np.ndarray] = {}
+        for alias, proto in signature.defaults.items():
+            self.defaults[alias] = tensor_proto_to_ndarray(proto, name=alias)
+
+    def check_inputs(self, inputs: Mapping[str, Any]) -> None:
+        """Raise TF Serving's ``InvalidArgument`` when ``inputs`` do not fit the signature."""
+        n_request, n_signature = len(inputs), len(self.input_aliases)
+        if n_request > n_signature or (n_request < n_signature and not self.defaults):
+            request = sorted(inputs)
+            extra = [a for a in request if a not in self.input_aliases]
+            missing = [a for a in self.sorted_aliases if a not in inputs]
+            raise InvalidArgument(
+                f"input size does not match signature: {n_request}!={n_signature} "
+                f"len({{{','.join(request)}}}) != len({{{','.join(self.sorted_aliases)}}}). "
+                f"Sent extra: {{{','.join(extra)}}}. "
+                f"Missing but required: {{{','.join(missing)}}}."
+            )
+        seen = 0
+        for alias in self.sorted_aliases:
+            if alias in inputs:
+                seen += 1
+            elif alias not in self.defaults:
+                raise InvalidArgument(
+                    f"Signature input alias: {alias}(feed name: "
+                    f"{self.signature.inputs[alias].name}) not found in request and no "
+                    f"default value provided. Inputs expected to be in the request "
+                    f"{{{','.join(sorted(inputs))}}}, or default input alias set: "
+                    f"{','.join(sorted(self.defaults))}"
+                )
+        if inputs and seen != n_request:
+            used = [a for a in sorted(inputs) if a in self.input_aliases]
+            raise InvalidArgument(
+                f"Inputs contains invalid name. Used request inputs: {','.join(used)}, "
+                f"request input: {','.join(sorted(inputs))}"
+            )
+
+    def check_outputs(self, output_keys: Sequence[str]) -> None:
+        """Raise TF Serving's ``InvalidArgument`` for unknown or repeated output aliases."""
+        seen: set[str] = set()
+        for alias in output_keys:
+            if alias not in self.signature.outputs:
+                raise InvalidArgument(
+                    f"output tensor alias not found in signature: {alias} Outputs expected "
+                    f"to be in the set {{{','.join(self.output_aliases)}}}."
+                )
+            if alias in seen:
+                raise InvalidArgument(f"duplicate output tensor alias: {alias}")
+            seen.add(alias)
+
+
+def _maybe_numpy_dtype(dtype: int) -> np.dtype[Any] | None:
+    try:
+        return numpy_dtype(dtype)
+    except ServingError:
+        return None
+
+
+def _numpy_dtype_name(dtype: np.dtype[Any]) -> str:
+    if dtype.kind in "OSU":
+        return "string"
+    try:
+        return dtype_name(datatype_for_numpy(dtype))
+    except ServingError:
+        return str(dtype)
+
+
+def _translate(exc: tf.errors.OpError) -> ServingError:
+    try:
+        code = Code(exc.error_code)
+    except ValueError:
+        code = Code.UNKNOWN
+    return ServingError.from_code(code, exc.message)
+
+
+def _as_string_feed(value: np.ndarray) -> np.ndarray:
+    """``str`` arrays become object arrays of UTF-8 ``bytes``; other string forms pass."""
+    if value.dtype.kind != "U":
+        return value
+    flat = [s.encode("utf-8") for s in value.ravel().tolist()]
+    out = np.empty(len(flat), dtype=object)
+    out[:] = flat
+    return out.reshape(value.shape)
+
+
+class SavedModelServable:
+    """One loaded SavedModel version.
+
+    Attributes:
+        path: the version directory it was loaded from.
+        tags: the tag-set of the MetaGraphDef that was loaded.
+        meta_graph: that MetaGraphDef, without its ``graph_def`` (the graph itself lives in
+            the runtime; keeping a second copy would double the memory of large models).
+            ``meta_graph.signature_def`` is the complete map, ``__saved_model_init_op``
+            included, exactly as TF Serving reports it in model metadata.
+        signature_defs: the servable signatures (read-only mapping), i.e. the MetaGraphDef's
+            map without ``__saved_model_init_op``.
+        backend: ``"session"`` or ``"function"`` (see the module docstring).
+
+    ``run`` is thread-safe and may be called concurrently. ``close`` (called by the loader's
+    ``unload``) must not race with ``run``; the manager guarantees that by waiting for handles.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        tags: Sequence[str],
+        meta_graph: meta_graph_pb2.MetaGraphDef,
+        runner: Runner,
+        *,
+        backend: str,
+    ) -> None:
+        self.path = path
+        self.tags = tuple(tags)
+        self.meta_graph = meta_graph
+        self.backend = backend
+        self.signature_defs: Mapping[str, meta_graph_pb2.SignatureDef] = MappingProxyType(
+            {k: v for k, v in meta_graph.signature_def.items() if k != INIT_OP_SIGNATURE_KEY}
+        )
+        self._infos = {k: _SignatureInfo(k, v) for k, v in self.signature_defs.items()}
+        self._runner: Runner | None = runner
+        self._callables: dict[tuple[str, tuple[str, ...] | None], RunFn] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (
+            f"SavedModelServable(path={self.path!r}, tags={self.tags!r}, backend={self.backend!r})"
+        )
+
+    def run(
+        self,
+        signature_name: str,
+        inputs: Mapping[str, np.ndarray],
+        output_keys: Sequence[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run one signature.
+
+        Args:
+            signature_name: a key of ``signature_defs`` (already resolved: no default here).
+            inputs: one array per signature input alias. Inputs the signature has a default
+                for may be left out. Arrays must have the signature's dtype exactly (string
+                inputs accept object arrays of ``bytes``, ``bytes_`` or ``str_`` arrays);
+                shapes are not checked against the signature, as in TF Serving.
+            output_keys: the output aliases to fetch, in the order wanted; ``None`` fetches
+                every output of the signature.
+
+        Returns:
+            ``{alias: array}`` for the requested outputs (scalars as 0-d arrays).
+
+        Raises:
+            FailedPrecondition: unknown signature (``Serving signature key "x" not found.``).
+            InvalidArgument: missing/extra inputs, wrong dtypes, unknown or repeated outputs,
+                and TF runtime argument errors.
+            ServingError: any other TF runtime error, with TF's code and message.
+        """
+        info = self._infos.get(signature_name)
+        if info is None:
+            raise FailedPrecondition(f'Serving signature key "{signature_name}" not found.')
+        if inputs.keys() != info.input_aliases:
+            info.check_inputs(inputs)
+        key = None if output_keys is None else tuple(output_keys)
+        fn = self._callables.get((signature_name, key))
+        if fn is None:
+            fn = self._callable(info, key)
+        args = []
+        for index, feed in enumerate(info.feeds):
+            value = inputs.get(feed.alias)
+            if value is None:
+                value = info.defaults[feed.alias]
+            elif type(value) is not np.ndarray:
+                value = np.asarray(value)
+            if value.dtype != feed.np_dtype:
+                if feed.dtype == _DT_STRING and value.dtype.kind in "OSU":
+                    value = _as_string_feed(value)
+                else:
+                    raise InvalidArgument(
+                        f"Expects arg[{index}] to be {dtype_name(feed.dtype)} but "
+                        f"{_numpy_dtype_name(value.dtype)} is provided"
+                    )
+            args.append(value)
+        try:
+            values = fn(*args)
+        except tf.errors.OpError as exc:
+            raise _translate(exc) from None
+        fetches = info.output_aliases if key is None else key
+        return {
+            alias: v if type(v) is np.ndarray else np.asarray(v)
+            for alias, v in zip(fetches, values, strict=True)
+        }
+
+    def _callable(self, info: _SignatureInfo, key: tuple[str, ...] | None) -> RunFn:
+        if key is not None:
+            info.check_outputs(key)
+        fetches = info.output_aliases if key is None else key
+        with self._lock:
+            fn = self._callables.get((info.name, key))
+            if fn is not None:
+                return fn
+            runner = self._runner
+            if runner is None:
+                raise FailedPrecondition("The servable has been unloaded.")
+            try:
+                fn = runner.make_callable(
+                    info.name, info.signature, [f.alias for f in info.feeds], fetches
+                )
+            except tf.errors.OpError as exc:
+                raise _translate(exc) from None
+            if len(self._callables) < MAX_CACHED_CALLABLES:
+                self._callables[(info.name, key)] = fn
+            return fn
+
+    def close(self) -> None:
+        """Release the runtime and every compiled callable. Idempotent."""
+        with self._lock:
+            runner, self._runner = self._runner, None
+            self._callables.clear()
+        if runner is not None:
+            runner.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has run."""
+        return self._runner is None

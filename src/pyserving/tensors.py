@@ -1,0 +1,1344 @@
+"""Tensor conversions at the wire boundary, independent of HTTP and gRPC transports.
+
+- JSON request bodies -> ``numpy`` arrays for a signature (TF Serving's row ``instances`` and
+  columnar ``inputs`` forms), and arrays -> JSON response bytes (``predictions`` / ``outputs``).
+- JSON classify/regress bodies -> a ``tensorflow.serving.Input`` of ``tf.Example`` protos, and
+  ``ClassificationResult`` / ``RegressionResult`` -> JSON.
+- ``TensorProto`` <-> ``numpy``.
+
+Every rule and error message follows TF Serving's ``tensorflow_serving/util/json_tensor.cc``
+and TensorFlow's ``Tensor::FromProto`` / ``Tensor::AsProtoField``. Errors are raised as
+:class:`~pyserving.errors.ServingError` subclasses (almost always ``InvalidArgument``).
+
+Numbers in JSON output. TF Serving writes a float32 value with 6 significant digits when that
+reads back as the same float32, else with 9 (``%.9g``), and a double with 6 digits or else 17;
+whole numbers get a trailing ``.0`` and non-finite values are written as the bare tokens
+``NaN``, ``Infinity`` and ``-Infinity``. So ``0.1f`` prints ``0.1`` (not the float32's double
+value ``0.10000000149011612``) and ``float32(pi)`` prints ``3.14159274``. The fast path here
+computes, with vectorized numpy, the double nearest to TF Serving's decimal for each element
+and lets orjson print that double: the text is the same number, digit for digit, though the
+exponent notation may differ (``1e-05`` vs ``0.00001``). Double outputs are printed shortest
+round-trip, which reads back as the same double as TF Serving's ``%.17g``. Elements whose
+digits cannot be proven by the vectorized path fall back to exact per-element formatting.
+
+Hot paths use orjson and vectorized numpy; per-element Python work is limited to strings,
+error reporting and rare numeric edge cases.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from fractions import Fraction
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+from tensorflow.core.example import example_pb2, feature_pb2
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import classification_pb2, input_pb2, regression_pb2
+
+from pyserving.errors import InvalidArgument, ServingError, Unimplemented
+
+try:  # ml_dtypes ships with TensorFlow; bfloat16 is unavailable without it.
+    import ml_dtypes
+
+    _BFLOAT16: np.dtype[Any] | None = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover
+    _BFLOAT16 = None
+
+__all__ = [
+    "DEFAULT_SIGNATURE_KEY",
+    "JsonFormat",
+    "datatype_for_numpy",
+    "dtype_name",
+    "format_classify_response",
+    "format_predict_response",
+    "format_regress_response",
+    "get_signature_name",
+    "loads",
+    "ndarray_to_tensor_proto",
+    "numpy_dtype",
+    "parse_examples_request",
+    "parse_predict_request",
+    "tensor_proto_to_ndarray",
+    "tf_float_text",
+]
+
+JsonFormat = Literal["row", "columnar"]
+
+DEFAULT_SIGNATURE_KEY = "serving_default"
+
+# --------------------------------------------------------------------------------------------
+# dtypes
+# --------------------------------------------------------------------------------------------
+
+DT_FLOAT = types_pb2.DT_FLOAT
+DT_DOUBLE = types_pb2.DT_DOUBLE
+DT_INT32 = types_pb2.DT_INT32
+DT_UINT8 = types_pb2.DT_UINT8
+DT_INT16 = types_pb2.DT_INT16
+DT_INT8 = types_pb2.DT_INT8
+DT_STRING = types_pb2.DT_STRING
+DT_COMPLEX64 = types_pb2.DT_COMPLEX64
+DT_INT64 = types_pb2.DT_INT64
+DT_BOOL = types_pb2.DT_BOOL
+DT_BFLOAT16 = types_pb2.DT_BFLOAT16
+DT_UINT16 = types_pb2.DT_UINT16
+DT_COMPLEX128 = types_pb2.DT_COMPLEX128
+DT_HALF = types_pb2.DT_HALF
+DT_UINT32 = types_pb2.DT_UINT32
+DT_UINT64 = types_pb2.DT_UINT64
+
+_REF_OFFSET = 100  # DT_FLOAT_REF == DT_FLOAT + 100, etc.
+
+_NUMPY_BY_DTYPE: dict[int, np.dtype[Any]] = {
+    DT_FLOAT: np.dtype(np.float32),
+    DT_DOUBLE: np.dtype(np.float64),
+    DT_INT32: np.dtype(np.int32),
+    DT_UINT8: np.dtype(np.uint8),
+    DT_INT16: np.dtype(np.int16),
+    DT_INT8: np.dtype(np.int8),
+    DT_STRING: np.dtype(object),
+    DT_COMPLEX64: np.dtype(np.complex64),
+    DT_INT64: np.dtype(np.int64),
+    DT_BOOL: np.dtype(np.bool_),
+    DT_UINT16: np.dtype(np.uint16),
+    DT_COMPLEX128: np.dtype(np.complex128),
+    DT_HALF: np.dtype(np.float16),
+    DT_UINT32: np.dtype(np.uint32),
+    DT_UINT64: np.dtype(np.uint64),
+}
+if _BFLOAT16 is not None:
+    _NUMPY_BY_DTYPE[DT_BFLOAT16] = _BFLOAT16
+
+_DTYPE_BY_NUMPY: dict[np.dtype[Any], int] = {
+    v: k for k, v in _NUMPY_BY_DTYPE.items() if k != DT_STRING
+}
+
+
+def dtype_name(dtype: int) -> str:
+    """TensorFlow's ``DataTypeString``: ``float``, ``int32``, ``string``, ``float_ref``..."""
+    if dtype == types_pb2.DT_INVALID:
+        return "INVALID"
+    try:
+        return types_pb2.DataType.Name(dtype)[3:].lower()
+    except ValueError:
+        return f"unknown dtype enum ({dtype})"
+
+
+def numpy_dtype(dtype: int) -> np.dtype[Any]:
+    """The numpy dtype for a TF ``DataType`` (ref types map to their base type).
+
+    ``DT_STRING`` is ``object`` (arrays of ``bytes``). Raises ``InvalidArgument`` for types
+    with no numpy equivalent (quantized, resource, variant...).
+    """
+    base = dtype - _REF_OFFSET if dtype > _REF_OFFSET else dtype
+    try:
+        return _NUMPY_BY_DTYPE[base]
+    except KeyError:
+        raise InvalidArgument(f"Unsupported tensor data type: {dtype_name(dtype)}") from None
+
+
+def datatype_for_numpy(dtype: np.dtype[Any]) -> int:
+    """The TF ``DataType`` of a numpy dtype (object, bytes and str arrays are ``DT_STRING``)."""
+    if dtype.kind in "OSU":
+        return DT_STRING
+    found = _DTYPE_BY_NUMPY.get(dtype)
+    if found is None and dtype.byteorder not in "=|":
+        found = _DTYPE_BY_NUMPY.get(dtype.newbyteorder("="))
+    if found is None:
+        raise InvalidArgument(f"Unsupported numpy dtype for a tensor: {dtype}")
+    return found
+
+
+def _status_string(error: ServingError) -> str:
+    """``absl::Status::ToString()``: ``INVALID_ARGUMENT: message``."""
+    return f"{error.code.name}: {error.message}"
+
+
+# --------------------------------------------------------------------------------------------
+# TF Serving's number formatting (json_tensor.cc WriteDecimal)
+# --------------------------------------------------------------------------------------------
+
+_FLT_MAX = float(np.finfo(np.float32).max)
+_F32_INF = np.float32(np.inf)
+# Nearest doubles to 10**k (Python's float() parsing is correctly rounded).
+_POW10_MIN = -64
+_POW10 = np.array([float(f"1e{k}") for k in range(_POW10_MIN, 65)])
+_EXACT_POW10 = np.array([float(10**k) for k in range(23)])  # exact doubles
+
+
+def _strtof(text: str) -> float:
+    """The float32 nearest to decimal ``text`` (correctly rounded, as ``strtof``)."""
+    d = float(text)
+    with np.errstate(over="ignore"):
+        f = np.float32(d)
+    if float(f) != d and math.isfinite(d) and np.isfinite(f):
+        lo = f if float(f) < d else np.nextafter(f, -_F32_INF)
+        hi = np.nextafter(lo, _F32_INF)
+        mid = (float(lo) + float(hi)) / 2
+        if d == mid:  # the double rounding of text -> double -> float32 may be wrong here
+            exact = Fraction(text)
+            if exact < Fraction(mid):
+                f = lo
+            elif exact > Fraction(mid):
+                f = hi
+    return float(f)
+
+
+def tf_float_text(value: float, *, single: bool = True) -> str:
+    """The exact text TF Serving writes for a float32 (``single``) or double value."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "-Infinity" if value < 0 else "Infinity"
+    text = f"{value:g}"
+    if (_strtof(text) if single else float(text)) != value:
+        text = f"{value:.9g}" if single else f"{value:.17g}"
+    if "." not in text and "e" not in text:
+        text += ".0"
+    return text
+
+
+def _round_significant(x: np.ndarray, e: np.ndarray, digits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Round positive ``x`` (with decimal exponents ``e``) to ``digits`` significant digits.
+
+    Returns ``(w, unsure)``: ``w`` is the double nearest to the rounded decimal; ``unsure``
+    flags elements where floating-point error could have changed the rounding (near ties
+    computed inexactly) or the decimal exponent is out of the exact-power table.
+    """
+    k = (digits - 1) - e
+    in_table = np.abs(k) <= 22
+    kk = np.where(in_table, np.abs(k), 0)
+    p = _EXACT_POW10[kk]
+    up = k >= 0
+    t = np.where(up, x * p, x / p)
+    n = np.rint(t)
+    # x * 10**k is exact for a float32 x when 0 <= k <= 12 (24 + 28 bits <= 53); otherwise
+    # t carries at most half an ulp of error (< 2.4e-7 for t < 1e9): distrust near-ties.
+    exact = up & (k <= 12)
+    frac = t - np.floor(t)
+    unsure = ~in_table | (~exact & (np.abs(frac - 0.5) < 1e-6))
+    w = np.where(up, n / p, n * p)
+    return w, unsure
+
+
+def _digits_common(x: np.ndarray, x32: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """:func:`_tf_float32_values` for magnitudes in [1e-4, 1e6) (decimal exponent -4..5).
+
+    There every step is exact: ``x * 10**k`` needs at most 24 + 28 bits for k <= 12, the
+    division by the exact power of ten rounds once, and a 6-digit decimal with k <= 12 can
+    never be rounded onto a float32 tie by the double conversion (5**12 < 2**28), so
+    ``float32(w6) == x`` is exactly "the 6-digit text reads back as x".
+    """
+    k6 = 5 - e
+    p6 = _EXACT_POW10[k6]
+    w6 = np.rint(x * p6)
+    w6 /= p6
+    roundtrip = w6.astype(np.float32) == x32
+    p9 = _EXACT_POW10[k6 + 3]
+    w9 = np.rint(x * p9)
+    w9 /= p9
+    return np.where(roundtrip, w6, w9)
+
+
+def _digits_general(x: np.ndarray, x32: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """:func:`_tf_float32_values` for any finite positive magnitudes (slower, with guards)."""
+    w6, unsure6 = _round_significant(x, e, 6)
+    roundtrip = w6.astype(np.float32) == x32
+    # Converting w6 (a double) to float32 could differ from strtof(decimal) only if w6 sits on
+    # a float32 rounding boundary; those are the points half a float32 ulp from x.
+    half_up = (np.nextafter(x32, _F32_INF).astype(np.float64) - x) / 2
+    half_down = (x - np.nextafter(x32, np.float32(0)).astype(np.float64)) / 2
+    dist = np.abs(w6 - x)
+    boundary = (np.abs(dist - half_up) <= 1e-9 * half_up) | (
+        np.abs(dist - half_down) <= 1e-9 * half_down
+    )
+    w9, unsure9 = _round_significant(x, e, 9)
+    w = np.where(roundtrip, w6, w9)
+    unsure = unsure6 | boundary | (~roundtrip & unsure9)
+    for i in np.flatnonzero(unsure).tolist():
+        w[i] = abs(float(tf_float_text(float(x[i]), single=True)))
+    return w
+
+
+def _tf_float32_values(a: np.ndarray) -> np.ndarray:
+    """float64 array of the numbers TF Serving prints for each element of float32 ``a``
+    (float16 is printed as float32, as TF Serving does). Zeros and non-finite values are
+    kept as they are. Vectorized; exact (see ``_digits_common`` / ``_digits_general``)."""
+    with np.errstate(all="ignore"):
+        a32 = a.astype(np.float32, copy=False).ravel()
+        v = a32.astype(np.float64)
+        x = np.abs(v)
+        x32 = np.abs(a32)
+        # Decimal exponent by exact comparison with the nearest doubles to the powers of ten.
+        e = np.searchsorted(_POW10, x, side="right") + (_POW10_MIN - 1)
+        common = (e >= -4) & (e <= 5)
+        if common.all():
+            return np.copysign(_digits_common(x, x32, e), v).reshape(a.shape)
+        out = np.copysign(_digits_common(x, x32, np.clip(e, -4, 5)), v)
+        others = np.flatnonzero(~common)
+        out[others] = v[others]  # zeros and non-finite values print as themselves
+        rest = others[np.isfinite(v[others]) & (v[others] != 0)]
+        if rest.size:
+            out[rest] = np.copysign(_digits_general(x[rest], x32[rest], e[rest]), v[rest])
+        return out.reshape(a.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# JSON parsing and value printing
+# --------------------------------------------------------------------------------------------
+
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|(-?)\bInf(?:inity)?\b|\bNaN\b', re.DOTALL)
+
+_PY_TO_RAPIDJSON_ERRORS = (
+    ("Expecting value", "Invalid value."),
+    ("Extra data", "The document root must not be followed by other values."),
+    ("Expecting property name enclosed in double quotes", "Missing a name for object member."),
+    ("Expecting ':' delimiter", "Missing a colon after a name of object member."),
+    ("Unterminated string", "Missing a closing quotation mark in string."),
+    ("Invalid \\escape", "Invalid escape character in string."),
+    ("Invalid control character", "Invalid encoding in string."),
+)
+
+
+def _replace_token(match: re.Match[str]) -> str:
+    token = match.group(0)
+    if token.startswith('"'):
+        return token
+    if token == "NaN":
+        return "NaN"
+    return "-Infinity" if match.group(1) else "Infinity"
+
+
+def loads(data: bytes | bytearray | memoryview | str) -> Any:
+    """Parse a JSON document as TF Serving's REST API does.
+
+    Standard JSON goes through orjson. Only when that fails is the document re-parsed by a
+    tolerant parser that also accepts TF Serving's extensions: the bare tokens ``NaN``,
+    ``Infinity``, ``-Infinity``, ``Inf``, ``-Inf``; integers beyond 64 bits; invalid UTF-8 in
+    strings (kept as ``surrogateescape`` characters, turned back into the original bytes for
+    string tensors).
+
+    Raises:
+        InvalidArgument: ``JSON Parse error: <reason> at offset: <n>`` (or
+            ``JSON Parse error: The document is empty``).
+    """
+    if len(data) == 0:
+        raise InvalidArgument("JSON Parse error: The document is empty")
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    text = data if isinstance(data, str) else bytes(data).decode("utf-8", "surrogateescape")
+    if not text.strip():
+        raise InvalidArgument(f"JSON Parse error: The document is empty. at offset: {len(text)}")
+    if "Inf" in text or "NaN" in text:
+        text = _JSON_TOKENS.sub(_replace_token, text)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        reason = exc.msg
+        for prefix, rapidjson_reason in _PY_TO_RAPIDJSON_ERRORS:
+            if reason.startswith(prefix):
+                reason = rapidjson_reason
+                break
+        raise InvalidArgument(f"JSON Parse error: {reason} at offset: {exc.pos}") from None
+    except RecursionError:
+        raise InvalidArgument("JSON Parse error: Document nesting is too deep.") from None
+
+
+def _json_type(value: Any) -> str:
+    """rapidjson's type name of a parsed value (``JsonTypeString``)."""
+    if value is None:
+        return "Null"
+    if value is True:
+        return "True"
+    if value is False:
+        return "False"
+    if isinstance(value, dict):
+        return "Object"
+    if isinstance(value, list):
+        return "Array"
+    if isinstance(value, str):
+        return "String"
+    return "Number"
+
+
+def _rapidjson_double(value: float) -> str:
+    """rapidjson ``Writer::Double`` (Grisu shortest digits, ``Prettify`` layout)."""
+    if not math.isfinite(value):
+        return tf_float_text(value)
+    if value == 0:
+        return "-0.0" if math.copysign(1.0, value) < 0 else "0.0"
+    sign = "-" if value < 0 else ""
+    mantissa, _, exp_text = repr(abs(value)).partition("e")
+    exponent = int(exp_text) if exp_text else 0
+    int_part, _, frac_part = mantissa.partition(".")
+    digits = (int_part + frac_part).lstrip("0")
+    point = (
+        len(int_part.lstrip("0"))
+        if int_part.strip("0")
+        else -(len(frac_part) - len(frac_part.lstrip("0")))
+    )
+    digits = digits.rstrip("0") or "0"
+    kk = point + exponent  # the decimal point sits after kk digits
+    length = len(digits)
+    if length <= kk <= 21:
+        body = digits + "0" * (kk - length) + ".0"
+    elif 0 < kk <= 21:
+        body = digits[:kk] + "." + digits[kk:]
+    elif -6 < kk <= 0:
+        body = "0." + "0" * (-kk) + digits
+    elif length == 1:
+        body = f"{digits}e{kk - 1}"
+    else:
+        body = f"{digits[0]}.{digits[1:]}e{kk - 1}"
+    return sign + body
+
+
+def _pretty(value: Any, indent: int) -> str:
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        pad = " " * (indent + 4)
+        items = [f"{pad}{_pretty(str(k), 0)}: {_pretty(v, indent + 4)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
+    if isinstance(value, list):
+        if not value:
+            return "[]"
+        pad = " " * (indent + 4)
+        items = [pad + _pretty(v, indent + 4) for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + " " * indent + "]"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return _rapidjson_double(value)
+    return str(value)
+
+
+def _json_text(value: Any) -> str:
+    """TF Serving's ``JsonValueToString``: a top-level decimal is written as a float32 (or a
+    double beyond float range) with ``WriteDecimal``; anything else pretty-printed."""
+    if isinstance(value, float):
+        if math.isfinite(value) and abs(value) <= _FLT_MAX:
+            return tf_float_text(float(np.float32(value)), single=True)
+        return tf_float_text(value, single=False)
+    if (
+        isinstance(value, int) and not isinstance(value, bool) and not (-(2**63) <= value < 2**64)
+    ):  # rapidjson parses such a number as a double
+        return _json_text(float(value))
+    return _pretty(value, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# JSON -> ndarray
+# --------------------------------------------------------------------------------------------
+
+_INT_RANGES: dict[int, tuple[int, int]] = {
+    DT_INT32: (-(2**31), 2**31 - 1),
+    DT_INT16: (-(2**31), 2**31 - 1),  # TF checks IsInt() only; the cast then wraps
+    DT_INT8: (-(2**31), 2**31 - 1),
+    DT_UINT8: (-(2**31), 2**31 - 1),
+    DT_INT64: (-(2**63), 2**63 - 1),
+    DT_UINT32: (0, 2**32 - 1),
+    DT_UINT64: (0, 2**64 - 1),
+}
+# Largest integer a float / double holds exactly (IsLosslessDecimal's kMaxInt).
+_MAX_EXACT_INT = {DT_FLOAT: 2**24 - 1, DT_DOUBLE: 2**53 - 1}
+_JSON_DTYPES = frozenset({DT_FLOAT, DT_DOUBLE, DT_STRING, DT_BOOL, *_INT_RANGES})
+
+
+def _type_error(value: Any, dtype: int) -> InvalidArgument:
+    return InvalidArgument(
+        f"JSON Value: {_json_text(value)} Type: {_json_type(value)} is not of expected type: "
+        f"{dtype_name(dtype)}"
+    )
+
+
+def _lossy_error(value: Any, target: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"Cannot convert JSON value: {_json_text(value)} to {target} without loss of precision."
+    )
+
+
+def _is_b64(value: Any) -> bool:
+    return type(value) is dict and len(value) == 1 and type(value.get("b64")) is str
+
+
+def _b64decode(text: str) -> bytes:
+    padded = text + "=" * (-len(text) % 4)
+    try:
+        return base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidArgument("Unable to base64 decode") from None
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", errors="surrogateescape")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", errors="surrogatepass")
+
+
+def _convert_leaf(value: Any, dtype: int) -> Any:
+    """One JSON leaf -> Python value for ``dtype`` (``AddValueToTensor``), or TF's error."""
+    kind = type(value)
+    if dtype == DT_STRING:
+        if kind is str:
+            return _utf8(value)
+        if kind is dict:
+            if not _is_b64(value):
+                raise InvalidArgument(
+                    f"JSON Value: {_json_text(value)} not formatted correctly for base64 data"
+                )
+            return _b64decode(value["b64"])
+        raise _type_error(value, dtype)
+    if kind is dict:
+        raise _type_error(value, dtype)
+    if dtype in (DT_FLOAT, DT_DOUBLE):
+        if kind is int:
+            if -(2**63) <= value < 2**64:
+                if abs(value) > _MAX_EXACT_INT[dtype]:
+                    raise _lossy_error(value, dtype_name(dtype))
+                return float(value)
+            value = float(value)  # beyond 64 bits rapidjson parses a double
+        elif kind is not float:
+            raise _type_error(value, dtype)
+        if dtype == DT_FLOAT and math.isfinite(value) and abs(value) > _FLT_MAX:
+            raise _lossy_error(value, "float")
+        return value
+    if dtype in _INT_RANGES:
+        lo, hi = _INT_RANGES[dtype]
+        if kind is not int or not lo <= value <= hi:
+            raise _type_error(value, dtype)
+        return value
+    if dtype == DT_BOOL:
+        if kind is not bool:
+            raise _type_error(value, dtype)
+        return value
+    raise Unimplemented(
+        f"Conversion of JSON Value: {_json_text(value)} to type: {dtype_name(dtype)}"
+    )
+
+
+def _dense_shape(value: Any) -> list[int]:
+    """``GetDenseTensorShape``: the shape implied by following element 0 at each level."""
+    shape = []
+    while type(value) is list:
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return shape
+
+
+def _fill_exact(value: Any, level: int, shape: Sequence[int], dtype: int, out: list[Any]) -> None:
+    """``FillTensorProto``: validate layout and convert leaves in document order."""
+    rank = len(shape)
+    if type(value) is not list:
+        if level != rank:
+            raise InvalidArgument(
+                f"JSON Value: {_json_text(value)} found at incorrect level: {level + 1} in the "
+                f"JSON DOM. Expected at level: {rank}"
+            )
+        out.append(_convert_leaf(value, dtype))
+        return
+    if level >= rank:
+        raise InvalidArgument(f"Encountered list at unexpected level: {level} expected < {rank}")
+    if len(value) != shape[level]:
+        raise InvalidArgument(
+            f"Encountered list at unexpected size: {len(value)} at level: {level} "
+            f"expected size: {shape[level]}"
+        )
+    for item in value:
+        _fill_exact(item, level + 1, shape, dtype, out)
+
+
+def _from_values(values: list[Any], shape: Sequence[int], dtype: int) -> np.ndarray:
+    np_dtype = numpy_dtype(dtype)
+    if dtype == DT_STRING:
+        array = np.empty(len(values), dtype=object)
+        array[:] = values
+    elif dtype in (DT_INT16, DT_INT8, DT_UINT8):  # int_val cast to the narrow type wraps
+        array = np.array(values, dtype=np.int64).astype(np_dtype)
+    else:
+        array = np.array(values, dtype=np_dtype)
+    return array.reshape(shape)
+
+
+def _leaf_types(value: Any, shape: Sequence[int]) -> set[type] | None:
+    """Types of the leaves if ``value`` is dense with ``shape`` (else ``None``)."""
+    rank = len(shape)
+    if rank == 0:
+        return {type(value)}
+    types: set[type] = set()
+    level_lists = [value]
+    for level in range(rank):
+        size = shape[level]
+        if level == rank - 1:
+            for lst in level_lists:
+                if len(lst) != size:
+                    return None
+                types.update(map(type, lst))
+            return types
+        nxt = []
+        for lst in level_lists:
+            if len(lst) != size:
+                return None
+            for item in lst:
+                if type(item) is not list:
+                    return None
+            nxt.extend(lst)
+        level_lists = nxt
+    return types  # pragma: no cover
+
+
+def _fast_array(value: Any, shape: Sequence[int], dtype: int) -> np.ndarray | None:
+    """Vectorized conversion of a dense, well-typed numeric value; ``None`` when any check
+    fails (the caller then runs the exact path, which produces TF's error)."""
+    types = _leaf_types(value, shape)
+    if types is None or list in types:
+        return None
+    try:
+        if dtype in (DT_FLOAT, DT_DOUBLE):
+            if not types <= {int, float}:
+                return None
+            with np.errstate(over="ignore", invalid="ignore"):
+                wide = np.array(value, dtype=np.float64)
+                magnitude = np.abs(wide)
+                if int in types and np.any(magnitude > _MAX_EXACT_INT[dtype]):
+                    return None
+                if dtype == DT_DOUBLE:
+                    return wide
+                if np.any(np.isfinite(magnitude) & (magnitude > _FLT_MAX)):
+                    return None
+                return wide.astype(np.float32)
+        if dtype in _INT_RANGES:
+            if types and types != {int}:
+                return None
+            lo, hi = _INT_RANGES[dtype]
+            wide = np.array(value, dtype=np.uint64 if dtype == DT_UINT64 else np.int64)
+            if wide.size and (wide.min() < lo or wide.max() > hi):
+                return None
+            return wide.astype(numpy_dtype(dtype))
+        if dtype == DT_BOOL:
+            if types and types != {bool}:
+                return None
+            return np.array(value, dtype=np.bool_)
+    except (OverflowError, ValueError, TypeError):
+        return None
+    return None
+
+
+def json_to_ndarray(value: Any, dtype: int) -> np.ndarray:
+    """Convert one JSON value (scalar or nested lists) to an array of TF type ``dtype``.
+
+    Follows ``FillTensorProto``: the shape is read from element 0 at each level and every
+    other element must match it; leaves must have the JSON type the dtype requires. Raises
+    TF Serving's ``InvalidArgument`` (or ``Unimplemented`` for dtypes JSON cannot carry).
+    """
+    shape = _dense_shape(value)
+    if dtype != DT_STRING and dtype in _JSON_DTYPES:
+        fast = _fast_array(value, shape, dtype)
+        if fast is not None:
+            return fast
+    values: list[Any] = []
+    _fill_exact(value, 0, shape, dtype, values)
+    return _from_values(values, shape, dtype)
+
+
+def _format_error(body: Any, *parts: str) -> InvalidArgument:
+    return InvalidArgument(f"JSON Value: {_json_text(body)} " + "".join(parts))
+
+
+def get_signature_name(body: Any) -> str:
+    """The request's ``signature_name`` (``""`` when absent).
+
+    Raises:
+        InvalidArgument: the body is not a JSON object, or ``signature_name`` is not a string.
+    """
+    if not isinstance(body, dict):
+        raise _format_error(body, "Is not object")
+    name = body.get("signature_name", "")
+    if not isinstance(name, str):
+        raise _format_error(
+            body, "not formatted correctly. 'signature_name' key must be a string value."
+        )
+    return name
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+class _InstanceColumn:
+    """Accumulates one named input across ``instances`` (``AddInstanceItem``)."""
+
+    def __init__(self, dtype: int) -> None:
+        self.dtype = dtype
+        self.values: list[Any] = []
+        self.size = -1
+        self.shape: list[int] = []
+
+    def add(self, item: Any) -> None:
+        shape = _dense_shape(item)
+        values: list[Any] = []
+        _fill_exact(item, 0, shape, self.dtype, values)
+        if self.size < 0:
+            self.size, self.shape = len(values), shape
+        elif self.size != len(values):
+            raise InvalidArgument(f"Expecting tensor size: {self.size} but got: {len(values)}")
+        elif self.shape != shape:
+            raise InvalidArgument(
+                f"Expecting shape {_shape_text(self.shape)} but got: {_shape_text(shape)}"
+            )
+        self.values.extend(values)
+
+
+def _is_element_object(value: Any) -> bool:
+    return type(value) is dict and not _is_b64(value)
+
+
+def _instances_exact(instances: list[Any], dtypes: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """``FillTensorMapFromInstancesList``, element by element, with TF's messages."""
+    names = sorted(dtypes)
+    if type(instances[0]) is not dict and len(dtypes) > 1:
+        raise InvalidArgument(
+            "instances is a plain list, but expecting list of objects as multiple input "
+            "tensors required as per tensorinfo_map"
+        )
+    objects = _is_element_object(instances[0])
+    columns: dict[str, _InstanceColumn] = {}
+    for index, element in enumerate(instances):
+        if objects:
+            if not _is_element_object(element):
+                raise InvalidArgument(
+                    f"Expecting object but got list at item {index} of input list"
+                )
+            for name, item in element.items():
+                try:
+                    if name not in dtypes:
+                        raise InvalidArgument(f"JSON object: does not have named input: {name}")
+                    columns.setdefault(name, _InstanceColumn(dtypes[name])).add(item)
+                except ServingError as exc:
+                    raise InvalidArgument(
+                        f"Failed to process element: {index} key: {name} of 'instances' "
+                        f"list. Error: {_status_string(exc)}"
+                    ) from None
+            if set(element) != set(names):
+                raise InvalidArgument(
+                    f"Failed to process element: {index} of 'instances' list. JSON object: "
+                    f"{_json_text(element)} keys must be equal to: {','.join(names)}"
+                )
+        else:
+            if _is_element_object(element):
+                raise InvalidArgument(
+                    f"Expecting value/list but got object at item {index} of input list"
+                )
+            name = names[0]
+            try:
+                columns.setdefault(name, _InstanceColumn(dtypes[name])).add(element)
+            except ServingError as exc:
+                raise InvalidArgument(
+                    f"Failed to process element: {index} of 'instances' list. Error: "
+                    f"{_status_string(exc)}"
+                ) from None
+    count = len(instances)
+    return {
+        name: _from_values(col.values, [count, *col.shape], col.dtype)
+        for name, col in columns.items()
+    }
+
+
+def _instances_fast(
+    instances: list[Any], dtypes: Mapping[str, int]
+) -> dict[str, np.ndarray] | None:
+    """The whole ``instances`` list as one batch per input; ``None`` if anything is off."""
+    if _is_element_object(instances[0]):
+        keys = dtypes.keys()
+        for element in instances:
+            if type(element) is not dict or element.keys() != keys:
+                return None
+        columns = {name: [element[name] for element in instances] for name in dtypes}
+    elif len(dtypes) == 1:
+        columns = {next(iter(dtypes)): instances}
+    else:
+        return None
+    result = {}
+    for name, column in columns.items():
+        dtype = dtypes[name]
+        shape = _dense_shape(column)
+        if dtype == DT_STRING or dtype not in _JSON_DTYPES:
+            if _leaf_types(column, shape) is None:
+                return None
+            values: list[Any] = []
+            try:
+                _fill_exact(column, 0, shape, dtype, values)
+            except ServingError:
+                return None
+            array = _from_values(values, shape, dtype)
+        else:
+            fast = _fast_array(column, shape, dtype)
+            if fast is None:
+                return None
+            array = fast
+        result[name] = array
+    return result
+
+
+def parse_predict_request(
+    body: Any, signature_def: meta_graph_pb2.SignatureDef
+) -> tuple[JsonFormat, dict[str, np.ndarray]]:
+    """REST predict body -> input arrays for ``signature_def`` (``FillPredictRequestFromJson``).
+
+    ``{"instances": [...]}`` is the row format: one entry per batch item (each an object
+    naming every input when the signature has several inputs); the arrays get a leading batch
+    dimension. ``{"inputs": value | {name: value}}`` is the columnar format: each value is the
+    whole tensor. Dtypes come from the signature's TensorInfo.
+
+    Returns:
+        ``("row" | "columnar", {input alias: array})``.
+
+    Raises:
+        InvalidArgument: TF Serving's message for every malformed request.
+        Unimplemented: an input dtype JSON cannot express (e.g. half).
+    """
+    signature_name = get_signature_name(body)
+    dtypes = {alias: info.dtype for alias, info in signature_def.inputs.items()}
+    if not dtypes:
+        raise InvalidArgument(
+            f"Failed to get input map for signature: {signature_name or 'DEFAULT'}"
+        )
+    has_instances, has_inputs = "instances" in body, "inputs" in body
+    if has_instances and has_inputs:
+        raise _format_error(
+            body,
+            "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist ",
+        )
+    if has_instances:
+        instances = body["instances"]
+        if not isinstance(instances, list):
+            raise _format_error(body, "Excepting 'instances' to be an list/array")
+        if not instances:
+            raise _format_error(body, "No values in 'instances' array")
+        fast = _instances_fast(instances, dtypes)
+        return "row", fast if fast is not None else _instances_exact(instances, dtypes)
+    if has_inputs:
+        value = body["inputs"]
+        if not isinstance(value, dict) or _is_b64(value):
+            if len(dtypes) > 1:
+                raise InvalidArgument(
+                    "inputs is a plain value/list, but expecting an object as multiple input "
+                    "tensors required as per tensorinfo_map"
+                )
+            name = sorted(dtypes)[0]
+            return "columnar", {name: json_to_ndarray(value, dtypes[name])}
+        arrays = {}
+        for name in sorted(dtypes):
+            if name not in value:
+                raise InvalidArgument(f"Missing named input: {name} in 'inputs' object.")
+            arrays[name] = json_to_ndarray(value[name], dtypes[name])
+        return "columnar", arrays
+    raise InvalidArgument("Missing 'inputs' or 'instances' key")
+
+
+# --------------------------------------------------------------------------------------------
+# ndarray -> JSON
+# --------------------------------------------------------------------------------------------
+
+_ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+_JSON_INT_KINDS = frozenset(
+    np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint32, np.uint64)
+)
+
+
+class _NeedsSlowWriter(Exception):
+    """Internal: the value holds NaN/Infinity, which orjson would write as null."""
+
+
+def _json_ready(name: str, array: np.ndarray) -> Any:
+    """An orjson-serializable value printing exactly like TF Serving for this tensor.
+
+    Raises ``_NeedsSlowWriter`` when the tensor holds non-finite numbers.
+    """
+    dtype = array.dtype
+    if dtype == np.float32 or dtype == np.float16:
+        values = _tf_float32_values(array)
+    elif dtype == np.float64 or dtype == np.bool_ or dtype in _JSON_INT_KINDS:
+        values = array
+    elif dtype.kind in "OSU":
+        as_bytes = name.endswith("_bytes")
+        flat = array.ravel().tolist()
+        converted: list[Any] = []
+        for item in flat:
+            if isinstance(item, str):
+                item = _utf8(item)
+            if as_bytes:
+                converted.append({"b64": base64.b64encode(item).decode("ascii")})
+            else:
+                converted.append(item.decode("utf-8", errors="replace"))
+        if array.ndim == 0:
+            return converted[0]
+        holder = np.empty(len(converted), dtype=object)
+        holder[:] = converted
+        return holder.reshape(array.shape).tolist()
+    else:
+        try:
+            type_name = dtype_name(datatype_for_numpy(dtype))
+        except ServingError:
+            type_name = str(dtype)
+        raise InvalidArgument(f"Failed to write JSON value for tensor type: {type_name}")
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise _NeedsSlowWriter
+    if values.ndim == 0:
+        return values.item()
+    if not values.flags.c_contiguous:
+        values = np.ascontiguousarray(values)
+    return values
+
+
+def _slow_value(name: str, array: np.ndarray) -> Any:
+    """Nested Python lists with non-finite floats kept (for :func:`_write_slow`)."""
+    if array.dtype == np.float32 or array.dtype == np.float16:
+        return _tf_float32_values(array).tolist()
+    return array.tolist()
+
+
+def _write_slow(value: Any, out: list[str]) -> None:
+    if isinstance(value, float):
+        out.append(orjson.dumps(value).decode() if math.isfinite(value) else tf_float_text(value))
+    elif isinstance(value, list):
+        out.append("[")
+        for i, item in enumerate(value):
+            if i:
+                out.append(",")
+            _write_slow(item, out)
+        out.append("]")
+    elif isinstance(value, dict):
+        out.append("{")
+        for i, (key, item) in enumerate(value.items()):
+            if i:
+                out.append(",")
+            out.append(orjson.dumps(key).decode())
+            out.append(":")
+            _write_slow(item, out)
+        out.append("}")
+    else:
+        out.append(orjson.dumps(value, option=_ORJSON_OPTIONS).decode())
+
+
+def _dumps(document: Any) -> bytes:
+    return orjson.dumps(document, option=_ORJSON_OPTIONS)
+
+
+def _dumps_slow(document: Any) -> bytes:
+    out: list[str] = []
+    _write_slow(document, out)
+    return "".join(out).encode()
+
+
+def format_predict_response(outputs: Mapping[str, np.ndarray], format: JsonFormat) -> bytes:
+    """Serialize predict outputs as TF Serving does (``MakeJsonFromTensors``).
+
+    Row (``"row"``): ``{"predictions": [...]}`` with one entry per batch item; with a single
+    output the entry is that output's value, with several it is ``{name: value}``. Every
+    output needs a batch dimension and all must agree on it. Columnar (``"columnar"``):
+    ``{"outputs": value}`` for one output, ``{"outputs": {name: value}}`` for several.
+
+    String tensors are written as UTF-8 text, or as ``{"b64": ...}`` when the output name
+    ends in ``_bytes``. See the module docstring for numbers.
+
+    Raises:
+        InvalidArgument: empty ``outputs``, a row-format tensor without batch dimension or
+            with an inconsistent batch size, or a dtype JSON cannot carry.
+    """
+    if not outputs:
+        raise InvalidArgument("Cannot convert empty tensor map to JSON")
+    names = sorted(outputs)
+    arrays = {n: np.asarray(outputs[n]) for n in names}
+    if format == "row":
+        batch = -1
+        for name in names:
+            array = arrays[name]
+            if array.ndim == 0:
+                raise InvalidArgument(f"Tensor name: {name} has no shape information ")
+            if batch >= 0 and array.shape[0] != batch:
+                raise InvalidArgument(
+                    f"Tensor name: {name} has inconsistent batch size: {array.shape[0]} "
+                    f"expecting: {batch}"
+                )
+            batch = array.shape[0]
+    elif format != "columnar":
+        raise InvalidArgument("Invalid request format")
+
+    try:
+        values = {n: _json_ready(n, arrays[n]) for n in names}
+        writer = _dumps
+    except _NeedsSlowWriter:
+        values = {}
+        for n in names:
+            try:
+                values[n] = _json_ready(n, arrays[n])
+                if isinstance(values[n], np.ndarray):
+                    values[n] = values[n].tolist()
+            except _NeedsSlowWriter:
+                values[n] = _slow_value(n, arrays[n])
+        writer = _dumps_slow
+
+    if format == "columnar":
+        if len(names) == 1:
+            return writer({"outputs": values[names[0]]})
+        return writer({"outputs": values})
+    if len(names) == 1:
+        return writer({"predictions": values[names[0]]})
+    columns = [values[n] for n in names]
+    rows = [dict(zip(names, items, strict=True)) for items in zip(*columns, strict=True)]
+    return writer({"predictions": rows})
+
+
+def format_classify_response(result: classification_pb2.ClassificationResult) -> bytes:
+    """``{"results": [[[label, score], ...], ...]}`` (``MakeJsonFromClassificationResult``).
+
+    Raises:
+        InvalidArgument: the result has no classifications.
+    """
+    if not result.classifications:
+        raise InvalidArgument("Cannot convert empty ClassificationResults to JSON")
+    labels = [[c.label for c in cls.classes] for cls in result.classifications]
+    scores = np.array(
+        [c.score for cls in result.classifications for c in cls.classes], dtype=np.float32
+    )
+    printed = _tf_float32_values(scores).tolist()
+    position = 0
+    results = []
+    for row in labels:
+        results.append([[label, printed[position + i]] for i, label in enumerate(row)])
+        position += len(row)
+    document = {"results": results}
+    if all(math.isfinite(s) for s in printed):
+        return orjson.dumps(document)
+    return _dumps_slow(document)
+
+
+def format_regress_response(result: regression_pb2.RegressionResult) -> bytes:
+    """``{"results": [value, ...]}`` (``MakeJsonFromRegressionResult``).
+
+    Raises:
+        InvalidArgument: the result has no regressions.
+    """
+    if not result.regressions:
+        raise InvalidArgument("Cannot convert empty RegressionResults to JSON")
+    values = np.array([r.value for r in result.regressions], dtype=np.float32)
+    printed = _tf_float32_values(values)
+    if np.isfinite(printed).all():
+        return _dumps({"results": printed})
+    return _dumps_slow({"results": printed.tolist()})
+
+
+# --------------------------------------------------------------------------------------------
+# classify / regress JSON -> tf.Example
+# --------------------------------------------------------------------------------------------
+
+_FEATURE_KIND_NAMES = {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64"}
+
+
+def _kind_error(name: str, feature: feature_pb2.Feature) -> InvalidArgument:
+    kind = feature.WhichOneof("kind")
+    kind_name = _FEATURE_KIND_NAMES.get(kind or "", "UNKNOWN")
+    return InvalidArgument(
+        f"Unexpected element type in feature: {name} expecting type: {kind_name}"
+    )
+
+
+def _check_kind(name: str, feature: feature_pb2.Feature, wanted: str) -> None:
+    kind = feature.WhichOneof("kind")
+    if kind is not None and kind != wanted:
+        raise _kind_error(name, feature)
+
+
+def _add_feature_value(value: Any, name: str, feature: feature_pb2.Feature) -> None:
+    """``AddValueToFeature``: one JSON element into a Feature, with TF Serving's errors."""
+    kind = type(value)
+    if value is None or kind is list or (kind is dict and not _is_b64(value)):
+        raise InvalidArgument(
+            f"Feature: {name} has element with unexpected JSON type: {_json_type(value)}"
+        )
+    if kind is bool:
+        _check_kind(name, feature, "int64_list")
+        feature.int64_list.value.append(1 if value else 0)
+    elif kind is dict:
+        _check_kind(name, feature, "bytes_list")
+        feature.bytes_list.value.append(_b64decode(value["b64"]))
+    elif kind is str:
+        _check_kind(name, feature, "bytes_list")
+        feature.bytes_list.value.append(_utf8(value))
+    elif kind is float or (kind is int and not -(2**63) <= value < 2**64):
+        _check_kind(name, feature, "float_list")
+        number = float(value)
+        if math.isfinite(number) and abs(number) > _FLT_MAX:
+            raise _lossy_error(value, "float")
+        feature.float_list.value.append(number)
+    else:
+        _check_kind(name, feature, "int64_list")
+        if value > 2**63 - 1:
+            raise InvalidArgument(f"Feature: {name} has uint64 element. Only int64 is supported.")
+        feature.int64_list.value.append(value)
+
+
+def _add_feature_values(values: list[Any], name: str, feature: feature_pb2.Feature) -> None:
+    types = set(map(type, values))
+    if types == {float}:
+        array = np.array(values, dtype=np.float64)
+        if not np.any(np.isfinite(array) & (np.abs(array) > _FLT_MAX)):
+            feature.float_list.value.extend(values)
+            return
+    elif types == {int}:
+        if min(values) >= -(2**63) and max(values) <= 2**63 - 1:
+            feature.int64_list.value.extend(values)
+            return
+    elif types == {str}:
+        feature.bytes_list.value.extend(_utf8(v) for v in values)
+        return
+    for value in values:
+        _add_feature_value(value, name, feature)
+
+
+def _make_example(value: Any, example: example_pb2.Example) -> None:
+    """``MakeExampleFromJsonObject``."""
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"Example must be JSON object but got JSON {_json_type(value)}")
+    features = example.features.feature
+    for name, content in value.items():
+        feature = feature_pb2.Feature()
+        if isinstance(content, list):
+            _add_feature_values(content, name, feature)
+        else:
+            _add_feature_value(content, name, feature)
+        features[name].CopyFrom(feature)
+
+
+def parse_examples_request(body: Any) -> tuple[str, input_pb2.Input]:
+    """Turn a REST classify/regress body into ``(signature_name, Input)``.
+
+    ``{"signature_name"?, "context"?: {feature: v | [v]}, "examples": [{feature: v | [v]}]}``:
+    integers become ``int64_list``, decimals ``float_list``, strings and ``{"b64": ...}``
+    ``bytes_list``, booleans ``int64_list`` (1/0). With ``context`` the Input is an
+    ``ExampleListWithContext``, otherwise an ``ExampleList``.
+
+    Raises:
+        InvalidArgument: TF Serving's message for every malformed request.
+    """
+    signature_name = get_signature_name(body)
+    request_input = input_pb2.Input()
+    has_context = "context" in body
+    if has_context:
+        _make_example(body["context"], request_input.example_list_with_context.context)
+    if "examples" not in body:
+        raise _format_error(
+            body, "When method is classify, key 'examples' is expected and was not found"
+        )
+    examples = body["examples"]
+    if not isinstance(examples, list):
+        raise _format_error(body, "Expecting 'examples' value to be an list/array")
+    if not examples:
+        raise _format_error(body, "'examples' value is an empty array")
+    target = (
+        request_input.example_list_with_context.examples
+        if has_context
+        else request_input.example_list.examples
+    )
+    for value in examples:
+        _make_example(value, target.add())
+    return signature_name, request_input
+
+
+# --------------------------------------------------------------------------------------------
+# TensorProto <-> ndarray
+# --------------------------------------------------------------------------------------------
+
+# Packed fixed-width fields: (field number, little-endian numpy dtype of the payload).
+_PACKED_FIELDS: dict[int, tuple[int, str]] = {
+    DT_FLOAT: (5, "<f4"),
+    DT_DOUBLE: (6, "<f8"),
+    DT_COMPLEX64: (9, "<c8"),
+    DT_COMPLEX128: (12, "<c16"),
+    DT_BOOL: (11, "u1"),  # a 0/1 varint is one byte
+}
+_INT_VAL_TYPES = frozenset({DT_INT32, DT_INT16, DT_INT8, DT_UINT8, DT_UINT16})
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        if n:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def _shape_proto(shape: Iterable[int]) -> tensor_shape_pb2.TensorShapeProto:
+    proto = tensor_shape_pb2.TensorShapeProto()
+    for size in shape:
+        proto.dim.add(size=size)
+    return proto
+
+
+def ndarray_to_tensor_proto(
+    array: Any, *, use_tensor_content: bool = False
+) -> tensor_pb2.TensorProto:
+    """A TensorProto holding ``array``.
+
+    By default the values go into the typed ``*_val`` fields, as ``Tensor::AsProtoField``
+    does (TF Serving's Predict responses); ``use_tensor_content=True`` writes the raw bytes
+    into ``tensor_content`` instead (``AsProtoTensorContent``; strings always use
+    ``string_val``). Object / bytes / str arrays become ``DT_STRING`` (``str`` as UTF-8).
+    Fixed-width fields are filled from the raw bytes (no per-element Python work).
+
+    Raises:
+        InvalidArgument: a dtype with no TensorFlow equivalent.
+    """
+    array = np.asarray(array)
+    dtype = datatype_for_numpy(array.dtype)
+    proto = tensor_pb2.TensorProto(dtype=dtype)
+    proto.tensor_shape.CopyFrom(_shape_proto(array.shape))
+    if array.size == 0:
+        return proto
+    if dtype == DT_STRING:
+        flat = array.ravel().tolist()
+        proto.string_val.extend(_utf8(v) if isinstance(v, str) else bytes(v) for v in flat)
+        return proto
+    if use_tensor_content:
+        little = array.dtype.newbyteorder("<")
+        proto.tensor_content = np.ascontiguousarray(array, dtype=little).tobytes()
+        return proto
+    packed = _PACKED_FIELDS.get(dtype)
+    if packed is not None:
+        field, layout = packed
+        raw = np.ascontiguousarray(array, dtype=layout).tobytes()
+        proto.MergeFromString(_varint((field << 3) | 2) + _varint(len(raw)) + raw)
+    elif dtype in _INT_VAL_TYPES:
+        proto.int_val.extend(array.ravel().tolist())
+    elif dtype == DT_INT64:
+        proto.int64_val.extend(array.ravel().tolist())
+    elif dtype == DT_UINT32:
+        proto.uint32_val.extend(array.ravel().tolist())
+    elif dtype == DT_UINT64:
+        proto.uint64_val.extend(array.ravel().tolist())
+    elif dtype in (DT_HALF, DT_BFLOAT16):
+        proto.half_val.extend(array.ravel().view(np.uint16).tolist())
+    else:  # pragma: no cover - every dtype datatype_for_numpy returns is handled above
+        raise InvalidArgument(f"Unsupported tensor data type: {dtype_name(dtype)}")
+    return proto
+
+
+def _parse_error(name: str | None, reason: str) -> InvalidArgument:
+    if name is not None:
+        return InvalidArgument(f"tensor parsing error: {name}")
+    return InvalidArgument(f"Cannot convert TensorProto to a tensor: {reason}")
+
+
+def _typed_values(proto: tensor_pb2.TensorProto, dtype: int, np_dtype: np.dtype[Any]) -> np.ndarray:
+    if dtype == DT_FLOAT:
+        return np.array(proto.float_val, dtype=np.float32)
+    if dtype == DT_DOUBLE:
+        return np.array(proto.double_val, dtype=np.float64)
+    if dtype in _INT_VAL_TYPES:
+        return np.array(proto.int_val, dtype=np.int64).astype(np_dtype)
+    if dtype == DT_INT64:
+        return np.array(proto.int64_val, dtype=np.int64)
+    if dtype == DT_BOOL:
+        return np.array(proto.bool_val, dtype=np.bool_)
+    if dtype == DT_UINT32:
+        return np.array(proto.uint32_val, dtype=np.uint32)
+    if dtype == DT_UINT64:
+        return np.array(proto.uint64_val, dtype=np.uint64)
+    if dtype in (DT_HALF, DT_BFLOAT16):
+        return np.array(proto.half_val, dtype=np.int64).astype(np.uint16).view(np_dtype)
+    if dtype == DT_COMPLEX64:
+        pairs = np.array(proto.scomplex_val, dtype=np.float32)
+        return pairs[: len(pairs) // 2 * 2].view(np.complex64)
+    if dtype == DT_COMPLEX128:
+        pairs = np.array(proto.dcomplex_val, dtype=np.float64)
+        return pairs[: len(pairs) // 2 * 2].view(np.complex128)
+    if dtype == DT_STRING:
+        values = np.empty(len(proto.string_val), dtype=object)
+        values[:] = list(proto.string_val)
+        return values
+    raise InvalidArgument(f"Unsupported tensor data type: {dtype_name(dtype)}")  # pragma: no cover
+
+
+def tensor_proto_to_ndarray(
+    proto: tensor_pb2.TensorProto, *, name: str | None = None
+) -> np.ndarray:
+    """The array a TensorProto describes (``Tensor::FromProto`` semantics).
+
+    ``tensor_content`` must hold exactly the tensor's bytes. Typed ``*_val`` fields may hold
+    fewer values than the shape needs: none means all zeros (empty strings), otherwise the
+    last value is repeated to fill the tensor (a single value broadcasts). More values than
+    the shape holds is an error.
+
+    Args:
+        name: the input alias, if any; errors then read ``tensor parsing error: <name>``
+            exactly as TF Serving's Predict says.
+
+    Raises:
+        InvalidArgument: invalid shape or dtype, or values that do not fit the shape.
+    """
+    dtype = proto.dtype
+    try:
+        np_dtype = numpy_dtype(dtype)
+    except ServingError:
+        raise _parse_error(name, f"unsupported dtype {dtype_name(dtype)}") from None
+    if dtype > _REF_OFFSET:
+        raise _parse_error(name, f"reference dtype {dtype_name(dtype)}")
+    shape_proto = proto.tensor_shape
+    if shape_proto.unknown_rank:
+        raise _parse_error(name, "unknown rank")
+    shape = [d.size for d in shape_proto.dim]
+    if any(d < 0 for d in shape):
+        raise _parse_error(name, f"invalid shape {_shape_text(shape)}")
+    count = math.prod(shape)
+    if proto.tensor_content and dtype != DT_STRING:
+        content = proto.tensor_content
+        little = np_dtype.newbyteorder("<") if np_dtype.byteorder not in "|" else np_dtype
+        if len(content) != count * np_dtype.itemsize:
+            raise _parse_error(
+                name,
+                f"tensor_content holds {len(content)} bytes, the shape "
+                f"{_shape_text(shape)} of {dtype_name(dtype)} needs {count * np_dtype.itemsize}",
+            )
+        return np.frombuffer(content, dtype=little).astype(np_dtype).reshape(shape)
+    values = _typed_values(proto, dtype, np_dtype)
+    given = len(values)
+    if given == count:
+        return values.reshape(shape)
+    if given > count:
+        raise _parse_error(name, f"{given} values do not fit the shape {_shape_text(shape)}")
+    if given == 0:
+        if dtype == DT_STRING:
+            filled = np.empty(count, dtype=object)
+            filled[:] = [b""] * count
+            return filled.reshape(shape)
+        return np.zeros(shape, dtype=np_dtype)
+    filled = np.empty(count, dtype=np_dtype)
+    filled[:given] = values
+    filled[given:] = values[-1]
+    return filled.reshape(shape)
