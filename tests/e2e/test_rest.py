@@ -105,14 +105,18 @@ def test_predict_half_plus_three_tf1_graph(server: RunningServer) -> None:
 
 
 def test_predict_counter_stateful_signatures(server: RunningServer) -> None:
+    """The TF1 stateful counter: each incr_counter_by adds delta to the same variable."""
     url = "/v1/models/counter:predict"
-    status, _ = post(server, url, {"signature_name": "reset_counter", "instances": [0]})
-    assert status == 200
-    status, body = post(server, url, {"signature_name": "incr_counter", "instances": [0]})
-    assert status == 200, body
-    status, body = post(server, url, {"signature_name": "get_counter", "instances": [0]})
-    assert status == 200, body
-    assert body == {"predictions": [1.0]} or body == {"predictions": 1.0}
+    body = {"signature_name": "incr_counter_by", "inputs": {"delta": 2.0}}
+    status, first = post(server, url, body)
+    assert status == 200, first
+    status, second = post(server, url, body)
+    assert status == 200, second
+    assert second["outputs"] == first["outputs"] + 2.0
+    # As in TF Serving, a signature without inputs cannot be called over REST.
+    status, error = post(server, url, {"signature_name": "get_counter", "inputs": {}})
+    assert status == 400
+    assert error == {"error": "Failed to get input map for signature: get_counter"}
 
 
 def test_predict_matrix_model(server: RunningServer) -> None:
@@ -257,7 +261,12 @@ def test_metadata_two_versions(server: RunningServer, testdata: pathlib.Path) ->
         ("/v1/models/default:predict", b'{"signature_name": "serving_default"}', 400, ""),
         ("/v1/models/default:predict", b'{"instances": [[1.0], [1.0, 2.0]]}', 400, ""),
         ("/v1/models/default:predict", b'{"instances": [["a"]]}', 400, ""),
-        ("/v1/models/default:predict", b'{"inputs": {"nope": [[1.0]]}}', 400, "nope"),
+        (
+            "/v1/models/default:predict",
+            b'{"inputs": {"nope": [[1.0]]}}',
+            400,
+            "Missing named input: x",
+        ),
         (
             "/v1/models/default:predict",
             b'{"signature_name": "zzz", "instances": [[1.0]]}',

@@ -8,10 +8,12 @@ accepting, let requests in flight finish within a grace period, unload models, e
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -246,12 +248,38 @@ def _serve_rest(options: ServerOptions, serving: ModelServing, metrics: ServerMe
         limit_concurrency=None,
         backlog=2048,
     )
-    server = uvicorn.Server(config)
+    server = _make_uvicorn_server(config)
     log.info("Exporting HTTP/REST API at:localhost:%d ...", options.rest_port)
     try:
         server.run()
     finally:
         executor.shutdown(wait=True)
+
+
+def _uvicorn_server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, shutting down gracefully on SIGTERM/SIGINT without re-raising
+        the signal afterwards, so the process exits 0 once models are unloaded."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            previous = {
+                sig: signal.signal(sig, lambda signum, frame: self.handle_exit(signum, frame))
+                for sig in (signal.SIGTERM, signal.SIGINT)
+            }
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
+def _make_uvicorn_server(config: Any) -> Any:
+    return _uvicorn_server_class()(config)
 
 
 def _wait_for_signal() -> None:
