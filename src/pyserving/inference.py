@@ -51,6 +51,7 @@ __all__ = [
     "REGRESS_METHOD_NAME",
     "Servable",
     "classify",
+    "find_signature",
     "format_classify_response",
     "format_regress_response",
     "multi_inference",
@@ -162,18 +163,30 @@ def predict(
     return name, outputs
 
 
-def rest_signature(servable: Servable, signature_name: str) -> meta_graph_pb2.SignatureDef:
-    """The signature a REST predict body names, for parsing its JSON (``GetInfoMap``).
+def find_signature(
+    servable: Servable, signature_name: str, *, rest: bool = False
+) -> meta_graph_pb2.SignatureDef:
+    """The SignatureDef a predict request names (``""`` = ``serving_default``), e.g. to
+    decode its inputs before calling :func:`predict`.
 
     Raises:
-        InvalidArgument: ``Serving signature name: "x" not found in signature def``
-            (the REST API reports an unknown signature this way, before Predict runs).
+        FailedPrecondition: ``Serving signature key "x" not found.`` (gRPC Predict's error).
+        InvalidArgument: with ``rest=True``, ``Serving signature name: "x" not found in
+            signature def``: the REST API looks the signature up to parse the JSON body and
+            reports an unknown one this way (``GetInfoMap``).
     """
     name = _resolve(signature_name)
     signature = servable.signature_defs.get(name)
     if signature is None:
-        raise InvalidArgument(f'Serving signature name: "{name}" not found in signature def')
+        if rest:
+            raise InvalidArgument(f'Serving signature name: "{name}" not found in signature def')
+        raise FailedPrecondition(f'Serving signature key "{name}" not found.')
     return signature
+
+
+def rest_signature(servable: Servable, signature_name: str) -> meta_graph_pb2.SignatureDef:
+    """``find_signature(servable, signature_name, rest=True)``."""
+    return find_signature(servable, signature_name, rest=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -419,12 +432,15 @@ def multi_inference(
     request: inference_pb2.MultiInferenceRequest,
     *,
     version: int | None = None,
+    check_method_name: bool = False,
 ) -> inference_pb2.MultiInferenceResponse:
     """Run a MultiInference request: several classify/regress tasks over one Input.
 
     Every task is validated before anything runs (same model name, no repeated signature,
-    classify/regress method names, signatures of the right layout sharing one input tensor).
-    Each result carries its task's ``model_spec`` with ``version`` filled in when given.
+    classify/regress method names, signatures of the right layout sharing one input tensor;
+    with ``check_method_name`` each signature must also be labelled with its task's method).
+    The tasks run one after another on the same serialized examples. Each result carries its
+    task's ``model_spec``, with ``version`` filled in when given.
 
     Raises:
         InvalidArgument: TF Serving's messages for invalid task lists.
@@ -451,10 +467,10 @@ def multi_inference(
         if signature is None:
             raise InvalidArgument(f"Requested signature not found in model graph: {name}")
         if task.method_name == CLASSIFY_METHOD_NAME:
-            output_keys: list[str] | None = _classification_layout(signature, False)
+            output_keys: list[str] | None = _classification_layout(signature, check_method_name)
             tensor = signature.inputs[CLASSIFY_INPUTS].name
         elif task.method_name == REGRESS_METHOD_NAME:
-            _regression_layout(signature, False)
+            _regression_layout(signature, check_method_name)
             output_keys = None
             tensor = signature.inputs[REGRESS_INPUTS].name
         else:

@@ -953,7 +953,7 @@ def _dumps_slow(document: Any) -> bytes:
     return "".join(out).encode()
 
 
-def format_predict_response(outputs: Mapping[str, np.ndarray], format: JsonFormat) -> bytes:
+def format_predict_response(outputs: Mapping[str, np.ndarray], format: str) -> bytes:
     """Serialize predict outputs as TF Serving does (``MakeJsonFromTensors``).
 
     Row (``"row"``): ``{"predictions": [...]}`` with one entry per batch item; with a single

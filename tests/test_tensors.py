@@ -1,0 +1,727 @@
+"""tensors.py: TF Serving's JSON <-> tensor rules and messages, and TensorProto conversions.
+
+Expected messages are copied from TF Serving's json_tensor.cc; no model is loaded here.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import classification_pb2, regression_pb2
+
+from pyserving import tensors
+from pyserving.errors import InvalidArgument, ServingError, Unimplemented
+from pyserving.tensors import (
+    format_classify_response,
+    format_predict_response,
+    format_regress_response,
+    loads,
+    ndarray_to_tensor_proto,
+    parse_examples_request,
+    parse_predict_request,
+    tensor_proto_to_ndarray,
+    tf_float_text,
+)
+
+
+def signature(**inputs: int) -> meta_graph_pb2.SignatureDef:
+    sig = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
+    for name, dtype in inputs.items():
+        sig.inputs[name].name = f"{name}:0"
+        sig.inputs[name].dtype = dtype
+    return sig
+
+
+FLOAT_X = signature(x=types_pb2.DT_FLOAT)
+TWO = signature(a=types_pb2.DT_FLOAT, b=types_pb2.DT_INT32)
+
+
+def error(body: Any, sig: meta_graph_pb2.SignatureDef = FLOAT_X) -> str:
+    with pytest.raises(ServingError) as info:
+        parse_predict_request(body, sig)
+    return info.value.message
+
+
+def one(body: Any, sig: meta_graph_pb2.SignatureDef = FLOAT_X) -> tuple[str, np.ndarray]:
+    fmt, arrays = parse_predict_request(body, sig)
+    assert list(arrays) == list(sig.inputs)[:1] or len(arrays) == 1
+    (array,) = arrays.values()
+    return fmt, array
+
+
+# -------------------------------------------------------------------------- loads
+
+
+def test_loads_standard_json() -> None:
+    assert loads(b'{"instances": [1, 2.5, "s", true, null]}') == {
+        "instances": [1, 2.5, "s", True, None]
+    }
+
+
+def test_loads_accepts_nan_and_infinity_tokens() -> None:
+    body = loads(b'{"inputs": [NaN, Infinity, -Infinity, Inf, -Inf, 1.5], "s": "NaN Inf"}')
+    values = body["inputs"]
+    assert math.isnan(values[0])
+    assert values[1:5] == [math.inf, -math.inf, math.inf, -math.inf]
+    assert values[5] == 1.5
+    assert body["s"] == "NaN Inf"  # tokens inside strings are untouched
+
+
+def test_loads_errors() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        loads(b"")
+    assert info.value.message == "JSON Parse error: The document is empty"
+    with pytest.raises(InvalidArgument) as info:
+        loads(b'{"instances": [1,]}')
+    assert info.value.message.startswith("JSON Parse error: Invalid value. at offset: ")
+    with pytest.raises(InvalidArgument, match=r"^JSON Parse error: "):
+        loads(b"{} extra")
+
+
+def test_loads_big_integers_and_invalid_utf8() -> None:
+    assert loads(b"[18446744073709551615]") == [2**64 - 1]
+    assert loads(b'[NaN, "\xff"]')[1] == "\udcff"  # tolerant path keeps the raw byte
+
+
+# -------------------------------------------------------------------------- predict: row
+
+
+def test_row_single_input() -> None:
+    fmt, x = one({"instances": [[2.0], [3.0], [4.0]]})
+    assert fmt == "row"
+    assert x.dtype == np.float32 and x.shape == (3, 1)
+    np.testing.assert_array_equal(x, [[2.0], [3.0], [4.0]])
+
+
+def test_row_scalars_and_ints_for_float() -> None:
+    fmt, x = one({"instances": [1, 2.5, 5]})
+    assert (fmt, x.shape, x.tolist()) == ("row", (3,), [1.0, 2.5, 5.0])
+
+
+def test_row_named_inputs() -> None:
+    fmt, arrays = parse_predict_request(
+        {"instances": [{"a": [1.0, 2.0], "b": 3}, {"a": [4.0, 5.0], "b": 6}]}, TWO
+    )
+    assert fmt == "row"
+    assert arrays["a"].dtype == np.float32 and arrays["a"].shape == (2, 2)
+    assert arrays["b"].dtype == np.int32 and arrays["b"].tolist() == [3, 6]
+
+
+def test_row_single_input_as_objects() -> None:
+    _, x = one({"instances": [{"x": [1.0]}, {"x": [2.0]}]})
+    assert x.tolist() == [[1.0], [2.0]]
+
+
+def test_row_b64_strings() -> None:
+    sig = signature(s=types_pb2.DT_STRING)
+    raw = b"\x00\x01\xfe"
+    body = {"instances": [{"b64": base64.b64encode(raw).decode()}, "text", "é"]}
+    _, s = one(body, sig)
+    assert s.dtype == object and s.tolist() == [raw, b"text", "é".encode()]
+
+
+def test_row_errors() -> None:
+    assert error({"instances": [[1.0, 2.0], [3.0]]}) == (
+        "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: "
+        "Expecting tensor size: 2 but got: 1"
+    )
+    assert error({"instances": [[[1.0, 2.0]], [[3.0], [4.0]]]}) == (
+        "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: "
+        "Expecting shape [1,2] but got: [2,1]"
+    )
+    assert error({"instances": [[[1.0, 2.0], [3.0]]]}) == (
+        "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: "
+        "Encountered list at unexpected size: 1 at level: 1 expected size: 2"
+    )
+    assert error({"instances": [[1.0, [2.0]]]}) == (
+        "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: "
+        "Encountered list at unexpected level: 1 expected < 1"
+    )
+    assert error({"instances": [[[1.0], 2.0]]}) == (
+        "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: "
+        "JSON Value: 2.0 found at incorrect level: 2 in the JSON DOM. Expected at level: 2"
+    )
+    assert error({"instances": [1.0, {"x": 1.0}]}) == (
+        "Expecting value/list but got object at item 1 of input list"
+    )
+    assert error({"instances": [{"x": 1.0}, 2.0]}) == (
+        "Expecting object but got list at item 1 of input list"
+    )
+    assert error({"instances": [1.0, "a"]}) == (
+        "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: "
+        'JSON Value: "a" Type: String is not of expected type: float'
+    )
+
+
+def test_row_named_errors() -> None:
+    assert error({"instances": [1.0, 2.0]}, TWO) == (
+        "instances is a plain list, but expecting list of objects as multiple input tensors "
+        "required as per tensorinfo_map"
+    )
+    assert error({"instances": [{"a": 1.0, "b": 1, "c": 2}]}, TWO) == (
+        "Failed to process element: 0 key: c of 'instances' list. Error: INVALID_ARGUMENT: "
+        "JSON object: does not have named input: c"
+    )
+    assert error({"instances": [{"a": 1.0}]}, TWO) == (
+        "Failed to process element: 0 of 'instances' list. JSON object: {\n"
+        '    "a": 1.0\n'
+        "} keys must be equal to: a,b"
+    )
+    assert error({"instances": [{"a": 1.0, "b": 1.5}]}, TWO) == (
+        "Failed to process element: 0 key: b of 'instances' list. Error: INVALID_ARGUMENT: "
+        "JSON Value: 1.5 Type: Number is not of expected type: int32"
+    )
+
+
+def test_instances_must_be_a_non_empty_list() -> None:
+    assert error({"instances": 5}) == (
+        "JSON Value: {\n    \"instances\": 5\n} Excepting 'instances' to be an list/array"
+    )
+    assert error({"instances": []}) == (
+        "JSON Value: {\n    \"instances\": []\n} No values in 'instances' array"
+    )
+
+
+# -------------------------------------------------------------------------- predict: columnar
+
+
+def test_columnar_single_value() -> None:
+    fmt, x = one({"inputs": [[2.0], [3.0]]})
+    assert fmt == "columnar" and x.shape == (2, 1)
+    fmt, x = one({"inputs": 7})
+    assert fmt == "columnar" and x.shape == () and x.item() == 7.0
+    fmt, x = one({"inputs": {"x": [1.0, 2.0]}})
+    assert x.tolist() == [1.0, 2.0]
+
+
+def test_columnar_named_ignores_unknown_keys() -> None:
+    fmt, arrays = parse_predict_request({"inputs": {"a": [1.0], "b": [[1, 2]], "zz": 0}}, TWO)
+    assert fmt == "columnar" and set(arrays) == {"a", "b"}
+    assert arrays["b"].dtype == np.int32 and arrays["b"].shape == (1, 2)
+
+
+def test_columnar_errors() -> None:
+    assert error({"inputs": [1.0]}, TWO) == (
+        "inputs is a plain value/list, but expecting an object as multiple input tensors "
+        "required as per tensorinfo_map"
+    )
+    assert error({"inputs": {"a": [1.0]}}, TWO) == "Missing named input: b in 'inputs' object."
+    assert error({"inputs": [[1.0, 2.0], [3.0]]}) == (
+        "Encountered list at unexpected size: 1 at level: 1 expected size: 2"
+    )
+
+
+def test_both_or_neither_key() -> None:
+    assert error({"instances": [1.0], "inputs": [1.0]}) == (
+        "JSON Value: {\n"
+        '    "instances": [\n'
+        "        1.0\n"
+        "    ],\n"
+        '    "inputs": [\n'
+        "        1.0\n"
+        "    ]\n"
+        "} Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist "
+    )
+    assert error({"signature_name": "x"}) == "Missing 'inputs' or 'instances' key"
+
+
+def test_body_and_signature_name_checks() -> None:
+    assert error([1, 2]) == "JSON Value: [\n    1,\n    2\n] Is not object"
+    assert error({"signature_name": 5, "inputs": [1.0]}) == (
+        'JSON Value: {\n    "signature_name": 5,\n    "inputs": [\n        1.0\n    ]\n} '
+        "not formatted correctly. 'signature_name' key must be a string value."
+    )
+    assert tensors.get_signature_name({"inputs": 1}) == ""
+    assert tensors.get_signature_name({"signature_name": "s"}) == "s"
+    empty = meta_graph_pb2.SignatureDef()
+    assert error({"inputs": []}, empty) == "Failed to get input map for signature: DEFAULT"
+    assert error({"signature_name": "get", "inputs": []}, empty) == (
+        "Failed to get input map for signature: get"
+    )
+
+
+# -------------------------------------------------------------------------- predict: dtypes
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value", "message"),
+    [
+        (types_pb2.DT_INT32, 1.5, "JSON Value: 1.5 Type: Number is not of expected type: int32"),
+        (types_pb2.DT_INT32, 2.0, "JSON Value: 2.0 Type: Number is not of expected type: int32"),
+        (
+            types_pb2.DT_INT32,
+            2**31,
+            "JSON Value: 2147483648 Type: Number is not of expected type: int32",
+        ),
+        (types_pb2.DT_INT64, 1.0, "JSON Value: 1.0 Type: Number is not of expected type: int64"),
+        (types_pb2.DT_INT64, True, "JSON Value: true Type: True is not of expected type: int64"),
+        (types_pb2.DT_BOOL, 1, "JSON Value: 1 Type: Number is not of expected type: bool"),
+        (
+            types_pb2.DT_BOOL,
+            "true",
+            'JSON Value: "true" Type: String is not of expected type: bool',
+        ),
+        (types_pb2.DT_FLOAT, None, "JSON Value: null Type: Null is not of expected type: float"),
+        (types_pb2.DT_FLOAT, False, "JSON Value: false Type: False is not of expected type: float"),
+        (
+            types_pb2.DT_FLOAT,
+            {"a": 1},
+            'JSON Value: {\n    "a": 1\n} Type: Object is not of expected type: float',
+        ),
+        (
+            types_pb2.DT_FLOAT,
+            2**24,
+            "Cannot convert JSON value: 16777216 to float without loss of precision.",
+        ),
+        (
+            types_pb2.DT_FLOAT,
+            1e39,
+            "Cannot convert JSON value: 1e+39 to float without loss of precision.",
+        ),
+        (
+            types_pb2.DT_DOUBLE,
+            2**53,
+            "Cannot convert JSON value: 9007199254740992 to double without loss of precision.",
+        ),
+        (types_pb2.DT_UINT32, -1, "JSON Value: -1 Type: Number is not of expected type: uint32"),
+        (types_pb2.DT_STRING, 1, "JSON Value: 1 Type: Number is not of expected type: string"),
+        (
+            types_pb2.DT_STRING,
+            {"b64": 1},
+            'JSON Value: {\n    "b64": 1\n} not formatted correctly for base64 data',
+        ),
+        (types_pb2.DT_STRING, {"b64": "!!"}, "Unable to base64 decode"),
+    ],
+)
+def test_columnar_type_errors(dtype: int, value: Any, message: str) -> None:
+    sig = signature(x=dtype)
+    assert error({"inputs": [value]}, sig) == message
+    if isinstance(value, dict) and not isinstance(value.get("b64"), str):
+        return  # in "instances" an object (other than {"b64": "..."}) names inputs
+    assert error({"instances": [value]}, sig) == (
+        f"Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: {message}"
+    )
+
+
+def test_unsupported_json_dtype() -> None:
+    sig = signature(x=types_pb2.DT_HALF)
+    with pytest.raises(Unimplemented) as info:
+        parse_predict_request({"inputs": [1.0]}, sig)
+    assert info.value.message == "Conversion of JSON Value: 1.0 to type: half"
+    assert error({"instances": [1.0]}, sig) == (
+        "Failed to process element: 0 of 'instances' list. Error: UNIMPLEMENTED: "
+        "Conversion of JSON Value: 1.0 to type: half"
+    )
+
+
+@pytest.mark.parametrize(
+    ("dtype", "values", "np_dtype", "expected"),
+    [
+        (types_pb2.DT_DOUBLE, [0.1, 2**53 - 1], np.float64, [0.1, 2**53 - 1]),
+        (types_pb2.DT_INT64, [2**62, -(2**63)], np.int64, [2**62, -(2**63)]),
+        (types_pb2.DT_UINT64, [2**64 - 1], np.uint64, [2**64 - 1]),
+        (types_pb2.DT_UINT8, [255, 300, -1], np.uint8, [255, 44, 255]),  # int_val cast wraps
+        (types_pb2.DT_INT8, [-128, 127], np.int8, [-128, 127]),
+        (types_pb2.DT_UINT32, [2**32 - 1], np.uint32, [2**32 - 1]),
+        (types_pb2.DT_BOOL, [True, False], np.bool_, [True, False]),
+        (types_pb2.DT_FLOAT, [2**24 - 1, -3], np.float32, [2**24 - 1, -3]),
+    ],
+)
+def test_dtypes(dtype: int, values: list[Any], np_dtype: type, expected: list[Any]) -> None:
+    sig = signature(x=dtype)
+    for body in ({"inputs": values}, {"instances": values}):
+        _, array = one(body, sig)
+        assert array.dtype == np_dtype
+        assert array.tolist() == expected
+
+
+def test_nan_and_infinity_inputs() -> None:
+    _, x = one(loads(b'{"instances": [NaN, Infinity, -Infinity]}'))
+    assert np.isnan(x[0]) and x[1] == np.inf and x[2] == -np.inf
+
+
+def test_float_rounding_matches_a_cast() -> None:
+    _, x = one({"inputs": [0.1, 1.0000001, 3.4028234663852886e38]})
+    np.testing.assert_array_equal(x, np.array([0.1, 1.0000001, 3.4028234663852886e38], np.float32))
+
+
+def test_empty_lists_and_large_batches() -> None:
+    _, x = one({"inputs": [[], []]})
+    assert x.shape == (2, 0) and x.dtype == np.float32
+    data = np.random.default_rng(0).random((500, 20)).tolist()
+    _, x = one({"instances": data})
+    np.testing.assert_array_equal(x, np.array(data, np.float32))
+
+
+# -------------------------------------------------------------------------- responses
+
+
+def test_row_response_single_output() -> None:
+    y = np.array([[3.0], [3.5], [4.0]], np.float32)
+    assert format_predict_response({"y": y}, "row") == b'{"predictions":[[3.0],[3.5],[4.0]]}'
+    flat = np.array([2.5, 3.0, 4.5], np.float32)
+    assert format_predict_response({"y": flat}, "row") == b'{"predictions":[2.5,3.0,4.5]}'
+
+
+def test_row_response_several_outputs() -> None:
+    out = {
+        "b": np.array([[1, 2], [3, 4]], np.int64),
+        "a": np.array([0.5, 1.0], np.float32),
+    }
+    assert json.loads(format_predict_response(out, "row")) == {
+        "predictions": [{"a": 0.5, "b": [1, 2]}, {"a": 1.0, "b": [3, 4]}]
+    }
+
+
+def test_columnar_response() -> None:
+    y = np.array([[3.0], [3.5]], np.float32)
+    assert format_predict_response({"y": y}, "columnar") == b'{"outputs":[[3.0],[3.5]]}'
+    scalar = np.array(2.0, np.float32)
+    assert format_predict_response({"y": scalar}, "columnar") == b'{"outputs":2.0}'
+    both = {"y": y, "n": np.array(7, np.int64)}
+    assert json.loads(format_predict_response(both, "columnar")) == {
+        "outputs": {"n": 7, "y": [[3.0], [3.5]]}
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (0.1, "0.1"),
+        (3.0, "3.0"),
+        (-0.0, "-0.0"),
+        (3.1415927, "3.14159274"),
+        (1e-5, "1e-05"),
+        (1e7, "1e+07"),
+        (123456.0, "123456.0"),
+        (1234567.0, "1234567.0"),
+        (1234567.125, "1234567.12"),
+        (0.3, "0.3"),
+        (16777217.0, "16777216.0"),
+        (3.4028234663852886e38, "3.40282347e+38"),
+    ],
+)
+def test_float32_text(value: float, text: str) -> None:
+    v = float(np.float32(value))
+    assert tf_float_text(v) == text
+    printed = format_predict_response({"y": np.array([v], np.float32)}, "columnar")
+    number = json.loads(printed)["outputs"][0]
+    assert number == float(text)  # same number as TF Serving's text
+    assert isinstance(number, float)
+
+
+def test_double_text() -> None:
+    assert tf_float_text(0.1, single=False) == "0.1"
+    assert tf_float_text(1 / 3, single=False) == "0.33333333333333331"
+    out = format_predict_response({"y": np.array([1 / 3, 2.0, 1e300])}, "columnar")
+    assert json.loads(out)["outputs"] == [1 / 3, 2.0, 1e300]
+    assert b"2.0" in out
+
+
+def test_float32_values_match_the_reference_formatter() -> None:
+    rng = np.random.default_rng(1)
+    bits = rng.integers(0, 2**32, size=3000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    values = np.concatenate(
+        [
+            bits[np.isfinite(bits)],
+            rng.random(3000).astype(np.float32),
+            (rng.standard_normal(3000) * 1e4).astype(np.float32),
+            np.array([1e-4, 9.99999e-5, 999999.9, 1e6, 5e-324, 1e-45], np.float32),
+        ]
+    )
+    printed = json.loads(format_predict_response({"y": values}, "columnar"))["outputs"]
+    for value, number in zip(values.tolist(), printed, strict=True):
+        assert number == float(tf_float_text(value)), value
+
+
+def test_non_finite_outputs_are_bare_tokens() -> None:
+    y = np.array([np.nan, np.inf, -np.inf, 1.5], np.float32)
+    assert format_predict_response({"y": y}, "row") == (
+        b'{"predictions":[NaN,Infinity,-Infinity,1.5]}'
+    )
+    both = {"a": y[:2], "b": np.array(["x", "y"], dtype=object)}
+    assert format_predict_response(both, "row") == (
+        b'{"predictions":[{"a":NaN,"b":"x"},{"a":Infinity,"b":"y"}]}'
+    )
+    assert format_predict_response({"d": np.array([np.nan])}, "columnar") == b'{"outputs":[NaN]}'
+
+
+def test_integer_bool_and_half_outputs() -> None:
+    out = {"y": np.array([2**62, -1], np.int64)}
+    assert format_predict_response(out, "columnar") == b'{"outputs":[4611686018427387904,-1]}'
+    out = {"y": np.array([True, False])}
+    assert format_predict_response(out, "columnar") == b'{"outputs":[true,false]}'
+    out = {"y": np.array([0.1, 2], np.float16)}
+    assert format_predict_response(out, "columnar") == b'{"outputs":[0.0999755859,2.0]}'
+    for dtype in (np.uint8, np.int8, np.int16, np.int32, np.uint32, np.uint64):
+        out = {"y": np.array([1, 2], dtype)}
+        assert format_predict_response(out, "columnar") == b'{"outputs":[1,2]}'
+
+
+def test_string_outputs() -> None:
+    out = {
+        "text": np.array([b"caf\xc3\xa9", b"x"], dtype=object),
+        "raw_bytes": np.array([b"\x00\xff", b""], dtype=object),
+    }
+    assert json.loads(format_predict_response(out, "row")) == {
+        "predictions": [
+            {"raw_bytes": {"b64": "AP8="}, "text": "café"},
+            {"raw_bytes": {"b64": ""}, "text": "x"},
+        ]
+    }
+
+
+def test_response_errors() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        format_predict_response({}, "row")
+    assert info.value.message == "Cannot convert empty tensor map to JSON"
+    with pytest.raises(InvalidArgument) as info:
+        format_predict_response({"y": np.array(1.0, np.float32)}, "row")
+    assert info.value.message == "Tensor name: y has no shape information "
+    with pytest.raises(InvalidArgument) as info:
+        format_predict_response({"a": np.zeros(2), "b": np.zeros(3)}, "row")
+    assert info.value.message == "Tensor name: b has inconsistent batch size: 3 expecting: 2"
+    with pytest.raises(InvalidArgument) as info:
+        format_predict_response({"y": np.zeros(2, np.uint16)}, "columnar")
+    assert info.value.message == "Failed to write JSON value for tensor type: uint16"
+
+
+def test_classify_and_regress_responses() -> None:
+    result = classification_pb2.ClassificationResult()
+    first = result.classifications.add()
+    first.classes.add(label="a", score=0.1)
+    first.classes.add(label="b", score=3.0)
+    result.classifications.add().classes.add(score=2.0)
+    assert format_classify_response(result) == (b'{"results":[[["a",0.1],["b",3.0]],[["",2.0]]]}')
+    regression = regression_pb2.RegressionResult()
+    regression.regressions.add(value=3.0)
+    regression.regressions.add(value=float(np.float32(np.pi)))
+    assert format_regress_response(regression) == b'{"results":[3.0,3.14159274]}'
+    regression.regressions.add(value=math.nan)
+    assert format_regress_response(regression) == b'{"results":[3.0,3.14159274,NaN]}'
+    with pytest.raises(InvalidArgument, match="Cannot convert empty ClassificationResults"):
+        format_classify_response(classification_pb2.ClassificationResult())
+    with pytest.raises(InvalidArgument, match="Cannot convert empty RegressionResults"):
+        format_regress_response(regression_pb2.RegressionResult())
+
+
+# -------------------------------------------------------------------------- examples
+
+
+def feature_values(feature: Any) -> tuple[str | None, list[Any]]:
+    kind = feature.WhichOneof("kind")
+    return kind, list(getattr(feature, kind).value) if kind else []
+
+
+def test_examples_request() -> None:
+    name, request_input = parse_examples_request(
+        {
+            "signature_name": "regress_x_to_y",
+            "examples": [
+                {"x": 2.0, "n": 3, "s": "abc", "b": {"b64": "AP8="}, "t": True},
+                {"x": [1.5, 2.5], "n": [1, -2], "s": ["a", "b"], "e": []},
+            ],
+        }
+    )
+    assert name == "regress_x_to_y"
+    assert request_input.WhichOneof("kind") == "example_list"
+    first, second = request_input.example_list.examples
+    f = first.features.feature
+    assert feature_values(f["x"]) == ("float_list", [2.0])
+    assert feature_values(f["n"]) == ("int64_list", [3])
+    assert feature_values(f["s"]) == ("bytes_list", [b"abc"])
+    assert feature_values(f["b"]) == ("bytes_list", [b"\x00\xff"])
+    assert feature_values(f["t"]) == ("int64_list", [1])
+    g = second.features.feature
+    assert feature_values(g["x"]) == ("float_list", [1.5, 2.5])
+    assert feature_values(g["n"]) == ("int64_list", [1, -2])
+    assert feature_values(g["s"]) == ("bytes_list", [b"a", b"b"])
+    assert feature_values(g["e"]) == (None, [])
+
+
+def test_examples_with_context() -> None:
+    name, request_input = parse_examples_request(
+        {"context": {"c": 1}, "examples": [{"x": 2.0}, {"x": 3.0}]}
+    )
+    assert name == ""
+    with_context = request_input.example_list_with_context
+    assert feature_values(with_context.context.features.feature["c"]) == ("int64_list", [1])
+    assert [feature_values(e.features.feature["x"]) for e in with_context.examples] == [
+        ("float_list", [2.0]),
+        ("float_list", [3.0]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            {"instances": []},
+            "JSON Value: {\n    \"instances\": []\n} When method is classify, key 'examples' "
+            "is expected and was not found",
+        ),
+        (
+            {"examples": {}},
+            "JSON Value: {\n    \"examples\": {}\n} Expecting 'examples' value to be an list/array",
+        ),
+        (
+            {"examples": []},
+            "JSON Value: {\n    \"examples\": []\n} 'examples' value is an empty array",
+        ),
+        ({"examples": [1]}, "Example must be JSON object but got JSON Number"),
+        ({"context": [], "examples": [{}]}, "Example must be JSON object but got JSON Array"),
+        (
+            {"examples": [{"x": None}]},
+            "Feature: x has element with unexpected JSON type: Null",
+        ),
+        (
+            {"examples": [{"x": [[1]]}]},
+            "Feature: x has element with unexpected JSON type: Array",
+        ),
+        (
+            {"examples": [{"x": {"a": 1}}]},
+            "Feature: x has element with unexpected JSON type: Object",
+        ),
+        (
+            {"examples": [{"x": [1, 2.5]}]},
+            "Unexpected element type in feature: x expecting type: int64",
+        ),
+        (
+            {"examples": [{"x": [2.5, "a"]}]},
+            "Unexpected element type in feature: x expecting type: float",
+        ),
+        (
+            {"examples": [{"x": 2**63}]},
+            "Feature: x has uint64 element. Only int64 is supported.",
+        ),
+        (
+            {"examples": [{"x": 1e39}]},
+            "Cannot convert JSON value: 1e+39 to float without loss of precision.",
+        ),
+    ],
+)
+def test_examples_errors(body: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        parse_examples_request(body)
+    assert info.value.message == message
+
+
+# -------------------------------------------------------------------------- TensorProto
+
+
+def _bf16() -> Any:
+    return tf.bfloat16.as_numpy_dtype
+
+
+ROUND_TRIP = [
+    np.array([[1.5, -2.25], [0.1, 3e38]], np.float32),
+    np.array([0.1, -1e300, np.inf], np.float64),
+    np.array([[1, -2, 2**31 - 1]], np.int32),
+    np.array([-128, 127], np.int8),
+    np.array([-(2**15), 2**15 - 1], np.int16),
+    np.array([0, 255], np.uint8),
+    np.array([0, 65535], np.uint16),
+    np.array([2**63 - 1, -(2**63), 0], np.int64),
+    np.array([2**32 - 1], np.uint32),
+    np.array([2**64 - 1], np.uint64),
+    np.array([True, False, True]),
+    np.array([1.5, -0.0, 65504], np.float16),
+    np.array([1 + 2j, -3.5j], np.complex64),
+    np.array([1 + 2j], np.complex128),
+    np.array([b"a", b"\x00\xff", b""], dtype=object),
+    np.array(3.5, np.float32),
+    np.zeros((2, 0, 3), np.float32),
+]
+
+
+@pytest.mark.parametrize("array", ROUND_TRIP, ids=lambda a: f"{a.dtype}{list(a.shape)}")
+@pytest.mark.parametrize("content", [False, True], ids=["typed", "tensor_content"])
+def test_tensor_proto_round_trip(array: np.ndarray, content: bool) -> None:
+    proto = ndarray_to_tensor_proto(array, use_tensor_content=content)
+    assert list(d.size for d in proto.tensor_shape.dim) == list(array.shape)
+    if array.size and array.dtype != object:
+        assert bool(proto.tensor_content) == content
+    back = tensor_proto_to_ndarray(proto)
+    assert back.dtype == array.dtype and back.shape == array.shape
+    np.testing.assert_array_equal(back, array)
+    # TensorFlow reads our protos the same way
+    np.testing.assert_array_equal(tf.make_ndarray(proto), array)
+
+
+def test_typed_fields_are_tf_servings() -> None:
+    proto = ndarray_to_tensor_proto(np.array([[3.0], [3.5]], np.float32))
+    assert proto.dtype == types_pb2.DT_FLOAT
+    assert list(proto.float_val) == [3.0, 3.5]
+    assert ndarray_to_tensor_proto(np.array([1], np.int8)).int_val == [1]
+    assert list(ndarray_to_tensor_proto(np.array([0.5], np.float16)).half_val) == [0x3800]
+    assert list(ndarray_to_tensor_proto(np.array(["é"])).string_val) == ["é".encode()]
+    bf16 = np.array([1.0], _bf16())
+    proto = ndarray_to_tensor_proto(bf16)
+    assert proto.dtype == types_pb2.DT_BFLOAT16 and list(proto.half_val) == [0x3F80]
+    np.testing.assert_array_equal(tensor_proto_to_ndarray(proto), bf16)
+
+
+def test_reads_tf_make_tensor_proto() -> None:
+    for value in ([[1.0, 2.0]], [1, 2, 3], [b"x", b"yz"], [True]):
+        proto = tf.make_tensor_proto(value)
+        np.testing.assert_array_equal(tensor_proto_to_ndarray(proto), tf.make_ndarray(proto))
+
+
+def test_value_broadcast_rules() -> None:
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[7.0])
+    proto.tensor_shape.dim.add(size=2)
+    proto.tensor_shape.dim.add(size=2)
+    np.testing.assert_array_equal(tensor_proto_to_ndarray(proto), [[7.0, 7.0], [7.0, 7.0]])
+    proto.ClearField("float_val")
+    proto.float_val.extend([1.0, 2.0])  # fewer values: the last one repeats
+    np.testing.assert_array_equal(tensor_proto_to_ndarray(proto), [[1.0, 2.0], [2.0, 2.0]])
+    proto.ClearField("float_val")  # none: zeros
+    np.testing.assert_array_equal(tensor_proto_to_ndarray(proto), np.zeros((2, 2)))
+    strings = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[b"s"])
+    strings.tensor_shape.dim.add(size=3)
+    assert tensor_proto_to_ndarray(strings).tolist() == [b"s"] * 3
+    assert tf.make_ndarray(strings).tolist() == [b"s"] * 3
+
+
+def test_tensor_proto_errors() -> None:
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[1.0, 2.0, 3.0])
+    proto.tensor_shape.dim.add(size=2)
+    with pytest.raises(InvalidArgument) as info:
+        tensor_proto_to_ndarray(proto, name="x")
+    assert info.value.message == "tensor parsing error: x"
+    with pytest.raises(InvalidArgument, match="3 values do not fit the shape"):
+        tensor_proto_to_ndarray(proto)
+    content = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_content=b"\x00" * 12)
+    content.tensor_shape.dim.add(size=2)
+    with pytest.raises(InvalidArgument, match="tensor_content holds 12 bytes"):
+        tensor_proto_to_ndarray(content)
+    negative = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    negative.tensor_shape.dim.add(size=-1)
+    with pytest.raises(InvalidArgument, match="invalid shape"):
+        tensor_proto_to_ndarray(negative)
+    unknown = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    unknown.tensor_shape.unknown_rank = True
+    with pytest.raises(InvalidArgument, match="unknown rank"):
+        tensor_proto_to_ndarray(unknown)
+    for dtype in (types_pb2.DT_INVALID, types_pb2.DT_RESOURCE, types_pb2.DT_FLOAT_REF):
+        with pytest.raises(InvalidArgument):
+            tensor_proto_to_ndarray(tensor_pb2.TensorProto(dtype=dtype))
+    with pytest.raises(InvalidArgument, match="Unsupported numpy dtype"):
+        ndarray_to_tensor_proto(np.array(["2020-01-01"], dtype="datetime64[D]"))
+
+
+def test_dtype_helpers() -> None:
+    assert tensors.dtype_name(types_pb2.DT_FLOAT) == "float"
+    assert tensors.dtype_name(types_pb2.DT_FLOAT_REF) == "float_ref"
+    assert tensors.dtype_name(types_pb2.DT_INVALID) == "INVALID"
+    assert tensors.numpy_dtype(types_pb2.DT_FLOAT_REF) == np.float32
+    assert tensors.datatype_for_numpy(np.dtype(">f4")) == types_pb2.DT_FLOAT
+    assert tensors.datatype_for_numpy(np.dtype("S3")) == types_pb2.DT_STRING
