@@ -1,0 +1,403 @@
+"""The TF-Serving-compatible gRPC front end.
+
+Services, on one ``grpc.server`` listening on TCP (``0.0.0.0:port``) and optionally on a
+UNIX socket (``unix:PATH``):
+
+* ``tensorflow.serving.PredictionService``: Predict, Classify, Regress, MultiInference,
+  GetModelMetadata.
+* ``tensorflow.serving.ModelService``: GetModelStatus, HandleReloadConfigRequest.
+* ``grpc.health.v1.Health`` when :attr:`GrpcServerOptions.enable_health`.
+
+This module only translates wire messages: every request becomes one call on
+:class:`~pyserving.server.service.ModelServing` (or ``ServerCore.reload_config``) and its
+answer becomes the response message. Errors map as TF Serving maps them:
+
+* a :class:`~pyserving.errors.ServingError` aborts the RPC with its ``grpc_code`` and message
+  (messages longer than 1024 characters are cut and end in ``...TRUNCATED``, as TF Serving's
+  ``ToGRPCStatus``);
+* any other exception is logged and aborts with ``INTERNAL``; the server keeps serving;
+* a request whose deadline has passed before the model runs, or passes while it runs, ends
+  with ``DEADLINE_EXCEEDED`` (the work is skipped, or its answer is not serialized).
+
+Threading: handlers run on a bounded ``ThreadPoolExecutor`` (``max_threads`` workers named
+``pyserving-grpc``); each handler blocks while the model runs. :class:`GrpcServer` is
+thread-safe; ``stop`` is idempotent.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import os
+import re
+import stat
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from tensorflow_serving.apis import (
+    classification_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
+
+from pyserving import tensors
+from pyserving.errors import Code, InvalidArgument, ServingError
+from pyserving.server.service import ModelServing, ModelSpec, set_model_spec, spec_from_proto
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: TF Serving cuts status messages after this many characters (``grpc_status_util.cc``).
+ERROR_MESSAGE_LIMIT = 1024
+
+#: Service names the health service reports on (besides the server-wide ``""``).
+SERVICE_NAMES = (
+    "tensorflow.serving.PredictionService",
+    "tensorflow.serving.ModelService",
+)
+
+_INT32 = re.compile(r"^\s*[+-]?\d+\s*$")
+
+
+@dataclass(frozen=True)
+class GrpcServerOptions:
+    """Options of the gRPC front end (TF Serving's flags in brackets).
+
+    ``port``: TCP port on ``0.0.0.0`` [``--port``]; 0 picks a free port (see
+    :attr:`GrpcServer.port`).
+    ``socket_path``: when non-empty, also listen on ``unix:<socket_path>``
+    [``--grpc_socket_path``].
+    ``channel_arguments``: ``"k=v,k2=v2"`` server channel arguments
+    [``--grpc_channel_arguments``]; values that parse as a 32-bit integer are passed as
+    ints, others as strings (see :func:`parse_channel_arguments`). They are applied after
+    the message size limits, so they can override them.
+    ``max_threads``: worker threads running requests [``--grpc_max_threads``].
+    ``enable_health``: serve ``grpc.health.v1.Health`` [``--enable_grpc_healthcheck_service``].
+    ``max_message_bytes``: limit on request and response size (TF Serving: ``INT32_MAX``).
+    """
+
+    port: int = 8500
+    socket_path: str = ""
+    channel_arguments: str = ""
+    max_threads: int = 8
+    enable_health: bool = False
+    max_message_bytes: int = 2**31 - 1
+
+
+def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
+    """Parse ``--grpc_channel_arguments``: a comma-separated list of ``key=value``.
+
+    As TF Serving: a value that parses as a signed 32-bit integer (surrounding blanks
+    allowed) is passed as ``int``, anything else as ``str``. The value is everything after
+    the first ``=``. Empty items are skipped; an item without ``=`` or with an empty key
+    raises :class:`~pyserving.errors.InvalidArgument`.
+    """
+    result: list[tuple[str, int | str]] = []
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InvalidArgument(
+                f"Invalid --grpc_channel_arguments entry {item!r}: expected key=value"
+            )
+        if _INT32.match(value) and -(2**31) <= int(value) <= 2**31 - 1:
+            result.append((key, int(value)))
+        else:
+            result.append((key, value))
+    return result
+
+
+def _truncate(message: str) -> str:
+    if len(message) > ERROR_MESSAGE_LIMIT:
+        return message[:ERROR_MESSAGE_LIMIT] + "...TRUNCATED"
+    return message
+
+
+def _spec(request: Any) -> ModelSpec:
+    """The request's model spec; ``INVALID_ARGUMENT: Missing ModelSpec`` when absent."""
+    if not request.HasField("model_spec"):
+        raise InvalidArgument("Missing ModelSpec")
+    return spec_from_proto(request.model_spec)
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    context.abort(code, message)
+    raise AssertionError("unreachable: ServicerContext.abort returned")  # pragma: no cover
+
+
+def _check_deadline(context: grpc.ServicerContext) -> None:
+    """Abort with DEADLINE_EXCEEDED (or CANCELLED) when the client no longer waits."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+    if not context.is_active():
+        _abort(context, grpc.StatusCode.CANCELLED, "Cancelled")
+
+
+def _call(context: grpc.ServicerContext, method: str, work: Callable[[], T]) -> T:
+    """Run ``work`` for RPC ``method`` with TF Serving's error mapping.
+
+    The deadline is checked before and after ``work``. ``abort`` is called outside the
+    ``try`` so its own exception is never mistaken for a failure of ``work``.
+    """
+    _check_deadline(context)
+    try:
+        result = work()
+    except ServingError as exc:
+        log.debug("%s failed: %s", method, exc.message)
+        code, message = exc.grpc_code, exc.message
+    except Exception as exc:
+        log.exception("%s failed with an unexpected error", method)
+        code, message = grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
+    else:
+        _check_deadline(context)
+        return result
+    _abort(context, code, _truncate(message))
+
+
+def _decode_inputs(inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Request inputs as arrays; a malformed one is ``tensor parsing error: <alias>``."""
+    return {
+        name: tensors.tensor_proto_to_ndarray(proto, name=name) for name, proto in inputs.items()
+    }
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """``tensorflow.serving.PredictionService`` over :class:`ModelServing`."""
+
+    def __init__(self, serving: ModelServing) -> None:
+        self._serving = serving
+
+    def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
+        def work() -> predict_pb2.PredictResponse:
+            spec = _spec(request)
+            result = self._serving.predict(
+                spec,
+                lambda _signature_def: _decode_inputs(request.inputs),
+                tuple(request.output_filter),
+            )
+            response = predict_pb2.PredictResponse()
+            set_model_spec(response.model_spec, result.id, result.signature_name)
+            for name, array in result.outputs.items():
+                response.outputs[name].CopyFrom(tensors.ndarray_to_tensor_proto(array))
+            return response
+
+        return _call(context, "Predict", work)
+
+    def Classify(self, request: Any, context: grpc.ServicerContext) -> Any:
+        def work() -> classification_pb2.ClassificationResponse:
+            id, signature_name, result = self._serving.classify(_spec(request), request.input)
+            response = classification_pb2.ClassificationResponse()
+            set_model_spec(response.model_spec, id, signature_name)
+            response.result.CopyFrom(result)
+            return response
+
+        return _call(context, "Classify", work)
+
+    def Regress(self, request: Any, context: grpc.ServicerContext) -> Any:
+        def work() -> regression_pb2.RegressionResponse:
+            id, signature_name, result = self._serving.regress(_spec(request), request.input)
+            response = regression_pb2.RegressionResponse()
+            set_model_spec(response.model_spec, id, signature_name)
+            response.result.CopyFrom(result)
+            return response
+
+        return _call(context, "Regress", work)
+
+    def MultiInference(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return _call(context, "MultiInference", lambda: self._serving.multi_inference(request))
+
+    def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return _call(
+            context,
+            "GetModelMetadata",
+            lambda: self._serving.metadata(_spec(request), tuple(request.metadata_field)),
+        )
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """``tensorflow.serving.ModelService``: model status and config reload."""
+
+    def __init__(self, serving: ModelServing) -> None:
+        self._serving = serving
+
+    def GetModelStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return _call(context, "GetModelStatus", lambda: self._serving.status(_spec(request)))
+
+    def HandleReloadConfigRequest(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Replace the model set; answers once it has settled.
+
+        As TF Serving: success answers a response whose ``status.error_code`` is OK; a
+        failure is the RPC's status (code and message), so no response body arrives.
+        """
+
+        def work() -> model_management_pb2.ReloadConfigResponse:
+            config = request.config
+            if config.WhichOneof("config") != "model_config_list":
+                raise InvalidArgument(
+                    "ServerModelConfig type not supported by HandleReloadConfigRequest. "
+                    "Only ModelConfigList is currently supported"
+                )
+            for index, model in enumerate(config.model_config_list.config):
+                log.info(
+                    "Config entry index: %d path: %s name: %s platform: %s",
+                    index,
+                    model.base_path,
+                    model.name,
+                    model.model_platform,
+                )
+            try:
+                self._serving.core.reload_config(config)
+            except ServingError as exc:
+                log.error("ReloadConfig failed: %s", exc.message)
+                raise
+            response = model_management_pb2.ReloadConfigResponse()
+            response.status.error_code = int(Code.OK)
+            response.status.error_message = ""
+            return response
+
+        return _call(context, "HandleReloadConfigRequest", work)
+
+
+class GrpcServer:
+    """A running gRPC front end (see :func:`start_grpc_server`).
+
+    ``port`` is the bound TCP port; ``socket_path`` the UNIX socket ("" when none).
+    ``stop`` is idempotent; the server is a context manager that stops without grace.
+    """
+
+    def __init__(
+        self,
+        server: grpc.Server,
+        executor: concurrent.futures.ThreadPoolExecutor,
+        port: int,
+        socket_path: str,
+        health_servicer: health.HealthServicer | None,
+    ) -> None:
+        self._server = server
+        self._executor = executor
+        self.port = port
+        self.socket_path = socket_path
+        self._health = health_servicer
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def set_serving_status(self, ready: bool) -> None:
+        """Report SERVING (``ready``) or NOT_SERVING on the health service (no-op without it).
+
+        Applies to the server-wide service name ``""`` and to each TF Serving service.
+        """
+        if self._health is None:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            self._health.set(name, status)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting RPCs, let RPCs in flight finish for ``grace`` seconds, then cancel.
+
+        ``None`` cancels RPCs in flight at once. Blocks until the server has stopped;
+        idempotent. The health service reports NOT_SERVING from the start of the stop.
+        """
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        if self._health is not None:
+            self._health.enter_graceful_shutdown()
+        self._server.stop(grace).wait()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.socket_path:
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.stat(self.socket_path).st_mode):
+                    os.unlink(self.socket_path)
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """Block until the server stops or ``timeout`` passes; True when it stopped."""
+        # grpc's own wait_for_termination returns True when the timeout was reached.
+        return not self._server.wait_for_termination(timeout)
+
+    def __enter__(self) -> GrpcServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(None)
+
+
+def start_grpc_server(serving: ModelServing, options: GrpcServerOptions) -> GrpcServer:
+    """Build, bind and start the gRPC server over ``serving``.
+
+    Raises :class:`~pyserving.errors.InvalidArgument` for malformed channel arguments and
+    ``RuntimeError`` when a listening address cannot be bound. The health service (when
+    enabled) starts as SERVING, as TF Serving's default health service: the server is
+    started once the models are loaded.
+    """
+    channel_args: dict[str, int | str] = {
+        "grpc.max_receive_message_length": options.max_message_bytes,
+        "grpc.max_send_message_length": options.max_message_bytes,
+    }
+    channel_args.update(parse_channel_arguments(options.channel_arguments))
+    executor = concurrent.futures.ThreadPoolExecutor(
+        max_workers=max(1, options.max_threads), thread_name_prefix="pyserving-grpc"
+    )
+    server = grpc.server(executor, options=list(channel_args.items()))
+    try:
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionServicer(serving), server
+        )
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(serving), server)
+        health_servicer: health.HealthServicer | None = None
+        if options.enable_health:
+            health_servicer = health.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        address = f"0.0.0.0:{options.port}"
+        port = _bind(server, address)
+        if options.socket_path:
+            _bind(server, f"unix:{options.socket_path}")
+        server.start()
+    except BaseException:
+        server.stop(None)
+        executor.shutdown(wait=False)
+        raise
+    grpc_server = GrpcServer(server, executor, port, options.socket_path, health_servicer)
+    grpc_server.set_serving_status(True)
+    log.debug("gRPC server bound to 0.0.0.0:%d", port)
+    if options.socket_path:
+        log.info("Running gRPC ModelServer at UNIX socket %s ...", options.socket_path)
+    return grpc_server
+
+
+def _bind(server: grpc.Server, address: str) -> int:
+    try:
+        port = int(server.add_insecure_port(address))
+    except RuntimeError as exc:
+        raise RuntimeError(f"Failed to bind gRPC server to {address}: {exc}") from None
+    if port == 0 and not address.startswith("unix:"):
+        raise RuntimeError(f"Failed to bind gRPC server to {address}")
+    return port
+
+
+__all__ = [
+    "GrpcServer",
+    "GrpcServerOptions",
+    "ModelServicer",
+    "PredictionServicer",
+    "parse_channel_arguments",
+    "start_grpc_server",
+]
