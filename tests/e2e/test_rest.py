@@ -223,8 +223,8 @@ def test_model_status(server: RunningServer) -> None:
     }
     r = server.client.get("/v1/models/two/versions/124")
     assert [s["version"] for s in r.json()["model_version_status"]] == ["124"]
-    r = server.client.get("/v1/models/two/labels/stable")
-    assert [s["version"] for s in r.json()["model_version_status"]] == ["123"]
+    r = server.client.get("/v1/models/two/labels/stable")  # labels list every version
+    assert [s["version"] for s in r.json()["model_version_status"]] == ["123", "124"]
     r = server.client.get("/v1/models/two")
     assert [s["version"] for s in r.json()["model_version_status"]] == ["123", "124"]
 

@@ -116,7 +116,7 @@ def test_model_status(core: ServerCore, repo: pathlib.Path) -> None:
         core.model_status("zzz")
     with pytest.raises(NotFound, match="Could not find version 5 of model a"):
         core.model_status("a", version=5)
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(NotFound, match=r"Could not find any versions of model $"):
         core.model_status("")
 
 

@@ -329,9 +329,11 @@ class AspiredVersionsManager(Target[Loader]):
                 if version not in wanted and harness.is_aspired:
                     harness.set_aspired(False)
             for version, item in wanted.items():
-                harness = current.get(version)
-                if harness is not None and not (harness.state.finished and not harness.is_aspired):
-                    harness.set_aspired(True)
+                existing = current.get(version)
+                if existing is not None and not (
+                    existing.state.finished and not existing.is_aspired
+                ):
+                    existing.set_aspired(True)
                     continue
                 new = LoaderHarness(item.id, item.value() if item.ok else None, item.error)
                 current[version] = new

@@ -88,7 +88,7 @@ def connect(source: Source[T], target: Target[T]) -> None:
     source.set_aspired_versions_callback(target.get_aspired_versions_callback())
 
 
-class SourceAdapter(Source[U], Target[T]):
+class SourceAdapter(Source[U], Target[T], Generic[T, U]):
     """Turns ``ServableData[T]`` into ``ServableData[U]`` (for example a path into a Loader).
 
     Subclasses implement :meth:`convert`; an exception it raises becomes an error value for

@@ -174,11 +174,10 @@ def run_server(options: ServerOptions) -> int:
         core.close()
 
 
-def _serve(options: ServerOptions, core: ServerCore, metrics: ServerMetrics) -> int:
+def _start_grpc(serving: ModelServing, options: ServerOptions) -> Any:
     from pyserving.server.grpc_server import GrpcServerOptions, start_grpc_server
 
-    serving = ModelServing(core, check_method_name=options.check_method_name, metrics=metrics)
-    grpc_server = start_grpc_server(
+    return start_grpc_server(
         serving,
         GrpcServerOptions(
             port=options.grpc_port,
@@ -188,6 +187,15 @@ def _serve(options: ServerOptions, core: ServerCore, metrics: ServerMetrics) -> 
             enable_health=options.enable_grpc_health,
         ),
     )
+
+
+def _serve(options: ServerOptions, core: ServerCore, metrics: ServerMetrics) -> int:
+    serving = ModelServing(core, check_method_name=options.check_method_name, metrics=metrics)
+    try:
+        grpc_server = _start_grpc(serving, options)
+    except ServingError as exc:
+        sys.stderr.write(f"{exc.message}\n")
+        return 1
     log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", grpc_server.port)
     unsubscribe = core.manager.bus.subscribe(
         lambda _state: grpc_server.set_serving_status(is_ready(core))

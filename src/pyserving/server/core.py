@@ -200,16 +200,12 @@ class ServerCore:
     def model_status(
         self, name: str, version: int | None = None, label: str | None = None
     ) -> list[ServableState]:
-        """States of ``name``'s versions, ascending; one version when ``version``/``label``.
+        """States of ``name``'s versions, ascending; only ``version`` when one is given.
 
-        ``NotFound`` (``Could not find any versions of model NAME``) when nothing is known.
+        As TF Serving's GetModelStatus, a version label does not narrow the answer: every
+        version is listed. ``NotFound`` (``Could not find any versions of model NAME``) when
+        nothing is known of the model, also for an empty name.
         """
-        request = self.request_for(name, version, label)
-        if request.label is not None:
-            labels = self.manager.version_labels(name)
-            if request.label not in labels:
-                raise InvalidArgument(f"Unrecognized servable version label: {request.label}")
-            version = labels[request.label]
         states = self.monitor.get_version_states(name)
         if version is not None:
             state = states.get(version)
