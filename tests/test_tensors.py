@@ -440,6 +440,10 @@ def test_float32_values_match_the_reference_formatter() -> None:
     printed = json.loads(format_predict_response({"y": values}, "columnar"))["outputs"]
     for value, number in zip(values.tolist(), printed, strict=True):
         assert number == float(tf_float_text(value)), value
+    for start in range(0, 600, 6):  # small tensors take a per-element path
+        chunk = values[start : start + 6]
+        printed = json.loads(format_predict_response({"y": chunk}, "columnar"))["outputs"]
+        assert printed == [float(tf_float_text(v)) for v in chunk.tolist()]
 
 
 def test_non_finite_outputs_are_bare_tokens() -> None:

@@ -32,6 +32,7 @@ import binascii
 import json
 import math
 import re
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any, Literal
@@ -268,10 +269,29 @@ def _digits_general(x: np.ndarray, x32: np.ndarray, e: np.ndarray) -> np.ndarray
     return w
 
 
+_FLOAT32_STRUCT = struct.Struct("f")
+_SMALL_TENSOR = 16  # below this many elements a Python loop beats numpy's per-call overhead
+
+
+def _tf_float32_value(v: float) -> float:
+    """Scalar :func:`_tf_float32_values` (``v`` is a float32 value as a Python float)."""
+    if v == 0 or not math.isfinite(v):
+        return v
+    if 1e-4 <= abs(v) < 1e6:  # exact here, for the reasons given in _digits_common
+        w = float(f"{v:g}")
+        if _FLOAT32_STRUCT.unpack(_FLOAT32_STRUCT.pack(w))[0] == v:
+            return w
+        return float(f"{v:.9g}")
+    return float(tf_float_text(v))
+
+
 def _tf_float32_values(a: np.ndarray) -> np.ndarray:
     """float64 array of the numbers TF Serving prints for each element of float32 ``a``
     (float16 is printed as float32, as TF Serving does). Zeros and non-finite values are
     kept as they are. Vectorized; exact (see ``_digits_common`` / ``_digits_general``)."""
+    if a.size <= _SMALL_TENSOR:
+        values = [_tf_float32_value(v) for v in a.astype(np.float32).ravel().tolist()]
+        return np.array(values, dtype=np.float64).reshape(a.shape)
     with np.errstate(all="ignore"):
         a32 = a.astype(np.float32, copy=False).ravel()
         v = a32.astype(np.float64)

@@ -10,17 +10,18 @@ TF 1.0 exports that ``tf.saved_model.load`` rejects (``saved_model_half_plus_thr
 graphs with ``float_ref`` outputs (``saved_model_counter``) and TF2 exports, whose graph and
 ``__saved_model_init_op`` the session loader runs as TF Serving does.
 
-It is also the faster path. Measured on ``saved_model_half_plus_two_tf2_cpu`` (2-core CPU,
-``x`` of shape [3,1], 3000 calls, per-call wall time of ``SavedModelServable.run``):
+It is also the faster path. Measured with ``SavedModelServable.run`` on
+``saved_model_half_plus_two_tf2_cpu`` (2-core CPU, ``x`` of shape [3,1], median of 5 x 5000
+calls after warm-up):
 
-===========================================================  ==========
-session path (C++ ``Session::MakeCallable`` handle)           ~25 us
-function path (``tf.saved_model.load(...).signatures[...]``)  ~160 us
-===========================================================  ==========
+- session path (a C++ ``Session::MakeCallable`` handle per signature): ~28 us/call
+- function path (``tf.saved_model.load(...).signatures[...]``): ~290 us/call
 
-and the session path keeps TF Serving's semantics for TF2 exports too: a feed is not checked
-against the placeholder's static shape (``half_plus_two_tf2``'s ``x`` is declared ``[1]`` yet
-TF Serving answers ``x=[2,3,4]``), whereas a signature concrete function rejects it.
+(``run`` itself adds ~3 us to the bare callable; the TF1 export takes ~30 us on the session
+path.) The session path also keeps TF Serving's semantics for TF2 exports: a feed is not
+checked against the placeholder's static shape (``half_plus_two_tf2``'s ``x`` is declared
+``[1]`` yet TF Serving answers ``x=[2,3,4]``), whereas a signature concrete function can
+reject such feeds.
 
 So the session path is always tried first. Only if it fails and the MetaGraphDef carries a TF2
 object graph is ``tf.saved_model.load`` tried (``backend="function"``); if that fails too the

@@ -53,6 +53,7 @@ INIT_OP_SIGNATURE_KEY = "__saved_model_init_op"
 MAX_CACHED_CALLABLES = 256
 
 _DT_STRING = 7
+_MISSING: Any = object()
 
 RunFn = Callable[..., Sequence[Any]]
 
@@ -353,8 +354,8 @@ class SavedModelServable:
             fn = self._callable(info, key)
         args = []
         for index, feed in enumerate(info.feeds):
-            value = inputs.get(feed.alias)
-            if value is None:
+            value = inputs.get(feed.alias, _MISSING)
+            if value is _MISSING:
                 value = info.defaults[feed.alias]
             elif type(value) is not np.ndarray:
                 value = np.asarray(value)
