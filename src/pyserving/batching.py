@@ -21,6 +21,9 @@ Semantics (TF Serving's BatchingParameters):
 
 Outputs must have the batch on dimension 0; a signature whose outputs do not is an error for
 every request in the batch. Thread-safe; ``close`` stops the threads and fails queued work.
+
+:class:`BatchingServable` puts a scheduler in front of each signature of a servable, and
+:class:`BatchingLoader` wraps any Loader so the servable it hands out is batched.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from pyserving.core.loader import Loader, ResourceEstimate
 from pyserving.errors import Internal, InvalidArgument, ServingError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -285,3 +289,102 @@ def _slice(outputs: Tensors, offset: int, rows: int, batch: int) -> Tensors:
             )
         out[name] = value[offset : offset + rows]
     return out
+
+
+class BatchingServable:
+    """A servable whose ``run`` goes through one :class:`BatchScheduler` per signature.
+
+    Everything else (``signature_defs``, ``meta_graph``, ...) is the wrapped servable's.
+    Schedulers are created on first use of a signature (with a given output selection).
+    """
+
+    def __init__(
+        self,
+        inner: Any,
+        options: BatchingOptions,
+        observer: Callable[[str, int, int, float], None] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.options = options
+        self._observer = observer
+        self._schedulers: dict[tuple[str, tuple[str, ...] | None], BatchScheduler] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def _scheduler(self, signature_name: str, output_keys: Sequence[str] | None) -> BatchScheduler:
+        key = (signature_name, tuple(output_keys) if output_keys is not None else None)
+        scheduler = self._schedulers.get(key)
+        if scheduler is not None:
+            return scheduler
+        with self._lock:
+            scheduler = self._schedulers.get(key)
+            if scheduler is None:
+                if self._closed:
+                    raise Unavailable("The servable is being unloaded")
+                keys = list(output_keys) if output_keys is not None else None
+
+                def run(inputs: Tensors) -> Tensors:
+                    return dict(self.inner.run(signature_name, inputs, keys))
+
+                observer = None
+                if self._observer is not None:
+                    report = self._observer
+
+                    def observer(rows: int, padded: int, queued: float) -> None:
+                        report(signature_name, rows, padded, queued)
+
+                scheduler = BatchScheduler(run, self.options, "batch", observer)
+                self._schedulers[key] = scheduler
+            return scheduler
+
+    def run(
+        self,
+        signature_name: str,
+        inputs: Mapping[str, np.ndarray],
+        output_keys: Sequence[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        return self._scheduler(signature_name, output_keys).submit(inputs)
+
+    def close(self) -> None:
+        """Stop every scheduler (idempotent)."""
+        with self._lock:
+            self._closed = True
+            schedulers = list(self._schedulers.values())
+            self._schedulers.clear()
+        for scheduler in schedulers:
+            scheduler.close()
+
+
+class BatchingLoader(Loader):
+    """Wraps a Loader; its servable is a :class:`BatchingServable` over the inner one."""
+
+    def __init__(
+        self,
+        inner: Loader,
+        options: BatchingOptions,
+        observer: Callable[[str, int, int, float], None] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.options = options
+        self._observer = observer
+        self._servable: BatchingServable | None = None
+
+    def estimate_resources(self) -> ResourceEstimate:
+        return self.inner.estimate_resources()
+
+    def load(self) -> None:
+        self.inner.load()
+        self._servable = BatchingServable(self.inner.servable(), self.options, self._observer)
+
+    def unload(self) -> None:
+        if self._servable is not None:
+            self._servable.close()
+            self._servable = None
+        self.inner.unload()
+
+    def servable(self) -> BatchingServable:
+        assert self._servable is not None, "servable() called outside load/unload"
+        return self._servable

@@ -38,20 +38,19 @@ FLAGS: tuple[Flag, ...] = (
     Flag("rest_api_num_threads", int, 4 * _CPUS, "Number of threads for HTTP/REST requests"),
     Flag("rest_api_timeout_in_ms", int, 30000, "Timeout for HTTP/REST API calls"),
     Flag("rest_api_enable_cors_support", bool, False, "Enable CORS headers in REST responses"),
-    Flag("enable_batching", bool, False, "Enable batching", implemented=False),
+    Flag("enable_batching", bool, False, "Enable server-side request batching"),
     Flag(
         "allow_version_labels_for_unavailable_models",
         bool,
         False,
         "Allow assigning version labels to versions that are not yet AVAILABLE",
     ),
-    Flag("batching_parameters_file", str, "", "BatchingParameters text proto", False),
+    Flag("batching_parameters_file", str, "", "BatchingParameters text proto"),
     Flag(
         "enable_per_model_batching_parameters",
         bool,
         False,
-        "Read batching_params.pbtxt in each model directory",
-        False,
+        "Read batching_params.pbtxt in each model version directory",
     ),
     Flag("model_config_file", str, "", "ModelServerConfig text proto (overrides model_name)"),
     Flag(

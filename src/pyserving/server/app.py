@@ -94,6 +94,27 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         if flags.model_memory_budget_bytes > 0
         else None
     )
+    batching = None
+    if flags.batching_parameters_file and not flags.enable_batching:
+        raise UsageError("--batching_parameters_file requires --enable_batching")
+    if flags.enable_per_model_batching_parameters and not flags.enable_batching:
+        raise UsageError("--enable_per_model_batching_parameters requires --enable_batching")
+    if flags.enable_batching:
+        from pyserving.batching import BatchingOptions
+        from pyserving.config import read_text_proto
+        from pyserving.protos import BatchingParameters
+
+        batching = BatchingOptions()
+        if flags.batching_parameters_file:
+            try:
+                params = read_text_proto(
+                    flags.batching_parameters_file,
+                    BatchingParameters(),
+                    "tensorflow.serving.BatchingParameters",
+                )
+                batching = BatchingOptions.from_proto(params)
+            except ServingError as exc:
+                raise UsageError(exc.message) from None
     intra = flags.tensorflow_intra_op_parallelism or flags.tensorflow_session_parallelism
     inter = flags.tensorflow_inter_op_parallelism or flags.tensorflow_session_parallelism
     core = ServerCoreOptions(
@@ -110,6 +131,8 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         saved_model_tags=tuple(t.strip() for t in flags.saved_model_tags.split(",") if t.strip()),
         intra_op_threads=intra,
         inter_op_threads=inter,
+        batching=batching,
+        per_model_batching=flags.enable_per_model_batching_parameters,
     )
     return ServerOptions(
         core=core,
@@ -147,8 +170,8 @@ def run_server(options: ServerOptions) -> int:
     configure_logging()
     for name in options.ignored_flags:
         log.warning("Flag --%s is accepted but not implemented by pyserving yet; ignored", name)
-    core = ServerCore(options.core)
     metrics = ServerMetrics()
+    core = ServerCore(options.core, metrics)
     core.manager.bus.subscribe(metrics.on_state)
     try:
         try:

@@ -19,19 +19,23 @@ Thread-safe; a context manager; ``close`` unloads everything and is idempotent.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tensorflow_serving.config import model_server_config_pb2
 
-from pyserving.config import ConfigError, validate_model_server_config
+from pyserving.batching import BatchingLoader, BatchingOptions
+from pyserving.config import ConfigError, read_text_proto, validate_model_server_config
 from pyserving.core.handle import ServableHandle, ServableRequest
 from pyserving.core.loader import Loader
 from pyserving.core.manager import AspiredVersionsManager, ManagerOptions
 from pyserving.core.monitor import ManagerState, ServableState, ServableStateMonitor
 from pyserving.core.source import ServableId, connect
 from pyserving.errors import FailedPrecondition, InvalidArgument, NotFound
+from pyserving.protos import BatchingParameters
+from pyserving.server.metrics import ServerMetrics
 from pyserving.sources.adapter import PathToLoaderAdapter
 from pyserving.sources.filesystem import (
     FileSystemStoragePathSource,
@@ -40,6 +44,9 @@ from pyserving.sources.filesystem import (
 )
 
 log = logging.getLogger(__name__)
+
+#: The per-model batching file TF Serving reads with --enable_per_model_batching_parameters.
+PER_MODEL_BATCHING_FILE = "batching_params.pbtxt"
 
 #: ``factory(model_config, servable_id, version_path) -> Loader`` for one platform.
 PlatformLoaderFactory = Callable[[model_server_config_pb2.ModelConfig, ServableId, str], Loader]
@@ -54,6 +61,7 @@ class ServerCoreOptions:
     ``platforms``: loader factory per ``model_platform`` name (empty = the built-in ones).
     ``settle_timeout``: seconds :meth:`ServerCore.reload_config` waits for models (None =
     forever, as TF Serving).
+    ``batching`` / ``per_model_batching``: see the fields.
     """
 
     manager: ManagerOptions = field(default_factory=ManagerOptions)
@@ -64,13 +72,20 @@ class ServerCoreOptions:
     inter_op_threads: int = 0
     platforms: dict[str, PlatformLoaderFactory] = field(default_factory=dict)
     settle_timeout: float | None = None
+    #: Server-side batching for every model (None = off; ``--enable_batching``).
+    batching: BatchingOptions | None = None
+    #: Read ``batching_params.pbtxt`` in each version directory, when present, instead.
+    per_model_batching: bool = False
 
 
 class ServerCore:
     """The model set of one server and the pipeline that keeps it loaded."""
 
-    def __init__(self, options: ServerCoreOptions | None = None) -> None:
+    def __init__(
+        self, options: ServerCoreOptions | None = None, metrics: ServerMetrics | None = None
+    ) -> None:
         self.options = options or ServerCoreOptions()
+        self.metrics = metrics
         self.manager = AspiredVersionsManager(self.options.manager)
         self.monitor = ServableStateMonitor(self.manager.bus)
         self._config = model_server_config_pb2.ModelServerConfig()
@@ -165,7 +180,31 @@ class ServerCore:
         if model is None:
             raise NotFound(f"Model {id.name} is no longer configured")
         factory = self._platforms[model.model_platform or "tensorflow"]
-        return factory(model, id, path)
+        loader = factory(model, id, path)
+        batching = self._batching_options(path)
+        if batching is None:
+            return loader
+        metrics = self.metrics
+
+        def observe(signature: str, rows: int, padded: int, queued: float) -> None:
+            if metrics is not None:
+                metrics.observe_batch(id.name, signature, rows, padded, queued)
+
+        return BatchingLoader(loader, batching, observe)
+
+    def _batching_options(self, version_path: str) -> BatchingOptions | None:
+        """The batching a version gets: its own ``batching_params.pbtxt`` (when per-model
+        batching is on and the file exists), else the server-wide options, else none."""
+        if self.options.batching is None:
+            return None
+        if self.options.per_model_batching:
+            path = os.path.join(version_path, PER_MODEL_BATCHING_FILE)
+            if os.path.isfile(path):
+                params = read_text_proto(
+                    path, BatchingParameters(), "tensorflow.serving.BatchingParameters"
+                )
+                return BatchingOptions.from_proto(params)
+        return self.options.batching
 
     def _tensorflow_loader(
         self, model: model_server_config_pb2.ModelConfig, id: ServableId, path: str

@@ -8,6 +8,9 @@ names, types, labels and units so existing dashboards work:
 * ``:tensorflow:cc:saved_model:load_latency{model_path}`` (counter, microseconds, successful loads)
 * ``:tensorflow:cc:saved_model:load_attempt_count{model_path,status}`` (counter)
 * ``:tensorflow:serving:model_warmup_latency{model_path}`` (histogram, microseconds)
+* ``:tensorflow:serving:batching_session:processed_batch_size{model_name,signature}``,
+  ``...:padding_size{model_name,signature}`` (histograms, rows) and
+  ``...:queuing_latency{model_name,signature}`` (histogram, microseconds), when batching is on
 
 and pyserving's own:
 
@@ -118,6 +121,25 @@ class ServerMetrics(Collector):
             ("model_path",),
             LATENCY_BUCKETS_US,
         )
+        batch_buckets = tuple(float(2**i) for i in range(15))
+        self.batch_size = _Histogram(
+            ":tensorflow:serving:batching_session:processed_batch_size",
+            "Distribution of the number of rows in each processed batch (before padding).",
+            ("model_name", "signature"),
+            batch_buckets,
+        )
+        self.padding_size = _Histogram(
+            ":tensorflow:serving:batching_session:padding_size",
+            "Distribution of the number of padding rows added to each batch.",
+            ("model_name", "signature"),
+            batch_buckets,
+        )
+        self.queuing_latency = _Histogram(
+            ":tensorflow:serving:batching_session:queuing_latency",
+            "Distribution of the time (in microseconds) the oldest request of a batch queued.",
+            ("model_name", "signature"),
+            LATENCY_BUCKETS_US,
+        )
         self._states: dict[tuple[str, int], ManagerState] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -135,6 +157,16 @@ class ServerMetrics(Collector):
     def observe_warmup(self, model_path: str, seconds: float) -> None:
         with self._lock:
             self.warmup_latency.observe((model_path,), seconds * 1e6)
+
+    def observe_batch(
+        self, model_name: str, signature: str, rows: int, padded: int, queued_seconds: float
+    ) -> None:
+        """One batch about to run: its rows, its padded size, its oldest request's wait."""
+        with self._lock:
+            key = (model_name, signature)
+            self.batch_size.observe(key, rows)
+            self.padding_size.observe(key, padded - rows)
+            self.queuing_latency.observe(key, queued_seconds * 1e6)
 
     def on_state(self, state: ServableState, model_path: str | None = None) -> None:
         """Event-bus subscriber: version states and load latencies."""
@@ -156,6 +188,9 @@ class ServerMetrics(Collector):
             yield self.load_latency.metric()
             yield self.load_attempts.metric()
             yield self.warmup_latency.metric()
+            yield self.batch_size.metric()
+            yield self.padding_size.metric()
+            yield self.queuing_latency.metric()
             gauge = Metric(
                 "pyserving_model_version_state",
                 "1 for the state each model version is in (START, LOADING, AVAILABLE, "

@@ -1,0 +1,107 @@
+"""Batching through the real server: concurrent REST and gRPC requests merged and split back."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import pathlib
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from pyserving import tensors
+from tests.e2e.server import RunningServer
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def server(
+    testdata: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    tmp = tmp_path_factory.mktemp("batching")
+    params = tmp / "batching.config"
+    params.write_text(
+        "max_batch_size { value: 16 }\n"
+        "batch_timeout_micros { value: 2000 }\n"
+        "max_enqueued_batches { value: 100 }\n"
+        "num_batch_threads { value: 2 }\n"
+        "allowed_batch_sizes: 4\nallowed_batch_sizes: 8\nallowed_batch_sizes: 16\n"
+    )
+    config = tmp / "models.config"
+    config.write_text(
+        f"""model_config_list {{
+  config {{ name: "half_plus_two" base_path: "{testdata / "saved_model_half_plus_two_cpu"}" }}
+  config {{ name: "matrix" base_path: "{testdata / "matrix_half_plus_two"}" }}
+}}"""
+    )
+    srv = RunningServer(
+        [
+            f"--model_config_file={config}",
+            "--enable_batching",
+            f"--batching_parameters_file={params}",
+            f"--monitoring_config_file={testdata / 'monitoring_config.txt'}",
+        ],
+        tmp / "server.log",
+    )
+    srv.wait_ready()
+    yield srv
+    assert srv.stop() == 0, srv.log()
+
+
+def rest_predict(server: RunningServer, model: str, x: list) -> list:
+    r = server.client.post(f"/v1/models/{model}:predict", content=json.dumps({"instances": x}))
+    assert r.status_code == 200, r.text
+    return r.json()["predictions"]  # type: ignore[no-any-return]
+
+
+def grpc_predict(port: int, x: np.ndarray) -> np.ndarray:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "half_plus_two"
+        request.inputs["x"].CopyFrom(tensors.ndarray_to_tensor_proto(x))
+        response = stub.Predict(request, timeout=60)
+        return tensors.tensor_proto_to_ndarray(response.outputs["y"])
+
+
+def test_concurrent_requests_get_their_own_answers(server: RunningServer) -> None:
+    jobs = []
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        for i in range(48):
+            rows = [[float(i * 10 + r)] for r in range(1 + i % 3)]
+            if i % 2:
+                jobs.append((rows, pool.submit(rest_predict, server, "half_plus_two", rows)))
+            else:
+                x = np.array(rows, np.float32)
+                jobs.append((rows, pool.submit(grpc_predict, server.grpc_port, x)))
+        for rows, future in jobs:
+            got = np.asarray(future.result(), np.float32)
+            np.testing.assert_allclose(got, np.asarray(rows, np.float32) * 0.5 + 2)
+
+
+def test_matrix_model_batches(server: RunningServer) -> None:
+    x = np.arange(18, dtype=np.float32).reshape(2, 3, 3)
+    got = rest_predict(server, "matrix", x.tolist())
+    np.testing.assert_allclose(got, x * 0.5 + 2)
+
+
+def test_batch_metrics(server: RunningServer) -> None:
+    rest_predict(server, "half_plus_two", [[1.0]])
+    r = server.client.get("/monitoring/prometheus/metrics")
+    assert r.status_code == 200
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    sizes = families[":tensorflow:serving:batching_session:processed_batch_size"]
+    count = next(
+        s.value
+        for s in sizes.samples
+        if s.name.endswith("_count") and s.labels["model_name"] == "half_plus_two"
+    )
+    assert count >= 1
+    padding = families[":tensorflow:serving:batching_session:padding_size"]
+    assert any(s.name.endswith("_sum") for s in padding.samples)
+    assert ":tensorflow:serving:batching_session:queuing_latency" in families
