@@ -83,8 +83,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("saved_model_tags", str, "serve", "Comma-separated tags of the MetaGraph to load"),
     Flag("grpc_channel_arguments", str, "", "Comma-separated gRPC channel arguments k=v"),
     Flag("grpc_max_threads", int, 4 * _CPUS, "Max threads serving gRPC requests"),
-    Flag("enable_model_warmup", bool, True, "Replay warmup requests before serving", False),
-    Flag("num_request_iterations_for_warmup", int, 1, "Warmup iterations per record", False),
+    Flag("enable_model_warmup", bool, True, "Replay warmup requests before serving"),
+    Flag("num_request_iterations_for_warmup", int, 1, "Warmup iterations per record"),
     Flag("version", bool, False, "Print the version and exit"),
     Flag("monitoring_config_file", str, "", "MonitoringConfig text proto (Prometheus)"),
     Flag(

@@ -133,6 +133,8 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         inter_op_threads=inter,
         batching=batching,
         per_model_batching=flags.enable_per_model_batching_parameters,
+        enable_warmup=flags.enable_model_warmup,
+        warmup_iterations=flags.num_request_iterations_for_warmup,
     )
     return ServerOptions(
         core=core,

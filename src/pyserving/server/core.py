@@ -42,6 +42,7 @@ from pyserving.sources.filesystem import (
     ServableSourceConfig,
     ServableVersionPolicy,
 )
+from pyserving.warmup import WarmupLoader
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,9 @@ class ServerCoreOptions:
     batching: BatchingOptions | None = None
     #: Read ``batching_params.pbtxt`` in each version directory, when present, instead.
     per_model_batching: bool = False
+    #: Replay ``assets.extra/tf_serving_warmup_requests`` before a version serves.
+    enable_warmup: bool = True
+    warmup_iterations: int = 1
 
 
 class ServerCore:
@@ -181,16 +185,23 @@ class ServerCore:
             raise NotFound(f"Model {id.name} is no longer configured")
         factory = self._platforms[model.model_platform or "tensorflow"]
         loader = factory(model, id, path)
-        batching = self._batching_options(path)
-        if batching is None:
-            return loader
         metrics = self.metrics
+        batching = self._batching_options(path)
+        if batching is not None:
 
-        def observe(signature: str, rows: int, padded: int, queued: float) -> None:
-            if metrics is not None:
-                metrics.observe_batch(id.name, signature, rows, padded, queued)
+            def observe_batch(signature: str, rows: int, padded: int, queued: float) -> None:
+                if metrics is not None:
+                    metrics.observe_batch(id.name, signature, rows, padded, queued)
 
-        return BatchingLoader(loader, batching, observe)
+            loader = BatchingLoader(loader, batching, observe_batch)
+        if self.options.enable_warmup:
+
+            def observe_warmup(seconds: float) -> None:
+                if metrics is not None:
+                    metrics.observe_warmup(path, seconds)
+
+            loader = WarmupLoader(loader, path, self.options.warmup_iterations, observe_warmup)
+        return loader
 
     def _batching_options(self, version_path: str) -> BatchingOptions | None:
         """The batching a version gets: its own ``batching_params.pbtxt`` (when per-model
