@@ -129,6 +129,13 @@ FLAGS: tuple[Flag, ...] = (
         "pyserving: availability_preserving (load new, then unload old) or resource_preserving",
     ),
     Flag(
+        "version_policy_per_model",
+        str,
+        "",
+        "pyserving: per-model policy overrides, e.g. big_model:resource_preserving,other:"
+        "availability_preserving",
+    ),
+    Flag(
         "model_memory_budget_bytes",
         int,
         0,

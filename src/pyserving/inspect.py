@@ -67,9 +67,7 @@ def show_saved_model(path: str, out: TextIO) -> None:
     proto = read_saved_model(path)
     for meta_graph in proto.meta_graphs:
         tags = ", ".join(meta_graph.meta_info_def.tags)
-        out.write(
-            f"\nMetaGraphDef with tag-set: '{tags}' contains the following SignatureDefs:\n"
-        )
+        out.write(f"\nMetaGraphDef with tag-set: '{tags}' contains the following SignatureDefs:\n")
         for name in sorted(meta_graph.signature_def):
             sig = meta_graph.signature_def[name]
             out.write(f"\nsignature_def['{name}']:\n")

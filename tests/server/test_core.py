@@ -135,3 +135,25 @@ def test_invalid_config_leaves_model_set_untouched(core: ServerCore, repo: pathl
 def test_empty_model_name_is_invalid(core: ServerCore) -> None:
     with pytest.raises(InvalidArgument):
         core.handle("")
+
+
+def test_policy_per_model(log: LoadLog, repo: pathlib.Path) -> None:
+    options = ServerCoreOptions(
+        manager=ManagerOptions(num_load_threads=1, num_unload_threads=1),
+        file_system_poll_wait_seconds=0,
+        platforms={"tensorflow": lambda m, id, p: FakeLoader(id.name, id.version, log=log)},
+        policy_per_model={"a": "resource_preserving"},
+        settle_timeout=30,
+    )
+    with ServerCore(options) as core:
+        config = models(repo, "a", "c")
+        core.reload_config(config)
+        (repo / "a" / "3").mkdir()
+        (repo / "c" / "4").mkdir()
+        log.events.clear()
+        core.reload_config(config)  # polls again: a 2 -> 3, c 3 -> 4
+        core.manager.settle()
+        a_events = [e for e in log.events if e[1] == "a"]
+        c_events = [e for e in log.events if e[1] == "c"]
+        assert a_events == [("unload", "a", 2), ("load", "a", 3)]
+        assert c_events == [("load", "c", 4), ("unload", "c", 3)]

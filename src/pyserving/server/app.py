@@ -89,6 +89,15 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
             f"--version_policy must be availability_preserving or resource_preserving, "
             f"not {flags.version_policy}"
         )
+    policy_per_model = {}
+    for item in filter(None, (x.strip() for x in flags.version_policy_per_model.split(","))):
+        name, _, policy = item.partition(":")
+        if policy not in ("availability_preserving", "resource_preserving") or not name:
+            raise UsageError(
+                f"--version_policy_per_model: {item!r} is not NAME:availability_preserving "
+                "or NAME:resource_preserving"
+            )
+        policy_per_model[name] = policy
     budget = (
         ResourceEstimate(ram_bytes=flags.model_memory_budget_bytes)
         if flags.model_memory_budget_bytes > 0
@@ -133,6 +142,7 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         inter_op_threads=inter,
         batching=batching,
         per_model_batching=flags.enable_per_model_batching_parameters,
+        policy_per_model=policy_per_model,
         enable_warmup=flags.enable_model_warmup,
         warmup_iterations=flags.num_request_iterations_for_warmup,
     )

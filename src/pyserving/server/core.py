@@ -77,6 +77,8 @@ class ServerCoreOptions:
     batching: BatchingOptions | None = None
     #: Read ``batching_params.pbtxt`` in each version directory, when present, instead.
     per_model_batching: bool = False
+    #: Version policy per model name, overriding ``manager.default_policy``.
+    policy_per_model: dict[str, str] = field(default_factory=dict)
     #: Replay ``assets.extra/tf_serving_warmup_requests`` before a version serves.
     enable_warmup: bool = True
     warmup_iterations: int = 1
@@ -128,6 +130,11 @@ class ServerCore:
                 )
         with self._reload_lock:
             models = {m.name: m for m in config.model_config_list.config}
+            for name in models:
+                self.manager.set_policy(
+                    name,
+                    self.options.policy_per_model.get(name, self.options.manager.default_policy),
+                )
             removed = set(self._models) - set(models)
             self._models = models
             self._config = model_server_config_pb2.ModelServerConfig()
