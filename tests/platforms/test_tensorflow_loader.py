@@ -175,6 +175,33 @@ def test_function_runtime_gives_the_same_answers(testdata: pathlib.Path) -> None
         loader.unload()
 
 
+def test_keras3_export_without_saver_restorable_variables(tmp_path: pathlib.Path) -> None:
+    # A Keras 3 model saved with tf.saved_model.save keeps its weights only in the object
+    # graph: TF Serving loads it and then fails every request ("Could not find variable").
+    import keras
+
+    inputs = keras.Input((2,), name="x")
+    dense = keras.layers.Dense(1, name="dense", kernel_initializer="ones", bias_initializer="ones")
+    tf.saved_model.save(keras.Model(inputs, dense(inputs)), str(tmp_path / "1"))
+    x = {"inputs": np.array([[1.0, 2.0]], np.float32)}
+
+    loader = _load(tmp_path / "1")
+    try:
+        assert loader.servable().backend == "function"
+        np.testing.assert_array_equal(
+            loader.servable().run("serving_default", x)["output_0"], [[4.0]]
+        )
+    finally:
+        loader.unload()
+
+    loader = _load(tmp_path / "1", runtime="session")
+    try:
+        with pytest.raises(FailedPrecondition, match=r"^Could not find variable dense/"):
+            loader.servable().run("serving_default", x)
+    finally:
+        loader.unload()
+
+
 def test_tf1_runtime_function_is_refused(testdata: pathlib.Path) -> None:
     loader = SavedModelLoader(
         str(testdata / "saved_model_half_plus_three" / "00000123"), runtime="function"
@@ -377,20 +404,38 @@ def test_pbtxt_export_loads(testdata: pathlib.Path, tmp_path: pathlib.Path) -> N
         loader.unload()
 
 
-def test_missing_variables_fail_with_a_serving_error(
+def test_missing_variables_load_but_requests_fail(
     testdata: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
+    # As TF Serving's loader: no variables/variables.index means nothing to restore.
     target = tmp_path / "1"
     shutil.copytree(testdata / "saved_model_half_plus_two_cpu" / "00000123", target)
     shutil.rmtree(target / "variables")
+    loader = _load(target)
+    try:
+        with pytest.raises(FailedPrecondition, match="uninitialized"):
+            loader.servable().run("serving_default", {"x": X})
+    finally:
+        loader.unload()
+
+
+def test_corrupt_variables_fail_to_load(testdata: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    target = tmp_path / "1"
+    shutil.copytree(testdata / "saved_model_half_plus_two_cpu" / "00000123", target)
+    (target / "variables" / "variables.data-00000-of-00001").write_bytes(b"")
     loader = SavedModelLoader(str(target))
     with pytest.raises(ServingError):
         loader.load()
     with pytest.raises(FailedPrecondition):
         loader.servable()
     # a retry after fixing the files succeeds
-    shutil.copytree(
-        testdata / "saved_model_half_plus_two_cpu" / "00000123" / "variables", target / "variables"
+    shutil.copy(
+        testdata
+        / "saved_model_half_plus_two_cpu"
+        / "00000123"
+        / "variables"
+        / "variables.data-00000-of-00001",
+        target / "variables",
     )
     loader.load()
     loader.unload()

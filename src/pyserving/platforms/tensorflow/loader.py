@@ -3,12 +3,14 @@
 Loading strategy
 ----------------
 Every SavedModel is first loaded the way TF Serving loads it: the MetaGraphDef's graph is
-imported into its own ``tf.Graph``, variables are restored through the export's ``saver_def``
-and the init op (``main_op`` / ``legacy_init_op`` / ``__saved_model_init_op``) is run, all in
-a ``tf.compat.v1.Session`` (the TF1 session loader). This path handles every testdata export:
-TF 1.0 exports that ``tf.saved_model.load`` rejects (``saved_model_half_plus_three``), stateful
-graphs with ``float_ref`` outputs (``saved_model_counter``) and TF2 exports, whose graph and
-``__saved_model_init_op`` the session loader runs as TF Serving does.
+imported into its own ``tf.Graph``, variables are restored by running the export's
+``saver_def`` restore op on ``variables/variables`` and the init op (``main_op`` /
+``legacy_init_op`` / ``__saved_model_init_op``) is run, all in a ``tf.compat.v1.Session``
+(TF's TF1 session loader, with the C++ loader's restore step). This path handles every
+testdata export: TF 1.0 exports that ``tf.saved_model.load`` rejects
+(``saved_model_half_plus_three``), stateful graphs with ``float_ref`` outputs
+(``saved_model_counter``) and TF2 exports, whose graph and ``__saved_model_init_op`` the
+session loader runs as TF Serving does.
 
 It is also the faster path. Measured with ``SavedModelServable.run`` on
 ``saved_model_half_plus_two_tf2_cpu`` (2-core CPU, ``x`` of shape [3,1], median of 5 x 5000
@@ -23,9 +25,18 @@ checked against the placeholder's static shape (``half_plus_two_tf2``'s ``x`` is
 ``[1]`` yet TF Serving answers ``x=[2,3,4]``), whereas a signature concrete function can
 reject such feeds.
 
-So the session path is always tried first. Only if it fails and the MetaGraphDef carries a TF2
-object graph is ``tf.saved_model.load`` tried (``backend="function"``); if that fails too the
-session path's error is raised. ``runtime="session"`` / ``runtime="function"`` force one path.
+So the session path is always tried first. ``tf.saved_model.load`` (``backend="function"``)
+is used instead only for TF2 exports (the MetaGraphDef carries an object graph) when
+
+- the session path fails to load the model (if the function path fails too, the session
+  path's error is raised), or
+- after restore and init some resource variables are still uninitialized: the export keeps
+  their values only in its object graph (a Keras 3 model saved with ``tf.saved_model.save``
+  is the common case). TF Serving loads such a model but fails every request with ``Could
+  not find variable ...``; here it is served, and a warning names the variables.
+
+``runtime="session"`` / ``runtime="function"`` force one path (``"session"`` behaves exactly
+like TF Serving on the exports above).
 
 Either way ``signature_defs`` come from the MetaGraphDef proto read from ``saved_model.pb``
 (or ``.pbtxt``), so model metadata is exactly what TF Serving reports.
@@ -63,6 +74,8 @@ _log = logging.getLogger(__name__)
 
 SAVED_MODEL_FILENAME_PB = "saved_model.pb"
 SAVED_MODEL_FILENAME_PBTXT = "saved_model.pbtxt"
+VARIABLES_DIRECTORY = "variables"
+VARIABLES_FILENAME = "variables"
 
 Runtime = Literal["auto", "session", "function"]
 
@@ -150,6 +163,25 @@ def _session_loader(path: str, saved_model: saved_model_pb2.SavedModel) -> Any:
     return _ParsedSavedModelLoader()
 
 
+def _restore_variables(session: Any, path: str, meta_graph: meta_graph_pb2.MetaGraphDef) -> None:
+    """``RunRestore`` of TF's C++ SavedModel loader: run the saver_def's restore op on
+    ``variables/variables`` (with the asset paths fed), if the export has variables."""
+    from tensorflow.python.saved_model import loader_impl
+
+    if not meta_graph.HasField("saver_def"):
+        return
+    variables_dir = os.path.join(path, VARIABLES_DIRECTORY)
+    if not os.path.isfile(os.path.join(variables_dir, VARIABLES_FILENAME + ".index")):
+        _log.info("SavedModel %s has no variables; no checkpoint restored", path)
+        return
+    saver_def = meta_graph.saver_def
+    feeds: dict[str, Any] = {
+        saver_def.filename_tensor_name: os.path.join(variables_dir, VARIABLES_FILENAME)
+    }
+    feeds.update(loader_impl.get_asset_tensors(path, meta_graph))
+    session.run(saver_def.restore_op_name, feed_dict=feeds)
+
+
 class SavedModelLoader(Loader):
     """Loader for one SavedModel version directory (see the module docstring for strategy).
 
@@ -219,19 +251,46 @@ class SavedModelLoader(Loader):
     ) -> tuple[Runner, str]:
         if self.runtime == "function":
             return self._load_function(), "function"
+        has_object_graph = meta_graph.HasField("object_graph_def")
         try:
-            return self._load_session(saved_model), "session"
+            runner, unrestored = self._load_session(
+                saved_model, check_variables=self.runtime == "auto" and has_object_graph
+            )
         except Exception as exc:
             error = _translate_load_error(exc)
-            if self.runtime == "session" or not meta_graph.HasField("object_graph_def"):
+            if self.runtime == "session" or not has_object_graph:
                 raise error from None
-        gc.collect()
+            gc.collect()
+            try:
+                return self._load_function(), "function"
+            except Exception:
+                raise error from None
+        if not unrestored:
+            return runner, "session"
+        # Variables that neither the saver_def restore nor the init op set: the export keeps
+        # them only in its object graph (e.g. a Keras 3 model saved with
+        # tf.saved_model.save). TF Serving fails on such a model at request time ("Could not
+        # find variable ..."); tf.saved_model.load restores them through the object graph.
+        _log.warning(
+            "%s: %d variable(s) (%s) are not restored by the SavedModel's saver; loading it "
+            "with tf.saved_model.load instead",
+            self.path,
+            len(unrestored),
+            ", ".join(unrestored[:5]) + (", ..." if len(unrestored) > 5 else ""),
+        )
         try:
-            return self._load_function(), "function"
-        except Exception:
-            raise error from None
+            function_runner = self._load_function()
+        except ServingError:
+            _log.exception("%s: tf.saved_model.load failed; keeping the session", self.path)
+            return runner, "session"
+        runner.close()
+        return function_runner, "function"
 
-    def _load_session(self, saved_model: saved_model_pb2.SavedModel) -> SessionRunner:
+    def _load_session(
+        self, saved_model: saved_model_pb2.SavedModel, *, check_variables: bool = False
+    ) -> tuple[SessionRunner, list[str]]:
+        """Load into a session; with ``check_variables``, also list the resource variables
+        still uninitialized after restore and init (see ``_load_runtime``)."""
         import tensorflow as tf
 
         graph = tf.Graph()
@@ -241,19 +300,33 @@ class SavedModelLoader(Loader):
             allow_soft_placement=True,
         )
         session = tf.compat.v1.Session(graph=graph, config=config)
+        unrestored: list[str] = []
         try:
-            # The steps of tf.compat.v1.saved_model.loader.load(), on the SavedModel already
-            # parsed (that function parses saved_model.pb twice more and logs a deprecation).
+            # TF's TF1 loader (tf.compat.v1.saved_model.loader.load) on the SavedModel already
+            # parsed, except for the restore: that one skips graphs without a "variables"
+            # collection (every TF2 export), so variables are restored from the saver_def as
+            # TF Serving's C++ loader does.
             sm_loader = _session_loader(self.path, saved_model)
             with graph.as_default():
-                saver, _ = sm_loader.load_graph(graph, list(self.tags))
-                sm_loader.restore_variables(session, saver)
+                sm_loader.load_graph(graph, list(self.tags))
+                meta_graph = sm_loader.get_meta_graph_def_from_tags(list(self.tags))
+                _restore_variables(session, self.path, meta_graph)
                 sm_loader.run_init_ops(session, list(self.tags))
+                if check_variables:
+                    handles = [op for op in graph.get_operations() if op.type == "VarHandleOp"]
+                    if handles:
+                        checks = [
+                            tf.raw_ops.VarIsInitializedOp(resource=op.outputs[0]) for op in handles
+                        ]
+                        done = session.run(checks)
+                        unrestored = [
+                            op.name for op, ok in zip(handles, done, strict=True) if not ok
+                        ]
             graph.finalize()
         except BaseException:
             session.close()
             raise
-        return SessionRunner(graph, session)
+        return SessionRunner(graph, session), unrestored
 
     def _load_function(self) -> FunctionRunner:
         import tensorflow as tf
