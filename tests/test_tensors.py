@@ -641,6 +641,7 @@ ROUND_TRIP = [
     np.array([1 + 2j, -3.5j], np.complex64),
     np.array([1 + 2j], np.complex128),
     np.array([b"a", b"\x00\xff", b""], dtype=object),
+    np.array([1.0, -2.5, 3e38], tf.bfloat16.as_numpy_dtype),
     np.array(3.5, np.float32),
     np.zeros((2, 0, 3), np.float32),
 ]

@@ -62,6 +62,7 @@ __all__ = [
     "format_predict_response",
     "format_regress_response",
     "get_signature_name",
+    "json_to_ndarray",
     "loads",
     "ndarray_to_tensor_proto",
     "numpy_dtype",
