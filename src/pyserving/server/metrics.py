@@ -27,7 +27,7 @@ import bisect
 import threading
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -207,5 +207,29 @@ class ServerMetrics(Collector):
             yield gauge
 
     def render(self) -> bytes:
-        """The text exposition format of every metric."""
-        return generate_latest(self.registry)
+        """The text exposition format (0.0.4) of every metric, TF Serving's way: a counter's
+        ``# TYPE`` line and samples carry its own name (no ``_total`` suffix)."""
+        lines: list[str] = []
+        for family in self.registry.collect():
+            doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+            lines.append(f"# HELP {family.name} {doc}")
+            lines.append(f"# TYPE {family.name} {family.type}")
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(sample.labels.items()))
+                value = _number(sample.value)
+                lines.append(
+                    f"{sample.name}{{{labels}}} {value}" if labels else f"{sample.name} {value}"
+                )
+        return ("\n".join(lines) + "\n").encode()
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _number(value: float) -> str:
+    if value == float("inf"):
+        return "+Inf"
+    if value == float("-inf"):
+        return "-Inf"
+    return repr(float(value))
