@@ -456,6 +456,25 @@ def test_non_finite_outputs_are_bare_tokens() -> None:
         b'{"predictions":[{"a":NaN,"b":"x"},{"a":Infinity,"b":"y"}]}'
     )
     assert format_predict_response({"d": np.array([np.nan])}, "columnar") == b'{"outputs":[NaN]}'
+    several = {
+        "null": np.array([[np.nan, 1.0]], np.float32),
+        "nullity": np.array([-np.inf], np.float64),
+        "n": np.array([7], np.int64),
+    }
+    assert format_predict_response(several, "row") == (
+        b'{"predictions":[{"n":7,"null":[NaN,1.0],"nullity":-Infinity}]}'
+    )
+    top = np.finfo(np.float64).max
+    assert format_predict_response({"d": np.array([top, -np.inf])}, "columnar") == (
+        b'{"outputs":[1.7976931348623157e+308,-Infinity]}'
+    )
+    assert format_predict_response({"d": np.array(np.inf, np.float32)}, "columnar") == (
+        b'{"outputs":Infinity}'
+    )
+    big = np.random.default_rng(2).random((300, 300)).astype(np.float32)
+    big[::7, ::3] = np.nan
+    parsed = json.loads(format_predict_response({"y": big}, "columnar"))  # json reads NaN
+    np.testing.assert_array_equal(np.array(parsed["outputs"], np.float32), big)
 
 
 def test_integer_bool_and_half_outputs() -> None:

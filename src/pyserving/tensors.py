@@ -889,15 +889,9 @@ _JSON_INT_KINDS = frozenset(
 )
 
 
-class _NeedsSlowWriter(Exception):
-    """Internal: the value holds NaN/Infinity, which orjson would write as null."""
-
-
 def _json_ready(name: str, array: np.ndarray) -> Any:
-    """An orjson-serializable value printing exactly like TF Serving for this tensor.
-
-    Raises ``_NeedsSlowWriter`` when the tensor holds non-finite numbers.
-    """
+    """An orjson-serializable value printing like TF Serving for this tensor, except for
+    non-finite numbers (orjson writes them as ``null``; see ``format_predict_response``)."""
     dtype = array.dtype
     if dtype == np.float32 or dtype == np.float16:
         values = _tf_float32_values(array)
@@ -925,20 +919,11 @@ def _json_ready(name: str, array: np.ndarray) -> Any:
         except ServingError:
             type_name = str(dtype)
         raise InvalidArgument(f"Failed to write JSON value for tensor type: {type_name}")
-    if values.dtype.kind == "f" and not np.isfinite(values).all():
-        raise _NeedsSlowWriter
     if values.ndim == 0:
         return values.item()
     if not values.flags.c_contiguous:
         values = np.ascontiguousarray(values)
     return values
-
-
-def _slow_value(name: str, array: np.ndarray) -> Any:
-    """Nested Python lists with non-finite floats kept (for :func:`_write_slow`)."""
-    if array.dtype == np.float32 or array.dtype == np.float16:
-        return _tf_float32_values(array).tolist()
-    return array.tolist()
 
 
 def _write_slow(value: Any, out: list[str]) -> None:
@@ -972,6 +957,48 @@ def _dumps_slow(document: Any) -> bytes:
     out: list[str] = []
     _write_slow(document, out)
     return "".join(out).encode()
+
+
+_DBL_MAX = float(np.finfo(np.float64).max)
+_POS_SENTINEL = orjson.dumps(_DBL_MAX)
+_NEG_SENTINEL = orjson.dumps(-_DBL_MAX)
+_NULL_TOKEN = re.compile(rb"(?<=[\[,:])null(?=[,\]}])")
+
+
+def _is_non_finite(value: Any) -> bool:
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind == "f" and not np.isfinite(value).all()
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _with_sentinels(value: Any) -> Any:
+    """``value`` with +/-Infinity replaced by +/-DBL_MAX (NaN is left for orjson's null)."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind != "f":
+            return value
+        return np.where(np.isinf(value), np.copysign(_DBL_MAX, value), value)
+    if isinstance(value, float) and math.isinf(value):
+        return math.copysign(_DBL_MAX, value)
+    return value
+
+
+def _dumps_non_finite(values: dict[str, Any], strings: bool, build: Any) -> bytes:
+    """Write a document holding NaN/Infinity as TF Serving's bare tokens.
+
+    Without string outputs the only ``null`` orjson can write is a NaN and +/-DBL_MAX can
+    only come from the +/-Infinity sentinels (float32 values never reach it; float64 outputs
+    holding it take the slow writer), so the fast writer's text is patched in place.
+    """
+    collides = any(
+        isinstance(v, np.ndarray) and v.dtype.kind == "f" and (np.abs(v) == _DBL_MAX).any()
+        for v in values.values()
+    )
+    if strings or collides:
+        lists = {n: v.tolist() if isinstance(v, np.ndarray) else v for n, v in values.items()}
+        return _dumps_slow(build(lists))
+    text = _dumps(build({n: _with_sentinels(v) for n, v in values.items()}))
+    text = text.replace(_NEG_SENTINEL, b"-Infinity").replace(_POS_SENTINEL, b"Infinity")
+    return _NULL_TOKEN.sub(b"NaN", text)
 
 
 def format_predict_response(outputs: Mapping[str, np.ndarray], format: str) -> bytes:
@@ -1008,29 +1035,24 @@ def format_predict_response(outputs: Mapping[str, np.ndarray], format: str) -> b
     elif format != "columnar":
         raise InvalidArgument("Invalid request format")
 
-    try:
-        values = {n: _json_ready(n, arrays[n]) for n in names}
-        writer = _dumps
-    except _NeedsSlowWriter:
-        values = {}
-        for n in names:
-            try:
-                values[n] = _json_ready(n, arrays[n])
-                if isinstance(values[n], np.ndarray):
-                    values[n] = values[n].tolist()
-            except _NeedsSlowWriter:
-                values[n] = _slow_value(n, arrays[n])
-        writer = _dumps_slow
+    values = {n: _json_ready(n, arrays[n]) for n in names}
 
-    if format == "columnar":
+    def build(vals: dict[str, Any]) -> Any:
+        if format == "columnar":
+            return {"outputs": vals[names[0]] if len(names) == 1 else vals}
         if len(names) == 1:
-            return writer({"outputs": values[names[0]]})
-        return writer({"outputs": values})
-    if len(names) == 1:
-        return writer({"predictions": values[names[0]]})
-    columns = [values[n] for n in names]
-    rows = [dict(zip(names, items, strict=True)) for items in zip(*columns, strict=True)]
-    return writer({"predictions": rows})
+            return {"predictions": vals[names[0]]}
+        columns = [vals[n] for n in names]
+        return {
+            "predictions": [
+                dict(zip(names, items, strict=True)) for items in zip(*columns, strict=True)
+            ]
+        }
+
+    if any(_is_non_finite(v) for v in values.values()):
+        strings = any(arrays[n].dtype.kind in "OSU" for n in names)
+        return _dumps_non_finite(values, strings, build)
+    return _dumps(build(values))
 
 
 def format_classify_response(result: classification_pb2.ClassificationResult) -> bytes:
