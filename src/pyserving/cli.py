@@ -135,6 +135,7 @@ FLAGS: tuple[Flag, ...] = (
         "pyserving: per-model policy overrides, e.g. big_model:resource_preserving,other:"
         "availability_preserving",
     ),
+    Flag("log_format", str, "text", "pyserving: text, or json for one JSON object per line"),
     Flag(
         "model_memory_budget_bytes",
         int,

@@ -298,6 +298,7 @@ class AspiredVersionsManager(Target[Loader]):
         harness: LoaderHarness,
         error: ServingError | None = None,
         duration: float | None = None,
+        cause: str = "",
     ) -> None:
         self.bus.publish(
             ServableState(
@@ -306,6 +307,7 @@ class AspiredVersionsManager(Target[Loader]):
                 error,
                 self.options.clock.monotonic(),
                 duration,
+                cause,
             )
         )
 
@@ -337,7 +339,9 @@ class AspiredVersionsManager(Target[Loader]):
                     continue
                 new = LoaderHarness(item.id, item.value() if item.ok else None, item.error)
                 current[version] = new
-                self._publish(new, new.error)
+                self._publish(
+                    new, new.error, cause="source error" if new.error else "aspired by source"
+                )
                 if new.error is not None:
                     log.error("Servable %s cannot be loaded: %s", new.id, new.error.message)
 
@@ -363,7 +367,7 @@ class AspiredVersionsManager(Target[Loader]):
         loader = harness.loader
         harness.state = HarnessState.LOAD_REQUESTED
         harness.started_at = self.options.clock.monotonic()
-        self._publish(harness)
+        self._publish(harness, cause="policy: load the newest aspired version")
         try:
             self.resources.reserve(harness.id, loader.estimate_resources())
         except Exception as exc:
@@ -393,7 +397,7 @@ class AspiredVersionsManager(Target[Loader]):
                 self._add_serving(harness, loader.servable())
                 elapsed = self._elapsed(harness)
                 log.info("Successfully loaded servable version %s in %.3fs", harness.id, elapsed)
-                self._publish(harness, duration=elapsed)
+                self._publish(harness, duration=elapsed, cause="loaded")
 
         return load
 
@@ -401,7 +405,7 @@ class AspiredVersionsManager(Target[Loader]):
         harness.state = HarnessState.QUIESCING
         harness.started_at = self.options.clock.monotonic()
         self._remove_serving(harness.id)
-        self._publish(harness)
+        self._publish(harness, cause="policy: unload a version that is no longer aspired")
         loader = harness.loader
         assert loader is not None
 
@@ -419,7 +423,7 @@ class AspiredVersionsManager(Target[Loader]):
                 harness.loader = None
                 elapsed = self._elapsed(harness)
                 log.info("Done unloading servable version %s in %.3fs", harness.id, elapsed)
-                self._publish(harness, duration=elapsed)
+                self._publish(harness, duration=elapsed, cause="unloaded")
 
         return unload
 
@@ -428,7 +432,7 @@ class AspiredVersionsManager(Target[Loader]):
         harness.error = error
         elapsed = self._elapsed(harness)
         log.error("Failed to load servable version %s: %s", harness.id, error.message)
-        self._publish(harness, error, duration=elapsed)
+        self._publish(harness, error, duration=elapsed, cause="load failed")
 
     def _elapsed(self, harness: LoaderHarness) -> float:
         if harness.started_at is None:

@@ -42,6 +42,8 @@ class ServableState:
     time: float = 0.0
     #: seconds the transition that led here took (load or unload duration), when known.
     duration: float | None = None
+    #: why the transition happened, in words (e.g. "newest aspired version").
+    cause: str = ""
 
 
 Subscriber = Callable[[ServableState], None]

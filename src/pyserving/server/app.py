@@ -24,6 +24,7 @@ from pyserving.core.manager import ManagerOptions
 from pyserving.errors import ServingError
 from pyserving.server.core import ServerCore, ServerCoreOptions
 from pyserving.server.health import install_health_routes, is_ready
+from pyserving.server.logs import configure_logging, log_transition
 from pyserving.server.metrics import CONTENT_TYPE, ServerMetrics
 from pyserving.server.service import ModelServing
 
@@ -53,6 +54,7 @@ class ServerOptions:
     #: ``--model_config_file`` and how often to re-read it (0 = never).
     model_config_file: str = ""
     model_config_file_poll_wait_seconds: float = 0.0
+    log_format: str = "text"
 
 
 def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
@@ -89,6 +91,8 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
             f"--version_policy must be availability_preserving or resource_preserving, "
             f"not {flags.version_policy}"
         )
+    if flags.log_format not in ("text", "json"):
+        raise UsageError(f"--log_format must be text or json, not {flags.log_format}")
     policy_per_model = {}
     for item in filter(None, (x.strip() for x in flags.version_policy_per_model.split(","))):
         name, _, policy = item.partition(":")
@@ -161,6 +165,7 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         check_method_name=flags.enable_signature_method_name_check,
         ignored_flags=tuple(not_implemented_flags(flags)),
         metrics_path=metrics_path,
+        log_format=flags.log_format,
         model_config_file=flags.model_config_file,
         model_config_file_poll_wait_seconds=(
             flags.model_config_file_poll_wait_seconds if flags.model_config_file else 0
@@ -168,22 +173,14 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
     )
 
 
-def configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s.%(msecs)03d %(levelname).1s %(name)s] %(message)s",
-        datefmt="%Y-%m-%d %H:%M:%S",
-        stream=sys.stderr,
-    )
-
-
 def run_server(options: ServerOptions) -> int:
     """Serve until SIGTERM/SIGINT; return the process exit status."""
-    configure_logging()
+    configure_logging(options.log_format)
     for name in options.ignored_flags:
         log.warning("Flag --%s is accepted but not implemented by pyserving yet; ignored", name)
     metrics = ServerMetrics()
     core = ServerCore(options.core, metrics)
+    core.manager.bus.subscribe(log_transition)
     core.manager.bus.subscribe(metrics.on_state)
     try:
         try:

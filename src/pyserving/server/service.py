@@ -107,7 +107,9 @@ class ModelServing:
         ):
             servable = handle.servable
             signature_name = spec.signature_name or DEFAULT_SIGNATURE
-            signature_def = inference.find_signature(servable, signature_name)
+            signature_def = inference.find_signature(
+                servable, signature_name, rest=entrypoint == "REST"
+            )
             inputs = decode(signature_def)
             resolved, outputs = inference.predict(
                 servable,
