@@ -24,8 +24,8 @@ import shutil
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
 SPECIES = ["setosa", "versicolor", "virginica"]
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -56,22 +56,40 @@ def make_data(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.n
 
 def build_model() -> tf.keras.Model:
     inputs = tf.keras.Input(shape=(4,), name="features")
-    norm = tf.keras.layers.Normalization(name="normalize")
-    hidden = tf.keras.layers.Dense(32, activation="relu", name="hidden1")(norm(inputs))
+    hidden = tf.keras.layers.Dense(32, activation="relu", name="hidden1")(inputs)
     hidden = tf.keras.layers.Dense(16, activation="relu", name="hidden2")(hidden)
     species = tf.keras.layers.Dense(3, activation="softmax", name="species")(hidden)
     area = tf.keras.layers.Dense(1, name="area")(hidden)
-    model = tf.keras.Model(inputs, {"species": species, "area": area})
-    return model
+    return tf.keras.Model(inputs, {"species": species, "area": area})
 
 
 class FlowerModule(tf.Module):
-    """What is exported: the trained model plus signatures in TF Serving's shapes."""
+    """What is exported: the trained weights as plain variables, and signatures in TF
+    Serving's shapes. Plain variables (rather than the Keras objects) give a SavedModel whose
+    graph restores its own weights, so any TF Serving-compatible server runs it in a session."""
 
-    def __init__(self, model: tf.keras.Model) -> None:
+    def __init__(self, model: tf.keras.Model, mean: np.ndarray, std: np.ndarray) -> None:
         super().__init__()
-        self.model = model
+        self.mean = tf.constant(mean, name="feature_mean")
+        self.std = tf.constant(std, name="feature_std")
+        self.weights = {
+            layer: [
+                tf.Variable(w, name=f"{layer}_{i}")
+                for i, w in enumerate(model.get_layer(layer).get_weights())
+            ]
+            for layer in ("hidden1", "hidden2", "species", "area")
+        }
         self.labels = tf.constant(SPECIES)
+
+    def _dense(self, layer: str, x: tf.Tensor) -> tf.Tensor:
+        kernel, bias = self.weights[layer]
+        return tf.matmul(x, kernel) + bias
+
+    def _forward(self, features: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        x = (features - self.mean) / self.std
+        x = tf.nn.relu(self._dense("hidden1", x))
+        x = tf.nn.relu(self._dense("hidden2", x))
+        return tf.nn.softmax(self._dense("species", x)), self._dense("area", x)[:, 0]
 
     def _from_examples(self, serialized: tf.Tensor) -> tf.Tensor:
         spec = {name: tf.io.FixedLenFeature([], tf.float32) for name in FEATURES}
@@ -80,48 +98,54 @@ class FlowerModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="features")])
     def predict(self, features: tf.Tensor) -> dict[str, tf.Tensor]:
-        out = self.model(features, training=False)
+        probabilities, area = self._forward(features)
         return {
-            "probabilities": out["species"],
-            "class_ids": tf.argmax(out["species"], axis=1),
-            "petal_area": tf.squeeze(out["area"], axis=1),
+            "probabilities": probabilities,
+            "class_ids": tf.argmax(probabilities, axis=1),
+            "petal_area": area,
         }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
     def classify(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
-        out = self.model(self._from_examples(inputs), training=False)
+        probabilities, _ = self._forward(self._from_examples(inputs))
         batch = tf.shape(inputs)[0]
         classes = tf.tile(tf.expand_dims(self.labels, 0), [batch, 1])
-        return {"classes": classes, "scores": out["species"]}
+        return {"classes": classes, "scores": probabilities}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
     def regress(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
-        out = self.model(self._from_examples(inputs), training=False)
-        return {"outputs": tf.squeeze(out["area"], axis=1)}
+        _, area = self._forward(self._from_examples(inputs))
+        return {"outputs": area}
 
 
-def train(seed: int = 7, epochs: int = 60) -> tuple[tf.keras.Model, dict[str, float]]:
+def train(
+    seed: int = 7, epochs: int = 60
+) -> tuple[tf.keras.Model, np.ndarray, np.ndarray, dict[str, float]]:
+    """Train on standardized features; returns the model, the feature mean and std, and the
+    test metrics."""
     tf.keras.utils.set_random_seed(seed)
     x_train, y_train, a_train = make_data(200, seed)
     x_test, y_test, a_test = make_data(50, seed + 1)
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
     model = build_model()
-    model.get_layer("normalize").adapt(x_train)
     model.compile(
         optimizer=tf.keras.optimizers.Adam(0.01),
         loss={"species": "sparse_categorical_crossentropy", "area": "mse"},
-        metrics={"species": ["accuracy"], "area": ["mae"]},
     )
     model.fit(
-        x_train, {"species": y_train, "area": a_train}, epochs=epochs, batch_size=32, verbose=0
+        (x_train - mean) / std,
+        {"species": y_train, "area": a_train},
+        epochs=epochs,
+        batch_size=32,
+        verbose=0,
     )
-    out = model.predict(x_test, verbose=0)
+    out = model.predict((x_test - mean) / std, verbose=0)
     accuracy = float(np.mean(np.argmax(out["species"], axis=1) == y_test))
     mae = float(np.mean(np.abs(out["area"][:, 0] - a_test)))
-    return model, {"test_accuracy": accuracy, "test_area_mae_cm2": mae}
+    return model, mean, std, {"test_accuracy": accuracy, "test_area_mae_cm2": mae}
 
 
-def export(model: tf.keras.Model, export_dir: pathlib.Path, version: int) -> pathlib.Path:
-    module = FlowerModule(model)
+def export(module: FlowerModule, export_dir: pathlib.Path, version: int) -> pathlib.Path:
     target = export_dir / str(version)
     if target.exists():
         shutil.rmtree(target)
@@ -143,10 +167,17 @@ def main() -> None:
     parser.add_argument("--version", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=60)
     args = parser.parse_args()
-    model, metrics = train(epochs=args.epochs)
+    model, mean, std, metrics = train(epochs=args.epochs)
     for name, value in metrics.items():
         print(f"{name}: {value:.4f}")
-    path = export(model, pathlib.Path(args.export_dir), args.version)
+    module = FlowerModule(model, mean, std)
+    x_check = make_data(50, 8)[0]
+    exported = module.predict(tf.constant(x_check))["probabilities"].numpy()
+    trained = model.predict((x_check - mean) / std, verbose=0)["species"]
+    if not np.allclose(exported, trained, atol=1e-5):
+        raise SystemExit("the exported module disagrees with the trained model")
+    print(f"exported module matches the trained model on {len(x_check)} rows")
+    path = export(module, pathlib.Path(args.export_dir), args.version)
     print(f"exported to {path}")
     print(f"inspect it with: pyserving inspect {path.parent}")
 
