@@ -123,28 +123,29 @@ class ModelServing:
     def classify(
         self, spec: ModelSpec, request_input: input_pb2.Input, *, entrypoint: str = "GRPC"
     ) -> tuple[ServableId, str, classification_pb2.ClassificationResult]:
-        with (
-            self._observed(spec.name, "classify", entrypoint),
-            self.core.handle(spec.name, spec.version, spec.label) as handle,
-        ):
-            signature_name = spec.signature_name or DEFAULT_SIGNATURE
-            result = inference.classify(
-                handle.servable,
-                signature_name,
-                request_input,
-                check_method_name=self.check_method_name,
-            )
-            return handle.id, signature_name, result
+        """The Classify API on the examples of ``request_input``."""
+        return self._on_examples("classify", inference.classify, spec, request_input, entrypoint)
 
     def regress(
         self, spec: ModelSpec, request_input: input_pb2.Input, *, entrypoint: str = "GRPC"
     ) -> tuple[ServableId, str, regression_pb2.RegressionResult]:
+        """The Regress API on the examples of ``request_input``."""
+        return self._on_examples("regress", inference.regress, spec, request_input, entrypoint)
+
+    def _on_examples(
+        self,
+        api: str,
+        run: Callable[..., Any],
+        spec: ModelSpec,
+        request_input: input_pb2.Input,
+        entrypoint: str,
+    ) -> tuple[ServableId, str, Any]:
         with (
-            self._observed(spec.name, "regress", entrypoint),
+            self._observed(spec.name, api, entrypoint),
             self.core.handle(spec.name, spec.version, spec.label) as handle,
         ):
             signature_name = spec.signature_name or DEFAULT_SIGNATURE
-            result = inference.regress(
+            result = run(
                 handle.servable,
                 signature_name,
                 request_input,
