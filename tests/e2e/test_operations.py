@@ -223,3 +223,71 @@ def test_sigterm_lets_a_slow_request_finish(tmp_path: pathlib.Path) -> None:
     assert srv.process.wait(60) == 0
     srv.stop()
     assert "Done unloading servable version {name: slow version: 1}" in srv.log()
+
+
+def test_rest_timeout_and_cors(tmp_path: pathlib.Path) -> None:
+    export_slow_model(tmp_path / "slow")
+    srv = RunningServer(
+        [
+            "--model_name=slow",
+            f"--model_base_path={tmp_path / 'slow'}",
+            "--rest_api_timeout_in_ms=200",
+            "--rest_api_enable_cors_support",
+        ],
+        tmp_path / "server.log",
+    )
+    srv.wait_ready()
+    try:
+        # Grow the work until a request outlives the 200 ms timeout (bounded).
+        n, r = 1000, None
+        for _ in range(8):
+            r = srv.client.post("/v1/models/slow:predict", content=json.dumps({"instances": [n]}))
+            if r.status_code == 504:
+                break
+            assert r.status_code == 200, r.text
+            n *= 4
+        assert r is not None and r.status_code == 504
+        assert r.json() == {"error": "Request timed out after 200 ms"}
+        ok = srv.client.post("/v1/models/slow:predict", content=json.dumps({"instances": [1]}))
+        assert ok.status_code == 200
+        assert ok.headers["access-control-allow-origin"] == "*"
+        assert "POST" in ok.headers["access-control-allow-methods"]
+        preflight = srv.client.options("/v1/models/slow:predict")
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-headers"] == "Content-Type"
+    finally:
+        assert srv.stop() == 0, srv.log()
+
+
+def test_inspect_command(testdata: pathlib.Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pyserving",
+            "inspect",
+            str(testdata / "saved_model_half_plus_two_cpu"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Version 123" in out
+    assert "MetaGraphDef with tag-set: 'serve' contains the following SignatureDefs:" in out
+    assert "signature_def['serving_default']:" in out
+    assert "    inputs['x'] tensor_info:\n        dtype: DT_FLOAT\n        shape: (-1, 1)\n" in out
+    assert "Method name is: tensorflow/serving/predict" in out
+    assert "Method name is: tensorflow/serving/classify" in out
+    bad = subprocess.run(
+        [sys.executable, "-m", "pyserving", "inspect", str(testdata / "bad_half_plus_two")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 1
+    assert "Could not find SavedModel" in bad.stderr
