@@ -2,7 +2,8 @@
 
 State changes are made by the manager while holding its lock; ``load_with_retries`` runs on a
 load thread (or inline) without it. The harness never raises from loading: a failure comes
-back as the ``ServingError`` that ended the last attempt.
+back as the ``ServingError`` that ended the last attempt (``DeadlineExceeded`` when an attempt
+outlived the load timeout).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pyserving.core.handle import RefCounter
 from pyserving.core.loader import Loader
 from pyserving.core.policy import HarnessState
 from pyserving.core.source import ServableId
-from pyserving.errors import ServingError
+from pyserving.errors import DeadlineExceeded, ServingError
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,18 @@ def as_serving_error(exc: BaseException) -> ServingError:
 class LoaderHarness:
     """Owns one version's Loader, state, aspired flag, error and handle reference count."""
 
-    def __init__(self, id: ServableId, loader: Loader | None, error: ServingError | None = None):
+    def __init__(
+        self,
+        id: ServableId,
+        loader: Loader | None,
+        error: ServingError | None = None,
+        *,
+        fingerprint: str | None = None,
+    ):
         self.id = id
         self.loader = loader
+        #: the source's fingerprint of the content this harness was made from (may be None)
+        self.fingerprint = fingerprint
         self.state = HarnessState.ERROR if error is not None else HarnessState.NEW
         self.error = error
         self.refs = RefCounter()
@@ -53,21 +63,40 @@ class LoaderHarness:
             self._cancel.set()
 
     def load_with_retries(
-        self, max_retries: int, retry_interval: float, clock: Clock
+        self,
+        max_retries: int,
+        retry_interval: float,
+        clock: Clock,
+        timeout: float | None = None,
     ) -> ServingError | None:
         """Call ``loader.load()`` up to ``1 + max_retries`` times, ``retry_interval`` apart.
 
         Retrying stops early once the version is no longer aspired. Returns ``None`` on
         success or the last attempt's error.
+
+        ``timeout`` (seconds, ``None`` = no limit) bounds each attempt: the attempt then runs
+        on its own daemon thread, and one that has not finished in time gives up with
+        ``DeadlineExceeded`` at once, without further retries. Python cannot stop a thread,
+        so the attempt's thread is abandoned: it runs on until ``load`` returns, and if that
+        load succeeds after all, ``loader.unload()`` is called on that thread so that nothing
+        stays loaded. The caller must not use the loader again after a timeout.
         """
         assert self.loader is not None
         attempt = 0
         while True:
-            try:
-                self.loader.load()
-                return None
-            except Exception as exc:
-                error = as_serving_error(exc)
+            if timeout is None:
+                try:
+                    self.loader.load()
+                    return None
+                except Exception as exc:
+                    error = as_serving_error(exc)
+            else:
+                outcome = self._load_with_timeout(self.loader, timeout)
+                if outcome is None:
+                    return None
+                error, timed_out = outcome
+                if timed_out:
+                    return error
             if attempt >= max_retries or not self._aspired:
                 return error
             attempt += 1
@@ -82,6 +111,63 @@ class LoaderHarness:
             if clock.wait(self._cancel, retry_interval) or not self._aspired:
                 log.info("Stopped retrying %s: it is no longer aspired", self.id)
                 return error
+
+    def _load_with_timeout(
+        self, loader: Loader, timeout: float
+    ) -> tuple[ServingError, bool] | None:
+        """One ``loader.load()`` on its own thread, waited for at most ``timeout`` seconds.
+
+        Returns ``None`` on success, else ``(error, timed_out)``.
+        """
+        lock = threading.Lock()
+        outcome: list[BaseException | None] = []
+        abandoned = False
+
+        def attempt() -> None:
+            result: BaseException | None = None
+            try:
+                loader.load()
+            except BaseException as exc:  # reported to the waiting thread, never re-raised
+                result = exc
+            with lock:
+                outcome.append(result)
+                late = abandoned
+            if late:
+                self._finish_abandoned(loader, result)
+
+        thread = threading.Thread(
+            target=attempt,
+            name=f"pyserving-load-{self.id.name}-{self.id.version}",
+            daemon=True,
+        )
+        thread.start()
+        thread.join(timeout)
+        with lock:
+            if not outcome:
+                abandoned = True
+        if abandoned:
+            return (
+                DeadlineExceeded(
+                    f"Loading servable {self.id} did not finish within the load timeout of "
+                    f"{timeout:g} seconds; the load was abandoned"
+                ),
+                True,
+            )
+        result = outcome[0]
+        return None if result is None else (as_serving_error(result), False)
+
+    def _finish_abandoned(self, loader: Loader, result: BaseException | None) -> None:
+        """Runs on an abandoned load's thread once ``load`` has returned at last."""
+        if result is not None:
+            log.warning("Abandoned load of servable %s failed later: %s", self.id, result)
+            return
+        log.warning(
+            "Abandoned load of servable %s finished after its timeout; unloading it", self.id
+        )
+        try:
+            loader.unload()
+        except Exception:
+            log.exception("Unloading the abandoned load of servable %s raised", self.id)
 
     def __repr__(self) -> str:
         return f"LoaderHarness({self.id}, {self.state.value}, aspired={self._aspired})"

@@ -15,6 +15,11 @@ Contract:
   ``NotFound``. An unload removes the version from lookup first, waits for its handles in
   flight, then calls ``Loader.unload``.
 * Every transition is published on the event bus (START, LOADING, AVAILABLE, UNLOADING, END).
+* A version un-aspired before its load started ends (END) at once. A version that ended in
+  error is loaded again, from a fresh harness, when the source re-emits it with a different
+  ``ServableData.fingerprint`` (its content changed); a loaded version is never reloaded.
+* With ``load_timeout``, a load attempt that outlives it ends the version with
+  DEADLINE_EXCEEDED and is abandoned on its own thread (see :class:`ManagerOptions`).
 
 Thread-safe. ``close()`` unloads everything and is idempotent; use the manager as a context
 manager.
@@ -60,6 +65,12 @@ class ManagerOptions:
     ``run_manager_loop``: False leaves stepping to the caller. ``default_policy``: the policy
     for names without one of their own. ``resource_budget``: the total the ResourceTracker
     reserves against; ``None`` means unlimited. ``clock``: time source for retries.
+    ``load_timeout``: seconds one load attempt may take (``None``: no limit). An attempt that
+    takes longer ends its version in END with DEADLINE_EXCEEDED, without retries; its thread
+    is abandoned (see ``LoaderHarness.load_with_retries``). With a timeout, loads never run
+    inline in the manager loop: ``num_load_threads`` = 0 then means one load thread, so a
+    hanging load holds up other loads for at most the timeout and never blocks the loop
+    (unloads, newly aspired versions, other models' state).
     """
 
     num_load_threads: int = 0
@@ -71,6 +82,7 @@ class ManagerOptions:
     default_policy: str = "availability_preserving"
     resource_budget: ResourceEstimate | None = None
     clock: Clock = field(default_factory=SystemClock)
+    load_timeout: float | None = None
 
 
 class _Executor(Protocol):
@@ -121,6 +133,15 @@ _STATE_FOR: dict[HarnessState, ManagerState] = {
 }
 
 
+def _changed_after_error(existing: LoaderHarness, item: ServableData[Any]) -> bool:
+    """Whether ``item`` re-aspires a version that ended in error with different content."""
+    return (
+        existing.state is HarnessState.ERROR
+        and item.fingerprint is not None
+        and item.fingerprint != existing.fingerprint
+    )
+
+
 class AspiredVersionsManager(Target[Loader]):
     """Loads aspired versions, unloads the rest under a per-name policy, serves handles."""
 
@@ -138,7 +159,10 @@ class AspiredVersionsManager(Target[Loader]):
         self._run_lock = threading.Lock()
         self._inflight = 0
         self._idle = threading.Condition(threading.Lock())
-        self._load_pool = _executor(self.options.num_load_threads, "pyserving-load")
+        load_threads = self.options.num_load_threads
+        if self.options.load_timeout is not None:
+            load_threads = max(1, load_threads)
+        self._load_pool = _executor(load_threads, "pyserving-load")
         self._unload_pool = _executor(self.options.num_unload_threads, "pyserving-unload")
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -330,18 +354,30 @@ class AspiredVersionsManager(Target[Loader]):
             for version, harness in current.items():
                 if version not in wanted and harness.is_aspired:
                     harness.set_aspired(False)
+                    if harness.state is HarnessState.NEW:
+                        # Never started: it ends here instead of lingering (a lingering
+                        # un-aspired version would block resource_preserving loads forever).
+                        harness.state = HarnessState.DISABLED
+                        self._publish(harness, cause="no longer aspired before it was loaded")
             for version, item in wanted.items():
                 existing = current.get(version)
+                cause = "source error" if item.error else "aspired by source"
                 if existing is not None and not (
                     existing.state.finished and not existing.is_aspired
                 ):
-                    existing.set_aspired(True)
-                    continue
-                new = LoaderHarness(item.id, item.value() if item.ok else None, item.error)
-                current[version] = new
-                self._publish(
-                    new, new.error, cause="source error" if new.error else "aspired by source"
+                    if not _changed_after_error(existing, item):
+                        existing.set_aspired(True)
+                        continue
+                    cause = "content changed after a failed load; loading it again"
+                    log.info("Servable %s: source content changed; retrying it", item.id)
+                new = LoaderHarness(
+                    item.id,
+                    item.value() if item.ok else None,
+                    item.error,
+                    fingerprint=item.fingerprint,
                 )
+                current[version] = new
+                self._publish(new, new.error, cause=cause)
                 if new.error is not None:
                     log.error("Servable %s cannot be loaded: %s", new.id, new.error.message)
 
@@ -382,6 +418,7 @@ class AspiredVersionsManager(Target[Loader]):
                 self.options.max_num_load_retries,
                 self.options.load_retry_interval,
                 self.options.clock,
+                self.options.load_timeout,
             )
             if error is None:
                 try:

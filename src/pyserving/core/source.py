@@ -32,16 +32,31 @@ class ServableId:
 
 
 class ServableData(Generic[T]):
-    """A value of type T for one ``ServableId``, or the error that stopped producing it."""
+    """A value of type T for one ``ServableId``, or the error that stopped producing it.
 
-    __slots__ = ("_error", "_value", "id")
+    ``fingerprint`` optionally names the content the value was made from (for a version
+    directory: a digest of its file listing). A source sets it when the content behind one
+    ``ServableId`` can change; adapters pass it on unchanged; the manager loads a version that
+    ended in error again when the source re-emits it with a different fingerprint. ``None``
+    (the default) means "unknown" and never triggers anything.
+    """
 
-    def __init__(self, id: ServableId, value: T | None = None, error: ServingError | None = None):
+    __slots__ = ("_error", "_value", "fingerprint", "id")
+
+    def __init__(
+        self,
+        id: ServableId,
+        value: T | None = None,
+        error: ServingError | None = None,
+        *,
+        fingerprint: str | None = None,
+    ):
         if (value is None) == (error is None):
             raise ValueError("ServableData holds exactly one of value and error")
         self.id = id
         self._value = value
         self._error = error
+        self.fingerprint = fingerprint
 
     @property
     def ok(self) -> bool:
@@ -92,7 +107,8 @@ class SourceAdapter(Source[U], Target[T], Generic[T, U]):
     """Turns ``ServableData[T]`` into ``ServableData[U]`` (for example a path into a Loader).
 
     Subclasses implement :meth:`convert`; an exception it raises becomes an error value for
-    that version. Errors arriving from upstream are passed through unchanged.
+    that version. Errors arriving from upstream are passed through unchanged; every item keeps
+    its ``fingerprint``.
     """
 
     def __init__(self) -> None:
@@ -112,15 +128,18 @@ class SourceAdapter(Source[U], Target[T], Generic[T, U]):
 
     def adapt(self, item: ServableData[T]) -> ServableData[U]:
         """Convert one item, turning failures into error data."""
+        fingerprint = item.fingerprint
         if not item.ok:
             assert item.error is not None
-            return ServableData(item.id, error=item.error)
+            return ServableData(item.id, error=item.error, fingerprint=fingerprint)
         try:
-            return ServableData(item.id, self.convert(item.id, item.value()))
+            value = self.convert(item.id, item.value())
         except ServingError as exc:
-            return ServableData(item.id, error=exc)
+            return ServableData(item.id, error=exc, fingerprint=fingerprint)
         except Exception as exc:  # a broken adapter must not break the source
-            return ServableData(item.id, error=ServingError(f"{type(exc).__name__}: {exc}"))
+            error = ServingError(f"{type(exc).__name__}: {exc}")
+            return ServableData(item.id, error=error, fingerprint=fingerprint)
+        return ServableData(item.id, value, fingerprint=fingerprint)
 
     def _on_aspired_versions(self, name: str, versions: Sequence[ServableData[T]]) -> None:
         self._ready.wait()

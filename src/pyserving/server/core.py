@@ -38,6 +38,7 @@ from pyserving.protos import BatchingParameters
 from pyserving.server.metrics import ServerMetrics
 from pyserving.sources.adapter import PathToLoaderAdapter
 from pyserving.sources.filesystem import (
+    SAVED_MODEL_MARKERS,
     FileSystemStoragePathSource,
     ServableSourceConfig,
     ServableVersionPolicy,
@@ -63,6 +64,10 @@ class ServerCoreOptions:
     ``settle_timeout``: seconds :meth:`ServerCore.reload_config` waits for models (None =
     forever, as TF Serving).
     ``batching`` / ``per_model_batching``: see the fields.
+    ``version_markers``: per ``model_platform``, the files one of which makes a version
+    directory complete (see ``sources/filesystem.py``: with periodic polling, a version is
+    loaded only once complete and unchanged between two polls). Platforms not listed need
+    none.
     """
 
     manager: ManagerOptions = field(default_factory=ManagerOptions)
@@ -82,6 +87,9 @@ class ServerCoreOptions:
     #: Replay ``assets.extra/tf_serving_warmup_requests`` before a version serves.
     enable_warmup: bool = True
     warmup_iterations: int = 1
+    version_markers: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: {"tensorflow": SAVED_MODEL_MARKERS}
+    )
 
 
 class ServerCore:
@@ -163,7 +171,8 @@ class ServerCore:
             version_policy = ServableVersionPolicy.latest(policy.latest.num_versions or 1)
         else:
             version_policy = ServableVersionPolicy.latest()
-        return ServableSourceConfig(model.name, model.base_path, version_policy)
+        markers = self.options.version_markers.get(model.model_platform or "tensorflow", ())
+        return ServableSourceConfig(model.name, model.base_path, version_policy, markers)
 
     def _wait_until_unloaded(self, name: str) -> None:
         def gone(m: ServableStateMonitor) -> bool:

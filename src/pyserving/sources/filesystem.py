@@ -15,14 +15,50 @@ Rules (TF Serving's ``FileSystemStoragePathSource``):
   servable, so loaded versions keep serving.
 * ``poll_wait_seconds`` > 0 polls that often in a background thread; 0 polls once at
   ``start()``; < 0 never polls on its own (only explicit ``poll_once()`` calls).
+
+Half-written versions (pyserving's rule; TF Serving has none). A version directory that is
+still being copied must not be loaded. With ``require_stable`` (the default whenever the source
+polls periodically, ``poll_wait_seconds`` > 0) a version becomes a candidate for the version
+policy only once
+
+* it is *complete*: one of its servable's ``complete_markers`` (for a SavedModel
+  ``saved_model.pb`` or ``saved_model.pbtxt``) is present at its top level, and
+* it is *stable*: its recursive listing (relative names, sizes, modification times) is the
+  same at two consecutive polls. The first poll that sees a new version only records it.
+
+Exceptions, each deliberate:
+
+* The first successful poll of a servable (server start-up, or a model newly added to the
+  configuration) accepts complete versions at once: the repository is taken to be in place
+  when the server is pointed at it, and start-up is not delayed by a poll interval.
+* A version that stays incomplete (no marker) is accepted once its listing has been unchanged
+  for ``INCOMPLETE_SETTLE_POLLS`` consecutive polls after the first sighting, so a directory
+  that is not a SavedModel still ends in an error visible in model status (TF Serving's
+  behaviour) instead of being ignored forever.
+* Without ``require_stable`` (``poll_wait_seconds`` <= 0: a single poll at start-up and
+  explicit polls, e.g. on a config reload) versions are taken as found, as TF Serving does:
+  there is no later poll to confirm them.
+
+The policy chooses among accepted versions only: while a new latest version is being copied,
+the previous one stays aspired and keeps serving.
+
+Content changes. Every emitted version carries a ``fingerprint`` (a digest of the listing it
+was accepted with). When an accepted version's content changes and settles again (complete and
+unchanged across two polls; at once without ``require_stable``) the new fingerprint is emitted.
+The manager loads a version that ended in error again when its fingerprint changes, so a
+corrupt version that is fixed in place (same version number) loads on a later poll; a version
+that loaded successfully is never reloaded (versions are immutable once served, as in TF
+Serving: publish a new version number instead).
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 import os
 import re
+import stat
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +69,18 @@ log = logging.getLogger(__name__)
 
 _VERSION_RE = re.compile(r"^[0-9]+$")
 _INT64_MAX = 2**63 - 1
+
+#: The files that mark a SavedModel version directory as complete.
+SAVED_MODEL_MARKERS: tuple[str, ...] = ("saved_model.pb", "saved_model.pbtxt")
+
+#: Consecutive polls (after the first sighting) an incomplete version's listing must stay
+#: unchanged before it is accepted anyway (and fails to load, visibly). A complete version
+#: needs one.
+INCOMPLETE_SETTLE_POLLS = 2
+
+#: One entry of a version directory's listing: (relative path, size, mtime in ns). Directories
+#: end in "/" and have size -1; an entry that could not be read has size -2.
+ListingEntry = tuple[str, int, int]
 
 
 class VersionPolicyKind(enum.Enum):
@@ -73,11 +121,17 @@ class ServableVersionPolicy:
 
 @dataclass(frozen=True)
 class ServableSourceConfig:
-    """One servable stream to watch: its name, base path and version policy."""
+    """One servable stream to watch: its name, base path and version policy.
+
+    ``complete_markers``: file names, one of which must be present at the top of a version
+    directory for it to count as complete (empty: every directory is complete). Only
+    consulted when the source requires stable versions (see the module docstring).
+    """
 
     name: str
     base_path: str
     version_policy: ServableVersionPolicy = field(default_factory=ServableVersionPolicy)
+    complete_markers: tuple[str, ...] = ()
 
 
 def parse_version(name: str) -> int | None:
@@ -109,15 +163,82 @@ def list_versions(base_path: str) -> dict[int, str]:
     return found
 
 
+def version_listing(path: str) -> tuple[ListingEntry, ...]:
+    """The sorted recursive listing of a version directory: ``(relative path, size, mtime_ns)``.
+
+    Directories are listed (name ending in ``/``, size -1) and descended into, except symbolic
+    links to directories (listed, not followed, so a link cycle cannot loop). Files are
+    stat-ed through symbolic links. An entry or directory that cannot be read is listed with
+    size -2 and the error number, so a listing taken while files come and go differs from the
+    next one. Never raises.
+    """
+    entries: list[ListingEntry] = []
+    pending = [""]
+    while pending:
+        rel = pending.pop()
+        try:
+            with os.scandir(os.path.join(path, rel) if rel else path) as it:
+                children = list(it)
+        except OSError as exc:
+            entries.append((rel + "/", -2, exc.errno or 0))
+            continue
+        for entry in children:
+            name = os.path.join(rel, entry.name) if rel else entry.name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    entries.append((name + "/", -1, 0))
+                    pending.append(name)
+                    continue
+                info = entry.stat()
+            except OSError as exc:
+                entries.append((name, -2, exc.errno or 0))
+                continue
+            if stat.S_ISDIR(info.st_mode):  # a symbolic link to a directory
+                entries.append((name + "@/", -1, info.st_mtime_ns))
+            else:
+                entries.append((name, info.st_size, info.st_mtime_ns))
+    entries.sort()
+    return tuple(entries)
+
+
+def listing_fingerprint(listing: Sequence[ListingEntry]) -> str:
+    """A short digest of a listing (changes whenever a name, size or mtime changes)."""
+    return hashlib.blake2b(repr(tuple(listing)).encode(), digest_size=12).hexdigest()
+
+
+@dataclass
+class _Candidate:
+    """What the source knows of one version directory between polls."""
+
+    listing: tuple[ListingEntry, ...] | None = None
+    #: consecutive polls at which the listing was the same as at the poll before
+    unchanged: int = 0
+    #: the fingerprint emitted for this version; None while it is not accepted yet
+    accepted: str | None = None
+    waiting_logged: bool = False
+
+
 class FileSystemStoragePathSource(Source[str]):
-    """Emits version paths of the configured servables. Thread-safe; a context manager."""
+    """Emits version paths of the configured servables. Thread-safe; a context manager.
+
+    ``require_stable``: only accept complete versions whose listing is unchanged across two
+    polls (see the module docstring); ``None`` (default) means "when ``poll_wait_seconds`` > 0".
+    """
 
     def __init__(
-        self, servables: Sequence[ServableSourceConfig] = (), poll_wait_seconds: float = 1.0
+        self,
+        servables: Sequence[ServableSourceConfig] = (),
+        poll_wait_seconds: float = 1.0,
+        *,
+        require_stable: bool | None = None,
     ) -> None:
         self._servables: dict[str, ServableSourceConfig] = {s.name: s for s in servables}
         self._removed: set[str] = set()
         self._poll_wait = poll_wait_seconds
+        self._require_stable = poll_wait_seconds > 0 if require_stable is None else require_stable
+        #: per servable name: (base path, candidates by version); absent until its first
+        #: successful poll.
+        self._candidates: dict[str, tuple[str, dict[int, _Candidate]]] = {}
         self._callback: AspiredVersionsCallback | None = None
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()
@@ -129,7 +250,9 @@ class FileSystemStoragePathSource(Source[str]):
         self._callback = callback
 
     def update_config(self, servables: Sequence[ServableSourceConfig]) -> None:
-        """Replace the watched set; servables no longer listed are emitted empty at next poll."""
+        """Replace the watched set; servables no longer listed are emitted empty at next poll.
+
+        A servable whose base path changed starts afresh (its next poll is a first poll)."""
         with self._lock:
             new = {s.name: s for s in servables}
             self._removed |= set(self._servables) - set(new)
@@ -162,6 +285,7 @@ class FileSystemStoragePathSource(Source[str]):
                 servables = list(self._servables.values())
                 removed, self._removed = self._removed, set()
             for name in sorted(removed):
+                self._candidates.pop(name, None)
                 self._callback(name, [])
             for servable in servables:
                 versions = self._scan(servable)
@@ -186,16 +310,94 @@ class FileSystemStoragePathSource(Source[str]):
             )
         else:
             self._warned.pop(servable.name, None)
-        aspired = servable.version_policy.select(found)
-        if servable.version_policy.kind is VersionPolicyKind.SPECIFIC:
-            missing = sorted(servable.version_policy.versions - set(found))
+        policy = servable.version_policy
+        if policy.kind is VersionPolicyKind.SPECIFIC:
+            missing = sorted(policy.versions - set(found))
             if missing:
                 self._warn_once(
                     servable.name + "/specific",
                     f"Servable {servable.name}: requested versions {missing} not found under "
                     f"{servable.base_path}",
                 )
-        return [ServableData(ServableId(servable.name, v), found[v]) for v in aspired]
+        known = self._candidates.get(servable.name)
+        first = known is None or known[0] != servable.base_path
+        candidates = {} if known is None or first else known[1]
+        candidates = {v: c for v, c in candidates.items() if v in found}
+        self._candidates[servable.name] = (servable.base_path, candidates)
+        accepted: list[int] = []
+        for version in self._examination_order(policy, found):
+            candidate = candidates.setdefault(version, _Candidate())
+            if self._examine(servable, version, found[version], candidate, first):
+                accepted.append(version)
+                if policy.kind is VersionPolicyKind.LATEST and len(accepted) >= policy.num_versions:
+                    break
+        return [
+            ServableData(ServableId(servable.name, v), found[v], fingerprint=candidates[v].accepted)
+            for v in policy.select(accepted)
+        ]
+
+    @staticmethod
+    def _examination_order(policy: ServableVersionPolicy, found: dict[int, str]) -> list[int]:
+        """The versions worth listing, newest first (``latest`` stops once it has enough)."""
+        versions = sorted(found, reverse=True)
+        if policy.kind is VersionPolicyKind.SPECIFIC:
+            return [v for v in versions if v in policy.versions]
+        return versions
+
+    def _examine(
+        self,
+        servable: ServableSourceConfig,
+        version: int,
+        path: str,
+        candidate: _Candidate,
+        first: bool,
+    ) -> bool:
+        """Update what is known of one version; return whether it is accepted."""
+        listing = version_listing(path)
+        if listing == candidate.listing:
+            candidate.unchanged += 1
+        else:
+            candidate.listing = listing
+            candidate.unchanged = 0
+        fingerprint = listing_fingerprint(listing)
+        if candidate.accepted == fingerprint:
+            return True
+        if not self._require_stable:
+            candidate.accepted = fingerprint
+            return True
+        markers = servable.complete_markers
+        complete = not markers or any(
+            name in markers for name, size, _ in listing if size >= 0 and "/" not in name
+        )
+        settled = candidate.unchanged >= (1 if complete else INCOMPLETE_SETTLE_POLLS)
+        if candidate.accepted is None:
+            if settled or (first and complete):
+                if not complete:
+                    log.warning(
+                        "Servable %s version %d has none of %s after %d unchanged polls; "
+                        "loading it as it is",
+                        servable.name,
+                        version,
+                        "/".join(markers),
+                        candidate.unchanged,
+                    )
+                candidate.accepted = fingerprint
+                return True
+            if not candidate.waiting_logged:
+                candidate.waiting_logged = True
+                log.info(
+                    "Servable %s version %d at %s is %s; waiting until it is complete and "
+                    "unchanged between two polls",
+                    servable.name,
+                    version,
+                    path,
+                    "changing" if complete else f"incomplete (no {'/'.join(markers)})",
+                )
+            return False
+        if settled:
+            log.info("Servable %s version %d: content at %s changed", servable.name, version, path)
+            candidate.accepted = fingerprint
+        return True
 
     def _warn_once(self, key: str, message: str) -> None:
         if self._warned.get(key) != message:

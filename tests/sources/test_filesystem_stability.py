@@ -1,0 +1,234 @@
+"""Half-written versions are never aspired: the source's completeness and stability rules.
+
+Polls are explicit (``poll_once``) with ``require_stable=True``, so each test is a fixed
+sequence of polls and file-system changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+from collections.abc import Sequence
+
+import pytest
+
+from pyserving.core.source import ServableData
+from pyserving.sources.filesystem import (
+    INCOMPLETE_SETTLE_POLLS,
+    SAVED_MODEL_MARKERS,
+    FileSystemStoragePathSource,
+    ServableSourceConfig,
+    ServableVersionPolicy,
+    listing_fingerprint,
+    version_listing,
+)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[int]]] = []
+        self.fingerprints: dict[int, str | None] = {}
+
+    def __call__(self, name: str, versions: Sequence[ServableData[str]]) -> None:
+        self.calls.append((name, [d.id.version for d in versions]))
+        self.fingerprints = {d.id.version: d.fingerprint for d in versions}
+
+    @property
+    def last(self) -> list[int]:
+        return self.calls[-1][1]
+
+
+def make_source(
+    base: pathlib.Path,
+    policy: ServableVersionPolicy | None = None,
+    *,
+    require_stable: bool = True,
+    markers: tuple[str, ...] = SAVED_MODEL_MARKERS,
+) -> tuple[FileSystemStoragePathSource, Recorder]:
+    config = ServableSourceConfig(
+        "m", str(base), policy or ServableVersionPolicy.latest(), complete_markers=markers
+    )
+    source = FileSystemStoragePathSource([config], -1, require_stable=require_stable)
+    recorder = Recorder()
+    source.set_aspired_versions_callback(recorder)
+    return source, recorder
+
+
+def write_version(base: pathlib.Path, version: int, *, complete: bool = True) -> pathlib.Path:
+    path = base / str(version)
+    (path / "variables").mkdir(parents=True)
+    (path / "variables" / "variables.index").write_bytes(b"index")
+    if complete:
+        (path / "saved_model.pb").write_bytes(b"graph")
+    return path
+
+
+def test_first_poll_accepts_complete_versions_at_once(tmp_path: pathlib.Path) -> None:
+    write_version(tmp_path, 1)
+    write_version(tmp_path, 2)
+    source, recorder = make_source(tmp_path, ServableVersionPolicy.all())
+    source.poll_once()
+    assert recorder.last == [1, 2]
+
+
+def test_new_version_is_aspired_only_once_unchanged_between_two_polls(
+    tmp_path: pathlib.Path,
+) -> None:
+    write_version(tmp_path, 1)
+    source, recorder = make_source(tmp_path)
+    source.poll_once()
+    assert recorder.last == [1]
+    write_version(tmp_path, 2)
+    source.poll_once()  # first sighting: recorded only, 1 stays aspired
+    assert recorder.last == [1]
+    source.poll_once()  # unchanged since: accepted
+    assert recorder.last == [2]
+
+
+def test_version_still_being_written_is_not_aspired(tmp_path: pathlib.Path) -> None:
+    """Each poll sees a different listing (a file growing, a file added, an mtime moving):
+    the version waits until two consecutive polls agree."""
+    write_version(tmp_path, 1)
+    source, recorder = make_source(tmp_path)
+    source.poll_once()
+    path = write_version(tmp_path, 2)
+    data = path / "variables" / "variables.data-00000-of-00001"
+    changes = [
+        lambda: data.write_bytes(b"x" * 10),
+        lambda: data.write_bytes(b"x" * 20),
+        lambda: (path / "assets").mkdir(),
+        lambda: os.utime(data, ns=(1, 1)),
+        lambda: (path / "assets" / "vocab.txt").write_text("a"),
+    ]
+    for change in changes:
+        change()
+        source.poll_once()
+        assert recorder.last == [1]
+    source.poll_once()
+    assert recorder.last == [2]
+
+
+def test_complete_marker_is_required(tmp_path: pathlib.Path) -> None:
+    write_version(tmp_path, 1)
+    source, recorder = make_source(tmp_path)
+    source.poll_once()
+    path = write_version(tmp_path, 2, complete=False)
+    source.poll_once()
+    source.poll_once()  # unchanged, but no saved_model.pb yet
+    assert recorder.last == [1]
+    (path / "saved_model.pbtxt").write_text("meta_graphs {}")
+    source.poll_once()  # complete now, but just changed
+    assert recorder.last == [1]
+    source.poll_once()
+    assert recorder.last == [2]
+
+
+def test_incomplete_version_is_aspired_after_settling_longer(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A directory that never becomes a SavedModel still ends up aspired (and fails to load,
+    visibly) once it has not changed for INCOMPLETE_SETTLE_POLLS polls."""
+    write_version(tmp_path, 1, complete=False)
+    source, recorder = make_source(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(INCOMPLETE_SETTLE_POLLS):
+            source.poll_once()
+            assert recorder.last == []
+        source.poll_once()
+    assert recorder.last == [1]
+    assert any("has none of saved_model.pb/saved_model.pbtxt" in r.message for r in caplog.records)
+
+
+def test_without_markers_every_directory_is_complete(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "1").mkdir()
+    source, recorder = make_source(tmp_path, markers=())
+    source.poll_once()
+    assert recorder.last == [1]
+
+
+def test_latest_keeps_previous_while_newest_is_written(tmp_path: pathlib.Path) -> None:
+    write_version(tmp_path, 1)
+    write_version(tmp_path, 2)
+    source, recorder = make_source(tmp_path, ServableVersionPolicy.latest(2))
+    source.poll_once()
+    assert recorder.last == [1, 2]
+    path = write_version(tmp_path, 3, complete=False)
+    source.poll_once()
+    assert recorder.last == [1, 2]
+    (path / "saved_model.pb").write_bytes(b"graph")
+    source.poll_once()
+    assert recorder.last == [1, 2]
+    source.poll_once()
+    assert recorder.last == [2, 3]
+
+
+def test_changed_content_is_emitted_with_a_new_fingerprint_once_settled(
+    tmp_path: pathlib.Path,
+) -> None:
+    path = write_version(tmp_path, 1)
+    source, recorder = make_source(tmp_path)
+    source.poll_once()
+    original = recorder.fingerprints[1]
+    assert original == listing_fingerprint(version_listing(str(path)))
+    (path / "saved_model.pb").write_bytes(b"a fixed graph")
+    source.poll_once()  # changing: still aspired, with the content it was accepted with
+    assert recorder.last == [1] and recorder.fingerprints[1] == original
+    source.poll_once()
+    assert recorder.last == [1] and recorder.fingerprints[1] != original
+    assert recorder.fingerprints[1] == listing_fingerprint(version_listing(str(path)))
+
+
+def test_without_stability_versions_are_taken_as_found(tmp_path: pathlib.Path) -> None:
+    """Poll-once and explicit polls (poll_wait_seconds <= 0): no second look to wait for."""
+    (tmp_path / "1").mkdir()
+    source, recorder = make_source(tmp_path, require_stable=False)
+    source.poll_once()
+    assert recorder.last == [1]
+    path = write_version(tmp_path, 2, complete=False)
+    source.poll_once()
+    assert recorder.last == [2]
+    before = recorder.fingerprints[2]
+    (path / "saved_model.pb").write_bytes(b"graph")
+    source.poll_once()
+    assert recorder.fingerprints[2] != before
+
+
+@pytest.mark.parametrize(("wait", "stable"), [(1.0, True), (0.5, True), (0, False), (-1, False)])
+def test_stability_is_required_when_polling_periodically(
+    tmp_path: pathlib.Path, wait: float, stable: bool
+) -> None:
+    (tmp_path / "1").mkdir()
+    source = FileSystemStoragePathSource([ServableSourceConfig("m", str(tmp_path))], wait)
+    recorder = Recorder()
+    source.set_aspired_versions_callback(recorder)
+    source.poll_once()
+    (tmp_path / "2").mkdir()
+    source.poll_once()
+    assert recorder.last == ([1] if stable else [2])
+    source.close()
+
+
+def test_first_poll_again_after_base_path_changes(tmp_path: pathlib.Path) -> None:
+    write_version(tmp_path / "a", 1)
+    write_version(tmp_path / "b", 5)
+    source, recorder = make_source(tmp_path / "a")
+    source.poll_once()
+    assert recorder.last == [1]
+    moved = ServableSourceConfig("m", str(tmp_path / "b"), complete_markers=SAVED_MODEL_MARKERS)
+    source.update_config([moved])
+    source.poll_once()
+    assert recorder.last == [5]
+
+
+def test_listing_records_names_sizes_and_mtimes(tmp_path: pathlib.Path) -> None:
+    path = write_version(tmp_path, 1)
+    os.utime(path / "saved_model.pb", ns=(5, 7))
+    (path / "link").symlink_to(path / "variables")
+    listing = dict((name, (size, mtime)) for name, size, mtime in version_listing(str(path)))
+    assert listing["saved_model.pb"] == (5, 7)
+    assert listing["variables/"][0] == -1
+    assert listing["variables/variables.index"][0] == 5
+    assert "link@/" in listing  # a link to a directory is listed, not followed
+    assert not any(name.startswith("link/") for name in listing)
+    assert version_listing(str(tmp_path / "missing"))[0][1] == -2
