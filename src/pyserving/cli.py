@@ -77,7 +77,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("tensorflow_intra_op_parallelism", int, 0, "TensorFlow intra-op threads (0 = auto)"),
     Flag("tensorflow_inter_op_parallelism", int, 0, "TensorFlow inter-op threads (0 = auto)"),
     Flag("use_alts_credentials", bool, False, "Use ALTS credentials", False),
-    Flag("ssl_config_file", str, "", "SSLConfig text proto for gRPC", False),
+    Flag("ssl_config_file", str, "", "SSLConfig text proto for gRPC"),
     Flag("platform_config_file", str, "", "PlatformConfigMap text proto", False),
     Flag("per_process_gpu_memory_fraction", float, 0.0, "GPU memory fraction", False),
     Flag("saved_model_tags", str, "serve", "Comma-separated tags of the MetaGraph to load"),
@@ -141,6 +141,33 @@ FLAGS: tuple[Flag, ...] = (
         int,
         0,
         "pyserving: total RAM models may reserve (0 = unlimited)",
+    ),
+    Flag(
+        "load_timeout_seconds",
+        float,
+        0.0,
+        "pyserving: seconds one load of a model version may take before the version ends "
+        "with DEADLINE_EXCEEDED (0 = no limit)",
+    ),
+    Flag(
+        "rest_api_max_body_bytes",
+        int,
+        1 << 30,
+        "pyserving: largest REST request body, also after gzip decompression; larger ones "
+        "get 413 (0 = no limit)",
+    ),
+    Flag(
+        "rest_api_ssl_certfile",
+        str,
+        "",
+        "pyserving: PEM certificate (chain) file: serve REST over HTTPS (with "
+        "rest_api_ssl_keyfile)",
+    ),
+    Flag(
+        "rest_api_ssl_keyfile",
+        str,
+        "",
+        "pyserving: PEM private key file for rest_api_ssl_certfile",
     ),
 )
 

@@ -55,6 +55,13 @@ class ServerOptions:
     model_config_file: str = ""
     model_config_file_poll_wait_seconds: float = 0.0
     log_format: str = "text"
+    #: Largest REST body, also after gzip decompression (None = no limit).
+    rest_max_body_bytes: int | None = 1 << 30
+    #: HTTPS for the REST API: PEM certificate (chain) and key files ("" = plain HTTP).
+    rest_ssl_certfile: str = ""
+    rest_ssl_keyfile: str = ""
+    #: TLS for gRPC (``--ssl_config_file``); None = plaintext.
+    grpc_tls: Any = None
 
 
 def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
@@ -128,6 +135,15 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
                 batching = BatchingOptions.from_proto(params)
             except ServingError as exc:
                 raise UsageError(exc.message) from None
+    load_timeout = flags.load_timeout_seconds
+    if not load_timeout >= 0:  # also refuses NaN
+        raise UsageError(f"--load_timeout_seconds must be >= 0, not {load_timeout}")
+    if flags.rest_api_max_body_bytes < 0:
+        raise UsageError(
+            f"--rest_api_max_body_bytes must be >= 0, not {flags.rest_api_max_body_bytes}"
+        )
+    grpc_tls = _grpc_tls(flags.ssl_config_file)
+    _check_rest_tls(flags.rest_api_ssl_certfile, flags.rest_api_ssl_keyfile)
     intra = flags.tensorflow_intra_op_parallelism or flags.tensorflow_session_parallelism
     inter = flags.tensorflow_inter_op_parallelism or flags.tensorflow_session_parallelism
     core = ServerCoreOptions(
@@ -138,6 +154,7 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
             load_retry_interval=flags.load_retry_interval_micros / 1e6,
             default_policy=flags.version_policy,
             resource_budget=budget,
+            load_timeout=load_timeout if 0 < load_timeout < float("inf") else None,
         ),
         file_system_poll_wait_seconds=flags.file_system_poll_wait_seconds,
         allow_version_labels_for_unavailable_models=flags.allow_version_labels_for_unavailable_models,
@@ -170,7 +187,42 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         model_config_file_poll_wait_seconds=(
             flags.model_config_file_poll_wait_seconds if flags.model_config_file else 0
         ),
+        rest_max_body_bytes=flags.rest_api_max_body_bytes or None,
+        rest_ssl_certfile=flags.rest_api_ssl_certfile,
+        rest_ssl_keyfile=flags.rest_api_ssl_keyfile,
+        grpc_tls=grpc_tls,
     )
+
+
+def _grpc_tls(ssl_config_file: str) -> Any:
+    """The gRPC TLS settings of ``--ssl_config_file`` (None when unset); ``UsageError``."""
+    if not ssl_config_file:
+        return None
+    from pyserving.server.grpc_server import read_ssl_config_file
+
+    try:
+        return read_ssl_config_file(ssl_config_file)
+    except ServingError as exc:
+        raise UsageError(f"--ssl_config_file={ssl_config_file}: {exc.message}") from None
+
+
+def _check_rest_tls(certfile: str, keyfile: str) -> None:
+    """Load the REST certificate and key once, so a bad pair stops start-up with a message."""
+    if not certfile and not keyfile:
+        return
+    if not certfile:
+        raise UsageError("--rest_api_ssl_keyfile needs --rest_api_ssl_certfile")
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            certfile, keyfile or None
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(
+            f"--rest_api_ssl_certfile={certfile} / --rest_api_ssl_keyfile={keyfile}: "
+            f"cannot load the certificate and key: {exc}"
+        ) from None
 
 
 def run_server(options: ServerOptions) -> int:
@@ -217,6 +269,7 @@ def _start_grpc(serving: ModelServing, options: ServerOptions) -> Any:
             channel_arguments=options.grpc_channel_arguments,
             max_threads=options.grpc_max_threads,
             enable_health=options.enable_grpc_health,
+            tls=options.grpc_tls,
         ),
     )
 
@@ -228,7 +281,11 @@ def _serve(options: ServerOptions, core: ServerCore, metrics: ServerMetrics) -> 
     except ServingError as exc:
         sys.stderr.write(f"{exc.message}\n")
         return 1
-    log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", grpc_server.port)
+    log.info(
+        "Running gRPC ModelServer at 0.0.0.0:%d%s ...",
+        grpc_server.port,
+        " (TLS)" if options.grpc_tls is not None else "",
+    )
     unsubscribe = core.manager.bus.subscribe(
         lambda _state: grpc_server.set_serving_status(is_ready(core))
     )
@@ -255,14 +312,13 @@ def _serve(options: ServerOptions, core: ServerCore, metrics: ServerMetrics) -> 
 
 
 def _serve_rest(options: ServerOptions, serving: ModelServing, metrics: ServerMetrics) -> None:
-    import uvicorn
 
     from pyserving.server.rest import RestApp, RestHandler, RestResponse
 
     executor = concurrent.futures.ThreadPoolExecutor(
         max_workers=options.rest_num_threads, thread_name_prefix="pyserving-rest"
     )
-    handler = RestHandler(serving)
+    handler = RestHandler(serving, max_body_bytes=options.rest_max_body_bytes)
     install_health_routes(handler, serving.core)
     if options.metrics_path:
         handler.extra_routes[options.metrics_path] = lambda: RestResponse(
@@ -274,8 +330,26 @@ def _serve_rest(options: ServerOptions, serving: ModelServing, metrics: ServerMe
         executor,
         timeout_ms=options.rest_timeout_ms,
         enable_cors=options.rest_enable_cors,
+        max_body_bytes=options.rest_max_body_bytes,
     )
-    config = uvicorn.Config(
+    config = uvicorn_config(app, options)
+    server = _make_uvicorn_server(config)
+    log.info(
+        "Exporting HTTP/REST API at:localhost:%d%s ...",
+        options.rest_port,
+        " (HTTPS)" if options.rest_ssl_certfile else "",
+    )
+    try:
+        server.run()
+    finally:
+        executor.shutdown(wait=True)
+
+
+def uvicorn_config(app: Any, options: ServerOptions) -> Any:
+    """uvicorn's configuration for the REST port (HTTPS when a certificate is given)."""
+    import uvicorn
+
+    return uvicorn.Config(
         app,
         host="0.0.0.0",
         port=options.rest_port,
@@ -287,13 +361,9 @@ def _serve_rest(options: ServerOptions, serving: ModelServing, metrics: ServerMe
         timeout_graceful_shutdown=int(options.shutdown_grace_seconds),
         limit_concurrency=None,
         backlog=2048,
+        ssl_certfile=options.rest_ssl_certfile or None,
+        ssl_keyfile=options.rest_ssl_keyfile or None,
     )
-    server = _make_uvicorn_server(config)
-    log.info("Exporting HTTP/REST API at:localhost:%d ...", options.rest_port)
-    try:
-        server.run()
-    finally:
-        executor.shutdown(wait=True)
 
 
 def _uvicorn_server_class() -> type:

@@ -8,6 +8,11 @@ UNIX socket (``unix:PATH``):
 * ``tensorflow.serving.ModelService``: GetModelStatus, HandleReloadConfigRequest.
 * ``grpc.health.v1.Health`` when :attr:`GrpcServerOptions.enable_health`.
 
+With :attr:`GrpcServerOptions.tls` (``--ssl_config_file``, TF Serving's ``SSLConfig``) both
+addresses use TLS with that key and certificate; with ``client_verify`` a client must present
+a certificate signed by ``custom_ca`` or its handshake is refused (TF Serving's
+``REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY``).
+
 This module only translates wire messages: every request becomes one call on
 :class:`~pyserving.server.service.ModelServing` (or ``ServerCore.reload_config``) and its
 answer becomes the response message. Errors map as TF Serving maps them:
@@ -70,6 +75,53 @@ _INT32 = re.compile(r"^\s*[+-]?\d+\s*$")
 
 
 @dataclass(frozen=True)
+class GrpcTls:
+    """TLS for the gRPC server: TF Serving's ``SSLConfig`` (PEM text, not file names).
+
+    ``server_key`` / ``server_cert``: the server's private key and certificate (chain).
+    ``custom_ca``: PEM certificates client certificates are verified against.
+    ``client_verify``: require and verify a client certificate (needs ``custom_ca``).
+    """
+
+    server_key: str
+    server_cert: str
+    custom_ca: str = ""
+    client_verify: bool = False
+
+    @classmethod
+    def from_ssl_config(cls, config: Any) -> GrpcTls:
+        """From a ``tensorflow.serving.SSLConfig``; ``InvalidArgument`` when incomplete."""
+        if not config.server_key or not config.server_cert:
+            raise InvalidArgument("SSLConfig needs both server_key and server_cert (PEM text)")
+        if config.client_verify and not config.custom_ca:
+            raise InvalidArgument(
+                "SSLConfig: client_verify needs custom_ca, the PEM certificates client "
+                "certificates are verified against"
+            )
+        return cls(config.server_key, config.server_cert, config.custom_ca, config.client_verify)
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.server_key.encode(), self.server_cert.encode())],
+            root_certificates=self.custom_ca.encode() if self.custom_ca else None,
+            require_client_auth=self.client_verify,
+        )
+
+
+def read_ssl_config_file(path: str) -> GrpcTls:
+    """Read ``--ssl_config_file`` (an ``SSLConfig`` text proto).
+
+    Raises ``ConfigError`` (``Error parsing text-format tensorflow.serving.SSLConfig: ...``)
+    or ``InvalidArgument`` for an incomplete config.
+    """
+    from pyserving.config import read_text_proto
+    from pyserving.protos import SSLConfig
+
+    config = read_text_proto(path, SSLConfig(), "tensorflow.serving.SSLConfig")
+    return GrpcTls.from_ssl_config(config)
+
+
+@dataclass(frozen=True)
 class GrpcServerOptions:
     """Options of the gRPC front end (TF Serving's flags in brackets).
 
@@ -84,6 +136,7 @@ class GrpcServerOptions:
     ``max_threads``: worker threads running requests [``--grpc_max_threads``].
     ``enable_health``: serve ``grpc.health.v1.Health`` [``--enable_grpc_healthcheck_service``].
     ``max_message_bytes``: limit on request and response size (TF Serving: ``INT32_MAX``).
+    ``tls``: serve both addresses over TLS [``--ssl_config_file``]; ``None`` = plaintext.
     """
 
     port: int = 8500
@@ -92,6 +145,7 @@ class GrpcServerOptions:
     max_threads: int = 8
     enable_health: bool = False
     max_message_bytes: int = 2**31 - 1
+    tls: GrpcTls | None = None
 
 
 def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
@@ -366,10 +420,11 @@ def start_grpc_server(serving: ModelServing, options: GrpcServerOptions) -> Grpc
         if options.enable_health:
             health_servicer = health.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        credentials = options.tls.credentials() if options.tls is not None else None
         address = f"0.0.0.0:{options.port}"
-        port = _bind(server, address)
+        port = _bind(server, address, credentials)
         if options.socket_path:
-            _bind(server, f"unix:{options.socket_path}")
+            _bind(server, f"unix:{options.socket_path}", credentials)
         server.start()
     except BaseException:
         server.stop(None)
@@ -383,9 +438,14 @@ def start_grpc_server(serving: ModelServing, options: GrpcServerOptions) -> Grpc
     return grpc_server
 
 
-def _bind(server: grpc.Server, address: str) -> int:
+def _bind(
+    server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None = None
+) -> int:
     try:
-        port = int(server.add_insecure_port(address))
+        if credentials is None:
+            port = int(server.add_insecure_port(address))
+        else:
+            port = int(server.add_secure_port(address, credentials))
     except RuntimeError as exc:
         raise RuntimeError(f"Failed to bind gRPC server to {address}: {exc}") from None
     if port == 0 and not address.startswith("unix:"):
@@ -396,8 +456,10 @@ def _bind(server: grpc.Server, address: str) -> int:
 __all__ = [
     "GrpcServer",
     "GrpcServerOptions",
+    "GrpcTls",
     "ModelServicer",
     "PredictionServicer",
     "parse_channel_arguments",
+    "read_ssl_config_file",
     "start_grpc_server",
 ]

@@ -10,13 +10,21 @@ Errors answer ``{"error": "..."}`` with TF Serving's status mapping (see ``error
 Request bodies may be gzip-encoded. The work of a request (JSON decoding, the model run,
 JSON encoding) happens on a bounded thread pool (``rest_api_num_threads``), never on the
 event loop; ``rest_api_timeout_in_ms`` bounds how long a client waits.
+
+Request size (``--rest_api_max_body_bytes``): a body longer than the limit, as declared by
+``Content-Length`` or as received, is answered ``413 {"error": ...}`` without reading the
+rest of it (the server discards what still arrives); a gzip body is decompressed only up to
+the limit, so a small body that inflates past it (a "gzip bomb") gets the same 413.
+
+Request names never reach the file system: a model name, label or version in a URL is only
+a key into the loaded model set (``/v1/models/..%2Fetc`` is a model named ``../etc``, which
+is not found).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import gzip
 import logging
 import re
 import zlib
@@ -29,7 +37,13 @@ from google.protobuf import json_format
 from tensorflow_serving.apis import input_pb2
 
 from pyserving import tensors
-from pyserving.errors import DeadlineExceeded, InvalidArgument, NotFound, ServingError
+from pyserving.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServingError,
+)
 from pyserving.server.service import ModelServing, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -53,6 +67,20 @@ _CORS_HEADERS = [
 ]
 
 
+class RequestTooLarge(ResourceExhausted):
+    """A request body (or its decompressed form) is over ``--rest_api_max_body_bytes``.
+
+    RESOURCE_EXHAUSTED as a status code; over HTTP it is ``413 Payload Too Large``.
+    """
+
+    def to_http(self) -> tuple[int, dict[str, str]]:
+        return 413, {"error": self.message}
+
+
+def _too_large(limit: int, what: str = "Request body") -> RequestTooLarge:
+    return RequestTooLarge(f"{what} exceeds the limit of {limit} bytes (--rest_api_max_body_bytes)")
+
+
 @dataclass(frozen=True)
 class RestResponse:
     status: int
@@ -70,10 +98,14 @@ ExtraRoute = Callable[[], RestResponse]
 
 
 class RestHandler:
-    """Synchronous request handling: ``handle(method, path, headers, body)``. Thread-safe."""
+    """Synchronous request handling: ``handle(method, path, headers, body)``. Thread-safe.
 
-    def __init__(self, serving: ModelServing) -> None:
+    ``max_body_bytes`` bounds the decompressed size of a gzip body (``None`` = no limit).
+    """
+
+    def __init__(self, serving: ModelServing, *, max_body_bytes: int | None = None) -> None:
         self.serving = serving
+        self.max_body_bytes = max_body_bytes
         self.extra_routes: dict[str, ExtraRoute] = {}
 
     def handle(
@@ -100,7 +132,7 @@ class RestHandler:
             if match:
                 name, version, label, verb = match.groups()
                 spec = _spec(name, version, label)
-                payload = _decode_body(headers, body)
+                payload = _decode_body(headers, body, self.max_body_bytes)
                 verb = verb.lower()
                 if verb == "predict":
                     return self._predict(spec, payload)
@@ -184,14 +216,38 @@ def _spec(name: str, version: str | None, label: str | None) -> ModelSpec:
     return ModelSpec(name, None, label)
 
 
-def _decode_body(headers: dict[bytes, bytes], body: bytes) -> bytes:
+def _decode_body(headers: dict[bytes, bytes], body: bytes, limit: int | None = None) -> bytes:
     encoding = headers.get(b"content-encoding", b"").lower()
     if encoding == b"gzip":
         try:
-            return gzip.decompress(body)
+            return gunzip(body, limit)
         except (OSError, EOFError, zlib.error) as exc:
             raise InvalidArgument(f"Failed to decompress gzip request body: {exc}") from None
     return body
+
+
+def gunzip(data: bytes, limit: int | None = None) -> bytes:
+    """Decompress gzip ``data`` (one or more members, as ``gzip.decompress``), producing at
+    most ``limit`` bytes: ``RequestTooLarge`` as soon as the output would exceed it, before
+    more is inflated. Raises ``zlib.error``/``EOFError`` for data that is not gzip or is cut
+    short."""
+    out: list[bytes] = []
+    total = 0
+    while data:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        pending = data
+        while not inflater.eof:
+            room = 0 if limit is None else limit + 1 - total  # 0: unbounded
+            piece = inflater.decompress(pending, room)
+            pending = inflater.unconsumed_tail
+            if not piece and not pending:
+                raise EOFError("Compressed file ended before the end-of-stream marker")
+            total += len(piece)
+            if limit is not None and total > limit:
+                raise _too_large(limit, "Decompressed request body")
+            out.append(piece)
+        data = inflater.unused_data
+    return b"".join(out)
 
 
 def _parse_json_object(payload: bytes) -> dict[str, Any]:
@@ -218,11 +274,35 @@ class RestApp:
         *,
         timeout_ms: int = 30000,
         enable_cors: bool = False,
+        max_body_bytes: int | None = None,
     ) -> None:
         self.handler = handler
         self.executor = executor
         self.timeout = timeout_ms / 1000.0 if timeout_ms > 0 else None
         self.enable_cors = enable_cors
+        self.max_body_bytes = max_body_bytes
+
+    async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
+        """The whole request body; ``RequestTooLarge`` as soon as it is over the limit."""
+        limit = self.max_body_bytes
+        if limit is not None:
+            declared = headers.get(b"content-length", b"").strip()
+            if declared.isdigit() and int(declared) > limit:
+                raise _too_large(limit)
+        chunks = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # http.disconnect
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -233,13 +313,23 @@ class RestApp:
         method: str = scope["method"]
         path: str = scope["path"]
         headers = dict(scope["headers"])
-        chunks = []
-        more = True
-        while more:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
+        try:
+            body = await self._read_body(headers, receive)
+        except RequestTooLarge as exc:
+            response = error_response(exc)
+        else:
+            response = await self._respond(method, path, headers, body)
+        out_headers = [(b"content-type", response.content_type)]
+        if self.enable_cors:
+            out_headers.extend(_CORS_HEADERS)
+        await send(
+            {"type": "http.response.start", "status": response.status, "headers": out_headers}
+        )
+        await send({"type": "http.response.body", "body": response.body})
+
+    async def _respond(
+        self, method: str, path: str, headers: dict[bytes, bytes], body: bytes
+    ) -> RestResponse:
         if method == "OPTIONS" and self.enable_cors:
             response = RestResponse(200, b"")
         else:
@@ -255,13 +345,7 @@ class RestApp:
                         f"Request timed out after {int((self.timeout or 0) * 1000)} ms"
                     )
                 )
-        out_headers = [(b"content-type", response.content_type)]
-        if self.enable_cors:
-            out_headers.extend(_CORS_HEADERS)
-        await send(
-            {"type": "http.response.start", "status": response.status, "headers": out_headers}
-        )
-        await send({"type": "http.response.body", "body": response.body})
+        return response
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -274,4 +358,13 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-__all__ = ["NotFound", "RestApp", "RestHandler", "RestResponse", "error_response", "proto_to_json"]
+__all__ = [
+    "NotFound",
+    "RequestTooLarge",
+    "RestApp",
+    "RestHandler",
+    "RestResponse",
+    "error_response",
+    "gunzip",
+    "proto_to_json",
+]
