@@ -1,0 +1,468 @@
+"""Closed-loop load generator for REST (keep-alive HTTP/1.1) and gRPC, run as its own process.
+
+``python -m benchmarks.loadgen --protocol rest|grpc --port P --payload FILE
+--concurrency 1,8,32,64 --duration 10 --warmup 2 [--server-pid PID]`` runs one point per
+concurrency level, one after the other, and prints one JSON document on stdout.
+
+Each point: ``concurrency`` workers each send a request, wait for its answer and send the
+next one at once (closed loop), for ``warmup + duration`` seconds. Only requests that
+complete inside the ``duration`` window count towards QPS and latency; errors count over
+the whole point. The window's start and end are also where the server's CPU time is read
+(``/proc/<pid>/stat``) and this process's own CPU time, so CPU figures cover exactly the
+measured requests. The server's peak RSS (``VmHWM``) is read at the end of the point.
+
+REST: a raw asyncio client on uvloop, one keep-alive HTTP/1.1 connection per worker, the
+request bytes built once, responses parsed by ``httptools`` (content-length and chunked
+bodies). gRPC: ``grpc.aio`` with the official ``PredictionService`` stub, all workers
+sharing one channel (HTTP/2 streams), as TF Serving clients do.
+
+Answers are checked against the payload's expected output: the first answer of each worker
+and every 64th one after it (a wrong answer counts as an error). Nothing here sleeps between
+requests; every loop ends by itself at the point's deadline, and requests still in flight
+``timeout`` seconds after it are cancelled and counted as errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import numpy as np
+
+from benchmarks import procstat
+
+#: Check every Nth answer of a worker (and its first) against the expected output.
+VALIDATE_EVERY = 64
+#: At most this many distinct error messages are kept per point.
+MAX_ERROR_SAMPLES = 5
+
+
+@dataclass
+class Payload:
+    """The request to send and the answer to expect (see ``Workload.payload``)."""
+
+    model_name: str
+    input_name: str
+    output_name: str
+    rows: list[list[float]]
+    expected: list[list[float]] | None
+    rtol: float = 1e-5
+    atol: float = 1e-5
+
+    @classmethod
+    def from_file(cls, path: str) -> Payload:
+        with open(path) as f:
+            data = json.load(f)
+        return cls(**data)
+
+    def check(self, got: np.ndarray) -> str | None:
+        """None when ``got`` matches the expected output, else what is wrong."""
+        if self.expected is None:
+            return None
+        want = np.asarray(self.expected, np.float32)
+        if got.shape != want.shape:
+            return f"wrong answer shape {list(got.shape)}, want {list(want.shape)}"
+        if not np.allclose(got, want, rtol=self.rtol, atol=self.atol):
+            return f"wrong answer: max abs diff {float(np.max(np.abs(got - want)))}"
+        return None
+
+
+@dataclass
+class PointState:
+    """Counters and samples of one point, shared by its workers (one event loop, no locks)."""
+
+    window_start: float
+    window_end: float
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    error_samples: dict[str, int] = field(default_factory=dict)
+    validated: int = 0
+    total: int = 0
+
+    def error(self, message: str) -> None:
+        self.errors += 1
+        if message in self.error_samples or len(self.error_samples) < MAX_ERROR_SAMPLES:
+            self.error_samples[message] = self.error_samples.get(message, 0) + 1
+
+    def done(self, start: float, end: float) -> None:
+        self.total += 1
+        if self.window_start <= end <= self.window_end:
+            self.latencies.append(end - start)
+
+
+# ------------------------------------------------------------------------------------------
+# REST
+# ------------------------------------------------------------------------------------------
+
+
+class HttpConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 client connection: one request at a time."""
+
+    def __init__(self) -> None:
+        import httptools
+
+        self._parser = httptools.HttpResponseParser(self)
+        self._parser_error = httptools.HttpParserError
+        self._transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self._body: list[bytes] = []
+        self._lost: BaseException | None = None
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> HttpConnection:
+        loop = asyncio.get_running_loop()
+        _transport, protocol = await loop.create_connection(cls, host, port)
+        return protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except self._parser_error as exc:
+            self._fail(exc)
+            if self._transport is not None:
+                self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = exc or ConnectionResetError("connection closed by the server")
+        self._fail(self._lost)
+
+    def _fail(self, exc: BaseException) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    # httptools callbacks
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        body = b"".join(self._body)
+        self._body = []
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result((self._parser.get_status_code(), body))
+
+    @property
+    def usable(self) -> bool:
+        return self._lost is None and self._transport is not None
+
+    def request(self, data: bytes) -> asyncio.Future[tuple[int, bytes]]:
+        """Send a complete request; the future resolves to ``(status, body)``."""
+        assert self._transport is not None
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        self._transport.write(data)
+        return waiter
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+def rest_request_bytes(host: str, port: int, path: str, body: bytes) -> bytes:
+    """A complete keep-alive HTTP/1.1 POST request."""
+    head = (
+        f"POST {path} HTTP/1.1\r\n"
+        f"Host: {host}:{port}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+def rest_worker_factory(
+    host: str, port: int, payload: Payload, path: str
+) -> Callable[[PointState, float], Awaitable[None]]:
+    """Build the REST worker coroutine function for ``payload``."""
+    body = json.dumps({"instances": payload.rows}, separators=(",", ":")).encode()
+    data = rest_request_bytes(host, port, path, body)
+
+    def check(raw: bytes) -> str | None:
+        try:
+            answer = json.loads(raw)
+            got = np.asarray(answer["predictions"], np.float32)
+        except (ValueError, KeyError, TypeError) as exc:
+            return f"bad answer ({exc}): {raw[:120]!r}"
+        return payload.check(got)
+
+    async def worker(state: PointState, deadline: float) -> None:
+        conn: HttpConnection | None = None
+        n = 0
+        try:
+            while time.perf_counter() < deadline:
+                if conn is None or not conn.usable:
+                    try:
+                        conn = await HttpConnection.open(host, port)
+                    except OSError as exc:
+                        state.error(f"connect: {exc}")
+                        await asyncio.sleep(0.01)
+                        continue
+                start = time.perf_counter()
+                try:
+                    status, answer = await conn.request(data)
+                except (OSError, ConnectionError, ValueError) as exc:
+                    state.error(f"{type(exc).__name__}: {exc}")
+                    conn.close()
+                    conn = None
+                    continue
+                end = time.perf_counter()
+                if status != 200:
+                    state.error(f"HTTP {status}: {answer[:200]!r}")
+                    continue
+                if n % VALIDATE_EVERY == 0:
+                    problem = check(answer)
+                    state.validated += 1
+                    if problem is not None:
+                        state.error(problem)
+                        continue
+                n += 1
+                state.done(start, end)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    return worker
+
+
+# ------------------------------------------------------------------------------------------
+# gRPC
+# ------------------------------------------------------------------------------------------
+
+
+def grpc_worker_factory(
+    host: str, port: int, payload: Payload
+) -> tuple[Callable[[PointState, float], Awaitable[None]], Callable[[], Awaitable[None]]]:
+    """Build the gRPC worker coroutine function and a closer for its channel."""
+    import grpc
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    rows = np.asarray(payload.rows, np.float32)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = payload.model_name
+    request.model_spec.signature_name = "serving_default"
+    tensor = tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_FLOAT,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in rows.shape]
+        ),
+    )
+    tensor.float_val.extend(rows.ravel().tolist())
+    request.inputs[payload.input_name].CopyFrom(tensor)
+    options = [
+        ("grpc.max_send_message_length", 64 << 20),
+        ("grpc.max_receive_message_length", 64 << 20),
+    ]
+    channel = grpc.aio.insecure_channel(f"{host}:{port}", options=options)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+    def check(response: Any) -> str | None:
+        if payload.expected is None:
+            return None
+        if payload.output_name not in response.outputs:
+            return f"answer without output {payload.output_name!r}"
+        out = response.outputs[payload.output_name]
+        shape = [d.size for d in out.tensor_shape.dim]
+        if out.tensor_content:
+            got = np.frombuffer(out.tensor_content, np.float32).reshape(shape)
+        else:
+            got = np.asarray(out.float_val, np.float32).reshape(shape)
+        return payload.check(got)
+
+    async def worker(state: PointState, deadline: float) -> None:
+        n = 0
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            try:
+                response = await stub.Predict(request, timeout=60)
+            except grpc.aio.AioRpcError as exc:
+                state.error(f"{exc.code().name}: {exc.details()}")
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    await asyncio.sleep(0.01)
+                continue
+            end = time.perf_counter()
+            if n % VALIDATE_EVERY == 0:
+                problem = check(response)
+                state.validated += 1
+                if problem is not None:
+                    state.error(problem)
+                    continue
+            n += 1
+            state.done(start, end)
+
+    async def close() -> None:
+        await channel.close()
+
+    return worker, close
+
+
+# ------------------------------------------------------------------------------------------
+# Points
+# ------------------------------------------------------------------------------------------
+
+
+def _percentiles(latencies: list[float]) -> dict[str, float | None]:
+    if not latencies:
+        return {"p50": None, "p90": None, "p99": None, "mean": None, "max": None}
+    ms = np.asarray(latencies) * 1000.0
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return {
+        "p50": float(p50),
+        "p90": float(p90),
+        "p99": float(p99),
+        "mean": float(ms.mean()),
+        "max": float(ms.max()),
+    }
+
+
+async def run_point(
+    worker: Callable[[PointState, float], Awaitable[None]],
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    server_pid: int | None,
+    timeout: float,
+) -> dict[str, Any]:
+    """One closed-loop point: ``concurrency`` workers for ``warmup + duration`` seconds."""
+    now = time.perf_counter()
+    state = PointState(window_start=now + warmup, window_end=now + warmup + duration)
+    tasks = [asyncio.ensure_future(worker(state, state.window_end)) for _ in range(concurrency)]
+
+    await asyncio.sleep(max(0.0, state.window_start - time.perf_counter()))
+    t0 = time.perf_counter()
+    client0 = time.process_time()
+    server0 = procstat.cpu_seconds(server_pid) if server_pid else None
+    await asyncio.sleep(max(0.0, state.window_end - time.perf_counter()))
+    t1 = time.perf_counter()
+    client1 = time.process_time()
+    server1 = procstat.cpu_seconds(server_pid) if server_pid else None
+
+    _done, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        task.cancel()
+        state.error(f"no answer within {timeout:g} s after the end of the point (cancelled)")
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            state.error(f"worker failed: {task.exception()!r}")
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    window = t1 - t0
+    requests = len(state.latencies)
+    point: dict[str, Any] = {
+        "concurrency": concurrency,
+        "window_s": window,
+        "requests": requests,
+        "qps": requests / window if window > 0 else 0.0,
+        "latency_ms": _percentiles(state.latencies),
+        "errors": state.errors,
+        "error_samples": state.error_samples,
+        "validated": state.validated,
+        "client_cpu_percent": 100.0 * (client1 - client0) / window,
+        "client_cpu_us_per_request": (1e6 * (client1 - client0) / requests if requests else None),
+    }
+    if server_pid and server0 is not None and server1 is not None:
+        memory = procstat.memory_bytes(server_pid)
+        point["server_cpu_percent"] = 100.0 * (server1 - server0) / window
+        point["server_cpu_us_per_request"] = (
+            1e6 * (server1 - server0) / requests if requests else None
+        )
+        point["server_peak_rss_mb"] = memory["VmHWM"] / 2**20
+        point["server_rss_mb"] = memory["VmRSS"] / 2**20
+    return point
+
+
+async def run_points(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every concurrency level of ``args``, one after the other."""
+    payload = Payload.from_file(args.payload)
+    close: Callable[[], Awaitable[None]] | None = None
+    if args.protocol == "rest":
+        path = args.path or f"/v1/models/{payload.model_name}:predict"
+        worker = rest_worker_factory(args.host, args.port, payload, path)
+    else:
+        worker, close = grpc_worker_factory(args.host, args.port, payload)
+    points = []
+    try:
+        for concurrency in args.concurrency:
+            point = await run_point(
+                worker, concurrency, args.duration, args.warmup, args.server_pid, args.timeout
+            )
+            points.append(point)
+            if args.verbose:
+                lat = point["latency_ms"]
+                print(
+                    f"  {args.protocol} c={concurrency}: {point['qps']:.0f} qps "
+                    f"p50={lat['p50']} errors={point['errors']}",
+                    file=sys.stderr,
+                )
+    finally:
+        if close is not None:
+            await close()
+    return points
+
+
+def _concurrency_list(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("expected a comma-separated list of positive integers")
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.loadgen", description=__doc__)
+    parser.add_argument("--protocol", choices=("rest", "grpc"), required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--path", default="", help="REST path (default: the model's :predict)")
+    parser.add_argument("--payload", required=True, help="JSON file (Workload.payload())")
+    parser.add_argument("--concurrency", type=_concurrency_list, default=[1, 8, 32, 64])
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds/point")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds/point")
+    parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--server-pid", type=int, default=0)
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        parser.error("the load generator only targets loopback addresses")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the points and print ``{"protocol": ..., "points": [...]}`` as JSON."""
+    args = parse_args(argv)
+    started = time.time()
+    if args.protocol == "rest":
+        import uvloop
+
+        points = uvloop.run(run_points(args))
+    else:
+        # grpc.aio runs on the standard event loop.
+        points = asyncio.run(run_points(args))
+    json.dump(
+        {
+            "protocol": args.protocol,
+            "pid": os.getpid(),
+            "started": started,
+            "points": points,
+        },
+        sys.stdout,
+    )
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""The benchmark workloads: the models, one request's rows, and the answers to expect.
+
+Two workloads:
+
+- ``half_plus_two``: TF Serving's own test model (``y = 0.5 x + 2``, one float in, one out).
+  The model costs nothing, so this measures pure serving overhead.
+- ``mlp``: a compute-bound multi-layer perceptron, 512 -> 2048 -> 2048 -> 512 (ReLU between
+  layers, float32, about 6.3 million parameters), exported here with TF2
+  ``tf.saved_model.save`` and a ``serving_default`` signature ``x`` [-1, 512] -> ``y``
+  [-1, 512]. Its weights are drawn from a fixed NumPy seed, so the same model is exported on
+  every machine and its answers can be computed in NumPy without TensorFlow. The export is
+  done once into a cache directory (in a subprocess, so the caller need not import
+  TensorFlow) and reused while its spec is unchanged.
+
+Run ``python -m benchmarks.models export DIR`` to export the MLP into ``DIR/1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: Where TF Serving's test models live (the same default and variable as the tests use).
+TESTDATA = pathlib.Path(
+    os.environ.get(
+        "PYSERVING_TESTDATA",
+        pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "tfserving",
+    )
+)
+
+#: Layer widths of the MLP: input, hidden..., output.
+MLP_LAYERS = (512, 2048, 2048, 512)
+#: Seed of the MLP's weights and of its request row.
+MLP_SEED = 20240611
+#: The MLP's version directory name under its base path.
+MLP_VERSION = "1"
+_SPEC_FILE = "benchmark_spec.json"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One model and the request sent to it.
+
+    Attributes:
+        name: the workload name (``half_plus_two`` or ``mlp``), also the served model name.
+        base_path: the model's base path (holding version directories).
+        input_name / output_name: the ``serving_default`` signature's input and output alias.
+        rows: the rows of one request, float32, shape [rows, features].
+        expected: what ``output_name`` must be for ``rows``.
+        rtol / atol: tolerance when comparing an answer with ``expected``.
+    """
+
+    name: str
+    base_path: pathlib.Path
+    input_name: str
+    output_name: str
+    rows: np.ndarray
+    expected: np.ndarray
+    rtol: float = 1e-5
+    atol: float = 1e-5
+
+    @property
+    def version_dir(self) -> pathlib.Path:
+        """The one version directory (both workloads have exactly one)."""
+        versions = sorted(p for p in self.base_path.iterdir() if p.name.isdigit())
+        return versions[-1]
+
+    def payload(self) -> dict[str, Any]:
+        """What the load generator needs (JSON-serializable): names, rows and the answer."""
+        return {
+            "model_name": self.name,
+            "input_name": self.input_name,
+            "output_name": self.output_name,
+            # float64 values rounded to float32's precision print short in JSON.
+            "rows": np.round(self.rows.astype(np.float64), 6).tolist(),
+            "expected": self.expected.tolist(),
+            "rtol": self.rtol,
+            "atol": self.atol,
+        }
+
+
+def half_plus_two() -> Workload:
+    """TF Serving's ``saved_model_half_plus_two_cpu`` with one row ``x = [[2.0]]``."""
+    base = TESTDATA / "saved_model_half_plus_two_cpu"
+    if not base.is_dir():
+        raise FileNotFoundError(
+            f"TF Serving test data not found at {base} (set PYSERVING_TESTDATA)"
+        )
+    x = np.array([[2.0]], np.float32)
+    return Workload("half_plus_two", base, "x", "y", x, x * 0.5 + 2.0)
+
+
+def mlp_weights() -> list[tuple[np.ndarray, np.ndarray]]:
+    """The MLP's (weight, bias) per layer: He-normal weights, small biases, fixed seed."""
+    rng = np.random.RandomState(MLP_SEED)
+    layers = []
+    for fan_in, fan_out in itertools.pairwise(MLP_LAYERS):
+        w = (rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+        b = (rng.standard_normal(fan_out) * 0.01).astype(np.float32)
+        layers.append((w, b))
+    return layers
+
+
+def mlp_forward(x: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The MLP in NumPy (float32): dense layers with ReLU between them, linear output."""
+    h = x.astype(np.float32)
+    for i, (w, b) in enumerate(layers):
+        h = h @ w + b
+        if i < len(layers) - 1:
+            h = np.maximum(h, 0.0)
+    return h
+
+
+def mlp_parameters() -> int:
+    """Number of parameters of the MLP."""
+    return sum(a * b + b for a, b in itertools.pairwise(MLP_LAYERS))
+
+
+def _spec_digest() -> str:
+    text = json.dumps({"layers": MLP_LAYERS, "seed": MLP_SEED, "format": 1})
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def export_mlp(base_path: pathlib.Path) -> None:
+    """Export the MLP as a TF2 SavedModel into ``base_path/1`` (imports TensorFlow)."""
+    import tensorflow as tf
+
+    layers = mlp_weights()
+
+    class MLP(tf.Module):
+        def __init__(self) -> None:
+            super().__init__(name="mlp")
+            self.weights_ = [tf.Variable(w, name=f"w{i}") for i, (w, _) in enumerate(layers)]
+            self.biases_ = [tf.Variable(b, name=f"b{i}") for i, (_, b) in enumerate(layers)]
+
+        @tf.function(input_signature=[tf.TensorSpec([None, MLP_LAYERS[0]], tf.float32, name="x")])
+        def serve(self, x: Any) -> dict[str, Any]:
+            h = x
+            last = len(self.weights_) - 1
+            for i, (w, b) in enumerate(zip(self.weights_, self.biases_, strict=True)):
+                h = tf.nn.bias_add(tf.matmul(h, w), b)
+                if i < last:
+                    h = tf.nn.relu(h)
+            return {"y": h}
+
+    module = MLP()
+    base_path.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=".export-", dir=base_path))
+    try:
+        tf.saved_model.save(module, str(staging), signatures={"serving_default": module.serve})
+        target = base_path / MLP_VERSION
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    (base_path / _SPEC_FILE).write_text(json.dumps({"digest": _spec_digest()}))
+
+
+def ensure_mlp(base_path: pathlib.Path) -> pathlib.Path:
+    """Export the MLP into ``base_path`` unless an export of the same spec is there already.
+
+    The export runs in a subprocess (``python -m benchmarks.models export``) so that this
+    process does not import TensorFlow. Returns ``base_path``.
+    """
+    spec = base_path / _SPEC_FILE
+    done = (base_path / MLP_VERSION / "saved_model.pb").is_file()
+    if done and spec.is_file():
+        try:
+            if json.loads(spec.read_text()).get("digest") == _spec_digest():
+                return base_path
+        except (OSError, ValueError):
+            pass
+    root = pathlib.Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.models", "export", str(base_path)],
+        check=True,
+        cwd=root,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    return base_path
+
+
+def mlp(base_path: pathlib.Path) -> Workload:
+    """The MLP workload (exported into ``base_path`` if needed) with one request row."""
+    ensure_mlp(base_path)
+    rng = np.random.RandomState(MLP_SEED + 1)
+    # Three decimals keep the JSON request short (about 3.5 KB) and exact in float32 terms.
+    x = np.round(rng.uniform(-1.0, 1.0, (1, MLP_LAYERS[0])), 3).astype(np.float32)
+    expected = mlp_forward(x, mlp_weights())
+    return Workload("mlp", base_path, "x", "y", x, expected, rtol=1e-3, atol=1e-3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.models export DIR``."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.models")
+    sub = parser.add_subparsers(dest="command", required=True)
+    export = sub.add_parser("export", help="export the MLP into DIR/1")
+    export.add_argument("dir", type=pathlib.Path)
+    args = parser.parse_args(argv)
+    if args.command == "export":
+        export_mlp(args.dir.resolve())
+        print(f"exported the MLP ({mlp_parameters():,} parameters) to {args.dir / MLP_VERSION}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,405 @@
+"""Tables, ratios against the targets, and the chart of one benchmark run.
+
+Everything here reads the results document :mod:`benchmarks.run` writes (see
+``docs/benchmarks.md`` for its fields) and can be re-run on a saved file:
+``python -m benchmarks.report RESULTS.json [--chart OUT.png]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+#: Concurrency at which the latency targets are checked.
+LATENCY_CONCURRENCY = 1
+#: Concurrency at which the batching targets are checked.
+BATCHING_CONCURRENCY = 32
+#: In-process batch size the batched throughput is compared with.
+INPROCESS_BATCH = 32
+
+#: Server labels used in results.
+PYSERVING = "pyserving"
+PYSERVING_BATCHING = "pyserving-batching"
+FASTAPI = "fastapi"
+
+
+def find_point(
+    results: dict[str, Any], workload: str, server: str, protocol: str, concurrency: int
+) -> dict[str, Any] | None:
+    """The point of one run at one concurrency, or None when it was not measured."""
+    for run in results.get("runs", []):
+        if (run["workload"], run["server"], run["protocol"]) == (workload, server, protocol):
+            for point in run["points"]:
+                if point["concurrency"] == concurrency:
+                    return dict(point)
+    return None
+
+
+def _p50(point: dict[str, Any] | None) -> float | None:
+    if point is None:
+        return None
+    value = point["latency_ms"]["p50"]
+    return float(value) if value is not None else None
+
+
+def _qps(point: dict[str, Any] | None) -> float | None:
+    return float(point["qps"]) if point is not None and point["requests"] else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def inprocess_rows_per_s(
+    results: dict[str, Any], workload: str, runtime: str, batch: int
+) -> float | None:
+    """In-process throughput (rows/s) of ``runtime`` at ``batch``, if measured."""
+    try:
+        return float(results["inprocess"][workload][runtime][str(batch)]["rows_per_s"])
+    except (KeyError, TypeError):
+        return None
+
+
+def _target(
+    target_id: str,
+    description: str,
+    value: float | None,
+    op: str,
+    bound: float,
+    numerator: float | None,
+    denominator: float | None,
+    unit: str,
+) -> dict[str, Any]:
+    met: bool | None
+    if value is None:
+        met = None
+    elif op == "<=":
+        met = value <= bound
+    elif op == "<":
+        met = value < bound
+    else:
+        met = value >= bound
+    return {
+        "id": target_id,
+        "description": description,
+        "ratio": value,
+        "target": f"{op} {bound:g}",
+        "met": met,
+        "numerator": numerator,
+        "denominator": denominator,
+        "unit": unit,
+    }
+
+
+def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets as ratios measured in this run (``met`` is None when not measured)."""
+    targets = []
+    c1 = LATENCY_CONCURRENCY
+    rest = _p50(find_point(results, "half_plus_two", PYSERVING, "rest", c1))
+    fastapi = _p50(find_point(results, "half_plus_two", FASTAPI, "rest", c1))
+    grpc = _p50(find_point(results, "half_plus_two", PYSERVING, "grpc", c1))
+    targets.append(
+        _target(
+            "rest_p50_vs_fastapi",
+            f"half_plus_two, concurrency {c1}: pyserving REST p50 / FastAPI baseline p50",
+            _ratio(rest, fastapi),
+            "<=",
+            1.0,
+            rest,
+            fastapi,
+            "ms",
+        )
+    )
+    targets.append(
+        _target(
+            "grpc_p50_vs_rest",
+            f"half_plus_two, concurrency {c1}: pyserving gRPC p50 / pyserving REST p50",
+            _ratio(grpc, rest),
+            "<",
+            1.0,
+            grpc,
+            rest,
+            "ms",
+        )
+    )
+    cb = BATCHING_CONCURRENCY
+    limit = inprocess_rows_per_s(results, "mlp", "function", INPROCESS_BATCH)
+    for protocol in ("rest", "grpc"):
+        batched = _qps(find_point(results, "mlp", PYSERVING_BATCHING, protocol, cb))
+        unbatched = _qps(find_point(results, "mlp", PYSERVING, protocol, cb))
+        name = "REST" if protocol == "rest" else "gRPC"
+        targets.append(
+            _target(
+                f"batched_vs_inprocess_{protocol}",
+                f"mlp, concurrency {cb}, {name}: pyserving with batching QPS / in-process "
+                f"batch-{INPROCESS_BATCH} rows/s",
+                _ratio(batched, limit),
+                ">=",
+                0.85,
+                batched,
+                limit,
+                "rows/s",
+            )
+        )
+        targets.append(
+            _target(
+                f"batched_vs_unbatched_{protocol}",
+                f"mlp, concurrency {cb}, {name}: pyserving with batching QPS / without",
+                _ratio(batched, unbatched),
+                ">=",
+                2.0,
+                batched,
+                unbatched,
+                "rows/s",
+            )
+        )
+    failing = [
+        f"{run['workload']}/{run['server']}/{run['protocol']}@{point['concurrency']}: "
+        f"{point['errors']}"
+        for run in results.get("runs", [])
+        for point in run["points"]
+        if point["errors"]
+    ]
+    total = sum(p["errors"] for run in results.get("runs", []) for p in run["points"])
+    targets.append(
+        {
+            "id": "zero_errors",
+            "description": "errors at every concurrency, every server and protocol",
+            "ratio": None,
+            "target": "0",
+            "met": total == 0 if results.get("runs") else None,
+            "numerator": total,
+            "denominator": None,
+            "unit": "errors",
+            "failing": failing,
+        }
+    )
+    return targets
+
+
+# ------------------------------------------------------------------------------------------
+# Text
+# ------------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _table(header: list[str], rows: Iterable[list[str]]) -> str:
+    rows = list(rows)
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def points_table(results: dict[str, Any]) -> str:
+    """One line per measured point."""
+    header = [
+        "workload",
+        "server",
+        "proto",
+        "conc",
+        "QPS",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "errors",
+        "srv CPU%",
+        "srv us/req",
+        "srv peak MB",
+        "client CPU%",
+    ]
+    rows = []
+    for run in results.get("runs", []):
+        for p in run["points"]:
+            lat = p["latency_ms"]
+            rows.append(
+                [
+                    run["workload"],
+                    run["server"],
+                    run["protocol"],
+                    str(p["concurrency"]),
+                    _fmt(p["qps"], 0),
+                    _fmt(lat["p50"], 3),
+                    _fmt(lat["p90"], 3),
+                    _fmt(lat["p99"], 3),
+                    str(p["errors"]),
+                    _fmt(p.get("server_cpu_percent"), 0),
+                    _fmt(p.get("server_cpu_us_per_request"), 0),
+                    _fmt(p.get("server_peak_rss_mb"), 0),
+                    _fmt(p.get("client_cpu_percent"), 0),
+                ]
+            )
+    return _table(header, rows)
+
+
+def inprocess_table(results: dict[str, Any]) -> str:
+    """The in-process limit: one line per workload, runtime and batch size."""
+    header = ["workload", "runtime", "batch", "calls/s", "rows/s", "p50 ms", "p99 ms", "CPU%"]
+    rows = []
+    for workload, runtimes in results.get("inprocess", {}).items():
+        for runtime, batches in runtimes.items():
+            for batch, p in batches.items():
+                rows.append(
+                    [
+                        workload,
+                        runtime,
+                        batch,
+                        _fmt(p["calls_per_s"], 0),
+                        _fmt(p["rows_per_s"], 0),
+                        _fmt(p["latency_ms"]["p50"], 3),
+                        _fmt(p["latency_ms"]["p99"], 3),
+                        _fmt(p["cpu_percent"], 0),
+                    ]
+                )
+    return _table(header, rows)
+
+
+def calibration_table(results: dict[str, Any]) -> str:
+    """The load generator against the trivial endpoints."""
+    header = ["proto", "conc", "QPS", "p50 ms", "client CPU%", "client us/req", "server CPU%"]
+    rows = []
+    for protocol, run in results.get("calibration", {}).items():
+        for p in run["points"]:
+            rows.append(
+                [
+                    protocol,
+                    str(p["concurrency"]),
+                    _fmt(p["qps"], 0),
+                    _fmt(p["latency_ms"]["p50"], 3),
+                    _fmt(p["client_cpu_percent"], 0),
+                    _fmt(p["client_cpu_us_per_request"], 1),
+                    _fmt(p.get("server_cpu_percent"), 0),
+                ]
+            )
+    return _table(header, rows)
+
+
+def targets_table(results: dict[str, Any]) -> str:
+    """The targets with their measured ratios."""
+    header = ["target", "measured", "ratio", "goal", "met"]
+    rows = []
+    for t in results.get("targets", []):
+        if t["id"] == "zero_errors":
+            measured = f"{t['numerator']} errors"
+        else:
+            measured = f"{_fmt(t['numerator'])} / {_fmt(t['denominator'])} {t['unit']}"
+        met = "n/a" if t["met"] is None else ("yes" if t["met"] else "NO")
+        rows.append([t["id"], measured, _fmt(t["ratio"]), t["target"], met])
+    return _table(header, rows)
+
+
+def render_text(results: dict[str, Any]) -> str:
+    """The whole report as text."""
+    parts = []
+    if results.get("calibration"):
+        parts.append("Load generator against trivial endpoints\n" + calibration_table(results))
+    if results.get("runs"):
+        parts.append("Servers under load\n" + points_table(results))
+    if results.get("inprocess"):
+        parts.append("In-process limit\n" + inprocess_table(results))
+    if results.get("targets"):
+        parts.append("Targets (ratios measured in this run)\n" + targets_table(results))
+    return "\n\n".join(parts) + "\n"
+
+
+# ------------------------------------------------------------------------------------------
+# Chart
+# ------------------------------------------------------------------------------------------
+
+
+def write_chart(results: dict[str, Any], path: str) -> None:
+    """QPS and latency (p50 solid, p99 dashed) against concurrency, one row per workload."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = list(dict.fromkeys(run["workload"] for run in results.get("runs", [])))
+    if not workloads:
+        return
+    fig, axes = plt.subplots(len(workloads), 2, figsize=(13, 4.6 * len(workloads)), squeeze=False)
+    for row, workload in enumerate(workloads):
+        ax_qps, ax_lat = axes[row]
+        for index, run in enumerate(r for r in results["runs"] if r["workload"] == workload):
+            label = f"{run['server']} {run['protocol']}"
+            xs = [p["concurrency"] for p in run["points"]]
+            qps = [p["qps"] for p in run["points"]]
+            p50 = [p["latency_ms"]["p50"] or float("nan") for p in run["points"]]
+            p99 = [p["latency_ms"]["p99"] or float("nan") for p in run["points"]]
+            color = f"C{index}"
+            ax_qps.plot(xs, qps, marker="o", color=color, label=label)
+            ax_lat.plot(xs, p50, marker="o", color=color, label=f"{label} p50")
+            ax_lat.plot(xs, p99, marker="x", linestyle="--", color=color, label=f"{label} p99")
+        references = [("function", 1, ":", "black"), ("session", 1, "-.", "black")]
+        if workload == "mlp":
+            references.append(("function", INPROCESS_BATCH, "--", "grey"))
+        for runtime, batch, style, color in references:
+            value = inprocess_rows_per_s(results, workload, runtime, batch)
+            if value is not None:
+                ax_qps.axhline(
+                    value,
+                    color=color,
+                    linestyle=style,
+                    linewidth=1,
+                    label=f"in-process {runtime}, batch {batch} (rows/s)",
+                )
+        levels = sorted({p["concurrency"] for r in results["runs"] for p in r["points"]})
+        ax_qps.set_title(f"{workload}: throughput")
+        ax_qps.set_xlabel("concurrency (closed loop)")
+        ax_qps.set_ylabel("requests/s (1 row each)")
+        ax_qps.set_xscale("log", base=2)
+        ax_qps.set_xticks(levels, [str(c) for c in levels])
+        ax_qps.set_yscale("log")
+        ax_qps.grid(True, which="both", alpha=0.3)
+        ax_qps.legend(fontsize=7)
+        ax_lat.set_title(f"{workload}: latency (p50 solid, p99 dashed)")
+        ax_lat.set_xlabel("concurrency (closed loop)")
+        ax_lat.set_ylabel("ms")
+        ax_lat.set_xscale("log", base=2)
+        ax_lat.set_xticks(levels, [str(c) for c in levels])
+        ax_lat.set_yscale("log")
+        ax_lat.grid(True, which="both", alpha=0.3)
+        ax_lat.legend(fontsize=6, ncol=2)
+    meta = results.get("meta", {})
+    fig.suptitle(
+        f"pyserving benchmarks - {meta.get('cpu', '')} x{meta.get('cpus', '?')}, "
+        f"{meta.get('duration_s', '?')} s/point",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the report of a saved results file (and optionally redraw its chart)."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report")
+    parser.add_argument("results")
+    parser.add_argument("--chart", default="")
+    args = parser.parse_args(argv)
+    with open(args.results) as f:
+        results = json.load(f)
+    results["targets"] = compute_targets(results)
+    sys.stdout.write(render_text(results))
+    if args.chart:
+        write_chart(results, args.chart)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,383 @@
+"""Run the benchmark suite: ``python -m benchmarks.run [--quick] [--duration S] [--out DIR]``.
+
+One run, in this order (nothing heavy ever runs at the same time as a measurement):
+
+1. the load generator against trivial REST and gRPC endpoints (what the client can drive);
+2. for each workload (``half_plus_two``, ``mlp``) and each server configuration, the server
+   is started alone, the load generator runs every concurrency level over REST and then
+   gRPC, and the server is stopped. Configurations: ``pyserving`` (default flags),
+   ``pyserving-batching`` and ``pyserving-batching-8threads`` (``mlp`` only; see
+   :data:`BATCHING_PARAMETERS`) and ``fastapi`` (REST only);
+3. the in-process limit of each workload.
+
+It prints a table and the targets' ratios and writes ``bench-<stamp>.json`` and
+``bench-<stamp>.png`` (and the servers' logs) into the output directory. The MLP is exported
+once into ``<out>/models/mlp`` and reused. ``--quick`` is a smoke run: ``half_plus_two``
+only, concurrency 1 and 2, one second per point, REST and gRPC, no baselines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks import models, report, servers
+
+#: Batching parameters of the ``pyserving-batching*`` configurations (BatchingParameters).
+BATCHING_PARAMETERS = """\
+max_batch_size { value: 32 }
+batch_timeout_micros { value: 2000 }
+max_enqueued_batches { value: 100 }
+num_batch_threads { value: 1 }
+"""
+
+#: Extra flags of ``pyserving-batching``: enough request threads for a full batch of 32 at
+#: concurrency 32 and 64 (every waiting request holds one thread; the default is 4 x cores).
+BATCHING_THREAD_FLAGS = ("--rest_api_num_threads=64", "--grpc_max_threads=64")
+
+DEFAULT_CONCURRENCY = (1, 8, 32, 64)
+QUICK_CONCURRENCY = (1, 2)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """One server configuration to measure with one workload."""
+
+    label: str
+    kind: str  # "pyserving" or "fastapi"
+    protocols: tuple[str, ...]
+    flags: tuple[str, ...] = ()
+
+
+def server_configs(
+    workload: str, args: argparse.Namespace, batching_file: str
+) -> list[ServerConfig]:
+    """The configurations measured for ``workload``."""
+    protocols = tuple(args.protocols)
+    configs = [ServerConfig(report.PYSERVING, "pyserving", protocols)]
+    if workload == "mlp" and args.batching:
+        batching = ("--enable_batching", f"--batching_parameters_file={batching_file}")
+        configs.append(
+            ServerConfig(
+                report.PYSERVING_BATCHING, "pyserving", protocols, batching + BATCHING_THREAD_FLAGS
+            )
+        )
+        configs.append(
+            ServerConfig("pyserving-batching-8threads", "pyserving", protocols, batching)
+        )
+    if args.fastapi and "rest" in protocols:
+        configs.append(ServerConfig(report.FASTAPI, "fastapi", ("rest",)))
+    return configs
+
+
+def _csv(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="pyserving benchmarks: load points, baselines, targets; see docs/benchmarks.md",
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run (see module docstring)")
+    parser.add_argument("--duration", type=float, default=None, help="measured seconds per point")
+    parser.add_argument("--warmup", type=float, default=None, help="unmeasured seconds per point")
+    parser.add_argument("--out", type=pathlib.Path, default=servers.ROOT / "benchmarks" / "results")
+    parser.add_argument("--concurrency", default=None, help="comma list (default 1,8,32,64)")
+    parser.add_argument("--workloads", default=None, help="half_plus_two,mlp")
+    parser.add_argument("--protocols", default="rest,grpc")
+    parser.add_argument(
+        "--models-dir", type=pathlib.Path, default=None, help="MLP export cache (<out>/models)"
+    )
+    for name, what in (
+        ("fastapi", "the FastAPI baseline"),
+        ("inprocess", "the in-process limit"),
+        ("calibration", "the load generator against trivial endpoints"),
+        ("batching", "the pyserving-batching configurations"),
+        ("chart", "the PNG chart"),
+    ):
+        parser.add_argument(
+            f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=what
+        )
+    args = parser.parse_args(argv)
+    quick = args.quick
+    if args.duration is None:
+        args.duration = 1.0 if quick else 10.0
+    if args.warmup is None:
+        args.warmup = 0.3 if quick else 2.0
+    concurrency = args.concurrency or ",".join(
+        str(c) for c in (QUICK_CONCURRENCY if quick else DEFAULT_CONCURRENCY)
+    )
+    args.concurrency = [int(c) for c in _csv(concurrency)]
+    args.workloads = _csv(args.workloads or ("half_plus_two" if quick else "half_plus_two,mlp"))
+    args.protocols = _csv(args.protocols)
+    for name in ("fastapi", "inprocess", "calibration", "batching"):
+        if getattr(args, name) is None:
+            setattr(args, name, not quick)
+    if args.chart is None:
+        args.chart = True
+    unknown = set(args.workloads) - {"half_plus_two", "mlp"}
+    if unknown:
+        parser.error(f"unknown workloads: {sorted(unknown)}")
+    if set(args.protocols) - {"rest", "grpc"} or not args.protocols:
+        parser.error("--protocols takes rest, grpc or both")
+    if args.duration <= 0 or args.warmup < 0 or not args.concurrency:
+        parser.error("--duration must be positive, --warmup not negative")
+    return args
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_loadgen(
+    protocol: str,
+    port: int,
+    payload_file: pathlib.Path,
+    args: argparse.Namespace,
+    server_pid: int,
+    concurrency: list[int] | None = None,
+) -> dict[str, Any]:
+    """Run the load generator in its own process and return its JSON document."""
+    levels = concurrency or args.concurrency
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.loadgen",
+        f"--protocol={protocol}",
+        f"--port={port}",
+        f"--payload={payload_file}",
+        f"--concurrency={','.join(str(c) for c in levels)}",
+        f"--duration={args.duration}",
+        f"--warmup={args.warmup}",
+        f"--server-pid={server_pid}",
+    ]
+    budget = 120 + len(levels) * (args.duration + args.warmup + 35)
+    done = subprocess.run(
+        command,
+        cwd=servers.ROOT,
+        env=servers.child_env(),
+        capture_output=True,
+        text=True,
+        timeout=budget,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def run_inprocess(
+    workload: models.Workload, payload_file: pathlib.Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The in-process limit of ``workload`` (its own process)."""
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.inprocess",
+        f"--model_base_path={workload.base_path}",
+        f"--payload={payload_file}",
+        "--batch=1,32",
+        f"--duration={args.duration}",
+        f"--warmup={args.warmup}",
+    ]
+    done = subprocess.run(
+        command,
+        cwd=servers.ROOT,
+        env=servers.child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300 + 4 * (args.duration + args.warmup),
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"in-process baseline failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("pyserving", "tensorflow", "grpcio", "uvicorn", "uvloop", "httptools", "fastapi"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git_commit() -> str:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=servers.ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "src"],
+            cwd=servers.ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except OSError:
+        return "unknown"
+    commit = done.stdout.strip() or "unknown"
+    return commit + ("+local-changes-in-src" if dirty.stdout.strip() else "")
+
+
+def _meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    return {
+        "command": " ".join(["python -m benchmarks.run", *argv]),
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "cpu": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": list(os.getloadavg()),
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "concurrency": args.concurrency,
+        "workloads": args.workloads,
+        "protocols": args.protocols,
+        "quick": args.quick,
+        "batching_parameters": BATCHING_PARAMETERS,
+        "batching_thread_flags": list(BATCHING_THREAD_FLAGS),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the suite; exit status 0 when every run completed (targets do not change it)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    out: pathlib.Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    work = out / f"bench-{stamp}"
+    work.mkdir()
+    models_dir = (args.models_dir or out / "models").resolve()
+    results: dict[str, Any] = {
+        "meta": _meta(args, argv),
+        "calibration": {},
+        "runs": [],
+        "inprocess": {},
+    }
+    started = time.monotonic()
+
+    workloads: list[models.Workload] = []
+    for name in args.workloads:
+        if name == "half_plus_two":
+            workloads.append(models.half_plus_two())
+        else:
+            _say(f"MLP model: {models_dir / 'mlp'} (exported once, then reused)")
+            workloads.append(models.mlp(models_dir / "mlp"))
+    payloads = {}
+    for workload in workloads:
+        payloads[workload.name] = work / f"payload-{workload.name}.json"
+        payloads[workload.name].write_text(json.dumps(workload.payload()))
+    batching_file = work / "batching_parameters.txt"
+    batching_file.write_text(BATCHING_PARAMETERS)
+
+    if args.calibration:
+        trivial_payload = work / "payload-trivial.json"
+        trivial = dict(workloads[0].payload(), expected=None)
+        trivial_payload.write_text(json.dumps(trivial))
+        levels = sorted({1, max(args.concurrency)})
+        for protocol in args.protocols:
+            _say(f"calibration: load generator against a trivial {protocol} endpoint")
+            with servers.trivial_server(protocol, work / f"trivial-{protocol}.log") as trivial_srv:
+                port = trivial_srv.rest_port or trivial_srv.grpc_port
+                doc = run_loadgen(protocol, port, trivial_payload, args, trivial_srv.pid, levels)
+            results["calibration"][protocol] = {"points": doc["points"]}
+
+    for workload in workloads:
+        for config in server_configs(workload.name, args, str(batching_file)):
+            rest_port = servers.free_port()
+            grpc_port = servers.free_port() if config.kind == "pyserving" else 0
+            if config.kind == "pyserving":
+                command = servers.pyserving_command(
+                    workload.name, workload.base_path, grpc_port, rest_port, config.flags
+                )
+            else:
+                command = servers.fastapi_command(workload.name, workload.base_path, rest_port)
+            server = servers.ServerProcess(
+                label=config.label,
+                command=command,
+                log_path=work / f"server-{workload.name}-{config.label}.log",
+                rest_port=rest_port,
+                grpc_port=grpc_port,
+            )
+            _say(f"{workload.name}: starting {config.label}")
+            first = len(results["runs"])
+            with servers.running(server, workload.name):
+                _say(f"{workload.name}: {config.label} ready in {server.startup_s:.1f} s")
+                for protocol in config.protocols:
+                    port = rest_port if protocol == "rest" else grpc_port
+                    _say(
+                        f"{workload.name}: {config.label} {protocol} at concurrency "
+                        f"{','.join(map(str, args.concurrency))}"
+                    )
+                    doc = run_loadgen(protocol, port, payloads[workload.name], args, server.pid)
+                    results["runs"].append(
+                        {
+                            "workload": workload.name,
+                            "server": config.label,
+                            "protocol": protocol,
+                            "flags": list(config.flags),
+                            "startup_s": server.startup_s,
+                            "points": doc["points"],
+                        }
+                    )
+            status = server.process.returncode if server.process else None
+            for run in results["runs"][first:]:
+                run["exit_status"] = status
+
+    if args.inprocess:
+        for workload in workloads:
+            _say(f"{workload.name}: in-process limit")
+            results["inprocess"][workload.name] = run_inprocess(
+                workload, payloads[workload.name], args
+            )
+
+    results["targets"] = report.compute_targets(results)
+    results["meta"]["elapsed_s"] = time.monotonic() - started
+    json_path = out / f"bench-{stamp}.json"
+    json_path.write_text(json.dumps(results, indent=1))
+    sys.stdout.write(report.render_text(results))
+    print(f"\nresults: {json_path}")
+    if args.chart:
+        png_path = out / f"bench-{stamp}.png"
+        report.write_chart(results, str(png_path))
+        print(f"chart:   {png_path}")
+    print(f"logs:    {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

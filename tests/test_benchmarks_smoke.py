@@ -1,0 +1,88 @@
+"""Smoke test of the benchmark suite: a tiny ``--quick`` run completes and reports its fields.
+
+Only the shape of the results and the absence of errors are checked, never timings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+POINT_FIELDS = {
+    "concurrency",
+    "window_s",
+    "requests",
+    "qps",
+    "latency_ms",
+    "errors",
+    "error_samples",
+    "validated",
+    "client_cpu_percent",
+    "server_cpu_percent",
+    "server_cpu_us_per_request",
+    "server_peak_rss_mb",
+    "server_rss_mb",
+}
+
+
+def test_quick_run_reports_every_field_and_no_errors(
+    testdata: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--quick",
+            "--concurrency=1,2",
+            "--duration=1",
+            f"--out={tmp_path}",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, PYSERVING_TESTDATA=str(testdata)),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Targets" in done.stdout
+
+    (results_file,) = tmp_path.glob("bench-*.json")
+    results = json.loads(results_file.read_text())
+    assert list(tmp_path.glob("bench-*.png")), "no chart written"
+
+    meta = results["meta"]
+    assert meta["quick"] is True
+    assert meta["concurrency"] == [1, 2]
+    assert meta["versions"]["tensorflow"]
+
+    runs = {(r["workload"], r["server"], r["protocol"]): r for r in results["runs"]}
+    assert set(runs) == {
+        ("half_plus_two", "pyserving", "rest"),
+        ("half_plus_two", "pyserving", "grpc"),
+    }
+    for key, run in runs.items():
+        assert [p["concurrency"] for p in run["points"]] == [1, 2], key
+        assert run["exit_status"] == 0, key
+        for point in run["points"]:
+            assert set(point) >= POINT_FIELDS, (key, sorted(POINT_FIELDS - set(point)))
+            assert point["errors"] == 0, (key, point["error_samples"])
+            assert point["requests"] > 0, key
+            assert point["validated"] > 0, key
+            assert set(point["latency_ms"]) >= {"p50", "p90", "p99"}, key
+            assert point["server_peak_rss_mb"] > 0, key
+
+    targets = {t["id"]: t for t in results["targets"]}
+    assert targets["zero_errors"]["met"] is True
+    assert targets["grpc_p50_vs_rest"]["ratio"] is not None
+    assert targets["batched_vs_inprocess_rest"]["met"] is None  # not measured in a quick run
