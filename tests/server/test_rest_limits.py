@@ -114,8 +114,7 @@ def test_gzip_bomb_is_refused_after_inflating_at_most_the_limit(
     status, body, _ = call(app, [bomb], [(b"content-encoding", b"gzip")])
     assert status == 413
     assert body["error"] == (
-        "Decompressed request body exceeds the limit of 1048576 bytes "
-        "(--rest_api_max_body_bytes)"
+        "Decompressed request body exceeds the limit of 1048576 bytes (--rest_api_max_body_bytes)"
     )
 
 
