@@ -385,14 +385,23 @@ class FileSystemStoragePathSource(Source[str]):
                 return True
             if not candidate.waiting_logged:
                 candidate.waiting_logged = True
-                log.info(
-                    "Servable %s version %d at %s is %s; waiting until it is complete and "
-                    "unchanged between two polls",
-                    servable.name,
-                    version,
-                    path,
-                    "changing" if complete else f"incomplete (no {'/'.join(markers)})",
-                )
+                if complete:
+                    log.info(
+                        "Servable %s version %d found at %s; it is loaded once its files are "
+                        "unchanged between two polls",
+                        servable.name,
+                        version,
+                        path,
+                    )
+                else:
+                    log.info(
+                        "Servable %s version %d at %s has no %s yet; waiting until it is "
+                        "complete and unchanged between two polls",
+                        servable.name,
+                        version,
+                        path,
+                        "/".join(markers),
+                    )
             return False
         if settled:
             log.info("Servable %s version %d: content at %s changed", servable.name, version, path)
