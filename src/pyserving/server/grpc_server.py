@@ -22,7 +22,10 @@ answer becomes the response message. Errors map as TF Serving maps them:
   ``ToGRPCStatus``);
 * any other exception is logged and aborts with ``INTERNAL``; the server keeps serving;
 * a request whose deadline has passed before the model runs, or passes while it runs, ends
-  with ``DEADLINE_EXCEEDED`` (the work is skipped, or its answer is not serialized).
+  with ``DEADLINE_EXCEEDED`` (the work is skipped, or its answer is not serialized);
+* a request larger than the receive limit is refused by grpc itself (``RESOURCE_EXHAUSTED``,
+  ``Received message larger than max (N vs. LIMIT)``); an input tensor that would decode to
+  more than that limit (few typed values filling a huge shape) is ``INVALID_ARGUMENT``.
 
 Threading: handlers run on a bounded ``ThreadPoolExecutor`` (``max_threads`` workers named
 ``pyserving-grpc``); each handler blocks while the model runs. :class:`GrpcServer` is
@@ -34,6 +37,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import math
 import os
 import re
 import stat
@@ -221,25 +225,65 @@ def _call(context: grpc.ServicerContext, method: str, work: Callable[[], T]) -> 
     _abort(context, code, _truncate(message))
 
 
-def _decode_inputs(inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Request inputs as arrays; a malformed one is ``tensor parsing error: <alias>``."""
+#: Bytes per element assumed for string tensors when bounding their decoded size (an object
+#: array's pointer plus the list it is filled from).
+_STRING_ELEMENT_BYTES = 16
+
+
+def decoded_size_bytes(proto: Any) -> int | None:
+    """What a TensorProto takes once decoded (elements x item size), from its shape alone;
+    ``None`` when the shape or dtype is malformed (decoding then reports the error)."""
+    shape = proto.tensor_shape
+    if shape.unknown_rank or any(d.size < 0 for d in shape.dim):
+        return None
+    try:
+        dtype = tensors.numpy_dtype(proto.dtype)
+    except ServingError:
+        return None
+    itemsize = _STRING_ELEMENT_BYTES if dtype.kind == "O" else dtype.itemsize
+    return math.prod(d.size for d in shape.dim) * itemsize
+
+
+def _decode_inputs(
+    inputs: Mapping[str, Any], max_tensor_bytes: int | None = None
+) -> dict[str, np.ndarray]:
+    """Request inputs as arrays; a malformed one is ``tensor parsing error: <alias>``.
+
+    A TensorProto whose typed values are fewer than its shape holds is filled out (TF's
+    ``Tensor::FromProto``), so a few bytes on the wire can describe a huge tensor. Inputs
+    that together would decode to more than ``max_tensor_bytes`` (the largest request the
+    server accepts) are refused the way TF Serving refuses a tensor it cannot allocate:
+    ``tensor parsing error: <alias>``, naming the input that crosses the limit.
+    """
+    if max_tensor_bytes is not None:
+        total = 0
+        for name, proto in inputs.items():
+            total += decoded_size_bytes(proto) or 0
+            if total > max_tensor_bytes:
+                log.debug("inputs would decode to over %d bytes at %s; refused", total, name)
+                raise InvalidArgument(f"tensor parsing error: {name}")
     return {
         name: tensors.tensor_proto_to_ndarray(proto, name=name) for name, proto in inputs.items()
     }
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """``tensorflow.serving.PredictionService`` over :class:`ModelServing`."""
+    """``tensorflow.serving.PredictionService`` over :class:`ModelServing`.
 
-    def __init__(self, serving: ModelServing) -> None:
+    ``max_tensor_bytes``: the largest decoded size of a request's inputs (``None``: no limit);
+    :func:`start_grpc_server` sets it to the server's receive limit.
+    """
+
+    def __init__(self, serving: ModelServing, *, max_tensor_bytes: int | None = None) -> None:
         self._serving = serving
+        self._max_tensor_bytes = max_tensor_bytes
 
     def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
         def work() -> predict_pb2.PredictResponse:
             spec = _spec(request)
             result = self._serving.predict(
                 spec,
-                lambda _signature_def: _decode_inputs(request.inputs),
+                lambda _signature_def: _decode_inputs(request.inputs, self._max_tensor_bytes),
                 tuple(request.output_filter),
             )
             response = predict_pb2.PredictResponse()
@@ -407,13 +451,17 @@ def start_grpc_server(serving: ModelServing, options: GrpcServerOptions) -> Grpc
         "grpc.max_send_message_length": options.max_message_bytes,
     }
     channel_args.update(parse_channel_arguments(options.channel_arguments))
+    receive_limit = channel_args["grpc.max_receive_message_length"]
+    max_tensor_bytes = (
+        receive_limit if isinstance(receive_limit, int) and receive_limit > 0 else 2**31 - 1
+    )
     executor = concurrent.futures.ThreadPoolExecutor(
         max_workers=max(1, options.max_threads), thread_name_prefix="pyserving-grpc"
     )
     server = grpc.server(executor, options=list(channel_args.items()))
     try:
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(serving), server
+            PredictionServicer(serving, max_tensor_bytes=max_tensor_bytes), server
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(serving), server)
         health_servicer: health.HealthServicer | None = None

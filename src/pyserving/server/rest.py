@@ -89,8 +89,15 @@ class RestResponse:
 
 
 def error_response(error: ServingError) -> RestResponse:
+    """``{"error": message}`` with the error's HTTP status. A message quoting what a client
+    sent may hold text that is not valid UTF-8 (lone surrogates standing for invalid bytes);
+    those characters are written as backslash escapes, so the answer is always valid JSON."""
     status, body = error.to_http()
-    return RestResponse(status, orjson.dumps(body))
+    try:
+        return RestResponse(status, orjson.dumps(body))
+    except TypeError:
+        safe = {k: v.encode("utf-8", "backslashreplace").decode("utf-8") for k, v in body.items()}
+        return RestResponse(status, orjson.dumps(safe))
 
 
 #: Extra handlers on the REST port (metrics, health), by exact path, for GET.
@@ -251,7 +258,10 @@ def gunzip(data: bytes, limit: int | None = None) -> bytes:
 
 
 def _parse_json_object(payload: bytes) -> dict[str, Any]:
-    body = tensors.loads(payload)
+    try:
+        body = tensors.loads(payload)
+    except ValueError as exc:  # e.g. an integer literal past Python's 4300-digit limit
+        raise InvalidArgument(f"JSON Parse error: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidArgument("JSON Value not an object")
     return body
