@@ -221,6 +221,20 @@ def test_first_poll_again_after_base_path_changes(tmp_path: pathlib.Path) -> Non
     assert recorder.last == [5]
 
 
+def test_base_path_created_after_the_first_poll_is_checked_for_stability(
+    tmp_path: pathlib.Path,
+) -> None:
+    base = tmp_path / "later"
+    source, recorder = make_source(base)
+    source.poll_once()  # the base path does not exist yet: nothing emitted
+    assert recorder.calls == []
+    write_version(base, 1)
+    source.poll_once()  # not the first poll any more: version 1 waits one poll
+    assert recorder.last == []
+    source.poll_once()
+    assert recorder.last == [1]
+
+
 def test_listing_records_names_sizes_and_mtimes(tmp_path: pathlib.Path) -> None:
     path = write_version(tmp_path, 1)
     os.utime(path / "saved_model.pb", ns=(5, 7))

@@ -28,9 +28,10 @@ policy only once
 
 Exceptions, each deliberate:
 
-* The first successful poll of a servable (server start-up, or a model newly added to the
+* The first poll of a servable (server start-up, or a model newly added to the
   configuration) accepts complete versions at once: the repository is taken to be in place
-  when the server is pointed at it, and start-up is not delayed by a poll interval.
+  when the server is pointed at it, and start-up is not delayed by a poll interval. (If that
+  poll cannot read the base path, versions that show up later get no such exception.)
 * A version that stays incomplete (no marker) is accepted once its listing has been unchanged
   for ``INCOMPLETE_SETTLE_POLLS`` consecutive polls after the first sighting, so a directory
   that is not a SavedModel still ends in an error visible in model status (TF Serving's
@@ -293,6 +294,12 @@ class FileSystemStoragePathSource(Source[str]):
                     self._callback(servable.name, versions)
 
     def _scan(self, servable: ServableSourceConfig) -> list[ServableData[str]] | None:
+        known = self._candidates.get(servable.name)
+        # The first poll of a servable accepts complete versions at once, even if it fails:
+        # a base path that shows up later gets no such exception.
+        first = known is None or known[0] != servable.base_path
+        if first:
+            self._candidates[servable.name] = (servable.base_path, {})
         try:
             found = list_versions(servable.base_path)
         except OSError as exc:
@@ -319,10 +326,7 @@ class FileSystemStoragePathSource(Source[str]):
                     f"Servable {servable.name}: requested versions {missing} not found under "
                     f"{servable.base_path}",
                 )
-        known = self._candidates.get(servable.name)
-        first = known is None or known[0] != servable.base_path
-        candidates = {} if known is None or first else known[1]
-        candidates = {v: c for v, c in candidates.items() if v in found}
+        candidates = {v: c for v, c in self._candidates[servable.name][1].items() if v in found}
         self._candidates[servable.name] = (servable.base_path, candidates)
         accepted: list[int] = []
         for version in self._examination_order(policy, found):
