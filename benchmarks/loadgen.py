@@ -345,10 +345,12 @@ async def run_point(
     t0 = time.perf_counter()
     client0 = time.process_time()
     server0 = procstat.cpu_seconds(server_pid) if server_pid else None
+    machine = procstat.MachineCpu()
     await asyncio.sleep(max(0.0, state.window_end - time.perf_counter()))
     t1 = time.perf_counter()
     client1 = time.process_time()
     server1 = procstat.cpu_seconds(server_pid) if server_pid else None
+    machine_percent = machine.stop()
 
     _done, pending = await asyncio.wait(tasks, timeout=timeout)
     for task in pending:
@@ -382,6 +384,11 @@ async def run_point(
         )
         point["server_peak_rss_mb"] = memory["VmHWM"] / 2**20
         point["server_rss_mb"] = memory["VmRSS"] / 2**20
+    # CPU used by anything but the server and this client: other load on the machine.
+    point["other_cpu_percent"] = max(
+        0.0,
+        machine_percent - point["client_cpu_percent"] - point.get("server_cpu_percent", 0.0),
+    )
     return point
 
 

@@ -33,3 +33,34 @@ def memory_bytes(pid: int) -> dict[str, int]:
 def peak_rss_bytes(pid: int) -> int:
     """The process's peak resident set size (``VmHWM``), bytes."""
     return memory_bytes(pid)["VmHWM"]
+
+
+def machine_cpu_ticks() -> tuple[int, int]:
+    """``(busy, total)`` clock ticks of all CPUs together since boot, from ``/proc/stat``.
+
+    Busy is everything but idle and iowait (steal included: time the hypervisor gave to
+    someone else is time this machine did not get).
+    """
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
+    idle = fields[3] + fields[4]
+    return total - idle, total
+
+
+class MachineCpu:
+    """Machine-wide CPU use between :meth:`start` and :meth:`stop`, in percent of one core."""
+
+    def __init__(self) -> None:
+        self._start = machine_cpu_ticks()
+        self._cpus = os.cpu_count() or 1
+
+    def start(self) -> None:
+        self._start = machine_cpu_ticks()
+
+    def stop(self) -> float:
+        busy, total = machine_cpu_ticks()
+        d_total = total - self._start[1]
+        if d_total <= 0:
+            return 0.0
+        return 100.0 * self._cpus * (busy - self._start[0]) / d_total

@@ -222,6 +222,7 @@ def points_table(results: dict[str, Any]) -> str:
         "srv us/req",
         "srv peak MB",
         "client CPU%",
+        "other CPU%",
     ]
     rows = []
     for run in results.get("runs", []):
@@ -242,17 +243,57 @@ def points_table(results: dict[str, Any]) -> str:
                     _fmt(p.get("server_cpu_us_per_request"), 0),
                     _fmt(p.get("server_peak_rss_mb"), 0),
                     _fmt(p.get("client_cpu_percent"), 0),
+                    _fmt(p.get("other_cpu_percent"), 0),
                 ]
             )
     return _table(header, rows)
 
 
+#: Points where other processes used more than this (percent of one core) are flagged.
+NOISY_OTHER_CPU_PERCENT = 20.0
+
+
+def noisy_points(results: dict[str, Any]) -> list[str]:
+    """Points measured while something else used the machine's CPUs."""
+    noisy = []
+    for run in results.get("runs", []):
+        for p in run["points"]:
+            other = p.get("other_cpu_percent")
+            if other is not None and other > NOISY_OTHER_CPU_PERCENT:
+                noisy.append(
+                    f"{run['workload']}/{run['server']}/{run['protocol']}@{p['concurrency']}: "
+                    f"{other:.0f}%"
+                )
+    for workload, runtimes in results.get("inprocess", {}).items():
+        for runtime, batches in runtimes.items():
+            if not isinstance(batches, dict):
+                continue
+            for batch, p in batches.items():
+                other = p.get("other_cpu_percent")
+                if other is not None and other > NOISY_OTHER_CPU_PERCENT:
+                    noisy.append(f"in-process {workload}/{runtime}/batch {batch}: {other:.0f}%")
+    return noisy
+
+
 def inprocess_table(results: dict[str, Any]) -> str:
     """The in-process limit: one line per workload, runtime and batch size."""
-    header = ["workload", "runtime", "batch", "calls/s", "rows/s", "p50 ms", "p99 ms", "CPU%"]
+    header = [
+        "workload",
+        "runtime",
+        "batch",
+        "calls/s",
+        "rows/s",
+        "p50 ms",
+        "p99 ms",
+        "CPU%",
+        "other CPU%",
+        "mean batch",
+    ]
     rows = []
     for workload, runtimes in results.get("inprocess", {}).items():
         for runtime, batches in runtimes.items():
+            if not isinstance(batches, dict):
+                continue  # "attempts"
             for batch, p in batches.items():
                 rows.append(
                     [
@@ -264,6 +305,8 @@ def inprocess_table(results: dict[str, Any]) -> str:
                         _fmt(p["latency_ms"]["p50"], 3),
                         _fmt(p["latency_ms"]["p99"], 3),
                         _fmt(p["cpu_percent"], 0),
+                        _fmt(p.get("other_cpu_percent"), 0),
+                        _fmt(p.get("mean_batch_rows"), 1),
                     ]
                 )
     return _table(header, rows)
@@ -314,6 +357,12 @@ def render_text(results: dict[str, Any]) -> str:
         parts.append("In-process limit\n" + inprocess_table(results))
     if results.get("targets"):
         parts.append("Targets (ratios measured in this run)\n" + targets_table(results))
+    noisy = noisy_points(results)
+    if noisy:
+        parts.append(
+            f"Noisy: other processes used more than {NOISY_OTHER_CPU_PERCENT:g}% of a core "
+            "during these points (rerun when the machine is quiet):\n  " + "\n  ".join(noisy)
+        )
     return "\n\n".join(parts) + "\n"
 
 

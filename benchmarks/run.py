@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import importlib.metadata
 import json
 import os
@@ -28,10 +29,11 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks import models, report, servers
+from benchmarks import models, procstat, report, servers
 
 #: Batching parameters of the ``pyserving-batching*`` configurations (BatchingParameters).
 BATCHING_PARAMETERS = """\
@@ -97,6 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workloads", default=None, help="half_plus_two,mlp")
     parser.add_argument("--protocols", default="rest,grpc")
     parser.add_argument(
+        "--retries",
+        type=int,
+        default=None,
+        help="repeats of a measurement disturbed by other processes (default 2; quick 0)",
+    )
+    parser.add_argument(
         "--models-dir", type=pathlib.Path, default=None, help="MLP export cache (<out>/models)"
     )
     for name, what in (
@@ -126,6 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, name, not quick)
     if args.chart is None:
         args.chart = True
+    if args.retries is None:
+        args.retries = 0 if quick else 2
     unknown = set(args.workloads) - {"half_plus_two", "mlp"}
     if unknown:
         parser.error(f"unknown workloads: {sorted(unknown)}")
@@ -138,6 +148,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+#: A machine using more than this (percent of one core) is not quiet enough to measure on.
+QUIET_BUSY_PERCENT = 30.0
+
+
+def wait_quiet(max_wait: float = 120.0) -> dict[str, float]:
+    """Wait (at most ``max_wait`` s) until the machine is idle before a measurement.
+
+    Other engineers' test suites share the machine; a measurement taken while they run is
+    noise. Samples one-second windows of ``/proc/stat``; returns how long it waited and the
+    last window's machine-wide CPU use (percent of one core).
+    """
+    start = time.monotonic()
+    while True:
+        window = procstat.MachineCpu()
+        time.sleep(1.0)
+        busy = window.stop()
+        waited = time.monotonic() - start
+        if busy < QUIET_BUSY_PERCENT or waited >= max_wait:
+            if busy >= QUIET_BUSY_PERCENT:
+                _say(f"warning: the machine is still busy ({busy:.0f}% of a core); measuring")
+            return {"waited_s": waited, "busy_percent": busy}
+
+
+def _max_other_cpu(doc: dict[str, Any]) -> float:
+    """The most CPU other processes used during any point of ``doc`` (percent of a core)."""
+    values = [0.0]
+    for point in doc.get("points", []):
+        values.append(float(point.get("other_cpu_percent") or 0.0))
+    for key, value in doc.items():
+        if key in ("function", "session", "scheduler"):
+            values.extend(float(p.get("other_cpu_percent") or 0.0) for p in value.values())
+    return max(values)
+
+
+def measure_quietly(measure: Callable[[], dict[str, Any]], retries: int) -> dict[str, Any]:
+    """Run ``measure``; while other processes disturbed it, wait for quiet and measure again.
+
+    At most ``retries`` repeats; the least disturbed attempt is kept, with ``attempts`` set.
+    """
+    best: dict[str, Any] | None = None
+    for attempt in range(retries + 1):
+        if attempt:
+            _say(f"  other processes used the CPUs; measuring again (attempt {attempt + 1})")
+            wait_quiet(max_wait=300.0)
+        doc = measure()
+        if best is None or _max_other_cpu(doc) < _max_other_cpu(best):
+            best = doc
+        if _max_other_cpu(doc) <= report.NOISY_OTHER_CPU_PERCENT:
+            break
+    assert best is not None
+    best["attempts"] = attempt + 1
+    return best
 
 
 def run_loadgen(
@@ -179,7 +243,10 @@ def run_loadgen(
 
 
 def run_inprocess(
-    workload: models.Workload, payload_file: pathlib.Path, args: argparse.Namespace
+    workload: models.Workload,
+    payload_file: pathlib.Path,
+    args: argparse.Namespace,
+    batching_file: pathlib.Path | None = None,
 ) -> dict[str, Any]:
     """The in-process limit of ``workload`` (its own process)."""
     command = [
@@ -192,13 +259,18 @@ def run_inprocess(
         f"--duration={args.duration}",
         f"--warmup={args.warmup}",
     ]
+    if batching_file is not None:
+        command += [
+            f"--batching_parameters={batching_file}",
+            f"--scheduler_callers={report.BATCHING_CONCURRENCY}",
+        ]
     done = subprocess.run(
         command,
         cwd=servers.ROOT,
         env=servers.child_env(),
         capture_output=True,
         text=True,
-        timeout=300 + 4 * (args.duration + args.warmup),
+        timeout=300 + 5 * (args.duration + args.warmup),
         check=False,
     )
     if done.returncode != 0:
@@ -311,9 +383,15 @@ def main(argv: list[str] | None = None) -> int:
         levels = sorted({1, max(args.concurrency)})
         for protocol in args.protocols:
             _say(f"calibration: load generator against a trivial {protocol} endpoint")
+            wait_quiet()
             with servers.trivial_server(protocol, work / f"trivial-{protocol}.log") as trivial_srv:
                 port = trivial_srv.rest_port or trivial_srv.grpc_port
-                doc = run_loadgen(protocol, port, trivial_payload, args, trivial_srv.pid, levels)
+                doc = measure_quietly(
+                    functools.partial(
+                        run_loadgen, protocol, port, trivial_payload, args, trivial_srv.pid, levels
+                    ),
+                    args.retries,
+                )
             results["calibration"][protocol] = {"points": doc["points"]}
 
     for workload in workloads:
@@ -333,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                 rest_port=rest_port,
                 grpc_port=grpc_port,
             )
+            quiet = wait_quiet()
             _say(f"{workload.name}: starting {config.label}")
             first = len(results["runs"])
             with servers.running(server, workload.name):
@@ -343,7 +422,12 @@ def main(argv: list[str] | None = None) -> int:
                         f"{workload.name}: {config.label} {protocol} at concurrency "
                         f"{','.join(map(str, args.concurrency))}"
                     )
-                    doc = run_loadgen(protocol, port, payloads[workload.name], args, server.pid)
+                    doc = measure_quietly(
+                        functools.partial(
+                            run_loadgen, protocol, port, payloads[workload.name], args, server.pid
+                        ),
+                        args.retries,
+                    )
                     results["runs"].append(
                         {
                             "workload": workload.name,
@@ -351,7 +435,9 @@ def main(argv: list[str] | None = None) -> int:
                             "protocol": protocol,
                             "flags": list(config.flags),
                             "startup_s": server.startup_s,
+                            "quiet_before": quiet,
                             "points": doc["points"],
+                            "attempts": doc["attempts"],
                         }
                     )
             status = server.process.returncode if server.process else None
@@ -361,8 +447,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.inprocess:
         for workload in workloads:
             _say(f"{workload.name}: in-process limit")
-            results["inprocess"][workload.name] = run_inprocess(
-                workload, payloads[workload.name], args
+            wait_quiet()
+            results["inprocess"][workload.name] = measure_quietly(
+                functools.partial(
+                    run_inprocess,
+                    workload,
+                    payloads[workload.name],
+                    args,
+                    batching_file if workload.name == "mlp" and args.batching else None,
+                ),
+                args.retries,
             )
 
     results["targets"] = report.compute_targets(results)
