@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyserving.cli import ParsedFlags, UsageError, not_implemented_flags
 from pyserving.config import ConfigError, load_model_server_config, single_model_config
@@ -27,6 +27,9 @@ from pyserving.server.health import install_health_routes, is_ready
 from pyserving.server.logs import configure_logging, log_transition
 from pyserving.server.metrics import CONTENT_TYPE, ServerMetrics
 from pyserving.server.service import ModelServing
+
+if TYPE_CHECKING:  # grpc is imported only when the gRPC server starts
+    from pyserving.server.grpc_server import GrpcTls
 
 log = logging.getLogger("pyserving")
 
@@ -61,7 +64,7 @@ class ServerOptions:
     rest_ssl_certfile: str = ""
     rest_ssl_keyfile: str = ""
     #: TLS for gRPC (``--ssl_config_file``); None = plaintext.
-    grpc_tls: Any = None
+    grpc_tls: GrpcTls | None = None
 
 
 def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
@@ -194,7 +197,7 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
     )
 
 
-def _grpc_tls(ssl_config_file: str) -> Any:
+def _grpc_tls(ssl_config_file: str) -> GrpcTls | None:
     """The gRPC TLS settings of ``--ssl_config_file`` (None when unset); ``UsageError``."""
     if not ssl_config_file:
         return None
