@@ -92,3 +92,21 @@ def test_every_flag_has_a_unique_name_and_help() -> None:
     names = [f.name for f in FLAGS]
     assert len(names) == len(set(names))
     assert all(f.help for f in FLAGS)
+
+
+def test_batching_raises_request_thread_defaults(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from pyserving.server.app import server_options_from_flags
+
+    params = tmp_path / "batching.config"
+    params.write_text("max_batch_size { value: 64 }")
+    base = [
+        "--model_base_path=/models/m",
+        "--enable_batching",
+        f"--batching_parameters_file={params}",
+    ]
+    options = server_options_from_flags(parse_flags(base))
+    assert (options.rest_num_threads, options.grpc_max_threads) == (128, 128)
+    explicit = server_options_from_flags(parse_flags([*base, "--rest_api_num_threads=3"]))
+    assert explicit.rest_num_threads == 3
+    plain = server_options_from_flags(parse_flags(["--model_base_path=/models/m"]))
+    assert plain.rest_num_threads == parse_flags([]).rest_api_num_threads

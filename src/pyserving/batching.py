@@ -132,6 +132,7 @@ class BatchScheduler:
         self.options = options
         self._observer = observer
         self._queues: dict[tuple[Any, ...], collections.deque[tuple[_Task, float]]] = {}
+        self._rows_by_key: dict[tuple[Any, ...], int] = {}
         self._queued_rows = 0
         self._cond = threading.Condition()
         self._closed = False
@@ -161,9 +162,15 @@ class BatchScheduler:
                 raise Unavailable(
                     "The batch scheduling queue to which this task was submitted is full"
                 )
-            self._queues.setdefault(key, collections.deque()).append((task, time.monotonic()))
+            queue = self._queues.setdefault(key, collections.deque())
+            queue.append((task, time.monotonic()))
             self._queued_rows += rows
-            self._cond.notify()
+            key_rows = self._rows_by_key.get(key, 0) + rows
+            self._rows_by_key[key] = key_rows
+            # Wake a batch thread only when there is news for it: new work, or a full batch.
+            # (Waking on every request costs a GIL hand-off and a rescan per request.)
+            if len(queue) == 1 or key_rows >= self.options.max_batch_size:
+                self._cond.notify()
         task.done.wait()
         if task.error is not None:
             raise task.error
@@ -189,7 +196,7 @@ class BatchScheduler:
                     continue
                 oldest, key = min(ready)
                 queue = self._queues[key]
-                rows = sum(t.rows for t, _ in queue)
+                rows = self._rows_by_key[key]
                 wait = oldest + timeout - time.monotonic()
                 if rows < opts.max_batch_size and wait > 0:
                     self._cond.wait(wait)
@@ -201,8 +208,12 @@ class BatchScheduler:
                     batch.append(task)
                     size += task.rows
                 self._queued_rows -= size
+                self._rows_by_key[key] -= size
                 if not queue:
                     del self._queues[key]
+                    del self._rows_by_key[key]
+                if any(self._queues.values()):
+                    self._cond.notify()  # more work is waiting: hand it to another thread
                 return batch, oldest
 
     def _worker(self) -> None:
@@ -243,6 +254,7 @@ class BatchScheduler:
             self._closed = True
             pending = [t for q in self._queues.values() for t, _ in q]
             self._queues.clear()
+            self._rows_by_key.clear()
             self._cond.notify_all()
         for task in pending:
             task.error = Unavailable("The batch scheduler is shutting down")
