@@ -329,7 +329,10 @@ class RestApp:
             response = error_response(exc)
         else:
             response = await self._respond(method, path, headers, body)
-        out_headers = [(b"content-type", response.content_type)]
+        out_headers = [
+            (b"content-type", response.content_type),
+            (b"content-length", str(len(response.body)).encode()),
+        ]
         if self.enable_cors:
             out_headers.extend(_CORS_HEADERS)
         await send(
