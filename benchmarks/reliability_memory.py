@@ -23,7 +23,6 @@ import gc
 import json
 import os
 import pathlib
-import shutil
 import sys
 import tempfile
 import time
@@ -48,17 +47,6 @@ def rss_bytes() -> int:
     raise RuntimeError("VmRSS not found in /proc/self/status")
 
 
-def publish(model: pathlib.Path, base: pathlib.Path, version: int) -> None:
-    """Copy ``model`` to ``base/<version>`` via a staging directory and a rename."""
-    staging = base / f".staging-{version}"
-    shutil.copytree(model, staging, copy_function=shutil.copyfile)
-    for root, dirs, _files in os.walk(staging):
-        for d in dirs:
-            os.chmod(os.path.join(root, d), 0o755)
-    os.chmod(staging, 0o755)
-    staging.rename(base / str(version))
-
-
 def export_big_model(path: pathlib.Path, variables_mib: int) -> pathlib.Path:
     """A SavedModel (y = x / 2 + 2, input ``x`` [-1, 1] float) holding a variable of
     ``variables_mib`` MiB that every prediction reads."""
@@ -81,9 +69,9 @@ def run(cycles: int, model: pathlib.Path, requests_per_cycle: int = 20) -> dict[
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
 
+    from benchmarks.versions import publish, swap_version
     from pyserving.config import single_model_config
     from pyserving.core.manager import ManagerOptions
-    from pyserving.core.monitor import ManagerState, ServableStateMonitor
     from pyserving.server.core import ServerCore, ServerCoreOptions
     from pyserving.server.service import ModelServing, ModelSpec
 
@@ -106,19 +94,7 @@ def run(cycles: int, model: pathlib.Path, requests_per_cycle: int = 20) -> dict[
             for cycle in range(1, cycles + 1):
                 old, new = cycle, cycle + 1
                 start = time.monotonic()
-                publish(model, base, new)
-                shutil.rmtree(base / str(old))
-                core.reload_config(config)
-
-                def swapped(m: ServableStateMonitor, old: int = old, new: int = new) -> bool:
-                    states = m.get_version_states("m")
-                    return (
-                        new in states
-                        and states[new].state is ManagerState.AVAILABLE
-                        and states[old].state is ManagerState.END
-                    )
-
-                if not core.monitor.wait_for(swapped, timeout=120):
+                if not swap_version(core, config, model, base, old, new):
                     raise RuntimeError(f"cycle {cycle}: version {new} did not replace {old}")
                 for _ in range(requests_per_cycle):
                     serving.predict(ModelSpec("m"), lambda _sig: inputs)

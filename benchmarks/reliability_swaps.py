@@ -30,6 +30,8 @@ import threading
 import time
 from typing import Any
 
+from benchmarks.versions import publish
+
 _DEFAULT_MODEL = (
     pathlib.Path(__file__).resolve().parents[2]
     / "shared"
@@ -45,16 +47,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def publish(model: pathlib.Path, base: pathlib.Path, version: int) -> None:
-    staging = base / f".staging-{version}"
-    shutil.copytree(model, staging, copy_function=shutil.copyfile)
-    for root, dirs, _files in os.walk(staging):
-        for d in dirs:
-            os.chmod(os.path.join(root, d), 0o755)
-    os.chmod(staging, 0o755)
-    staging.rename(base / str(version))
 
 
 class Client(threading.Thread):

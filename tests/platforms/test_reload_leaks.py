@@ -9,31 +9,19 @@ in ``benchmarks/reliability_memory.py``; this test checks references, not bytes.
 from __future__ import annotations
 
 import gc
-import os
 import pathlib
-import shutil
 import weakref
 from typing import Any
 
 import numpy as np
+from benchmarks.versions import publish, swap_version
 
 from pyserving.config import single_model_config
 from pyserving.core.manager import ManagerOptions
-from pyserving.core.monitor import ManagerState, ServableStateMonitor
 from pyserving.server.core import ServerCore, ServerCoreOptions
 from pyserving.server.service import ModelServing, ModelSpec
 
 CYCLES = 5
-
-
-def publish(model: pathlib.Path, base: pathlib.Path, version: int) -> None:
-    staging = base / f".staging-{version}"
-    shutil.copytree(model, staging, copy_function=shutil.copyfile)
-    for root, dirs, _files in os.walk(staging):
-        for d in dirs:
-            os.chmod(os.path.join(root, d), 0o755)
-    os.chmod(staging, 0o755)
-    staging.rename(base / str(version))
 
 
 def weak_parts(core: ServerCore, version: int) -> dict[str, weakref.ref[Any]]:
@@ -78,19 +66,7 @@ def test_unloaded_versions_are_garbage_collected(
             refs = weak_parts(core, old)
             assert any(name.startswith("callable") for name in refs)
             del result
-            publish(model, base, new)
-            shutil.rmtree(base / str(old))
-            core.reload_config(config)
-
-            def swapped(m: ServableStateMonitor, old: int = old, new: int = new) -> bool:
-                states = m.get_version_states("m")
-                return (
-                    new in states
-                    and states[new].state is ManagerState.AVAILABLE
-                    and states[old].state is ManagerState.END
-                )
-
-            assert core.monitor.wait_for(swapped, timeout=60)
+            assert swap_version(core, config, model, base, old, new, timeout=60)
             assert core.manager.wait_until_idle(timeout=60)
             gc.collect()
             alive = sorted(name for name, ref in refs.items() if ref() is not None)
