@@ -55,6 +55,7 @@ RECEIVE_WINDOW = (1 << 31) - 1
 #: The server's frame size limit until it says otherwise (RFC 9113 default).
 DEFAULT_MAX_FRAME = 16384
 
+
 def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
     return (
         struct.pack(">I", len(payload))[1:]
@@ -116,7 +117,7 @@ class GrpcCallError(Exception):
 
 
 class _Call:
-    __slots__ = ("future", "data", "headers_seen", "pending", "send_window")
+    __slots__ = ("data", "future", "headers_seen", "pending", "send_window")
 
     def __init__(self, future: asyncio.Future[bytes], send_window: int) -> None:
         self.future = future
@@ -201,14 +202,12 @@ class GrpcConnection(asyncio.Protocol):
             call = self._calls.get(stream)
             if payload and self._transport is not None:
                 # Give the bytes back to the connection window at once.
-                self._transport.write(
-                    _frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", len(payload)))
-                )
+                self._transport.write(_frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", len(payload))))
             if call is not None:
                 call.data.append(payload)
                 if flags & END_STREAM:
                     self._finish(stream, {})
-        elif kind == HEADERS or kind == CONTINUATION:
+        elif kind in (HEADERS, CONTINUATION):
             if kind == HEADERS:
                 if flags & PADDED:
                     payload = payload[1 : len(payload) - payload[0]]

@@ -75,7 +75,12 @@ FLAGS: tuple[Flag, ...] = (
     Flag("tensorflow_session_parallelism", int, 0, "Threads for TensorFlow ops (0 = auto)"),
     Flag("tensorflow_session_config_file", str, "", "ConfigProto for sessions", False),
     Flag("tensorflow_intra_op_parallelism", int, 0, "TensorFlow intra-op threads (0 = auto)"),
-    Flag("tensorflow_inter_op_parallelism", int, 0, "TensorFlow inter-op threads (0 = run ops in the request thread)"),
+    Flag(
+        "tensorflow_inter_op_parallelism",
+        int,
+        0,
+        "TensorFlow inter-op threads (0 = run ops in the request thread)",
+    ),
     Flag("use_alts_credentials", bool, False, "Use ALTS credentials", False),
     Flag("ssl_config_file", str, "", "SSLConfig text proto for gRPC"),
     Flag("platform_config_file", str, "", "PlatformConfigMap text proto", False),
