@@ -13,8 +13,11 @@ measured requests. The server's peak RSS (``VmHWM``) is read at the end of the p
 
 REST: a raw asyncio client on uvloop, one keep-alive HTTP/1.1 connection per worker, the
 request bytes built once, responses parsed by ``httptools`` (content-length and chunked
-bodies). gRPC: ``grpc.aio`` with the official ``PredictionService`` stub, all workers
-sharing one channel (HTTP/2 streams), as TF Serving clients do.
+bodies). gRPC (``--grpc-client raw``, the default): the same kind of client for HTTP/2
+(:mod:`benchmarks.h2grpc`), all workers sharing one connection (one stream per call), the
+request serialized once; ``--grpc-client stub``: ``grpc.aio`` with the official
+``PredictionService`` stub on one channel, as TF Serving clients do. The stub client costs
+ten times the CPU per call of the raw one, CPU the server then lacks on a shared machine.
 
 Answers are checked against the payload's expected output: the first answer of each worker
 and every 64th one after it (a wrong answer counts as an error). Nothing here sleeps between
@@ -242,13 +245,10 @@ def rest_worker_factory(
 # ------------------------------------------------------------------------------------------
 
 
-def grpc_worker_factory(
-    host: str, port: int, payload: Payload
-) -> tuple[Callable[[PointState, float], Awaitable[None]], Callable[[], Awaitable[None]]]:
-    """Build the gRPC worker coroutine function and a closer for its channel."""
-    import grpc
+def grpc_request(payload: Payload) -> Any:
+    """The ``PredictRequest`` carrying the payload's rows as one float ``TensorProto``."""
     from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import predict_pb2
 
     rows = np.asarray(payload.rows, np.float32)
     request = predict_pb2.PredictRequest()
@@ -262,12 +262,11 @@ def grpc_worker_factory(
     )
     tensor.float_val.extend(rows.ravel().tolist())
     request.inputs[payload.input_name].CopyFrom(tensor)
-    options = [
-        ("grpc.max_send_message_length", 64 << 20),
-        ("grpc.max_receive_message_length", 64 << 20),
-    ]
-    channel = grpc.aio.insecure_channel(f"{host}:{port}", options=options)
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    return request
+
+
+def grpc_checker(payload: Payload) -> Callable[[Any], str | None]:
+    """Compare a ``PredictResponse`` with the payload's expected output."""
 
     def check(response: Any) -> str | None:
         if payload.expected is None:
@@ -281,6 +280,25 @@ def grpc_worker_factory(
         else:
             got = np.asarray(out.float_val, np.float32).reshape(shape)
         return payload.check(got)
+
+    return check
+
+
+def grpc_stub_worker_factory(
+    host: str, port: int, payload: Payload
+) -> tuple[Callable[[PointState, float], Awaitable[None]], Callable[[], Awaitable[None]]]:
+    """Workers using the official stubs (``grpc.aio``, one shared channel), and a closer."""
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    request = grpc_request(payload)
+    check = grpc_checker(payload)
+    options = [
+        ("grpc.max_send_message_length", 64 << 20),
+        ("grpc.max_receive_message_length", 64 << 20),
+    ]
+    channel = grpc.aio.insecure_channel(f"{host}:{port}", options=options)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
     async def worker(state: PointState, deadline: float) -> None:
         n = 0
@@ -305,6 +323,73 @@ def grpc_worker_factory(
 
     async def close() -> None:
         await channel.close()
+
+    return worker, close
+
+
+def grpc_raw_worker_factory(
+    host: str, port: int, payload: Payload
+) -> tuple[Callable[[PointState, float], Awaitable[None]], Callable[[], Awaitable[None]]]:
+    """Workers on one raw HTTP/2 connection (:mod:`benchmarks.h2grpc`), and a closer.
+
+    All workers share the connection (one stream per call), as with the stub client's
+    channel; the request message is serialized once.
+    """
+    from tensorflow_serving.apis import predict_pb2
+
+    from benchmarks.h2grpc import GrpcCallError, GrpcConnection
+
+    message = grpc_request(payload).SerializeToString()
+    check = grpc_checker(payload)
+    method = "/tensorflow.serving.PredictionService/Predict"
+    lock = asyncio.Lock()
+    conn: GrpcConnection | None = None
+
+    async def connection() -> GrpcConnection:
+        nonlocal conn
+        async with lock:
+            if conn is None or not conn.usable:
+                conn = await GrpcConnection.open(host, port)
+            return conn
+
+    async def worker(state: PointState, deadline: float) -> None:
+        n = 0
+        prepared: tuple[bytes, bytes] | None = None
+        while time.perf_counter() < deadline:
+            try:
+                c = await connection()
+            except OSError as exc:
+                state.error(f"connect: {exc}")
+                await asyncio.sleep(0.01)
+                continue
+            if prepared is None:
+                prepared = c.prepare(method, message)
+            start = time.perf_counter()
+            try:
+                answer = await c.call(prepared)
+            except GrpcCallError as exc:
+                state.error(f"grpc-status {exc.status}: {exc.message}")
+                if exc.status == 14:
+                    await asyncio.sleep(0.01)
+                continue
+            end = time.perf_counter()
+            if n % VALIDATE_EVERY == 0:
+                try:
+                    response = predict_pb2.PredictResponse.FromString(answer)
+                except Exception as exc:  # a malformed answer is an error of the point
+                    state.error(f"bad answer ({exc})")
+                    continue
+                problem = check(response)
+                state.validated += 1
+                if problem is not None:
+                    state.error(problem)
+                    continue
+            n += 1
+            state.done(start, end)
+
+    async def close() -> None:
+        if conn is not None:
+            conn.close()
 
     return worker, close
 
@@ -399,8 +484,10 @@ async def run_points(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.protocol == "rest":
         path = args.path or f"/v1/models/{payload.model_name}:predict"
         worker = rest_worker_factory(args.host, args.port, payload, path)
+    elif args.grpc_client == "stub":
+        worker, close = grpc_stub_worker_factory(args.host, args.port, payload)
     else:
-        worker, close = grpc_worker_factory(args.host, args.port, payload)
+        worker, close = grpc_raw_worker_factory(args.host, args.port, payload)
     points = []
     try:
         for concurrency in args.concurrency:
@@ -440,6 +527,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds/point")
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--server-pid", type=int, default=0)
+    parser.add_argument(
+        "--grpc-client",
+        choices=("raw", "stub"),
+        default="raw",
+        help="gRPC client: raw HTTP/2 frames (default) or the official grpcio stubs",
+    )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -451,16 +544,17 @@ def main(argv: list[str] | None = None) -> int:
     """Run the points and print ``{"protocol": ..., "points": [...]}`` as JSON."""
     args = parse_args(argv)
     started = time.time()
-    if args.protocol == "rest":
+    if args.protocol == "grpc" and args.grpc_client == "stub":
+        # grpc.aio runs on the standard event loop.
+        points = asyncio.run(run_points(args))
+    else:
         import uvloop
 
         points = uvloop.run(run_points(args))
-    else:
-        # grpc.aio runs on the standard event loop.
-        points = asyncio.run(run_points(args))
     json.dump(
         {
             "protocol": args.protocol,
+            "grpc_client": args.grpc_client if args.protocol == "grpc" else None,
             "pid": os.getpid(),
             "started": started,
             "points": points,

@@ -5,9 +5,10 @@ One run, in this order (nothing heavy ever runs at the same time as a measuremen
 1. the load generator against trivial REST and gRPC endpoints (what the client can drive);
 2. for each workload (``half_plus_two``, ``mlp``) and each server configuration, the server
    is started alone, the load generator runs every concurrency level over REST and then
-   gRPC, and the server is stopped. Configurations: ``pyserving`` (default flags),
-   ``pyserving-batching`` and ``pyserving-batching-8threads`` (``mlp`` only; see
-   :data:`BATCHING_PARAMETERS`) and ``fastapi`` (REST only);
+   gRPC (raw HTTP/2 client; for ``half_plus_two`` also ``grpc-stub``, the official
+   stubs), and the server is stopped. Configurations: ``pyserving`` (default flags),
+   ``pyserving-batching`` (``mlp`` only; see :data:`BATCHING_PARAMETERS`) and ``fastapi``
+   (REST only);
 3. the in-process limit of each workload.
 
 It prints a table and the targets' ratios and writes ``bench-<stamp>.json`` and
@@ -43,9 +44,8 @@ max_enqueued_batches { value: 100 }
 num_batch_threads { value: 1 }
 """
 
-#: Extra flags of ``pyserving-batching``: enough request threads for a full batch of 32 at
-#: concurrency 32 and 64 (every waiting request holds one thread; the default is 4 x cores).
-BATCHING_THREAD_FLAGS = ("--rest_api_num_threads=64", "--grpc_max_threads=64")
+#: The pseudo-protocol of gRPC measured with the official stubs instead of the raw client.
+GRPC_STUB = "grpc-stub"
 
 DEFAULT_CONCURRENCY = (1, 8, 32, 64)
 QUICK_CONCURRENCY = (1, 2)
@@ -66,17 +66,13 @@ def server_configs(
 ) -> list[ServerConfig]:
     """The configurations measured for ``workload``."""
     protocols = tuple(args.protocols)
-    configs = [ServerConfig(report.PYSERVING, "pyserving", protocols)]
+    plain = protocols
+    if "grpc" in protocols and workload == "half_plus_two" and args.stub_client:
+        plain = (*protocols, GRPC_STUB)
+    configs = [ServerConfig(report.PYSERVING, "pyserving", plain)]
     if workload == "mlp" and args.batching:
         batching = ("--enable_batching", f"--batching_parameters_file={batching_file}")
-        configs.append(
-            ServerConfig(
-                report.PYSERVING_BATCHING, "pyserving", protocols, batching + BATCHING_THREAD_FLAGS
-            )
-        )
-        configs.append(
-            ServerConfig("pyserving-batching-8threads", "pyserving", protocols, batching)
-        )
+        configs.append(ServerConfig(report.PYSERVING_BATCHING, "pyserving", protocols, batching))
     if args.fastapi and "rest" in protocols:
         configs.append(ServerConfig(report.FASTAPI, "fastapi", ("rest",)))
     return configs
@@ -111,7 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("fastapi", "the FastAPI baseline"),
         ("inprocess", "the in-process limit"),
         ("calibration", "the load generator against trivial endpoints"),
-        ("batching", "the pyserving-batching configurations"),
+        ("batching", "the pyserving-batching configuration"),
+        ("stub_client", "gRPC also with the official stubs (calibration, half_plus_two)"),
         ("chart", "the PNG chart"),
     ):
         parser.add_argument(
@@ -129,7 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.concurrency = [int(c) for c in _csv(concurrency)]
     args.workloads = _csv(args.workloads or ("half_plus_two" if quick else "half_plus_two,mlp"))
     args.protocols = _csv(args.protocols)
-    for name in ("fastapi", "inprocess", "calibration", "batching"):
+    for name in ("fastapi", "inprocess", "calibration", "batching", "stub_client"):
         if getattr(args, name) is None:
             setattr(args, name, not quick)
     if args.chart is None:
@@ -214,11 +211,12 @@ def run_loadgen(
 ) -> dict[str, Any]:
     """Run the load generator in its own process and return its JSON document."""
     levels = concurrency or args.concurrency
+    client = ["--protocol=grpc", "--grpc-client=stub"] if protocol == GRPC_STUB else []
     command = [
         sys.executable,
         "-m",
         "benchmarks.loadgen",
-        f"--protocol={protocol}",
+        *(client or [f"--protocol={protocol}"]),
         f"--port={port}",
         f"--payload={payload_file}",
         f"--concurrency={','.join(str(c) for c in levels)}",
@@ -340,7 +338,6 @@ def _meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "protocols": args.protocols,
         "quick": args.quick,
         "batching_parameters": BATCHING_PARAMETERS,
-        "batching_thread_flags": list(BATCHING_THREAD_FLAGS),
     }
 
 
@@ -381,10 +378,14 @@ def main(argv: list[str] | None = None) -> int:
         trivial = dict(workloads[0].payload(), expected=None)
         trivial_payload.write_text(json.dumps(trivial))
         levels = sorted({1, max(args.concurrency)})
-        for protocol in args.protocols:
+        calibrated = list(args.protocols)
+        if "grpc" in calibrated and args.stub_client:
+            calibrated.append(GRPC_STUB)
+        for protocol in calibrated:
             _say(f"calibration: load generator against a trivial {protocol} endpoint")
             wait_quiet()
-            with servers.trivial_server(protocol, work / f"trivial-{protocol}.log") as trivial_srv:
+            kind = "grpc" if protocol == GRPC_STUB else protocol
+            with servers.trivial_server(kind, work / f"trivial-{protocol}.log") as trivial_srv:
                 port = trivial_srv.rest_port or trivial_srv.grpc_port
                 doc = measure_quietly(
                     functools.partial(
@@ -417,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             with servers.running(server, workload.name):
                 _say(f"{workload.name}: {config.label} ready in {server.startup_s:.1f} s")
                 for protocol in config.protocols:
-                    port = rest_port if protocol == "rest" else grpc_port
+                    port = rest_port if protocol == "rest" else grpc_port  # grpc, grpc-stub
                     _say(
                         f"{workload.name}: {config.label} {protocol} at concurrency "
                         f"{','.join(map(str, args.concurrency))}"
