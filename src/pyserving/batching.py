@@ -22,6 +22,10 @@ Semantics (TF Serving's BatchingParameters):
 Outputs must have the batch on dimension 0; a signature whose outputs do not is an error for
 every request in the batch. Thread-safe; ``close`` stops the threads and fails queued work.
 
+Two ways in: :meth:`BatchScheduler.submit` blocks the calling thread until its batch has
+run; :meth:`BatchScheduler.submit_future` returns a ``concurrent.futures.Future`` at once, so
+a caller on an event loop can await the answer without a thread waiting for it.
+
 :class:`BatchingServable` puts a scheduler in front of each signature of a servable, and
 :class:`BatchingLoader` wraps any Loader so the servable it hands out is batched.
 """
@@ -29,6 +33,7 @@ every request in the batch. Thread-safe; ``close`` stops the threads and fails q
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import itertools
 import logging
 import threading
@@ -104,14 +109,12 @@ class BatchingOptions:
 
 
 class _Task:
-    __slots__ = ("done", "error", "inputs", "outputs", "rows")
+    __slots__ = ("future", "inputs", "rows")
 
     def __init__(self, inputs: Tensors, rows: int) -> None:
         self.inputs = inputs
         self.rows = rows
-        self.done = threading.Event()
-        self.outputs: Tensors | None = None
-        self.error: ServingError | None = None
+        self.future: concurrent.futures.Future[Tensors] = concurrent.futures.Future()
 
 
 BatchObserver = Callable[[int, int, float], None]
@@ -149,10 +152,26 @@ class BatchScheduler:
 
     def submit(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
         """Run ``inputs`` as part of a batch and return this request's outputs (blocking)."""
+        return self.submit_future(inputs).result()
+
+    def submit_future(self, inputs: Mapping[str, np.ndarray]) -> concurrent.futures.Future[Tensors]:
+        """Queue ``inputs`` for a batch; the future resolves to this request's outputs.
+
+        Raises ``Unavailable`` at once when the queue is full or the scheduler is closed. A
+        request that cannot be batched (more rows than ``max_batch_size``, or inputs without
+        a common dimension 0) runs here, in the calling thread, and comes back done. The
+        future fails with the batch's ``ServingError`` (other exceptions become
+        ``Internal``); its callbacks run on a batch thread.
+        """
         tensors = {k: np.asarray(v) for k, v in inputs.items()}
         rows = _rows(tensors)
         if rows is None or rows > self.options.max_batch_size:
-            return self._run(tensors)
+            done: concurrent.futures.Future[Tensors] = concurrent.futures.Future()
+            try:
+                done.set_result(self._run(tensors))
+            except ServingError as exc:
+                done.set_exception(exc)
+            return done
         key = self._key(tensors)
         task = _Task(tensors, rows)
         with self._cond:
@@ -171,11 +190,7 @@ class BatchScheduler:
             # (Waking on every request costs a GIL hand-off and a rescan per request.)
             if len(queue) == 1 or key_rows >= self.options.max_batch_size:
                 self._cond.notify()
-        task.done.wait()
-        if task.error is not None:
-            raise task.error
-        assert task.outputs is not None
-        return task.outputs
+        return task.future
 
     def _key(self, tensors: Tensors) -> tuple[Any, ...]:
         if self.options.pad_variable_length_inputs:
@@ -205,8 +220,9 @@ class BatchScheduler:
                 size = 0
                 while queue and size + queue[0][0].rows <= opts.max_batch_size:
                     task, _ = queue.popleft()
-                    batch.append(task)
                     size += task.rows
+                    if task.future.set_running_or_notify_cancel():  # else: cancelled
+                        batch.append(task)
                 self._queued_rows -= size
                 self._rows_by_key[key] -= size
                 if not queue:
@@ -222,11 +238,14 @@ class BatchScheduler:
             if taken is None:
                 return
             batch, oldest = taken
-            self._execute(batch, time.monotonic() - oldest)
+            if batch:
+                self._execute(batch, time.monotonic() - oldest)
 
     def _execute(self, batch: Sequence[_Task], queued: float) -> None:
         rows = sum(t.rows for t in batch)
         padded = self.options.padded_size(rows)
+        error: ServingError | None = None
+        results: list[Tensors] = []
         try:
             merged = _merge([t.inputs for t in batch], padded - rows)
             if self._observer is not None:
@@ -234,17 +253,19 @@ class BatchScheduler:
             outputs = self._run(merged)
             offset = 0
             for task in batch:
-                task.outputs = _slice(outputs, offset, task.rows, padded)
+                results.append(_slice(outputs, offset, task.rows, padded))
                 offset += task.rows
         except ServingError as exc:
-            for task in batch:
-                task.error = exc
+            error = exc
         except Exception as exc:
             log.exception("batch of %d rows failed", rows)
+            error = Internal(f"{type(exc).__name__}: {exc}")
+        if error is not None:
             for task in batch:
-                task.error = Internal(f"{type(exc).__name__}: {exc}")
-        for task in batch:
-            task.done.set()
+                task.future.set_exception(error)
+        else:
+            for task, result in zip(batch, results, strict=True):
+                task.future.set_result(result)
 
     def close(self) -> None:
         """Stop the batch threads; queued requests fail with UNAVAILABLE. Idempotent."""
@@ -257,8 +278,8 @@ class BatchScheduler:
             self._rows_by_key.clear()
             self._cond.notify_all()
         for task in pending:
-            task.error = Unavailable("The batch scheduler is shutting down")
-            task.done.set()
+            if task.future.set_running_or_notify_cancel():
+                task.future.set_exception(Unavailable("The batch scheduler is shutting down"))
         for t in self._threads:
             t.join(timeout=10)
 
@@ -359,6 +380,15 @@ class BatchingServable:
         output_keys: Sequence[str] | None = None,
     ) -> dict[str, np.ndarray]:
         return self._scheduler(signature_name, output_keys).submit(inputs)
+
+    def run_future(
+        self,
+        signature_name: str,
+        inputs: Mapping[str, np.ndarray],
+        output_keys: Sequence[str] | None = None,
+    ) -> concurrent.futures.Future[Tensors]:
+        """As :meth:`run`, without waiting: see :meth:`BatchScheduler.submit_future`."""
+        return self._scheduler(signature_name, output_keys).submit_future(inputs)
 
     def close(self) -> None:
         """Stop every scheduler (idempotent)."""

@@ -56,6 +56,7 @@ __all__ = [
     "format_regress_response",
     "multi_inference",
     "predict",
+    "predict_signature",
     "regress",
     "rest_signature",
     "serialized_examples",
@@ -145,6 +146,18 @@ def predict(
         InvalidArgument: inputs that do not match the signature, unknown or repeated
             ``output_filter`` aliases, wrong dtypes, TF argument errors.
     """
+    name = predict_signature(servable, signature_name, check_method_name=check_method_name)
+    outputs = servable.run(name, inputs, list(output_filter) if output_filter else None)
+    return name, outputs
+
+
+def predict_signature(
+    servable: Servable, signature_name: str, *, check_method_name: bool = False
+) -> str:
+    """The checks :func:`predict` makes before running: the resolved signature name.
+
+    Raises ``FailedPrecondition`` / ``Internal`` as :func:`predict` does.
+    """
     name = _resolve(signature_name)
     signature = servable.signature_defs.get(name)
     if signature is None:
@@ -159,8 +172,7 @@ def predict(
             f"{{{PREDICT_METHOD_NAME}, {CLASSIFY_METHOD_NAME}, {REGRESS_METHOD_NAME}}}. "
             f"Was: {signature.method_name}"
         )
-    outputs = servable.run(name, inputs, list(output_filter) if output_filter else None)
-    return name, outputs
+    return name
 
 
 def find_signature(

@@ -9,7 +9,10 @@ Routes (TF Serving's, case-insensitive)::
 Errors answer ``{"error": "..."}`` with TF Serving's status mapping (see ``errors.py``).
 Request bodies may be gzip-encoded. The work of a request (JSON decoding, the model run,
 JSON encoding) happens on a bounded thread pool (``rest_api_num_threads``), never on the
-event loop; ``rest_api_timeout_in_ms`` bounds how long a client waits.
+event loop; ``rest_api_timeout_in_ms`` bounds how long a client waits. A predict request
+for a batching model is the exception: the pool thread decodes it and queues it for its
+batch, then is free; the event loop awaits the batch's answer and encodes it, so a request
+waiting for its batch holds no thread.
 
 Request size (``--rest_api_max_body_bytes``): a body longer than the limit, as declared by
 ``Content-Length`` or as received, is answered ``413 {"error": ...}`` without reading the
@@ -27,10 +30,11 @@ import asyncio
 import concurrent.futures
 import logging
 import re
+import time
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from google.protobuf import json_format
@@ -44,10 +48,11 @@ from pyserving.errors import (
     ResourceExhausted,
     ServingError,
 )
-from pyserving.server.service import ModelServing, ModelSpec
+from pyserving.server.service import ModelServing, ModelSpec, PredictResult
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -100,8 +105,35 @@ def error_response(error: ServingError) -> RestResponse:
         return RestResponse(status, orjson.dumps(safe))
 
 
+@dataclass(frozen=True)
+class PendingResponse:
+    """A predict request queued for its batch: ``future`` resolves to its result, which
+    :meth:`finish` turns into the response (an error response for a failed future)."""
+
+    future: concurrent.futures.Future[PredictResult]
+    encode: Callable[[PredictResult], RestResponse]
+    method: str
+    path: str
+
+    def finish(self) -> RestResponse:
+        """The response of the completed future (call only once it is done)."""
+        return _guarded(self.method, self.path, lambda: self.encode(self.future.result()))
+
+
 #: Extra handlers on the REST port (metrics, health), by exact path, for GET.
 ExtraRoute = Callable[[], RestResponse]
+
+
+def _guarded(method: str, path: str, work: Callable[[], T]) -> T | RestResponse:
+    """``work()``, with errors turned into error responses (a bug must not take the server
+    down: anything but a ``ServingError`` is logged and answers as an internal error)."""
+    try:
+        return work()
+    except ServingError as exc:
+        return error_response(exc)
+    except Exception as exc:
+        log.exception("REST request %s %s failed", method, path)
+        return error_response(ServingError(f"Internal error: {type(exc).__name__}: {exc}"))
 
 
 class RestHandler:
@@ -118,17 +150,22 @@ class RestHandler:
     def handle(
         self, method: str, path: str, headers: dict[bytes, bytes], body: bytes
     ) -> RestResponse:
-        try:
-            return self._dispatch(method, path, headers, body)
-        except ServingError as exc:
-            return error_response(exc)
-        except Exception as exc:  # a bug must not take the server down
-            log.exception("REST request %s %s failed", method, path)
-            return error_response(ServingError(f"Internal error: {type(exc).__name__}: {exc}"))
+        """The response, once complete (waits for a batched request's batch)."""
+        response = self.start(method, path, headers, body)
+        if isinstance(response, PendingResponse):
+            concurrent.futures.wait([response.future])
+            return response.finish()
+        return response
+
+    def start(
+        self, method: str, path: str, headers: dict[bytes, bytes], body: bytes
+    ) -> RestResponse | PendingResponse:
+        """The response, or for a predict request waiting for its batch, a pending one."""
+        return _guarded(method, path, lambda: self._dispatch(method, path, headers, body))
 
     def _dispatch(
         self, method: str, path: str, headers: dict[bytes, bytes], body: bytes
-    ) -> RestResponse:
+    ) -> RestResponse | PendingResponse:
         extra = self.extra_routes.get(path)
         if extra is not None and method == "GET":
             return extra()
@@ -142,7 +179,7 @@ class RestHandler:
                 payload = _decode_body(headers, body, self.max_body_bytes)
                 verb = verb.lower()
                 if verb == "predict":
-                    return self._predict(spec, payload)
+                    return self._predict(spec, payload, method, path)
                 return self._examples(spec, payload, verb)
         elif method == "GET":
             match = _GET.match(path)
@@ -154,7 +191,9 @@ class RestHandler:
                 return self._json_proto(self.serving.status(spec))
         raise InvalidArgument(f"Malformed request: {method} {path}")
 
-    def _predict(self, spec: ModelSpec, payload: bytes) -> RestResponse:
+    def _predict(
+        self, spec: ModelSpec, payload: bytes, method: str, path: str
+    ) -> RestResponse | PendingResponse:
         body = _parse_json_object(payload)
         signature_name = _signature_name(body)
         spec = ModelSpec(spec.name, spec.version, spec.label, signature_name)
@@ -165,8 +204,13 @@ class RestHandler:
             formats.append(fmt)
             return inputs
 
-        result = self.serving.predict(spec, decode, entrypoint="REST")
-        return RestResponse(200, tensors.format_predict_response(result.outputs, formats[0]))
+        def encode(result: PredictResult) -> RestResponse:
+            return RestResponse(200, tensors.format_predict_response(result.outputs, formats[0]))
+
+        future = self.serving.predict_future(spec, decode, entrypoint="REST")
+        if future.done():
+            return encode(future.result())
+        return PendingResponse(future, encode, method, path)
 
     def _examples(self, spec: ModelSpec, payload: bytes, verb: str) -> RestResponse:
         body = _parse_json_object(payload)
@@ -344,21 +388,25 @@ class RestApp:
         self, method: str, path: str, headers: dict[bytes, bytes], body: bytes
     ) -> RestResponse:
         if method == "OPTIONS" and self.enable_cors:
-            response = RestResponse(200, b"")
-        else:
-            loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(
-                self.executor, self.handler.handle, method, path, headers, body
+            return RestResponse(200, b"")
+        loop = asyncio.get_running_loop()
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        future = loop.run_in_executor(
+            self.executor, self.handler.start, method, path, headers, body
+        )
+        try:
+            started = await asyncio.wait_for(future, self.timeout)
+            if isinstance(started, PendingResponse):
+                # Encoded here, on the loop: the answer is small next to a model run, and a
+                # pool thread would cost two more thread hand-offs.
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                await asyncio.wait_for(asyncio.wrap_future(started.future), left)
+                return started.finish()
+            return started
+        except TimeoutError:
+            return error_response(
+                DeadlineExceeded(f"Request timed out after {int((self.timeout or 0) * 1000)} ms")
             )
-            try:
-                response = await asyncio.wait_for(future, self.timeout)
-            except TimeoutError:
-                response = error_response(
-                    DeadlineExceeded(
-                        f"Request timed out after {int((self.timeout or 0) * 1000)} ms"
-                    )
-                )
-        return response
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -373,6 +421,7 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 
 __all__ = [
     "NotFound",
+    "PendingResponse",
     "RequestTooLarge",
     "RestApp",
     "RestHandler",

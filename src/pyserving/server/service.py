@@ -6,11 +6,13 @@ running the model, status and metadata) happens here once. The hops: resolve the
 into a scoped handle -> convert inputs against the signature -> run the servable.
 
 Thread-safe; every method blocks while the model runs, so front ends call it from worker
-threads.
+threads, except :meth:`ModelServing.predict_future`, which hands a batched request to its
+batch and returns without waiting.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -119,6 +121,88 @@ class ModelServing:
                 check_method_name=self.check_method_name,
             )
             return PredictResult(handle.id, resolved, outputs)
+
+    def predict_future(
+        self,
+        spec: ModelSpec,
+        decode: InputDecoder,
+        output_filter: Sequence[str] = (),
+        *,
+        entrypoint: str = "GRPC",
+    ) -> concurrent.futures.Future[PredictResult]:
+        """As :meth:`predict`, but a request for a batching servable is only queued.
+
+        The handle on the version is taken here and released when the answer is ready, so
+        the version stays loaded while the request waits for its batch. For a servable
+        without batching the model runs here and the future comes back done. Every error,
+        before or during the run, is the future's exception (nothing is raised). Callbacks
+        of a pending future run on a batch thread.
+        """
+        start = time.perf_counter()
+        result: concurrent.futures.Future[PredictResult] = concurrent.futures.Future()
+        handle = None
+
+        def finish(id: ServableId, name: str, inner: concurrent.futures.Future[Any]) -> None:
+            assert handle is not None
+            handle.release()
+            error = inner.exception()
+            self._observe(spec.name, entrypoint, error, start)
+            if not result.set_running_or_notify_cancel():
+                return  # the caller gave up waiting (cancelled the future)
+            if error is not None:
+                result.set_exception(error)
+            else:
+                result.set_result(PredictResult(id, name, inner.result()))
+
+        try:
+            handle = self.core.handle(spec.name, spec.version, spec.label)
+            servable = handle.servable
+            signature_name = spec.signature_name or DEFAULT_SIGNATURE
+            signature_def = inference.find_signature(
+                servable, signature_name, rest=entrypoint == "REST"
+            )
+            inputs = decode(signature_def)
+            run_future = getattr(servable, "run_future", None)
+            if run_future is None:
+                resolved, outputs = inference.predict(
+                    servable,
+                    signature_name,
+                    dict(inputs),
+                    output_filter,
+                    check_method_name=self.check_method_name,
+                )
+                inner: concurrent.futures.Future[Any] = concurrent.futures.Future()
+                inner.set_result(outputs)
+            else:
+                resolved = inference.predict_signature(
+                    servable, signature_name, check_method_name=self.check_method_name
+                )
+                keys = list(output_filter) if output_filter else None
+                inner = run_future(resolved, dict(inputs), keys)
+        except Exception as exc:
+            if handle is not None:
+                handle.release()
+            self._observe(spec.name, entrypoint, exc, start)
+            result.set_exception(exc)
+            return result
+        id = handle.id
+        inner.add_done_callback(lambda f: finish(id, resolved, f))
+        return result
+
+    def _observe(
+        self, model_name: str, entrypoint: str, error: BaseException | None, start: float
+    ) -> None:
+        if self.metrics is None:
+            return
+        if error is None:
+            status = "OK"
+        elif isinstance(error, ServingError):
+            status = error.code.name
+        else:
+            status = Code.INTERNAL.name
+        self.metrics.observe_request(
+            model_name, "predict", entrypoint, status, time.perf_counter() - start
+        )
 
     def classify(
         self, spec: ModelSpec, request_input: input_pb2.Input, *, entrypoint: str = "GRPC"
