@@ -196,3 +196,33 @@ def test_options_from_tf_serving_file(testdata) -> None:  # type: ignore[no-unty
         max_enqueued_batches=1000000,
         num_batch_threads=8,
     )
+
+
+def test_submit_future_queues_without_waiting(recorder: Recorder, held: BatchScheduler) -> None:
+    recorder.gate.clear()
+    first = held.submit_future({"x": np.array([[0.0]], np.float32)})
+    assert recorder.entered.wait(10)  # the batch thread is now held inside the run
+    futures = [held.submit_future({"x": np.array([[float(i)]], np.float32)}) for i in range(1, 5)]
+    assert not any(f.done() for f in futures)  # queued, and this thread was not held
+    recorder.gate.set()
+    np.testing.assert_allclose(first.result(10)["y"], [[2.0]])
+    for i, future in enumerate(futures, 1):
+        np.testing.assert_allclose(future.result(10)["y"], [[0.5 * i + 2]])
+    assert recorder.batches == [1, 4]
+
+
+def test_cancelled_future_is_dropped_and_the_rest_of_its_batch_runs(
+    recorder: Recorder, held: BatchScheduler
+) -> None:
+    recorder.gate.clear()
+    first = held.submit_future({"x": np.array([[0.0]], np.float32)})
+    assert recorder.entered.wait(10)
+    kept = held.submit_future({"x": np.array([[1.0]], np.float32)})
+    dropped = held.submit_future({"x": np.array([[2.0]], np.float32)})
+    assert dropped.cancel()
+    recorder.gate.set()
+    first.result(10)
+    np.testing.assert_allclose(kept.result(10)["y"], [[2.5]])
+    assert dropped.cancelled()
+    assert recorder.batches == [1, 1]
+    np.testing.assert_allclose(held.submit({"x": np.array([[4.0]], np.float32)})["y"], [[4.0]])

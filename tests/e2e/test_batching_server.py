@@ -105,3 +105,43 @@ def test_batch_metrics(server: RunningServer) -> None:
     padding = families[":tensorflow:serving:batching_session:padding_size"]
     assert any(s.name.endswith("_sum") for s in padding.samples)
     assert ":tensorflow:serving:batching_session:queuing_latency" in families
+
+
+def test_requests_waiting_for_a_batch_hold_no_rest_thread(
+    testdata: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """One REST thread, batches of 8 that run only when full: 8 concurrent requests must
+    all be queued together, so the waiting ones cannot be holding the thread."""
+    params = tmp_path / "batching.config"
+    params.write_text(
+        "max_batch_size { value: 8 }\n"
+        "batch_timeout_micros { value: 30000000 }\n"
+        "max_enqueued_batches { value: 10 }\n"
+        "num_batch_threads { value: 1 }\n"
+    )
+    srv = RunningServer(
+        [
+            "--model_name=half_plus_two",
+            f"--model_base_path={testdata / 'saved_model_half_plus_two_cpu'}",
+            "--enable_batching",
+            f"--batching_parameters_file={params}",
+            "--rest_api_num_threads=1",
+            f"--monitoring_config_file={testdata / 'monitoring_config.txt'}",
+        ],
+        tmp_path / "server.log",
+    )
+    try:
+        srv.wait_ready()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            jobs = [
+                (i, pool.submit(rest_predict, srv, "half_plus_two", [[float(i)]])) for i in range(8)
+            ]
+            for i, job in jobs:
+                assert job.result(timeout=60) == [[0.5 * i + 2.0]]
+        r = srv.client.get("/monitoring/prometheus/metrics")
+        families = {f.name: f for f in text_string_to_metric_families(r.text)}
+        sizes = families[":tensorflow:serving:batching_session:processed_batch_size"]
+        stats = {s.name.rsplit("_", 1)[-1]: s.value for s in sizes.samples if "le" not in s.labels}
+        assert (stats["count"], stats["sum"]) == (1, 8)  # one batch of all eight
+    finally:
+        assert srv.stop() == 0, srv.log()
