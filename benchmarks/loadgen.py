@@ -100,6 +100,21 @@ class PointState:
         if self.window_start <= end <= self.window_end:
             self.latencies.append(end - start)
 
+    def answered(
+        self, n: int, start: float, end: float, check: Callable[[Any], str | None], answer: Any
+    ) -> int:
+        """Record a worker's ``n``-th good answer, first checking it with ``check(answer)``
+        when ``n`` is a multiple of :data:`VALIDATE_EVERY` (a wrong answer counts as an
+        error instead). Returns the worker's next ``n``."""
+        if n % VALIDATE_EVERY == 0:
+            problem = check(answer)
+            self.validated += 1
+            if problem is not None:
+                self.error(problem)
+                return n
+        self.done(start, end)
+        return n + 1
+
 
 # ------------------------------------------------------------------------------------------
 # REST
@@ -225,14 +240,7 @@ def rest_worker_factory(
                 if status != 200:
                     state.error(f"HTTP {status}: {answer[:200]!r}")
                     continue
-                if n % VALIDATE_EVERY == 0:
-                    problem = check(answer)
-                    state.validated += 1
-                    if problem is not None:
-                        state.error(problem)
-                        continue
-                n += 1
-                state.done(start, end)
+                n = state.answered(n, start, end, check, answer)
         finally:
             if conn is not None:
                 conn.close()
@@ -312,14 +320,7 @@ def grpc_stub_worker_factory(
                     await asyncio.sleep(0.01)
                 continue
             end = time.perf_counter()
-            if n % VALIDATE_EVERY == 0:
-                problem = check(response)
-                state.validated += 1
-                if problem is not None:
-                    state.error(problem)
-                    continue
-            n += 1
-            state.done(start, end)
+            n = state.answered(n, start, end, check, response)
 
     async def close() -> None:
         await channel.close()
@@ -341,6 +342,14 @@ def grpc_raw_worker_factory(
 
     message = grpc_request(payload).SerializeToString()
     check = grpc_checker(payload)
+
+    def check_raw(answer: bytes) -> str | None:
+        try:
+            response = predict_pb2.PredictResponse.FromString(answer)
+        except Exception as exc:  # a malformed answer is an error of the point
+            return f"bad answer ({exc})"
+        return check(response)
+
     method = "/tensorflow.serving.PredictionService/Predict"
     lock = asyncio.Lock()
     conn: GrpcConnection | None = None
@@ -373,19 +382,7 @@ def grpc_raw_worker_factory(
                     await asyncio.sleep(0.01)
                 continue
             end = time.perf_counter()
-            if n % VALIDATE_EVERY == 0:
-                try:
-                    response = predict_pb2.PredictResponse.FromString(answer)
-                except Exception as exc:  # a malformed answer is an error of the point
-                    state.error(f"bad answer ({exc})")
-                    continue
-                problem = check(response)
-                state.validated += 1
-                if problem is not None:
-                    state.error(problem)
-                    continue
-            n += 1
-            state.done(start, end)
+            n = state.answered(n, start, end, check_raw, answer)
 
     async def close() -> None:
         if conn is not None:

@@ -94,7 +94,7 @@ def test_every_flag_has_a_unique_name_and_help() -> None:
     assert all(f.help for f in FLAGS)
 
 
-def test_batching_raises_request_thread_defaults(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_batching_raises_the_grpc_thread_default(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from pyserving.server.app import server_options_from_flags
 
     params = tmp_path / "batching.config"
@@ -105,8 +105,10 @@ def test_batching_raises_request_thread_defaults(tmp_path) -> None:  # type: ign
         f"--batching_parameters_file={params}",
     ]
     options = server_options_from_flags(parse_flags(base))
-    assert (options.rest_num_threads, options.grpc_max_threads) == (128, 128)
-    explicit = server_options_from_flags(parse_flags([*base, "--rest_api_num_threads=3"]))
-    assert explicit.rest_num_threads == 3
+    default_rest = parse_flags([]).rest_api_num_threads
+    # Waiting REST requests hold no thread; waiting gRPC requests do.
+    assert (options.rest_num_threads, options.grpc_max_threads) == (default_rest, 128)
+    explicit = server_options_from_flags(parse_flags([*base, "--grpc_max_threads=3"]))
+    assert explicit.grpc_max_threads == 3
     plain = server_options_from_flags(parse_flags(["--model_base_path=/models/m"]))
     assert plain.rest_num_threads == parse_flags([]).rest_api_num_threads

@@ -179,7 +179,7 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         grpc_max_threads=_request_threads(flags, "grpc_max_threads", batching),
         enable_grpc_health=flags.enable_grpc_healthcheck_service,
         rest_port=flags.rest_api_port,
-        rest_num_threads=_request_threads(flags, "rest_api_num_threads", batching),
+        rest_num_threads=max(1, int(flags.rest_api_num_threads)),
         rest_timeout_ms=flags.rest_api_timeout_in_ms,
         rest_enable_cors=flags.rest_api_enable_cors_support,
         check_method_name=flags.enable_signature_method_name_check,
@@ -233,9 +233,10 @@ MAX_DEFAULT_REQUEST_THREADS = 512
 
 
 def _request_threads(flags: ParsedFlags, name: str, batching: Any) -> int:
-    """Threads for a front end. A request waiting for its batch holds its thread, so with
-    batching on and no explicit flag, the default is raised to twice ``max_batch_size`` (TF
-    Serving's own advice for client threads), so batches can actually fill."""
+    """Threads for the gRPC front end. A gRPC request waiting for its batch holds its thread,
+    so with batching on and no explicit flag, the default is raised to twice
+    ``max_batch_size`` (TF Serving's own advice for client threads), so batches can actually
+    fill. (A REST request waiting for its batch holds no thread.)"""
     threads = max(1, int(flags.values[name]))
     if batching is not None and name not in flags.given:
         threads = min(max(threads, 2 * batching.max_batch_size), MAX_DEFAULT_REQUEST_THREADS)

@@ -102,25 +102,9 @@ class ModelServing:
         *,
         entrypoint: str = "GRPC",
     ) -> PredictResult:
-        """Run ``spec``'s signature on the inputs ``decode`` builds from its SignatureDef."""
-        with (
-            self._observed(spec.name, "predict", entrypoint),
-            self.core.handle(spec.name, spec.version, spec.label) as handle,
-        ):
-            servable = handle.servable
-            signature_name = spec.signature_name or DEFAULT_SIGNATURE
-            signature_def = inference.find_signature(
-                servable, signature_name, rest=entrypoint == "REST"
-            )
-            inputs = decode(signature_def)
-            resolved, outputs = inference.predict(
-                servable,
-                signature_name,
-                dict(inputs),
-                output_filter,
-                check_method_name=self.check_method_name,
-            )
-            return PredictResult(handle.id, resolved, outputs)
+        """Run ``spec``'s signature on the inputs ``decode`` builds from its SignatureDef
+        (blocking until the answer is there, also for a batched request)."""
+        return self.predict_future(spec, decode, output_filter, entrypoint=entrypoint).result()
 
     def predict_future(
         self,
