@@ -72,9 +72,11 @@ def run(cycles: int, model: pathlib.Path, requests_per_cycle: int = 20) -> dict[
     from benchmarks.versions import publish, swap_version
     from pyserving.config import single_model_config
     from pyserving.core.manager import ManagerOptions
+    from pyserving.server.app import freeze_startup_objects
     from pyserving.server.core import ServerCore, ServerCoreOptions
     from pyserving.server.service import ModelServing, ModelSpec
 
+    freeze_startup_objects()  # as the server does before loading models
     samples: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="pyserving-memory-") as tmp:
         base = pathlib.Path(tmp) / "model"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import gc
+import importlib
 import logging
 import signal
 import sys
@@ -243,9 +245,38 @@ def _request_threads(flags: ParsedFlags, name: str, batching: Any) -> int:
     return threads
 
 
+#: Modules a server always needs, imported before :func:`freeze_startup_objects` freezes.
+_SERVING_MODULES = (
+    "tensorflow",
+    "tensorflow.python.saved_model.loader_impl",
+    "pyserving.platforms.tensorflow.loader",
+    "pyserving.platforms.tensorflow.servable",
+    "pyserving.server.grpc_server",
+    "pyserving.server.rest",
+)
+
+
+def freeze_startup_objects() -> None:
+    """Import what serving needs, then move every object alive now into the garbage
+    collector's permanent generation (``gc.freeze``).
+
+    Unloading a version runs a full collection, so the graph it leaves behind is freed
+    before the next version loads (resource-preserving swaps rely on it). Without this,
+    each such collection walks the hundreds of thousands of objects TensorFlow creates at
+    import: ~0.2 s per unload, all of it inside a resource-preserving swap's window.
+    Frozen objects are never collected, so this runs once, before any model loads: the
+    objects of every model loaded later stay collectable.
+    """
+    for name in _SERVING_MODULES:
+        importlib.import_module(name)
+    gc.collect()
+    gc.freeze()
+
+
 def run_server(options: ServerOptions) -> int:
     """Serve until SIGTERM/SIGINT; return the process exit status."""
     configure_logging(options.log_format)
+    freeze_startup_objects()
     for name in options.ignored_flags:
         log.warning("Flag --%s is accepted but not implemented by pyserving yet; ignored", name)
     metrics = ServerMetrics()
