@@ -112,3 +112,14 @@ def test_batching_raises_the_grpc_thread_default(tmp_path) -> None:  # type: ign
     assert explicit.grpc_max_threads == 3
     plain = server_options_from_flags(parse_flags(["--model_base_path=/models/m"]))
     assert plain.rest_num_threads == parse_flags([]).rest_api_num_threads
+
+
+def test_tensor_content_flag_reaches_the_grpc_options() -> None:
+    from pyserving.server.app import server_options_from_flags
+
+    flags = parse_flags(["--model_base_path=/models/m", "--enable_serialization_as_tensor_content"])
+    options = server_options_from_flags(flags)
+    assert options.grpc_tensor_content is True
+    assert "enable_serialization_as_tensor_content" not in options.ignored_flags
+    plain = server_options_from_flags(parse_flags(["--model_base_path=/models/m"]))
+    assert plain.grpc_tensor_content is False

@@ -124,7 +124,6 @@ FLAGS: tuple[Flag, ...] = (
         bool,
         False,
         "Answer Predict with tensor_content instead of typed *_val fields",
-        False,
     ),
     # pyserving's own flags.
     Flag(

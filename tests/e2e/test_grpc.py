@@ -253,6 +253,23 @@ def test_predict_half_plus_two(env: Env, kind: str, model: str) -> None:
     assert response.model_spec.signature_name == "serving_default"
 
 
+def test_predict_outputs_as_tensor_content_when_enabled(env: Env) -> None:
+    """--enable_serialization_as_tensor_content: float outputs arrive as raw bytes."""
+    request = predict_request("half_plus_two", {"x": float_tensor([2.0, 3.0], (2, 1))})
+    plain = env.predict_stub().Predict(request, timeout=TIMEOUT).outputs["y"]
+    assert list(plain.float_val) == [3.0, 3.5] and not plain.tensor_content
+    server = start_grpc_server(env.serving, GrpcServerOptions(port=0, tensor_content=True))
+    try:
+        with grpc.insecure_channel(f"localhost:{server.port}") as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            y = stub.Predict(request, timeout=TIMEOUT).outputs["y"]
+    finally:
+        server.stop(None)
+    assert not y.float_val
+    assert [d.size for d in y.tensor_shape.dim] == [2, 1]
+    np.testing.assert_array_equal(np.frombuffer(y.tensor_content, "<f4"), [3.0, 3.5])
+
+
 def test_predict_half_plus_three(env: Env, kind: str) -> None:
     request = predict_request("half_plus_three", {"x": float_tensor([2.0, 3.0], (2, 1))})
     response = env.predict_stub(kind).Predict(request, timeout=TIMEOUT)

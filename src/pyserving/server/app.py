@@ -47,6 +47,8 @@ class ServerOptions:
     grpc_channel_arguments: str = ""
     grpc_max_threads: int = 8
     enable_grpc_health: bool = False
+    #: ``--enable_serialization_as_tensor_content``: gRPC Predict outputs as raw bytes.
+    grpc_tensor_content: bool = False
     rest_port: int = 0
     rest_num_threads: int = 8
     rest_timeout_ms: int = 30000
@@ -180,6 +182,7 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         grpc_channel_arguments=flags.grpc_channel_arguments,
         grpc_max_threads=_request_threads(flags, "grpc_max_threads", batching),
         enable_grpc_health=flags.enable_grpc_healthcheck_service,
+        grpc_tensor_content=flags.enable_serialization_as_tensor_content,
         rest_port=flags.rest_api_port,
         rest_num_threads=max(1, int(flags.rest_api_num_threads)),
         rest_timeout_ms=flags.rest_api_timeout_in_ms,
@@ -318,6 +321,7 @@ def _start_grpc(serving: ModelServing, options: ServerOptions) -> Any:
             channel_arguments=options.grpc_channel_arguments,
             max_threads=options.grpc_max_threads,
             enable_health=options.enable_grpc_health,
+            tensor_content=options.grpc_tensor_content,
             tls=options.grpc_tls,
         ),
     )

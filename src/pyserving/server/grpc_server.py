@@ -141,6 +141,9 @@ class GrpcServerOptions:
     ``enable_health``: serve ``grpc.health.v1.Health`` [``--enable_grpc_healthcheck_service``].
     ``max_message_bytes``: limit on request and response size (TF Serving: ``INT32_MAX``).
     ``tls``: serve both addresses over TLS [``--ssl_config_file``]; ``None`` = plaintext.
+    ``tensor_content``: Predict outputs carry their values as raw bytes in
+    ``tensor_content`` instead of the typed ``*_val`` fields (strings stay in ``string_val``)
+    [``--enable_serialization_as_tensor_content``].
     """
 
     port: int = 8500
@@ -150,6 +153,7 @@ class GrpcServerOptions:
     enable_health: bool = False
     max_message_bytes: int = 2**31 - 1
     tls: GrpcTls | None = None
+    tensor_content: bool = False
 
 
 def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
@@ -271,12 +275,20 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """``tensorflow.serving.PredictionService`` over :class:`ModelServing`.
 
     ``max_tensor_bytes``: the largest decoded size of a request's inputs (``None``: no limit);
-    :func:`start_grpc_server` sets it to the server's receive limit.
+    :func:`start_grpc_server` sets it to the server's receive limit. ``tensor_content``: see
+    :attr:`GrpcServerOptions.tensor_content`.
     """
 
-    def __init__(self, serving: ModelServing, *, max_tensor_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        serving: ModelServing,
+        *,
+        max_tensor_bytes: int | None = None,
+        tensor_content: bool = False,
+    ) -> None:
         self._serving = serving
         self._max_tensor_bytes = max_tensor_bytes
+        self._tensor_content = tensor_content
 
     def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
         def work() -> predict_pb2.PredictResponse:
@@ -289,7 +301,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             response = predict_pb2.PredictResponse()
             set_model_spec(response.model_spec, result.id, result.signature_name)
             for name, array in result.outputs.items():
-                response.outputs[name].CopyFrom(tensors.ndarray_to_tensor_proto(array))
+                response.outputs[name].CopyFrom(
+                    tensors.ndarray_to_tensor_proto(array, use_tensor_content=self._tensor_content)
+                )
             return response
 
         return _call(context, "Predict", work)
@@ -461,7 +475,10 @@ def start_grpc_server(serving: ModelServing, options: GrpcServerOptions) -> Grpc
     server = grpc.server(executor, options=list(channel_args.items()))
     try:
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(serving, max_tensor_bytes=max_tensor_bytes), server
+            PredictionServicer(
+                serving, max_tensor_bytes=max_tensor_bytes, tensor_content=options.tensor_content
+            ),
+            server,
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(serving), server)
         health_servicer: health.HealthServicer | None = None
