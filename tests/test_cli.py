@@ -123,3 +123,23 @@ def test_tensor_content_flag_reaches_the_grpc_options() -> None:
     assert "enable_serialization_as_tensor_content" not in options.ignored_flags
     plain = server_options_from_flags(parse_flags(["--model_base_path=/models/m"]))
     assert plain.grpc_tensor_content is False
+
+
+def test_session_config_file_is_read_or_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tensorflow.core.protobuf import config_pb2
+
+    from pyserving.server.app import server_options_from_flags
+
+    good = tmp_path / "session.config"
+    good.write_text("intra_op_parallelism_threads: 1\nallow_soft_placement: true\n")
+    options = server_options_from_flags(
+        parse_flags(["--model_base_path=/models/m", f"--tensorflow_session_config_file={good}"])
+    )
+    config = config_pb2.ConfigProto.FromString(options.core.session_config)
+    assert config.intra_op_parallelism_threads == 1
+    bad = tmp_path / "bad.config"
+    bad.write_text("intra_op_threads: 1\n")  # no such field
+    with pytest.raises(UsageError, match=r"tensorflow_session_config_file.*ConfigProto"):
+        server_options_from_flags(
+            parse_flags(["--model_base_path=/models/m", f"--tensorflow_session_config_file={bad}"])
+        )

@@ -73,7 +73,7 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag("flush_filesystem_caches", bool, True, "Flush file system caches after loading", False),
     Flag("tensorflow_session_parallelism", int, 0, "Threads for TensorFlow ops (0 = auto)"),
-    Flag("tensorflow_session_config_file", str, "", "ConfigProto for sessions", False),
+    Flag("tensorflow_session_config_file", str, "", "ConfigProto text proto for sessions"),
     Flag("tensorflow_intra_op_parallelism", int, 0, "TensorFlow intra-op threads (0 = auto)"),
     Flag(
         "tensorflow_inter_op_parallelism",

@@ -472,3 +472,28 @@ def test_unload_frees_the_session(testdata: pathlib.Path) -> None:
     gc.collect()
     assert graph() is None
     loader.unload()  # idempotent
+
+
+def test_session_config_from_file_and_thread_flags(testdata: pathlib.Path) -> None:
+    """--tensorflow_session_config_file is the base; positive thread flags override it; with
+    neither, ops run in the calling thread (inter_op_parallelism_threads < 0)."""
+    from tensorflow.core.protobuf import config_pb2
+
+    path = str(next((testdata / "saved_model_half_plus_two_cpu").iterdir()))
+    base = config_pb2.ConfigProto(intra_op_parallelism_threads=1, inter_op_parallelism_threads=3)
+    base.graph_options.optimizer_options.do_constant_folding = True
+    from_file = SavedModelLoader(path, session_config=base.SerializeToString())
+    config = from_file.config_proto()
+    assert (config.intra_op_parallelism_threads, config.inter_op_parallelism_threads) == (1, 3)
+    assert config.graph_options.optimizer_options.do_constant_folding
+    flagged = SavedModelLoader(
+        path, intra_op_threads=2, inter_op_threads=2, session_config=base.SerializeToString()
+    ).config_proto()
+    assert (flagged.intra_op_parallelism_threads, flagged.inter_op_parallelism_threads) == (2, 2)
+    assert SavedModelLoader(path).config_proto().inter_op_parallelism_threads == -1
+    from_file.load()
+    try:
+        out = from_file.servable().run("serving_default", {"x": np.array([[2.0]], np.float32)})
+        np.testing.assert_allclose(out["y"], [[3.0]])
+    finally:
+        from_file.unload()

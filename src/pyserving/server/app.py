@@ -20,7 +20,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pyserving.cli import ParsedFlags, UsageError, not_implemented_flags
-from pyserving.config import ConfigError, load_model_server_config, single_model_config
+from pyserving.config import (
+    ConfigError,
+    load_model_server_config,
+    read_text_proto,
+    single_model_config,
+)
 from pyserving.core.loader import ResourceEstimate
 from pyserving.core.manager import ManagerOptions
 from pyserving.errors import ServingError
@@ -150,6 +155,7 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
             f"--rest_api_max_body_bytes must be >= 0, not {flags.rest_api_max_body_bytes}"
         )
     grpc_tls = _grpc_tls(flags.ssl_config_file)
+    session_config = _session_config(flags.tensorflow_session_config_file)
     _check_rest_tls(flags.rest_api_ssl_certfile, flags.rest_api_ssl_keyfile)
     intra = flags.tensorflow_intra_op_parallelism or flags.tensorflow_session_parallelism
     inter = flags.tensorflow_inter_op_parallelism or flags.tensorflow_session_parallelism
@@ -168,6 +174,7 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         saved_model_tags=tuple(t.strip() for t in flags.saved_model_tags.split(",") if t.strip()),
         intra_op_threads=intra,
         inter_op_threads=inter,
+        session_config=session_config,
         batching=batching,
         per_model_batching=flags.enable_per_model_batching_parameters,
         policy_per_model=policy_per_model,
@@ -200,6 +207,20 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         rest_ssl_keyfile=flags.rest_api_ssl_keyfile,
         grpc_tls=grpc_tls,
     )
+
+
+def _session_config(path: str) -> bytes:
+    """``--tensorflow_session_config_file`` (a ``tensorflow.ConfigProto`` text proto),
+    serialized; ``b""`` when unset. ``UsageError`` when unreadable or malformed."""
+    if not path:
+        return b""
+    from tensorflow.core.protobuf import config_pb2
+
+    try:
+        config = read_text_proto(path, config_pb2.ConfigProto(), "tensorflow.ConfigProto")
+    except ConfigError as exc:
+        raise UsageError(f"--tensorflow_session_config_file={path}: {exc.message}") from None
+    return bytes(config.SerializeToString())
 
 
 def _grpc_tls(ssl_config_file: str) -> GrpcTls | None:

@@ -76,6 +76,8 @@ class ServerCoreOptions:
     saved_model_tags: tuple[str, ...] = ("serve",)
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    #: Serialized ``tensorflow.ConfigProto`` for sessions (``--tensorflow_session_config_file``).
+    session_config: bytes = b""
     platforms: dict[str, PlatformLoaderFactory] = field(default_factory=dict)
     settle_timeout: float | None = None
     #: Server-side batching for every model (None = off; ``--enable_batching``).
@@ -243,6 +245,7 @@ class ServerCore:
             self.options.saved_model_tags,
             intra_op_threads=self.options.intra_op_threads,
             inter_op_threads=self.options.inter_op_threads,
+            session_config=self.options.session_config,
         )
 
     # ------------------------------------------------------------------ requests

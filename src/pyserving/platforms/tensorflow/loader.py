@@ -197,6 +197,10 @@ class SavedModelLoader(Loader):
             honours them.
         runtime: ``"auto"`` (session path, function path as fallback), ``"session"`` or
             ``"function"``.
+        session_config: a serialized ``tensorflow.ConfigProto`` the session starts from
+            (``--tensorflow_session_config_file``); positive thread counts above override
+            its own, and its ``inter_op_parallelism_threads``, when set, replaces the
+            run-in-the-calling-thread default.
 
     Not thread-safe (the manager never calls one loader's methods concurrently).
     """
@@ -209,6 +213,7 @@ class SavedModelLoader(Loader):
         intra_op_threads: int = 0,
         inter_op_threads: int = 0,
         runtime: Runtime = "auto",
+        session_config: bytes = b"",
     ) -> None:
         if isinstance(tags, str):
             tags = [t.strip() for t in tags.split(",") if t.strip()]
@@ -218,6 +223,7 @@ class SavedModelLoader(Loader):
         self.tags = tuple(tags)
         self.intra_op_threads = intra_op_threads
         self.inter_op_threads = inter_op_threads
+        self.session_config = session_config
         self.runtime: Runtime = runtime
         self._estimate: ResourceEstimate | None = None
         self._servable: SavedModelServable | None = None
@@ -298,15 +304,7 @@ class SavedModelLoader(Loader):
         import tensorflow as tf
 
         graph = tf.Graph()
-        config = tf.compat.v1.ConfigProto(
-            intra_op_parallelism_threads=self.intra_op_threads,
-            # A negative value makes TF run each step's ops in the calling thread (the
-            # request's) instead of handing them to its inter-op pool: one thread hop less
-            # per request; large ops still use the intra-op pool.
-            inter_op_parallelism_threads=self.inter_op_threads if self.inter_op_threads > 0 else -1,
-            allow_soft_placement=True,
-        )
-        session = tf.compat.v1.Session(graph=graph, config=config)
+        session = tf.compat.v1.Session(graph=graph, config=self.config_proto())
         unrestored: list[str] = []
         try:
             # TF's TF1 loader (tf.compat.v1.saved_model.loader.load) on the SavedModel already
@@ -343,6 +341,25 @@ class SavedModelLoader(Loader):
         except Exception as exc:
             raise _translate_load_error(exc) from None
         return FunctionRunner(loaded)
+
+    def config_proto(self) -> Any:
+        """The ``ConfigProto`` sessions are created with (see the class docstring)."""
+        import tensorflow as tf
+
+        config = tf.compat.v1.ConfigProto()
+        if self.session_config:
+            config.ParseFromString(self.session_config)
+        if self.intra_op_threads > 0:
+            config.intra_op_parallelism_threads = self.intra_op_threads
+        if self.inter_op_threads > 0:
+            config.inter_op_parallelism_threads = self.inter_op_threads
+        elif config.inter_op_parallelism_threads == 0:
+            # Negative: TF runs each step's ops in the calling thread (the request's) instead
+            # of handing them to its inter-op pool: one thread hop less per request; large
+            # ops still use the intra-op pool.
+            config.inter_op_parallelism_threads = -1
+        config.allow_soft_placement = True
+        return config
 
     def unload(self) -> None:
         """Close the session (or drop the restored object), drop every reference, collect.
