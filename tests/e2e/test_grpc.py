@@ -703,9 +703,9 @@ class _CountingServing(ModelServing):
         super().__init__(inner.core)
         self.calls = 0
 
-    def predict(self, *args: Any, **kwargs: Any) -> Any:
+    def predict_future(self, *args: Any, **kwargs: Any) -> Any:
         self.calls += 1
-        return super().predict(*args, **kwargs)
+        return super().predict_future(*args, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -857,7 +857,7 @@ def test_parse_channel_arguments() -> None:
 
 
 class _ExplodingServing(ModelServing):
-    def predict(self, *args: Any, **kwargs: Any) -> Any:
+    def predict_future(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("boom")
 
 

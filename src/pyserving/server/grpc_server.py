@@ -60,7 +60,13 @@ from tensorflow_serving.apis import (
 
 from pyserving import tensors
 from pyserving.errors import Code, InvalidArgument, ServingError
-from pyserving.server.service import ModelServing, ModelSpec, set_model_spec, spec_from_proto
+from pyserving.server.service import (
+    ModelServing,
+    ModelSpec,
+    PredictResult,
+    set_model_spec,
+    spec_from_proto,
+)
 
 log = logging.getLogger(__name__)
 
@@ -291,22 +297,36 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self._tensor_content = tensor_content
 
     def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
-        def work() -> predict_pb2.PredictResponse:
-            spec = _spec(request)
-            result = self._serving.predict(
-                spec,
-                lambda _signature_def: _decode_inputs(request.inputs, self._max_tensor_bytes),
-                tuple(request.output_filter),
-            )
-            response = predict_pb2.PredictResponse()
-            set_model_spec(response.model_spec, result.id, result.signature_name)
-            for name, array in result.outputs.items():
-                response.outputs[name].CopyFrom(
-                    tensors.ndarray_to_tensor_proto(array, use_tensor_content=self._tensor_content)
-                )
-            return response
+        return _call(
+            context,
+            "Predict",
+            lambda: self.predict_response(self.start_predict(request).result()),
+        )
 
-        return _call(context, "Predict", work)
+    def start_predict(self, request: Any) -> concurrent.futures.Future[PredictResult]:
+        """Decode ``request`` and run it, or for a batching model queue it for its batch
+        (:meth:`ModelServing.predict_future`); errors are the future's."""
+        try:
+            spec = _spec(request)
+        except ServingError as exc:
+            failed: concurrent.futures.Future[PredictResult] = concurrent.futures.Future()
+            failed.set_exception(exc)
+            return failed
+        return self._serving.predict_future(
+            spec,
+            lambda _signature_def: _decode_inputs(request.inputs, self._max_tensor_bytes),
+            tuple(request.output_filter),
+        )
+
+    def predict_response(self, result: PredictResult) -> predict_pb2.PredictResponse:
+        """The ``PredictResponse`` of a finished predict."""
+        response = predict_pb2.PredictResponse()
+        set_model_spec(response.model_spec, result.id, result.signature_name)
+        for name, array in result.outputs.items():
+            response.outputs[name].CopyFrom(
+                tensors.ndarray_to_tensor_proto(array, use_tensor_content=self._tensor_content)
+            )
+        return response
 
     def Classify(self, request: Any, context: grpc.ServicerContext) -> Any:
         def work() -> classification_pb2.ClassificationResponse:
