@@ -94,7 +94,7 @@ def test_every_flag_has_a_unique_name_and_help() -> None:
     assert all(f.help for f in FLAGS)
 
 
-def test_batching_raises_the_grpc_thread_default(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_batching_serves_grpc_on_asyncio_with_default_threads(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from pyserving.server.app import server_options_from_flags
 
     params = tmp_path / "batching.config"
@@ -105,13 +105,15 @@ def test_batching_raises_the_grpc_thread_default(tmp_path) -> None:  # type: ign
         f"--batching_parameters_file={params}",
     ]
     options = server_options_from_flags(parse_flags(base))
-    default_rest = parse_flags([]).rest_api_num_threads
-    # Waiting REST requests hold no thread; waiting gRPC requests do.
-    assert (options.rest_num_threads, options.grpc_max_threads) == (default_rest, 128)
-    explicit = server_options_from_flags(parse_flags([*base, "--grpc_max_threads=3"]))
-    assert explicit.grpc_max_threads == 3
+    defaults = parse_flags([])
+    # Requests waiting for their batch hold no thread on either front end.
+    assert options.grpc_asyncio is True
+    assert (options.rest_num_threads, options.grpc_max_threads) == (
+        defaults.rest_api_num_threads,
+        defaults.grpc_max_threads,
+    )
     plain = server_options_from_flags(parse_flags(["--model_base_path=/models/m"]))
-    assert plain.rest_num_threads == parse_flags([]).rest_api_num_threads
+    assert plain.grpc_asyncio is False
 
 
 def test_tensor_content_flag_reaches_the_grpc_options() -> None:

@@ -107,11 +107,12 @@ def test_batch_metrics(server: RunningServer) -> None:
     assert ":tensorflow:serving:batching_session:queuing_latency" in families
 
 
-def test_requests_waiting_for_a_batch_hold_no_rest_thread(
+def test_requests_waiting_for_a_batch_hold_no_thread(
     testdata: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
-    """One REST thread, batches of 8 that run only when full: 8 concurrent requests must
-    all be queued together, so the waiting ones cannot be holding the thread."""
+    """One REST and one gRPC thread, batches of 8 that run only when full: 4 REST and 4 gRPC
+    concurrent requests must all be queued together, so the waiting ones cannot be holding
+    the threads."""
     params = tmp_path / "batching.config"
     params.write_text(
         "max_batch_size { value: 8 }\n"
@@ -126,6 +127,7 @@ def test_requests_waiting_for_a_batch_hold_no_rest_thread(
             "--enable_batching",
             f"--batching_parameters_file={params}",
             "--rest_api_num_threads=1",
+            "--grpc_max_threads=1",
             f"--monitoring_config_file={testdata / 'monitoring_config.txt'}",
         ],
         tmp_path / "server.log",
@@ -133,11 +135,17 @@ def test_requests_waiting_for_a_batch_hold_no_rest_thread(
     try:
         srv.wait_ready()
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            jobs = [
-                (i, pool.submit(rest_predict, srv, "half_plus_two", [[float(i)]])) for i in range(8)
+            rest = [
+                (i, pool.submit(rest_predict, srv, "half_plus_two", [[float(i)]])) for i in range(4)
             ]
-            for i, job in jobs:
+            grpc_jobs = [
+                (i, pool.submit(grpc_predict, srv.grpc_port, np.array([[float(i)]], np.float32)))
+                for i in range(4, 8)
+            ]
+            for i, job in rest:
                 assert job.result(timeout=60) == [[0.5 * i + 2.0]]
+            for i, job in grpc_jobs:
+                np.testing.assert_allclose(job.result(timeout=60), [[0.5 * i + 2.0]])
         r = srv.client.get("/monitoring/prometheus/metrics")
         families = {f.name: f for f in text_string_to_metric_families(r.text)}
         sizes = families[":tensorflow:serving:batching_session:processed_batch_size"]

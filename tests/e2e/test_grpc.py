@@ -121,8 +121,13 @@ class Env:
         return health_pb2_grpc.HealthStub(self.channels[kind])
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, testdata: pathlib.Path) -> Iterator[Env]:
+@pytest.fixture(scope="module", params=["sync", "asyncio"])
+def env(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    testdata: pathlib.Path,
+) -> Iterator[Env]:
+    """The server under test, once on grpcio's synchronous server and once on grpc.aio."""
     tmp = tmp_path_factory.mktemp("grpc")
     core = ServerCore(
         ServerCoreOptions(
@@ -135,7 +140,12 @@ def env(tmp_path_factory: pytest.TempPathFactory, testdata: pathlib.Path) -> Ite
         serving = ModelServing(core)
         server = start_grpc_server(
             serving,
-            GrpcServerOptions(port=0, socket_path=str(tmp / "grpc.sock"), enable_health=True),
+            GrpcServerOptions(
+                port=0,
+                socket_path=str(tmp / "grpc.sock"),
+                enable_health=True,
+                asyncio=request.param == "asyncio",
+            ),
         )
         channels = {
             "tcp": grpc.insecure_channel(f"localhost:{server.port}", options=BIG_CHANNEL_OPTIONS),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -21,7 +22,6 @@ from pyserving.errors import InvalidArgument
 from pyserving.server.app import server_options_from_flags
 from pyserving.server.core import ServerCore, ServerCoreOptions
 from pyserving.server.grpc_server import (
-    GrpcServer,
     GrpcServerOptions,
     GrpcTls,
     read_ssl_config_file,
@@ -69,9 +69,16 @@ def core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerCore]:
         yield c
 
 
-def serve(core: ServerCore, tls: GrpcTls, socket_path: str = "") -> GrpcServer:
+@pytest.fixture(params=["sync", "asyncio"])
+def flavour(request: pytest.FixtureRequest) -> str:
+    """grpcio's synchronous server or grpc.aio (the front end used with batching)."""
+    return str(request.param)
+
+
+def serve(core: ServerCore, tls: GrpcTls, socket_path: str = "", flavour: str = "sync") -> Any:
     return start_grpc_server(
-        ModelServing(core), GrpcServerOptions(port=0, socket_path=socket_path, tls=tls)
+        ModelServing(core),
+        GrpcServerOptions(port=0, socket_path=socket_path, tls=tls, asyncio=flavour == "asyncio"),
     )
 
 
@@ -91,11 +98,15 @@ def refused(channel: grpc.Channel) -> grpc.StatusCode:
 
 
 def test_tls_server_answers_tls_clients_only(
-    core: ServerCore, ca: CertificateAuthority, server_pair: KeyPair, tmp_path: pathlib.Path
+    core: ServerCore,
+    ca: CertificateAuthority,
+    server_pair: KeyPair,
+    tmp_path: pathlib.Path,
+    flavour: str,
 ) -> None:
     socket = tmp_path / "grpc.sock"
     with serve(
-        core, GrpcTls(server_pair.key.decode(), server_pair.cert.decode()), str(socket)
+        core, GrpcTls(server_pair.key.decode(), server_pair.cert.decode()), str(socket), flavour
     ) as server:
         credentials = grpc.ssl_channel_credentials(root_certificates=ca.cert)
         with grpc.secure_channel(f"localhost:{server.port}", credentials) as channel:
@@ -116,14 +127,14 @@ def test_tls_server_answers_tls_clients_only(
 
 
 def test_client_verify_requires_a_certificate_from_custom_ca(
-    core: ServerCore, ca: CertificateAuthority, server_pair: KeyPair
+    core: ServerCore, ca: CertificateAuthority, server_pair: KeyPair, flavour: str
 ) -> None:
     tls = GrpcTls(
         server_pair.key.decode(), server_pair.cert.decode(), ca.cert.decode(), client_verify=True
     )
     client = ca.issue("client", server=False)
     stranger = CertificateAuthority("another CA").issue("client", server=False)
-    with serve(core, tls) as server:
+    with serve(core, tls, flavour=flavour) as server:
         target = f"localhost:{server.port}"
         good = grpc.ssl_channel_credentials(ca.cert, client.key, client.cert)
         with grpc.secure_channel(target, good) as channel:

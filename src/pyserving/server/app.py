@@ -54,6 +54,9 @@ class ServerOptions:
     enable_grpc_health: bool = False
     #: ``--enable_serialization_as_tensor_content``: gRPC Predict outputs as raw bytes.
     grpc_tensor_content: bool = False
+    #: Serve gRPC on grpc.aio (on with batching: a request waiting for its batch then holds
+    #: no thread; without batching the synchronous server answers sooner).
+    grpc_asyncio: bool = False
     rest_port: int = 0
     rest_num_threads: int = 8
     rest_timeout_ms: int = 30000
@@ -187,7 +190,8 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         grpc_port=flags.port,
         grpc_socket_path=flags.grpc_socket_path,
         grpc_channel_arguments=flags.grpc_channel_arguments,
-        grpc_max_threads=_request_threads(flags, "grpc_max_threads", batching),
+        grpc_max_threads=max(1, int(flags.grpc_max_threads)),
+        grpc_asyncio=batching is not None,
         enable_grpc_health=flags.enable_grpc_healthcheck_service,
         grpc_tensor_content=flags.enable_serialization_as_tensor_content,
         rest_port=flags.rest_api_port,
@@ -252,21 +256,6 @@ def _check_rest_tls(certfile: str, keyfile: str) -> None:
             f"--rest_api_ssl_certfile={certfile} / --rest_api_ssl_keyfile={keyfile}: "
             f"cannot load the certificate and key: {exc}"
         ) from None
-
-
-#: Upper bound of the request threads batching raises the default to.
-MAX_DEFAULT_REQUEST_THREADS = 512
-
-
-def _request_threads(flags: ParsedFlags, name: str, batching: Any) -> int:
-    """Threads for the gRPC front end. A gRPC request waiting for its batch holds its thread,
-    so with batching on and no explicit flag, the default is raised to twice
-    ``max_batch_size`` (TF Serving's own advice for client threads), so batches can actually
-    fill. (A REST request waiting for its batch holds no thread.)"""
-    threads = max(1, int(flags.values[name]))
-    if batching is not None and name not in flags.given:
-        threads = min(max(threads, 2 * batching.max_batch_size), MAX_DEFAULT_REQUEST_THREADS)
-    return threads
 
 
 #: Modules a server always needs, imported before :func:`freeze_startup_objects` freezes.
@@ -343,6 +332,7 @@ def _start_grpc(serving: ModelServing, options: ServerOptions) -> Any:
             max_threads=options.grpc_max_threads,
             enable_health=options.enable_grpc_health,
             tensor_content=options.grpc_tensor_content,
+            asyncio=options.grpc_asyncio,
             tls=options.grpc_tls,
         ),
     )

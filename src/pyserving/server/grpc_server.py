@@ -44,7 +44,7 @@ import stat
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import grpc
 import numpy as np
@@ -67,6 +67,9 @@ from pyserving.server.service import (
     set_model_spec,
     spec_from_proto,
 )
+
+if TYPE_CHECKING:
+    from pyserving.server.grpc_async import AsyncGrpcServer
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +150,9 @@ class GrpcServerOptions:
     ``enable_health``: serve ``grpc.health.v1.Health`` [``--enable_grpc_healthcheck_service``].
     ``max_message_bytes``: limit on request and response size (TF Serving: ``INT32_MAX``).
     ``tls``: serve both addresses over TLS [``--ssl_config_file``]; ``None`` = plaintext.
+    ``asyncio``: serve on ``grpc.aio`` (see ``grpc_async.py``): a Predict waiting for its
+    batch holds no thread. The server turns it on with batching; without batching the
+    synchronous server answers sooner (one thread hand-off less per request).
     ``tensor_content``: Predict outputs carry their values as raw bytes in
     ``tensor_content`` instead of the typed ``*_val`` fields (strings stay in ``string_val``)
     [``--enable_serialization_as_tensor_content``].
@@ -160,6 +166,7 @@ class GrpcServerOptions:
     max_message_bytes: int = 2**31 - 1
     tls: GrpcTls | None = None
     tensor_content: bool = False
+    asyncio: bool = False
 
 
 def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
@@ -472,14 +479,9 @@ class GrpcServer:
         self.stop(None)
 
 
-def start_grpc_server(serving: ModelServing, options: GrpcServerOptions) -> GrpcServer:
-    """Build, bind and start the gRPC server over ``serving``.
-
-    Raises :class:`~pyserving.errors.InvalidArgument` for malformed channel arguments and
-    ``RuntimeError`` when a listening address cannot be bound. The health service (when
-    enabled) starts as SERVING, as TF Serving's default health service: the server is
-    started once the models are loaded.
-    """
+def server_channel_args(options: GrpcServerOptions) -> tuple[dict[str, int | str], int]:
+    """The server's channel arguments (message size limits, then the user's), and the
+    largest decoded size of a request's inputs (the receive limit)."""
     channel_args: dict[str, int | str] = {
         "grpc.max_receive_message_length": options.max_message_bytes,
         "grpc.max_send_message_length": options.max_message_bytes,
@@ -489,6 +491,24 @@ def start_grpc_server(serving: ModelServing, options: GrpcServerOptions) -> Grpc
     max_tensor_bytes = (
         receive_limit if isinstance(receive_limit, int) and receive_limit > 0 else 2**31 - 1
     )
+    return channel_args, max_tensor_bytes
+
+
+def start_grpc_server(
+    serving: ModelServing, options: GrpcServerOptions
+) -> GrpcServer | AsyncGrpcServer:
+    """Build, bind and start the gRPC server over ``serving``.
+
+    Raises :class:`~pyserving.errors.InvalidArgument` for malformed channel arguments and
+    ``RuntimeError`` when a listening address cannot be bound. The health service (when
+    enabled) starts as SERVING, as TF Serving's default health service: the server is
+    started once the models are loaded.
+    """
+    if options.asyncio:
+        from pyserving.server.grpc_async import start_async_grpc_server
+
+        return start_async_grpc_server(serving, options)
+    channel_args, max_tensor_bytes = server_channel_args(options)
     executor = concurrent.futures.ThreadPoolExecutor(
         max_workers=max(1, options.max_threads), thread_name_prefix="pyserving-grpc"
     )
@@ -524,7 +544,9 @@ def start_grpc_server(serving: ModelServing, options: GrpcServerOptions) -> Grpc
 
 
 def _bind(
-    server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None = None
+    server: grpc.Server | grpc.aio.Server,
+    address: str,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> int:
     try:
         if credentials is None:

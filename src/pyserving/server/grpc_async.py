@@ -1,0 +1,316 @@
+"""The gRPC front end on ``grpc.aio``: the same services, with batched requests held by no thread.
+
+With batching on, a Predict waiting for its batch would hold one of the synchronous server's
+threads; here it is an awaited future on the server's event loop, so a batch fills from as
+many concurrent calls as clients send, whatever ``--grpc_max_threads`` is. The services,
+error mapping, limits, TLS, UNIX socket and health service are those of ``grpc_server.py``:
+
+* Predict: the request is decoded and queued (or, for a model without batching, run) on a
+  worker thread (:meth:`PredictionServicer.start_predict`); the event loop awaits the answer
+  and builds the response. The deadline is checked before and after, as in the synchronous
+  server; a client that goes away cancels its queued request.
+* Every other method runs the synchronous servicer's method on a worker thread, with a
+  context that forwards ``abort`` to the call's.
+
+The event loop runs on its own thread (``pyserving-grpc-loop``); worker threads are the
+bounded ``pyserving-grpc`` pool (``max_threads``). :class:`AsyncGrpcServer` has the
+interface of :class:`~pyserving.server.grpc_server.GrpcServer` and is thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+from pyserving.errors import ServingError
+from pyserving.server.grpc_server import (
+    SERVICE_NAMES,
+    GrpcServerOptions,
+    ModelServicer,
+    PredictionServicer,
+    _bind,
+    _truncate,
+    server_channel_args,
+)
+from pyserving.server.service import ModelServing
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class _Aborted(Exception):
+    """Raised by :meth:`_ThreadContext.abort` on a worker thread; re-raised as the call's."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class _ThreadContext:
+    """What the synchronous servicers use of a ServicerContext, for a worker thread.
+
+    The deadline is read once on the event loop; cancellation arrives through the call's
+    done callback; ``abort`` raises :class:`_Aborted` for the loop to re-raise.
+    """
+
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        remaining = context.time_remaining()
+        self._deadline = None if remaining is None else time.monotonic() + remaining
+        self._done = threading.Event()
+        context.add_done_callback(lambda _context: self._done.set())
+
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else self._deadline - time.monotonic()
+
+    def is_active(self) -> bool:
+        return not self._done.is_set()
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise _Aborted(code, details)
+
+
+class _Bridge:
+    """Runs synchronous servicer methods on the worker pool for an async servicer."""
+
+    def __init__(self, executor: concurrent.futures.Executor) -> None:
+        self.executor = executor
+
+    async def run(
+        self,
+        method: Callable[[Any, Any], T],
+        request: Any,
+        context: grpc.aio.ServicerContext,
+    ) -> T:
+        thread_context = _ThreadContext(context)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.executor, method, request, thread_context)
+        except _Aborted as exc:
+            await context.abort(exc.code, exc.details)
+            raise AssertionError("unreachable: abort returned") from None  # pragma: no cover
+
+
+async def _check_deadline(context: grpc.aio.ServicerContext) -> None:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+
+class AsyncPredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """``tensorflow.serving.PredictionService`` on ``grpc.aio`` over a
+    :class:`PredictionServicer` (see the module docstring)."""
+
+    def __init__(self, servicer: PredictionServicer, bridge: _Bridge) -> None:
+        self._servicer = servicer
+        self._bridge = bridge
+
+    async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await _check_deadline(context)
+        loop = asyncio.get_running_loop()
+        try:
+            future = await loop.run_in_executor(
+                self._bridge.executor, self._servicer.start_predict, request
+            )
+            result = await asyncio.wrap_future(future)
+        except ServingError as exc:
+            log.debug("Predict failed: %s", exc.message)
+            code, message = exc.grpc_code, exc.message
+        except Exception as exc:
+            log.exception("Predict failed with an unexpected error")
+            code, message = grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
+        else:
+            await _check_deadline(context)
+            return self._servicer.predict_response(result)
+        await context.abort(code, _truncate(message))
+
+    async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._bridge.run(self._servicer.Classify, request, context)
+
+    async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._bridge.run(self._servicer.Regress, request, context)
+
+    async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._bridge.run(self._servicer.MultiInference, request, context)
+
+    async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._bridge.run(self._servicer.GetModelMetadata, request, context)
+
+
+class AsyncModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """``tensorflow.serving.ModelService`` on ``grpc.aio`` over a :class:`ModelServicer`."""
+
+    def __init__(self, servicer: ModelServicer, bridge: _Bridge) -> None:
+        self._servicer = servicer
+        self._bridge = bridge
+
+    async def GetModelStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._bridge.run(self._servicer.GetModelStatus, request, context)
+
+    async def HandleReloadConfigRequest(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> Any:
+        return await self._bridge.run(self._servicer.HandleReloadConfigRequest, request, context)
+
+
+class AsyncGrpcServer:
+    """A running ``grpc.aio`` front end (see :func:`start_async_grpc_server`).
+
+    Same interface as :class:`~pyserving.server.grpc_server.GrpcServer`: ``port``,
+    ``socket_path``, ``set_serving_status``, ``stop`` (idempotent),
+    ``wait_for_termination``, and a context manager that stops without grace.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        thread: threading.Thread,
+        executor: concurrent.futures.ThreadPoolExecutor,
+    ) -> None:
+        self._loop = loop
+        self._thread = thread
+        self._executor = executor
+        self._server: grpc.aio.Server | None = None
+        self._health: Any = None
+        self.port = 0
+        self.socket_path = ""
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._terminated = threading.Event()
+
+    def _run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def set_serving_status(self, ready: bool) -> None:
+        """As :meth:`GrpcServer.set_serving_status`."""
+        if self._health is None:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+
+        async def update() -> None:
+            for name in ("", *SERVICE_NAMES):
+                await self._health.set(name, status)
+
+        self._run(update())
+
+    def stop(self, grace: float | None = None) -> None:
+        """As :meth:`GrpcServer.stop`: blocks until stopped; idempotent."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+
+        async def shutdown() -> None:
+            if self._health is not None:
+                await self._health.enter_graceful_shutdown()
+            if self._server is not None:
+                await self._server.stop(grace)
+
+        try:
+            self._run(shutdown())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            if self.socket_path:
+                with contextlib.suppress(OSError):
+                    if stat.S_ISSOCK(os.stat(self.socket_path).st_mode):
+                        os.unlink(self.socket_path)
+            self._terminated.set()
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """Block until the server stops or ``timeout`` passes; True when it stopped."""
+        return self._terminated.wait(timeout)
+
+    def __enter__(self) -> AsyncGrpcServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(None)
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """The loop thread: run until stopped, then close the loop."""
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def start_async_grpc_server(serving: ModelServing, options: GrpcServerOptions) -> AsyncGrpcServer:
+    """Build, bind and start the ``grpc.aio`` front end over ``serving``.
+
+    Raises as :func:`~pyserving.server.grpc_server.start_grpc_server`: ``InvalidArgument``
+    for malformed channel arguments, ``RuntimeError`` when an address cannot be bound.
+    """
+    channel_args, max_tensor_bytes = server_channel_args(options)
+    executor = concurrent.futures.ThreadPoolExecutor(
+        max_workers=max(1, options.max_threads), thread_name_prefix="pyserving-grpc"
+    )
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(
+        target=_run_loop, args=(loop,), name="pyserving-grpc-loop", daemon=True
+    )
+    thread.start()
+    server = AsyncGrpcServer(loop, thread, executor)
+    bridge = _Bridge(executor)
+    servicer = PredictionServicer(
+        serving, max_tensor_bytes=max_tensor_bytes, tensor_content=options.tensor_content
+    )
+
+    async def start() -> None:
+        aio_server = grpc.aio.server(options=list(channel_args.items()))
+        server._server = aio_server
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            AsyncPredictionServicer(servicer, bridge), aio_server
+        )
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+            AsyncModelServicer(ModelServicer(serving), bridge), aio_server
+        )
+        if options.enable_health:
+            server._health = health.aio.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(server._health, aio_server)
+        credentials = options.tls.credentials() if options.tls is not None else None
+        server.port = _bind(aio_server, f"0.0.0.0:{options.port}", credentials)
+        if options.socket_path:
+            _bind(aio_server, f"unix:{options.socket_path}", credentials)
+            server.socket_path = options.socket_path
+        await aio_server.start()
+
+    try:
+        server._run(start())
+    except BaseException:
+        server.stop(None)
+        raise
+    server.set_serving_status(True)
+    log.debug("gRPC server (asyncio) bound to 0.0.0.0:%d", server.port)
+    if options.socket_path:
+        log.info("Running gRPC ModelServer at UNIX socket %s ...", options.socket_path)
+    return server
+
+
+__all__ = [
+    "AsyncGrpcServer",
+    "AsyncModelServicer",
+    "AsyncPredictionServicer",
+    "start_async_grpc_server",
+]
