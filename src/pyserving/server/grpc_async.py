@@ -5,10 +5,13 @@ threads; here it is an awaited future on the server's event loop, so a batch fil
 many concurrent calls as clients send, whatever ``--grpc_max_threads`` is. The services,
 error mapping, limits, TLS, UNIX socket and health service are those of ``grpc_server.py``:
 
-* Predict: the request is decoded and queued (or, for a model without batching, run) on a
-  worker thread (:meth:`PredictionServicer.start_predict`); the event loop awaits the answer
-  and builds the response. The deadline is checked before and after, as in the synchronous
-  server; a client that goes away cancels its queued request.
+* Predict: the request is decoded and queued for its batch
+  (:meth:`PredictionServicer.start_predict`) on the event loop when it is small
+  (:data:`INLINE_REQUEST_BYTES`), else on a worker thread; the event loop awaits the answer
+  and builds the response. (A request the batcher cannot take, with more rows than
+  ``max_batch_size``, runs where it was decoded; so does a model without batching.) The
+  deadline is checked before and after, as in the synchronous server; a client that goes
+  away cancels its queued request.
 * Every other method runs the synchronous servicer's method on a worker thread, with a
   context that forwards ``abort`` to the call's.
 
@@ -49,6 +52,10 @@ from pyserving.server.service import ModelServing
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Predict requests up to this size are decoded and queued on the event loop (tens of
+#: microseconds); larger ones on a worker thread, so a big request never stalls the loop.
+INLINE_REQUEST_BYTES = 64 * 1024
 
 
 class _Aborted(Exception):
@@ -122,9 +129,12 @@ class AsyncPredictionServicer(prediction_service_pb2_grpc.PredictionServiceServi
         await _check_deadline(context)
         loop = asyncio.get_running_loop()
         try:
-            future = await loop.run_in_executor(
-                self._bridge.executor, self._servicer.start_predict, request
-            )
+            if request.ByteSize() <= INLINE_REQUEST_BYTES:
+                future = self._servicer.start_predict(request)
+            else:
+                future = await loop.run_in_executor(
+                    self._bridge.executor, self._servicer.start_predict, request
+                )
             result = await asyncio.wrap_future(future)
         except ServingError as exc:
             log.debug("Predict failed: %s", exc.message)
