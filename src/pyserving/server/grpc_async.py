@@ -24,17 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
-import os
-import stat
 import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from pyserving.errors import ServingError
@@ -45,6 +42,8 @@ from pyserving.server.grpc_server import (
     PredictionServicer,
     _bind,
     _truncate,
+    health_status,
+    remove_socket,
     server_channel_args,
 )
 from pyserving.server.service import ModelServing
@@ -208,11 +207,7 @@ class AsyncGrpcServer:
         """As :meth:`GrpcServer.set_serving_status`."""
         if self._health is None:
             return
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if ready
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        status = health_status(ready)
 
         async def update() -> None:
             for name in ("", *SERVICE_NAMES):
@@ -239,10 +234,7 @@ class AsyncGrpcServer:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=30)
             self._executor.shutdown(wait=False, cancel_futures=True)
-            if self.socket_path:
-                with contextlib.suppress(OSError):
-                    if stat.S_ISSOCK(os.stat(self.socket_path).st_mode):
-                        os.unlink(self.socket_path)
+            remove_socket(self.socket_path)
             self._terminated.set()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:

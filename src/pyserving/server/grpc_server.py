@@ -410,6 +410,21 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return _call(context, "HandleReloadConfigRequest", work)
 
 
+def health_status(ready: bool) -> int:
+    """The health service's SERVING (``ready``) or NOT_SERVING."""
+    if ready:
+        return int(health_pb2.HealthCheckResponse.SERVING)
+    return int(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
+def remove_socket(path: str) -> None:
+    """Remove the UNIX socket file at ``path`` ("" = none); anything else there is kept."""
+    if path:
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)
+
+
 class GrpcServer:
     """A running gRPC front end (see :func:`start_grpc_server`).
 
@@ -440,11 +455,7 @@ class GrpcServer:
         """
         if self._health is None:
             return
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if ready
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        status = health_status(ready)
         for name in ("", *SERVICE_NAMES):
             self._health.set(name, status)
 
@@ -462,10 +473,7 @@ class GrpcServer:
             self._health.enter_graceful_shutdown()
         self._server.stop(grace).wait()
         self._executor.shutdown(wait=False, cancel_futures=True)
-        if self.socket_path:
-            with contextlib.suppress(OSError):
-                if stat.S_ISSOCK(os.stat(self.socket_path).st_mode):
-                    os.unlink(self.socket_path)
+        remove_socket(self.socket_path)
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         """Block until the server stops or ``timeout`` passes; True when it stopped."""
