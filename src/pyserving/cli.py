@@ -173,6 +173,12 @@ FLAGS: tuple[Flag, ...] = (
         "",
         "pyserving: PEM private key file for rest_api_ssl_certfile",
     ),
+    Flag(
+        "rest_api_ssl_client_ca_file",
+        str,
+        "",
+        "pyserving: PEM CA certificates; REST clients must present a certificate they signed",
+    ),
 )
 
 _BY_NAME = {f.name: f for f in FLAGS}

@@ -66,3 +66,54 @@ def test_grpc_and_rest_over_tls(testdata: pathlib.Path, tmp_path: pathlib.Path) 
         assert "(TLS)" in srv.log() and "(HTTPS)" in srv.log()
     finally:
         assert srv.stop() == 0, srv.log()
+
+
+def test_rest_client_certificates_are_required_with_a_client_ca(
+    testdata: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    ca = CertificateAuthority()
+    server_pair = ca.issue("localhost", server=True)
+    client = ca.issue("client", server=False)
+    stranger = CertificateAuthority("another CA").issue("client", server=False)
+    for name, data in {
+        "ca.pem": ca.cert,
+        "server.key": server_pair.key,
+        "server.pem": server_pair.cert,
+        "client.key": client.key,
+        "client.pem": client.cert,
+        "stranger.key": stranger.key,
+        "stranger.pem": stranger.cert,
+    }.items():
+        (tmp_path / name).write_bytes(data)
+    srv = RunningServer(
+        [
+            "--model_name=half_plus_two",
+            f"--model_base_path={testdata / 'saved_model_half_plus_two_cpu'}",
+            f"--rest_api_ssl_certfile={tmp_path / 'server.pem'}",
+            f"--rest_api_ssl_keyfile={tmp_path / 'server.key'}",
+            f"--rest_api_ssl_client_ca_file={tmp_path / 'ca.pem'}",
+        ],
+        tmp_path / "server.log",
+    )
+    try:
+        srv.wait_ready()
+        url = f"https://localhost:{srv.rest_port}/v1/models/half_plus_two:predict"
+        body = json.dumps({"instances": [[2.0]]})
+
+        def context(cert: str | None) -> ssl.SSLContext:
+            trust = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+            if cert is not None:
+                trust.load_cert_chain(tmp_path / f"{cert}.pem", tmp_path / f"{cert}.key")
+            return trust
+
+        with httpx.Client(verify=context("client"), timeout=30) as https:
+            r = https.post(url, content=body)
+            assert (r.status_code, r.json()) == (200, {"predictions": [[3.0]]})
+        for refused in (None, "stranger"):
+            with (
+                httpx.Client(verify=context(refused), timeout=30) as https,
+                pytest.raises(httpx.HTTPError),
+            ):
+                https.post(url, content=body)
+    finally:
+        assert srv.stop() == 0, srv.log()

@@ -215,3 +215,31 @@ def test_rest_tls_flags_are_checked_at_start_up(
                 ]
             )
         )
+
+
+def test_rest_client_ca_flag_is_checked_at_start_up(
+    server_pair: KeyPair, ca: CertificateAuthority, tmp_path: pathlib.Path
+) -> None:
+    (tmp_path / "key.pem").write_bytes(server_pair.key)
+    (tmp_path / "cert.pem").write_bytes(server_pair.cert)
+    (tmp_path / "ca.pem").write_bytes(ca.cert)
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    tls = [
+        f"--model_base_path={tmp_path}",
+        f"--rest_api_ssl_certfile={tmp_path / 'cert.pem'}",
+        f"--rest_api_ssl_keyfile={tmp_path / 'key.pem'}",
+    ]
+    options = server_options_from_flags(
+        parse_flags([*tls, f"--rest_api_ssl_client_ca_file={tmp_path / 'ca.pem'}"])
+    )
+    assert options.rest_ssl_client_ca_file == str(tmp_path / "ca.pem")
+    with pytest.raises(UsageError, match="rest_api_ssl_client_ca_file needs"):
+        server_options_from_flags(
+            parse_flags(
+                [f"--model_base_path={tmp_path}", f"--rest_api_ssl_client_ca_file={tmp_path}"]
+            )
+        )
+    with pytest.raises(UsageError, match="cannot load the CA certificates"):
+        server_options_from_flags(
+            parse_flags([*tls, f"--rest_api_ssl_client_ca_file={tmp_path / 'junk.pem'}"])
+        )

@@ -75,6 +75,8 @@ class ServerOptions:
     #: HTTPS for the REST API: PEM certificate (chain) and key files ("" = plain HTTP).
     rest_ssl_certfile: str = ""
     rest_ssl_keyfile: str = ""
+    #: PEM CA certificates REST client certificates must be signed by ("" = none asked for).
+    rest_ssl_client_ca_file: str = ""
     #: TLS for gRPC (``--ssl_config_file``); None = plaintext.
     grpc_tls: GrpcTls | None = None
 
@@ -159,7 +161,11 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         )
     grpc_tls = _grpc_tls(flags.ssl_config_file)
     session_config = _session_config(flags.tensorflow_session_config_file)
-    _check_rest_tls(flags.rest_api_ssl_certfile, flags.rest_api_ssl_keyfile)
+    _check_rest_tls(
+        flags.rest_api_ssl_certfile,
+        flags.rest_api_ssl_keyfile,
+        flags.rest_api_ssl_client_ca_file,
+    )
     intra = flags.tensorflow_intra_op_parallelism or flags.tensorflow_session_parallelism
     inter = flags.tensorflow_inter_op_parallelism or flags.tensorflow_session_parallelism
     core = ServerCoreOptions(
@@ -209,6 +215,7 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         rest_max_body_bytes=flags.rest_api_max_body_bytes or None,
         rest_ssl_certfile=flags.rest_api_ssl_certfile,
         rest_ssl_keyfile=flags.rest_api_ssl_keyfile,
+        rest_ssl_client_ca_file=flags.rest_api_ssl_client_ca_file,
         grpc_tls=grpc_tls,
     )
 
@@ -239,23 +246,32 @@ def _grpc_tls(ssl_config_file: str) -> GrpcTls | None:
         raise UsageError(f"--ssl_config_file={ssl_config_file}: {exc.message}") from None
 
 
-def _check_rest_tls(certfile: str, keyfile: str) -> None:
-    """Load the REST certificate and key once, so a bad pair stops start-up with a message."""
-    if not certfile and not keyfile:
+def _check_rest_tls(certfile: str, keyfile: str, client_ca_file: str = "") -> None:
+    """Load the REST certificate, key and client CAs once, so a bad file stops start-up
+    with a message."""
+    if not certfile and not keyfile and not client_ca_file:
         return
     if not certfile:
-        raise UsageError("--rest_api_ssl_keyfile needs --rest_api_ssl_certfile")
+        which = "--rest_api_ssl_keyfile" if keyfile else "--rest_api_ssl_client_ca_file"
+        raise UsageError(f"{which} needs --rest_api_ssl_certfile")
     import ssl
 
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
-            certfile, keyfile or None
-        )
+        context.load_cert_chain(certfile, keyfile or None)
     except (OSError, ssl.SSLError) as exc:
         raise UsageError(
             f"--rest_api_ssl_certfile={certfile} / --rest_api_ssl_keyfile={keyfile}: "
             f"cannot load the certificate and key: {exc}"
         ) from None
+    if client_ca_file:
+        try:
+            context.load_verify_locations(cafile=client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(
+                f"--rest_api_ssl_client_ca_file={client_ca_file}: cannot load the CA "
+                f"certificates: {exc}"
+            ) from None
 
 
 #: Modules a server always needs, imported before :func:`freeze_startup_objects` freezes.
@@ -427,7 +443,17 @@ def uvicorn_config(app: Any, options: ServerOptions) -> Any:
         backlog=2048,
         ssl_certfile=options.rest_ssl_certfile or None,
         ssl_keyfile=options.rest_ssl_keyfile or None,
+        **_client_verification(options.rest_ssl_client_ca_file),
     )
+
+
+def _client_verification(client_ca_file: str) -> dict[str, Any]:
+    """uvicorn's settings requiring a client certificate signed by ``client_ca_file``."""
+    if not client_ca_file:
+        return {}
+    import ssl
+
+    return {"ssl_ca_certs": client_ca_file, "ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
 def _uvicorn_server_class() -> type:
