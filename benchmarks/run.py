@@ -225,17 +225,22 @@ def run_loadgen(
         f"--server-pid={server_pid}",
     ]
     budget = 120 + len(levels) * (args.duration + args.warmup + 35)
+    return _run_json(command, budget, "load generator")
+
+
+def _run_json(command: list[str], timeout: float, what: str) -> dict[str, Any]:
+    """Run a benchmark process and return the JSON document on its last line of output."""
     done = subprocess.run(
         command,
         cwd=servers.ROOT,
         env=servers.child_env(),
         capture_output=True,
         text=True,
-        timeout=budget,
+        timeout=timeout,
         check=False,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"load generator failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{what} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
@@ -262,19 +267,7 @@ def run_inprocess(
             f"--batching_parameters={batching_file}",
             f"--scheduler_callers={report.BATCHING_CONCURRENCY}",
         ]
-    done = subprocess.run(
-        command,
-        cwd=servers.ROOT,
-        env=servers.child_env(),
-        capture_output=True,
-        text=True,
-        timeout=300 + 5 * (args.duration + args.warmup),
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"in-process baseline failed:\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return _run_json(command, 300 + 5 * (args.duration + args.warmup), "in-process baseline")
 
 
 def _versions() -> dict[str, str]:

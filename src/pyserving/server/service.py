@@ -80,19 +80,14 @@ class ModelServing:
             yield
             return
         start = time.perf_counter()
-        status = "OK"
+        error: Exception | None = None
         try:
             yield
-        except ServingError as exc:
-            status = exc.code.name
-            raise
-        except Exception:
-            status = Code.INTERNAL.name
+        except Exception as exc:
+            error = exc
             raise
         finally:
-            self.metrics.observe_request(
-                model_name, api, entrypoint, status, time.perf_counter() - start
-            )
+            self._observe(model_name, api, entrypoint, error, start)
 
     def predict(
         self,
@@ -130,7 +125,7 @@ class ModelServing:
             assert handle is not None
             handle.release()
             error = inner.exception()
-            self._observe(spec.name, entrypoint, error, start)
+            self._observe(spec.name, "predict", entrypoint, error, start)
             if not result.set_running_or_notify_cancel():
                 return  # the caller gave up waiting (cancelled the future)
             if error is not None:
@@ -166,7 +161,7 @@ class ModelServing:
         except Exception as exc:
             if handle is not None:
                 handle.release()
-            self._observe(spec.name, entrypoint, exc, start)
+            self._observe(spec.name, "predict", entrypoint, exc, start)
             result.set_exception(exc)
             return result
         id = handle.id
@@ -174,8 +169,15 @@ class ModelServing:
         return result
 
     def _observe(
-        self, model_name: str, entrypoint: str, error: BaseException | None, start: float
+        self,
+        model_name: str,
+        api: str,
+        entrypoint: str,
+        error: BaseException | None,
+        start: float,
     ) -> None:
+        """Count one request since ``start``: status ``OK``, the error code's name, or
+        ``INTERNAL`` for an error that is not a ``ServingError``."""
         if self.metrics is None:
             return
         if error is None:
@@ -185,7 +187,7 @@ class ModelServing:
         else:
             status = Code.INTERNAL.name
         self.metrics.observe_request(
-            model_name, "predict", entrypoint, status, time.perf_counter() - start
+            model_name, api, entrypoint, status, time.perf_counter() - start
         )
 
     def classify(
