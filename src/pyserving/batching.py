@@ -159,8 +159,9 @@ class BatchScheduler:
 
         Raises ``Unavailable`` at once when the queue is full or the scheduler is closed. A
         request that cannot be batched (more rows than ``max_batch_size``, or inputs without
-        a common dimension 0) runs here, in the calling thread, and comes back done. The
-        future fails with the batch's ``ServingError`` (other exceptions become
+        a common dimension 0) runs here, in the calling thread, and comes back done (failed
+        with its ``ServingError``; any other exception is raised here). A queued request's
+        future fails with its batch's ``ServingError`` (other exceptions of the batch become
         ``Internal``); its callbacks run on a batch thread.
         """
         tensors = {k: np.asarray(v) for k, v in inputs.items()}
