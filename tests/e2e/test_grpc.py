@@ -121,13 +121,14 @@ class Env:
         return health_pb2_grpc.HealthStub(self.channels[kind])
 
 
-@pytest.fixture(scope="module", params=["sync", "asyncio"])
+@pytest.fixture(scope="module", params=["http2", "sync", "asyncio"])
 def env(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     testdata: pathlib.Path,
 ) -> Iterator[Env]:
-    """The server under test, once on grpcio's synchronous server and once on grpc.aio."""
+    """The server under test: on pyserving's HTTP/2 server (the default), on grpcio's
+    synchronous server and on grpc.aio."""
     tmp = tmp_path_factory.mktemp("grpc")
     core = ServerCore(
         ServerCoreOptions(
@@ -144,6 +145,7 @@ def env(
                 port=0,
                 socket_path=str(tmp / "grpc.sock"),
                 enable_health=True,
+                grpcio=request.param != "http2",
                 asyncio=request.param == "asyncio",
             ),
         )

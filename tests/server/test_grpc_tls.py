@@ -69,16 +69,22 @@ def core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerCore]:
         yield c
 
 
-@pytest.fixture(params=["sync", "asyncio"])
+@pytest.fixture(params=["http2", "sync", "asyncio"])
 def flavour(request: pytest.FixtureRequest) -> str:
-    """grpcio's synchronous server or grpc.aio (the front end used with batching)."""
+    """pyserving's HTTP/2 server (the default), grpcio's synchronous server or grpc.aio."""
     return str(request.param)
 
 
-def serve(core: ServerCore, tls: GrpcTls, socket_path: str = "", flavour: str = "sync") -> Any:
+def serve(core: ServerCore, tls: GrpcTls, socket_path: str = "", flavour: str = "http2") -> Any:
     return start_grpc_server(
         ModelServing(core),
-        GrpcServerOptions(port=0, socket_path=socket_path, tls=tls, asyncio=flavour == "asyncio"),
+        GrpcServerOptions(
+            port=0,
+            socket_path=socket_path,
+            tls=tls,
+            grpcio=flavour != "http2",
+            asyncio=flavour == "asyncio",
+        ),
     )
 
 

@@ -70,6 +70,7 @@ from pyserving.server.service import (
 
 if TYPE_CHECKING:
     from pyserving.server.grpc_async import AsyncGrpcServer
+    from pyserving.server.grpc_h2 import H2GrpcServer
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +151,12 @@ class GrpcServerOptions:
     ``enable_health``: serve ``grpc.health.v1.Health`` [``--enable_grpc_healthcheck_service``].
     ``max_message_bytes``: limit on request and response size (TF Serving: ``INT32_MAX``).
     ``tls``: serve both addresses over TLS [``--ssl_config_file``]; ``None`` = plaintext.
-    ``asyncio``: serve on ``grpc.aio`` (see ``grpc_async.py``): a Predict waiting for its
-    batch holds no thread. The server turns it on with batching; without batching the
-    synchronous server answers sooner (one thread hand-off less per request).
+    ``grpcio``: serve on grpcio instead of pyserving's own HTTP/2 server (``grpc_h2.py``,
+    the default) [``--grpc_frontend=grpcio``]. Channel arguments the HTTP/2 server does not
+    apply (anything but ``grpc_h2.SUPPORTED_CHANNEL_ARGUMENTS``) select grpcio too.
+    ``asyncio``: on grpcio, serve on ``grpc.aio`` (see ``grpc_async.py``): a Predict waiting
+    for its batch holds no thread. The server turns it on with batching; without batching
+    the synchronous server answers sooner (one thread hand-off less per request).
     ``tensor_content``: Predict outputs carry their values as raw bytes in
     ``tensor_content`` instead of the typed ``*_val`` fields (strings stay in ``string_val``)
     [``--enable_serialization_as_tensor_content``].
@@ -166,6 +170,7 @@ class GrpcServerOptions:
     max_message_bytes: int = 2**31 - 1
     tls: GrpcTls | None = None
     tensor_content: bool = False
+    grpcio: bool = False
     asyncio: bool = False
 
 
@@ -502,16 +507,36 @@ def server_channel_args(options: GrpcServerOptions) -> tuple[dict[str, int | str
     return channel_args, max_tensor_bytes
 
 
+def uses_grpcio(options: GrpcServerOptions) -> bool:
+    """Whether ``options`` are served by grpcio: asked for, or needed by a channel argument
+    only grpcio applies. ``InvalidArgument`` for malformed channel arguments."""
+    from pyserving.server.grpc_h2 import SUPPORTED_CHANNEL_ARGUMENTS
+
+    arguments = {key for key, _ in parse_channel_arguments(options.channel_arguments)}
+    return options.grpcio or not arguments <= SUPPORTED_CHANNEL_ARGUMENTS
+
+
 def start_grpc_server(
     serving: ModelServing, options: GrpcServerOptions
-) -> GrpcServer | AsyncGrpcServer:
-    """Build, bind and start the gRPC server over ``serving``.
+) -> GrpcServer | AsyncGrpcServer | H2GrpcServer:
+    """Build, bind and start the gRPC server over ``serving``: pyserving's HTTP/2 server
+    (``grpc_h2.py``) unless :func:`uses_grpcio`.
 
     Raises :class:`~pyserving.errors.InvalidArgument` for malformed channel arguments and
     ``RuntimeError`` when a listening address cannot be bound. The health service (when
     enabled) starts as SERVING, as TF Serving's default health service: the server is
     started once the models are loaded.
     """
+    if not uses_grpcio(options):
+        from pyserving.server.grpc_h2 import start_h2_grpc_server
+
+        return start_h2_grpc_server(serving, options)
+    if not options.grpcio:
+        log.info(
+            "gRPC served by grpcio: --grpc_channel_arguments names arguments only grpcio "
+            "applies (%s)",
+            options.channel_arguments,
+        )
     if options.asyncio:
         from pyserving.server.grpc_async import start_async_grpc_server
 
@@ -577,4 +602,5 @@ __all__ = [
     "parse_channel_arguments",
     "read_ssl_config_file",
     "start_grpc_server",
+    "uses_grpcio",
 ]
