@@ -141,6 +141,12 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag("log_format", str, "text", "pyserving: text, or json for one JSON object per line"),
     Flag(
+        "grpc_frontend",
+        str,
+        "http2",
+        "pyserving: gRPC served by http2 (pyserving's HTTP/2 server) or grpcio",
+    ),
+    Flag(
         "model_memory_budget_bytes",
         int,
         0,

@@ -54,9 +54,12 @@ class ServerOptions:
     enable_grpc_health: bool = False
     #: ``--enable_serialization_as_tensor_content``: gRPC Predict outputs as raw bytes.
     grpc_tensor_content: bool = False
-    #: Serve gRPC on grpc.aio (on with batching: a request waiting for its batch then holds
-    #: no thread; without batching the synchronous server answers sooner).
+    #: With --grpc_frontend=grpcio, serve gRPC on grpc.aio (on with batching: a request
+    #: waiting for its batch then holds no thread; without batching the synchronous server
+    #: answers sooner). pyserving's HTTP/2 server needs neither: it awaits batches.
     grpc_asyncio: bool = False
+    #: Serve gRPC on grpcio instead of pyserving's HTTP/2 server (--grpc_frontend=grpcio).
+    grpc_grpcio: bool = False
     rest_port: int = 0
     rest_num_threads: int = 8
     rest_timeout_ms: int = 30000
@@ -117,6 +120,8 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         )
     if flags.log_format not in ("text", "json"):
         raise UsageError(f"--log_format must be text or json, not {flags.log_format}")
+    if flags.grpc_frontend not in ("http2", "grpcio"):
+        raise UsageError(f"--grpc_frontend must be http2 or grpcio, not {flags.grpc_frontend}")
     policy_per_model = {}
     for item in filter(None, (x.strip() for x in flags.version_policy_per_model.split(","))):
         name, _, policy = item.partition(":")
@@ -198,6 +203,7 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         grpc_channel_arguments=flags.grpc_channel_arguments,
         grpc_max_threads=max(1, int(flags.grpc_max_threads)),
         grpc_asyncio=batching is not None,
+        grpc_grpcio=flags.grpc_frontend == "grpcio",
         enable_grpc_health=flags.enable_grpc_healthcheck_service,
         grpc_tensor_content=flags.enable_serialization_as_tensor_content,
         rest_port=flags.rest_api_port,
@@ -348,6 +354,7 @@ def _start_grpc(serving: ModelServing, options: ServerOptions) -> Any:
             max_threads=options.grpc_max_threads,
             enable_health=options.enable_grpc_health,
             tensor_content=options.grpc_tensor_content,
+            grpcio=options.grpc_grpcio,
             asyncio=options.grpc_asyncio,
             tls=options.grpc_tls,
         ),

@@ -285,15 +285,22 @@ class GrpcHandler:
             max_body_bytes=self.max_receive + 5,
         )
 
-    def body_too_large(self, connection: Http2Connection, stream: Stream) -> None:
-        head = b"".join(stream.body)[:5]
-        size = int.from_bytes(head[1:5], "big") if len(head) == 5 else stream.body_bytes
+    def body_received(self, connection: Http2Connection, stream: Stream) -> bool:
+        """Refuse a message whose declared length (or body) is over the receive limit."""
+        head = stream.body[0][:5]
+        if len(head) < 5:
+            head = b"".join(stream.body)[:5]
+        declared = int.from_bytes(head[1:5], "big") if len(head) == 5 else 0
+        if declared <= self.max_receive and stream.body_bytes <= self.max_receive + 5:
+            return True
         self._fail(
             connection,
             stream,
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"Received message larger than max ({size} vs. {self.max_receive})",
+            f"Received message larger than max ({max(declared, stream.body_bytes - 5)} vs. "
+            f"{self.max_receive})",
         )
+        return False
 
     def request_received(self, connection: Http2Connection, stream: Stream) -> None:
         try:
@@ -592,9 +599,9 @@ def ssl_context(tls: GrpcTls) -> ssl.SSLContext:
             context.load_cert_chain(cert, key)
         except ssl.SSLError as exc:
             raise RuntimeError(f"Cannot use the server key and certificate: {exc}") from None
-    if tls.custom_ca:
+    if tls.client_verify:
         context.load_verify_locations(cadata=tls.custom_ca)
-        context.verify_mode = ssl.CERT_REQUIRED if tls.client_verify else ssl.CERT_OPTIONAL
+        context.verify_mode = ssl.CERT_REQUIRED
     context.set_alpn_protocols(["h2"])
     return context
 

@@ -15,8 +15,9 @@ sent in parts). It implements what gRPC over HTTP/2 uses and nothing more:
   answers wait for the client's windows (connection and stream) and are cut to the client's
   ``SETTINGS_MAX_FRAME_SIZE``; trailers follow the last byte of data;
 * limits: at most :attr:`Http2Settings.max_concurrent_streams` open streams (more are
-  refused with ``REFUSED_STREAM``), request bodies above :attr:`Http2Settings.max_body_bytes`
-  are reset (the handler is told first, so it can answer with a status);
+  refused with ``REFUSED_STREAM``); the handler sees each part of a body that comes in
+  several DATA frames and may refuse it early; a body above
+  :attr:`Http2Settings.max_body_bytes` is always refused (the stream is reset);
 * connection errors (a malformed frame, a bad preface, an undecodable header block) end the
   connection with GOAWAY and the error code; stream errors reset only that stream.
 
@@ -116,7 +117,7 @@ class Http2Settings:
 
     ``max_concurrent_streams``: open streams per connection (advertised; more are refused).
     ``max_body_bytes``: a request body above this is refused (the handler's
-    ``body_too_large`` answers it; the stream is then reset).
+    ``body_received`` answers it; the stream is then reset).
     ``max_header_list_bytes``: decoded header list size limit (advertised and enforced).
     """
 
@@ -163,9 +164,10 @@ class StreamHandler(Protocol):
         """The request of ``stream`` is complete (headers and body); answer it (now or
         later) with :meth:`Http2Connection.respond` or its parts."""
 
-    def body_too_large(self, connection: Http2Connection, stream: Stream) -> None:
-        """The request body passed ``max_body_bytes``; answer with an error status (the
-        stream is reset after)."""
+    def body_received(self, connection: Http2Connection, stream: Stream) -> bool:
+        """Part of the body arrived (``stream.body``), and more is to come or it is over
+        ``max_body_bytes``. False refuses the request: the handler has answered with an
+        error, and the stream is reset. Over the limit it is refused whatever this says."""
 
 
 class Http2Connection(asyncio.Protocol):
@@ -425,13 +427,15 @@ class Http2Connection(asyncio.Protocol):
             return  # closed or reset stream: the window was accounted for above
         if stream.finished or stream.cancelled:
             return
-        stream.body_bytes += len(payload)
-        if stream.body_bytes > self._settings.max_body_bytes:
-            self._handler.body_too_large(self, stream)
-            self._reset(stream_id, CANCEL)
-            return
         if payload:
             stream.body.append(payload)
+            stream.body_bytes += len(payload)
+        too_large = stream.body_bytes > self._settings.max_body_bytes
+        if (too_large or not flags & END_STREAM) and (
+            not self._handler.body_received(self, stream) or too_large
+        ):
+            self._reset(stream_id, CANCEL)  # answered already (an error), or not at all
+            return
         stream.receive_window -= size
         if stream.receive_window < 0:
             self._reset(stream_id, FLOW_CONTROL_ERROR)

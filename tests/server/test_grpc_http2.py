@@ -1,0 +1,497 @@
+"""pyserving's HTTP/2 gRPC front end at the level of frames, and what only it decides.
+
+The official stubs cover the services (``tests/e2e/test_grpc.py`` runs every gRPC test on
+this front end too); here a raw socket sends the frames a stub never would (a bad preface,
+tiny windows, CONTINUATION, resets, too many streams, a shutdown mid-request) and checks the
+server's frames and that it keeps serving.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import hpack
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.config import model_server_config_pb2
+
+from pyserving.core.manager import ManagerOptions
+from pyserving.server.core import ServerCore, ServerCoreOptions
+from pyserving.server.grpc_h2 import H2GrpcServer, parse_timeout, status_block
+from pyserving.server.grpc_server import GrpcServerOptions, start_grpc_server, uses_grpcio
+from pyserving.server.http2 import (
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    GOAWAY,
+    HEADERS,
+    PING,
+    PREFACE,
+    RST_STREAM,
+    SETTINGS,
+    WINDOW_UPDATE,
+    frame,
+)
+from pyserving.server.service import ModelServing
+
+TIMEOUT = 30.0
+PREDICT = "/tensorflow.serving.PredictionService/Predict"
+
+
+@pytest.fixture(scope="module")
+def core(testdata: pathlib.Path) -> Iterator[ServerCore]:
+    config = model_server_config_pb2.ModelServerConfig()
+    model = config.model_config_list.config.add()
+    model.name = "half_plus_two"
+    model.base_path = str(testdata / "saved_model_half_plus_two_cpu")
+    model.model_platform = "tensorflow"
+    options = ServerCoreOptions(
+        manager=ManagerOptions(num_load_threads=1), file_system_poll_wait_seconds=0
+    )
+    with ServerCore(options) as c:
+        c.reload_config(config)
+        yield c
+
+
+def serve(serving: ModelServing, **options: Any) -> H2GrpcServer:
+    server = start_grpc_server(serving, GrpcServerOptions(port=0, **options))
+    assert isinstance(server, H2GrpcServer)
+    return server
+
+
+@pytest.fixture(scope="module")
+def server(core: ServerCore) -> Iterator[H2GrpcServer]:
+    with serve(ModelServing(core), enable_health=True) as s:
+        yield s
+
+
+def predict_message(values: list[float], name: str = "half_plus_two") -> bytes:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    array = np.asarray(values, dtype=np.float32).reshape(-1, 1)
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_content=array.tobytes())
+    tensor.tensor_shape.CopyFrom(
+        tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape]
+        )
+    )
+    request.inputs["x"].CopyFrom(tensor)
+    data = request.SerializeToString()
+    return b"\x00" + struct.pack(">I", len(data)) + data
+
+
+class RawClient:
+    """A blocking HTTP/2 client on a socket: send frames, read frames."""
+
+    def __init__(self, port: int, settings: bytes = b"", preface: bytes = PREFACE) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        self.buffer = b""
+        self.encoder = hpack.Encoder()
+        self.decoder = hpack.Decoder()
+        self.sock.sendall(preface + frame(SETTINGS, 0, 0, settings))
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, *frames: bytes) -> None:
+        self.sock.sendall(b"".join(frames))
+
+    def headers_block(self, path: str = PREDICT, content_type: str = "application/grpc") -> bytes:
+        return self.encoder.encode(
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", path),
+                (":authority", "localhost"),
+                ("content-type", content_type),
+                ("te", "trailers"),
+            ]
+        )
+
+    def read_frame(self) -> tuple[int, int, int, bytes] | None:
+        """The next frame, or None when the server closed the connection."""
+        while len(self.buffer) < 9 or len(self.buffer) < 9 + _length(self.buffer):
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        length = _length(self.buffer)
+        kind, flags = self.buffer[3], self.buffer[4]
+        stream = struct.unpack(">I", self.buffer[5:9])[0] & 0x7FFFFFFF
+        payload = self.buffer[9 : 9 + length]
+        self.buffer = self.buffer[9 + length :]
+        return kind, flags, stream, payload
+
+    def answer(self, stream_id: int) -> tuple[dict[str, str], bytes, dict[str, str], list[int]]:
+        """Read until ``stream_id`` ends: its headers, DATA bytes, trailers and DATA frame
+        sizes (a reset stream raises). SETTINGS are acknowledged on the way."""
+        headers: dict[str, str] = {}
+        trailers: dict[str, str] = {}
+        data = b""
+        sizes: list[int] = []
+        while True:
+            got = self.read_frame()
+            assert got is not None, "connection closed before the answer ended"
+            kind, flags, stream, payload = got
+            if kind == SETTINGS and not flags & 1:
+                self.send(frame(SETTINGS, 1, 0))
+            if stream != stream_id:
+                continue
+            if kind == RST_STREAM:
+                raise AssertionError(f"stream reset: {struct.unpack('>I', payload)[0]}")
+            if kind == HEADERS:
+                block = dict(self.decoder.decode(payload, raw=False))
+                if headers:
+                    trailers = block
+                else:
+                    headers = block
+                    if flags & END_STREAM:
+                        trailers = block
+            elif kind == DATA:
+                data += payload
+                sizes.append(len(payload))
+            if flags & END_STREAM:
+                return headers, data, trailers, sizes
+
+
+def _length(buffer: bytes) -> int:
+    return int.from_bytes(buffer[:3], "big")
+
+
+def _answer_values(data: bytes) -> list[float]:
+    response = predict_pb2.PredictResponse()
+    response.ParseFromString(data[5:])
+    return list(response.outputs["y"].float_val)
+
+
+@pytest.fixture
+def client(server: H2GrpcServer) -> Iterator[RawClient]:
+    """A client with 16 MiB windows (the connection's and each stream's)."""
+    c = RawClient(server.port, settings=struct.pack(">HI", 0x4, 1 << 24))
+    c.send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", (1 << 24) - 65535)))
+    yield c
+    c.close()
+
+
+def call(client: RawClient, stream_id: int, message: bytes, path: str = PREDICT) -> Any:
+    client.send(
+        frame(HEADERS, END_HEADERS, stream_id, client.headers_block(path)),
+        frame(DATA, END_STREAM, stream_id, message),
+    )
+    return client.answer(stream_id)
+
+
+# ---------------------------------------------------------------------------- frames
+
+
+def test_a_raw_call_is_answered_with_headers_data_and_trailers(client: RawClient) -> None:
+    headers, data, trailers, _ = call(client, 1, predict_message([1.0, 2.0]))
+    assert headers[":status"] == "200"
+    assert headers["content-type"] == "application/grpc"
+    assert trailers["grpc-status"] == "0"
+    assert _answer_values(data) == [2.5, 3.0]
+
+
+def test_bad_preface_ends_the_connection_with_a_protocol_error(server: H2GrpcServer) -> None:
+    c = RawClient(server.port, preface=b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"x" * 8)
+    try:
+        frames = []
+        while (got := c.read_frame()) is not None:
+            frames.append(got)
+        goaway = [payload for kind, _, _, payload in frames if kind == GOAWAY]
+        assert goaway, frames
+        assert struct.unpack(">II", goaway[0][:8])[1] == 1  # PROTOCOL_ERROR
+    finally:
+        c.close()
+    # The server keeps serving.
+    other = RawClient(server.port)
+    try:
+        assert call(other, 1, predict_message([2.0]))[2]["grpc-status"] == "0"
+    finally:
+        other.close()
+
+
+def test_ping_is_acknowledged_with_its_payload(client: RawClient) -> None:
+    client.send(frame(PING, 0, 0, b"12345678"))
+    while True:
+        got = client.read_frame()
+        assert got is not None
+        kind, flags, _, payload = got
+        if kind == PING:
+            assert flags & 1 and payload == b"12345678"
+            return
+
+
+def test_an_answer_waits_for_the_clients_window(server: H2GrpcServer) -> None:
+    """A client that allows 10 bytes per stream gets 10, then the rest after WINDOW_UPDATE,
+    then the trailers."""
+    c = RawClient(server.port, settings=struct.pack(">HI", 0x4, 10))
+    try:
+        c.send(
+            frame(HEADERS, END_HEADERS, 1, c.headers_block()),
+            frame(DATA, END_STREAM, 1, predict_message([1.0] * 100)),
+        )
+        received = 0
+        while received < 10:
+            got = c.read_frame()
+            assert got is not None
+            kind, flags, stream, payload = got
+            if kind == SETTINGS and not flags & 1:
+                c.send(frame(SETTINGS, 1, 0))
+            if stream == 1 and kind == DATA:
+                received += len(payload)
+            assert not (stream == 1 and kind == HEADERS and flags & END_STREAM), "ended early"
+        assert received == 10
+        c.send(frame(WINDOW_UPDATE, 0, 1, struct.pack(">I", 1 << 20)))
+        _, rest, trailers, _ = c.answer(1)
+        assert trailers["grpc-status"] == "0"
+        assert len(rest) > 400  # 100 floats and the message around them
+    finally:
+        c.close()
+
+
+def test_data_frames_respect_the_clients_max_frame_size(client: RawClient) -> None:
+    _, data, trailers, sizes = call(client, 1, predict_message([1.0] * 20_000))
+    assert trailers["grpc-status"] == "0"
+    assert max(sizes) <= 16384 and len(sizes) > 1  # the default SETTINGS_MAX_FRAME_SIZE
+    assert _answer_values(data)[:2] == [2.5, 2.5]
+
+
+def test_headers_split_into_continuation_frames(client: RawClient) -> None:
+    block = client.headers_block()
+    client.send(
+        frame(HEADERS, 0, 1, block[:5]),
+        frame(CONTINUATION, 0, 1, block[5:9]),
+        frame(CONTINUATION, END_HEADERS, 1, block[9:]),
+        frame(DATA, END_STREAM, 1, predict_message([4.0])),
+    )
+    _, data, trailers, _ = client.answer(1)
+    assert trailers["grpc-status"] == "0"
+    assert _answer_values(data) == [4.0]
+
+
+def test_a_reset_stream_is_dropped_and_the_connection_serves_on(client: RawClient) -> None:
+    client.send(
+        frame(HEADERS, END_HEADERS, 1, client.headers_block()),
+        frame(RST_STREAM, 0, 1, struct.pack(">I", 0x8)),
+        frame(0xFA, 0, 0, b"unknown frame types are ignored"),
+    )
+    _, data, trailers, _ = call(client, 3, predict_message([6.0]))
+    assert trailers["grpc-status"] == "0"
+    assert _answer_values(data) == [5.0]
+
+
+def test_streams_beyond_the_limit_are_refused(core: ServerCore) -> None:
+    with serve(ModelServing(core), channel_arguments="grpc.max_concurrent_streams=1") as s:
+        c = RawClient(s.port)
+        try:
+            c.send(frame(HEADERS, END_HEADERS, 1, c.headers_block()))  # left open
+            c.send(frame(HEADERS, END_HEADERS, 3, c.headers_block()))
+            while True:
+                got = c.read_frame()
+                assert got is not None
+                kind, _, stream, payload = got
+                if kind == RST_STREAM:
+                    assert stream == 3
+                    assert struct.unpack(">I", payload)[0] == 0x7  # REFUSED_STREAM
+                    break
+            c.send(frame(DATA, END_STREAM, 1, predict_message([2.0])))
+            assert c.answer(1)[2]["grpc-status"] == "0"
+        finally:
+            c.close()
+
+
+def test_content_type_other_than_grpc_is_415(client: RawClient) -> None:
+    client.send(
+        frame(HEADERS, END_HEADERS, 1, client.headers_block(content_type="application/json")),
+        frame(DATA, END_STREAM, 1, b"{}"),
+    )
+    headers, _, _, _ = client.answer(1)
+    assert headers[":status"] == "415"
+
+
+def test_a_malformed_message_is_internal_and_names_the_type(client: RawClient) -> None:
+    _, _, trailers, _ = call(client, 1, b"\x00\x00\x00\x00\x03\xff\xff\xff")
+    assert trailers["grpc-status"] == str(grpc.StatusCode.INTERNAL.value[0])
+    assert "tensorflow.serving.PredictRequest" in trailers["grpc-message"]
+    _, _, trailers, _ = call(client, 3, b"\x00\x00\x00\x00\x09abc")  # shorter than declared
+    assert trailers["grpc-status"] == str(grpc.StatusCode.INTERNAL.value[0])
+
+
+def test_a_message_over_the_limit_is_refused_as_soon_as_its_length_arrives(
+    core: ServerCore,
+) -> None:
+    limit = "grpc.max_receive_message_length=1000"
+    with serve(ModelServing(core), channel_arguments=limit) as s:
+        c = RawClient(s.port)
+        try:
+            message = predict_message([1.0] * 1000)  # over 4000 bytes
+            c.send(
+                frame(HEADERS, END_HEADERS, 1, c.headers_block()),
+                frame(DATA, 0, 1, message[:1500]),  # the rest never comes
+            )
+            _, _, trailers, _ = c.answer(1)
+            assert trailers["grpc-status"] == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+            assert trailers["grpc-message"] == (
+                f"Received message larger than max ({len(message) - 5} vs. 1000)"
+            )
+            assert call(c, 3, predict_message([2.0]))[2]["grpc-status"] == "0"
+        finally:
+            c.close()
+
+
+def test_stop_with_grace_finishes_the_call_in_flight(core: ServerCore) -> None:
+    """GOAWAY names the last stream; a request already started is still answered."""
+    s = serve(ModelServing(core))
+    c = RawClient(s.port)
+    try:
+        c.send(frame(HEADERS, END_HEADERS, 1, c.headers_block()))  # request not finished
+        call(c, 3, predict_message([1.0]))  # the server has seen stream 1 and 3
+        stopper = threading.Thread(target=s.stop, args=(10.0,))
+        stopper.start()
+        while True:
+            got = c.read_frame()
+            assert got is not None
+            if got[0] == GOAWAY:
+                last, code = struct.unpack(">II", got[3][:8])
+                assert (last, code) == (3, 0)
+                break
+        # New streams are refused; the open one is answered.
+        c.send(frame(HEADERS, END_HEADERS | END_STREAM, 5, c.headers_block()))
+        c.send(frame(DATA, END_STREAM, 1, predict_message([8.0])))
+        _, data, trailers, _ = c.answer(1)
+        assert trailers["grpc-status"] == "0"
+        assert _answer_values(data) == [6.0]
+        stopper.join(TIMEOUT)
+        assert not stopper.is_alive()
+        assert s.wait_for_termination(0)
+    finally:
+        c.close()
+        s.stop(None)
+
+
+# ---------------------------------------------------------------------------- gRPC
+
+
+def test_unknown_method_is_unimplemented(server: H2GrpcServer) -> None:
+    with grpc.insecure_channel(f"localhost:{server.port}") as channel:
+        method = channel.unary_unary("/tensorflow.serving.PredictionService/Nope")
+        with pytest.raises(grpc.RpcError) as info:
+            method(b"", timeout=TIMEOUT)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("compression", [grpc.Compression.Gzip, grpc.Compression.Deflate])
+def test_compressed_requests_are_answered(
+    server: H2GrpcServer, compression: grpc.Compression
+) -> None:
+    with grpc.insecure_channel(f"localhost:{server.port}", compression=compression) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.ParseFromString(predict_message([0.0] * 1000)[5:])
+        response = stub.Predict(request, timeout=TIMEOUT)
+        assert list(response.outputs["y"].float_val) == [2.0] * 1000
+
+
+def test_health_watch_streams_each_change(server: H2GrpcServer) -> None:
+    with grpc.insecure_channel(f"localhost:{server.port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        watch = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=TIMEOUT)
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        assert next(watch).status == serving
+        server.set_serving_status(False)
+        assert next(watch).status == not_serving
+        server.set_serving_status(True)
+        assert next(watch).status == serving
+        watch.cancel()
+        unknown = stub.Watch(health_pb2.HealthCheckRequest(service="nope"), timeout=TIMEOUT)
+        assert next(unknown).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        unknown.cancel()
+
+
+class _ThreadRecordingServing(ModelServing):
+    """Records the thread each Predict runs on; ``delay`` makes the model slow."""
+
+    def __init__(self, core: ServerCore, delay: float = 0.0) -> None:
+        super().__init__(core)
+        self.delay = delay
+        self.threads: list[str] = []
+
+    def predict_future(self, *args: Any, **kwargs: Any) -> Any:
+        self.threads.append(threading.current_thread().name)
+        if self.delay:
+            time.sleep(self.delay)
+        return super().predict_future(*args, **kwargs)
+
+
+@pytest.mark.parametrize(("delay", "on_loop"), [(0.0, True), (0.002, False)])
+def test_fast_models_run_on_the_event_loop_slow_ones_on_workers(
+    core: ServerCore, delay: float, on_loop: bool
+) -> None:
+    serving = _ThreadRecordingServing(core, delay)
+    with serve(serving) as s:
+        c = RawClient(s.port)
+        try:
+            for i in range(30):
+                _, data, _, _ = call(c, 2 * i + 1, predict_message([float(i)]))
+                assert _answer_values(data) == [0.5 * i + 2]
+        finally:
+            c.close()
+    # A model's first call is measured on a worker; later ones follow its measured cost.
+    assert serving.threads[0].startswith("pyserving-grpc_")
+    if on_loop:
+        # (Most: a call slowed down by other work on the machine goes back to a worker.)
+        recent = serving.threads[-10:]
+        assert recent.count("pyserving-grpc-loop") >= 5, serving.threads
+    else:
+        assert all(t.startswith("pyserving-grpc_") for t in serving.threads), serving.threads
+
+
+# ---------------------------------------------------------------------------- pieces
+
+
+def test_parse_timeout() -> None:
+    assert parse_timeout("100m") == pytest.approx(0.1)
+    assert parse_timeout("2S") == 2.0
+    assert parse_timeout("1H") == 3600.0
+    assert parse_timeout("5u") == pytest.approx(5e-6)
+    assert parse_timeout("99999999n") == pytest.approx(0.099999999)
+    for bad in ("", "m", "10", "10x", "123456789S", "-1S", "1.5S"):
+        assert parse_timeout(bad) is None, bad
+
+
+def test_status_messages_are_percent_encoded() -> None:
+    message = "bad input: 100% wrong, ünïcode\nnew line"
+    headers = dict(hpack.Decoder().decode(status_block(grpc.StatusCode.NOT_FOUND, message)))
+    assert headers["grpc-status"] == "5"
+    encoded = headers["grpc-message"]
+    assert encoded.isascii() and "%25" in encoded and "\n" not in encoded
+    from urllib.parse import unquote
+
+    assert unquote(encoded) == message
+
+
+@pytest.mark.parametrize(
+    ("arguments", "grpcio"),
+    [
+        ("", False),
+        ("grpc.max_receive_message_length=10,grpc.max_concurrent_streams=5", False),
+        ("grpc.max_connection_age_ms=2000", True),
+        ("grpc.max_send_message_length=1,grpc.lb_policy_name=grpclb", True),
+    ],
+)
+def test_channel_arguments_only_grpcio_applies_select_grpcio(arguments: str, grpcio: bool) -> None:
+    assert uses_grpcio(GrpcServerOptions(channel_arguments=arguments)) is grpcio
+    assert uses_grpcio(GrpcServerOptions(channel_arguments=arguments, grpcio=True)) is True
