@@ -625,7 +625,7 @@ class H2GrpcServer:
         self._thread = thread
         self._executor = executor
         self._handler = handler
-        self._listeners: list[asyncio.AbstractServer] = []
+        self._listeners: list[asyncio.Server] = []
         self._connections: set[Http2Connection] = set()
         self.port = 0
         self.socket_path = ""
@@ -753,7 +753,7 @@ def start_h2_grpc_server(serving: ModelServing, options: GrpcServerOptions) -> H
     async def start() -> None:
         address = f"0.0.0.0:{options.port}"
         try:
-            tcp = await loop.create_server(
+            tcp: asyncio.Server = await loop.create_server(  # type: ignore[assignment]
                 protocol, "0.0.0.0", options.port, ssl=tls, backlog=1024, reuse_address=True
             )
         except OSError as exc:
@@ -763,7 +763,9 @@ def start_h2_grpc_server(serving: ModelServing, options: GrpcServerOptions) -> H
         if options.socket_path:
             remove_socket(options.socket_path)
             try:
-                unix = await loop.create_unix_server(protocol, options.socket_path, ssl=tls)
+                unix: asyncio.Server = await loop.create_unix_server(  # type: ignore[assignment]
+                    protocol, options.socket_path, ssl=tls
+                )
             except OSError as exc:
                 raise RuntimeError(
                     f"Failed to bind gRPC server to unix:{options.socket_path}: {exc}"

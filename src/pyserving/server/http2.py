@@ -402,7 +402,11 @@ class Http2Connection(asyncio.Protocol):
         if self._going_away or len(self.streams) >= self._settings.max_concurrent_streams:
             self._write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", REFUSED_STREAM)))
             return
-        stream = Stream(stream_id, headers, send_window=self._peer_initial_window)
+        stream = Stream(
+            stream_id,
+            [(str(name), str(value)) for name, value in headers],
+            send_window=self._peer_initial_window,
+        )
         self.streams[stream_id] = stream
         if flags & END_STREAM:
             self._end_of_request(stream)
