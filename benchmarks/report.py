@@ -24,6 +24,9 @@ INPROCESS_BATCH = 32
 #: Server labels used in results.
 PYSERVING = "pyserving"
 PYSERVING_BATCHING = "pyserving-batching"
+#: gRPC served by grpcio (``--grpc_frontend=grpcio``) instead of pyserving's HTTP/2 server.
+PYSERVING_GRPCIO = "pyserving-grpcio"
+PYSERVING_BATCHING_GRPCIO = "pyserving-batching-grpcio"
 FASTAPI = "fastapi"
 
 

@@ -7,8 +7,8 @@ One run, in this order (nothing heavy ever runs at the same time as a measuremen
    is started alone, the load generator runs every concurrency level over REST and then
    gRPC (raw HTTP/2 client; for ``half_plus_two`` also ``grpc-stub``, the official
    stubs), and the server is stopped. Configurations: ``pyserving`` (default flags),
-   ``pyserving-batching`` (``mlp`` only; see :data:`BATCHING_PARAMETERS`) and ``fastapi``
-   (REST only);
+   ``pyserving-batching`` (``mlp`` only; see :data:`BATCHING_PARAMETERS`), each also as
+   ``...-grpcio`` (gRPC only, ``--grpc_frontend=grpcio``), and ``fastapi`` (REST only);
 3. the in-process limit of each workload.
 
 It prints a table and the targets' ratios and writes ``bench-<stamp>.json`` and
@@ -70,9 +70,18 @@ def server_configs(
     if "grpc" in protocols and workload == "half_plus_two" and args.stub_client:
         plain = (*protocols, GRPC_STUB)
     configs = [ServerConfig(report.PYSERVING, "pyserving", plain)]
+    grpcio = ("--grpc_frontend=grpcio",)
+    if "grpc" in protocols and args.grpcio:
+        configs.append(ServerConfig(report.PYSERVING_GRPCIO, "pyserving", ("grpc",), grpcio))
     if workload == "mlp" and args.batching:
         batching = ("--enable_batching", f"--batching_parameters_file={batching_file}")
         configs.append(ServerConfig(report.PYSERVING_BATCHING, "pyserving", protocols, batching))
+        if "grpc" in protocols and args.grpcio:
+            configs.append(
+                ServerConfig(
+                    report.PYSERVING_BATCHING_GRPCIO, "pyserving", ("grpc",), batching + grpcio
+                )
+            )
     if args.fastapi and "rest" in protocols:
         configs.append(ServerConfig(report.FASTAPI, "fastapi", ("rest",)))
     return configs
@@ -109,6 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("calibration", "the load generator against trivial endpoints"),
         ("batching", "the pyserving-batching configuration"),
         ("stub_client", "gRPC also with the official stubs (calibration, half_plus_two)"),
+        ("grpcio", "gRPC also with --grpc_frontend=grpcio (the grpcio front end)"),
         ("chart", "the PNG chart"),
     ):
         parser.add_argument(
@@ -126,7 +136,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.concurrency = [int(c) for c in _csv(concurrency)]
     args.workloads = _csv(args.workloads or ("half_plus_two" if quick else "half_plus_two,mlp"))
     args.protocols = _csv(args.protocols)
-    for name in ("fastapi", "inprocess", "calibration", "batching", "stub_client"):
+    for name in ("fastapi", "inprocess", "calibration", "batching", "stub_client", "grpcio"):
         if getattr(args, name) is None:
             setattr(args, name, not quick)
     if args.chart is None:

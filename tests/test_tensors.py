@@ -731,6 +731,19 @@ def test_tensor_proto_errors() -> None:
     negative.tensor_shape.dim.add(size=-1)
     with pytest.raises(InvalidArgument, match="invalid shape"):
         tensor_proto_to_ndarray(negative)
+    for fill in ("none", "content"):
+        # No elements (a zero dimension), but no array can have the other dimensions.
+        huge = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+        for size in (2**62, 0, 2**62):
+            huge.tensor_shape.dim.add(size=size)
+        if fill == "content":
+            huge.tensor_content = b""
+        with pytest.raises(InvalidArgument, match="is too large"):
+            tensor_proto_to_ndarray(huge)
+    empty = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    for size in (2**40, 0, 2**20):
+        empty.tensor_shape.dim.add(size=size)
+    assert tensor_proto_to_ndarray(empty).shape == (2**40, 0, 2**20)
     unknown = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
     unknown.tensor_shape.unknown_rank = True
     with pytest.raises(InvalidArgument, match="unknown rank"):

@@ -1328,6 +1328,10 @@ def _typed_values(proto: tensor_pb2.TensorProto, dtype: int, np_dtype: np.dtype[
     raise InvalidArgument(f"Unsupported tensor data type: {dtype_name(dtype)}")  # pragma: no cover
 
 
+#: The largest size NumPy can describe (``npy_intp``): a shape past it is refused.
+_MAX_ARRAY_BYTES = 2**63 - 1
+
+
 def tensor_proto_to_ndarray(
     proto: tensor_pb2.TensorProto, *, name: str | None = None
 ) -> np.ndarray:
@@ -1358,6 +1362,10 @@ def tensor_proto_to_ndarray(
     shape = [d.size for d in shape_proto.dim]
     if any(d < 0 for d in shape):
         raise _parse_error(name, f"invalid shape {_shape_text(shape)}")
+    if math.prod(d for d in shape if d) * max(np_dtype.itemsize, 1) > _MAX_ARRAY_BYTES:
+        # No array can have this shape, even with no elements (a zero dimension beside
+        # dimensions whose product overflows): NumPy refuses it.
+        raise _parse_error(name, f"shape {_shape_text(shape)} is too large")
     count = math.prod(shape)
     if proto.tensor_content and dtype != DT_STRING:
         content = proto.tensor_content

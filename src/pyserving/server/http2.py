@@ -463,9 +463,16 @@ class Http2Connection(asyncio.Protocol):
         :func:`hpack_literal`); DATA waits for the client's windows."""
         if not self._open(stream):
             return
-        self.send_headers(stream, headers)
-        self.send_data(stream, data)
-        self.send_trailers(stream, trailers)
+        collect = self._out is None  # outside data_received: one write for the three parts
+        if collect:
+            self._out = []
+        try:
+            self.send_headers(stream, headers)
+            self.send_data(stream, data)
+            self.send_trailers(stream, trailers)
+        finally:
+            if collect:
+                self._flush_out()
 
     def send_headers(self, stream: Stream, block: bytes, end_stream: bool = False) -> None:
         """A HEADERS block (with END_STREAM for a trailers-only answer)."""
