@@ -143,6 +143,7 @@ class ModelServing:
             inputs = decode(signature_def)
             run_future = getattr(servable, "run_future", None)
             if run_future is None:
+                # No batching: the model runs here; the future comes back done.
                 resolved, outputs = inference.predict(
                     servable,
                     signature_name,
@@ -150,14 +151,17 @@ class ModelServing:
                     output_filter,
                     check_method_name=self.check_method_name,
                 )
-                inner: concurrent.futures.Future[Any] = concurrent.futures.Future()
-                inner.set_result(outputs)
-            else:
-                resolved = inference.predict_signature(
-                    servable, signature_name, check_method_name=self.check_method_name
-                )
-                keys = list(output_filter) if output_filter else None
-                inner = run_future(resolved, dict(inputs), keys)
+                id = handle.id
+                handle.release()
+                handle = None
+                self._observe(spec.name, "predict", entrypoint, None, start)
+                result.set_result(PredictResult(id, resolved, outputs))
+                return result
+            resolved = inference.predict_signature(
+                servable, signature_name, check_method_name=self.check_method_name
+            )
+            keys = list(output_filter) if output_filter else None
+            inner = run_future(resolved, dict(inputs), keys)
         except Exception as exc:
             if handle is not None:
                 handle.release()
