@@ -122,7 +122,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("chart", "the PNG chart"),
     ):
         parser.add_argument(
-            f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=what
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=what,
         )
     args = parser.parse_args(argv)
     quick = args.quick

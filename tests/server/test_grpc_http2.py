@@ -22,7 +22,11 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 from tensorflow_serving.config import model_server_config_pb2
 
 from pyserving.core.manager import ManagerOptions
@@ -279,6 +283,30 @@ def test_headers_split_into_continuation_frames(client: RawClient) -> None:
     _, data, trailers, _ = client.answer(1)
     assert trailers["grpc-status"] == "0"
     assert _answer_values(data) == [4.0]
+
+
+def test_header_blocks_follow_the_clients_dynamic_table(client: RawClient) -> None:
+    """Repeated, indexed and re-sized header blocks each reach the right method (decoded
+    blocks are reused only while the dynamic table is unchanged)."""
+    metadata = "/tensorflow.serving.PredictionService/GetModelMetadata"
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = "half_plus_two"
+    data = request.SerializeToString()
+    metadata_message = b"\x00" + struct.pack(">I", len(data)) + data
+    stream_id = 1
+    for round_ in range(3):
+        if round_ == 2:
+            client.encoder.header_table_size = 0  # the next block starts with a size update
+        for path, message in [(PREDICT, predict_message([2.0])), (metadata, metadata_message)] * 2:
+            _, body, trailers, _ = call(client, stream_id, message, path)
+            assert trailers["grpc-status"] == "0"
+            if path == PREDICT:
+                assert _answer_values(body) == [3.0]
+            else:
+                response = get_model_metadata_pb2.GetModelMetadataResponse()
+                response.ParseFromString(body[5:])
+                assert "signature_def" in response.metadata
+            stream_id += 2
 
 
 def test_a_reset_stream_is_dropped_and_the_connection_serves_on(client: RawClient) -> None:

@@ -496,10 +496,11 @@ class GrpcHandler:
     def _start(
         self, request: Any, context: CallContext
     ) -> concurrent.futures.Future[PredictResult]:
-        """Run (or queue) a Predict, recording how long the call took for its model."""
+        """Run (or queue) a Predict, recording how long the call took for its model (a call
+        that only queued the request for its batch counts as free)."""
         start = time.perf_counter()
         future = self._predictor.start_predict(request)
-        elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - start if future.done() else 0.0
         name = request.model_spec.name
         previous = self._costs.get(name)
         self._costs[name] = (

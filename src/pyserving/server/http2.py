@@ -64,6 +64,8 @@ DEFAULT_MAX_FRAME = 16384
 DEFAULT_WINDOW = 65535
 #: The frame size this server accepts (advertised in its SETTINGS).
 RECEIVE_MAX_FRAME = 1 << 20
+#: Decoded header blocks kept per connection (see ``Http2Connection._decode_headers``).
+HEADER_CACHE_SIZE = 64
 
 
 class ConnectionError_(Exception):
@@ -187,6 +189,7 @@ class Http2Connection(asyncio.Protocol):
         self._preface_seen = False
         self._decoder = hpack.Decoder()
         self._decoder.max_header_list_size = settings.max_header_list_bytes
+        self._header_cache: dict[bytes, list[tuple[str, str]]] = {}
         self.streams: dict[int, Stream] = {}
         self._last_stream_id = 0
         self._continuation: tuple[int, int, bytearray] | None = None
@@ -382,11 +385,29 @@ class Http2Connection(asyncio.Protocol):
                 return
         self._flush_blocked()
 
-    def _headers(self, stream_id: int, flags: int, block: bytes) -> None:
+    def _decode_headers(self, block: bytes) -> list[tuple[str, str]]:
+        """Decode a header block; identical blocks that left the dynamic table as it was
+        (a client's repeated calls) are decoded once while the table stays unchanged."""
+        cached = self._header_cache.get(block)
+        if cached is not None:
+            return cached
+        table = self._decoder.header_table
+        entries = table.dynamic_entries
+        before = (len(entries), entries[0] if entries else None, table.maxsize)
         try:
-            headers = self._decoder.decode(block, raw=False)
+            decoded = self._decoder.decode(block, raw=False)
         except Exception as exc:  # hpack's HPACKError, OversizedHeaderListError, ...
             raise ConnectionError_(COMPRESSION_ERROR, f"header block: {exc}") from None
+        headers = [(str(name), str(value)) for name, value in decoded]
+        entries = table.dynamic_entries
+        if (len(entries), entries[0] if entries else None, table.maxsize) != before:
+            self._header_cache.clear()  # the table changed: cached blocks may mean otherwise
+        elif len(self._header_cache) < HEADER_CACHE_SIZE:
+            self._header_cache[block] = headers
+        return headers
+
+    def _headers(self, stream_id: int, flags: int, block: bytes) -> None:
+        headers = self._decode_headers(block)
         stream = self.streams.get(stream_id)
         if stream is not None:
             # Trailers from the client: the request ends here.
@@ -402,11 +423,7 @@ class Http2Connection(asyncio.Protocol):
         if self._going_away or len(self.streams) >= self._settings.max_concurrent_streams:
             self._write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", REFUSED_STREAM)))
             return
-        stream = Stream(
-            stream_id,
-            [(str(name), str(value)) for name, value in headers],
-            send_window=self._peer_initial_window,
-        )
+        stream = Stream(stream_id, headers, send_window=self._peer_initial_window)
         self.streams[stream_id] = stream
         if flags & END_STREAM:
             self._end_of_request(stream)
