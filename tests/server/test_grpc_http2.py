@@ -8,6 +8,7 @@ server's frames and that it keeps serving.
 
 from __future__ import annotations
 
+import gzip
 import pathlib
 import socket
 import struct
@@ -15,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 import hpack
@@ -111,7 +113,12 @@ class RawClient:
     def send(self, *frames: bytes) -> None:
         self.sock.sendall(b"".join(frames))
 
-    def headers_block(self, path: str = PREDICT, content_type: str = "application/grpc") -> bytes:
+    def headers_block(
+        self,
+        path: str = PREDICT,
+        content_type: str = "application/grpc",
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> bytes:
         return self.encoder.encode(
             [
                 (":method", "POST"),
@@ -120,6 +127,7 @@ class RawClient:
                 (":authority", "localhost"),
                 ("content-type", content_type),
                 ("te", "trailers"),
+                *extra,
             ]
         )
 
@@ -379,6 +387,33 @@ def test_a_message_over_the_limit_is_refused_as_soon_as_its_length_arrives(
             c.close()
 
 
+def test_a_compressed_message_inflates_only_up_to_the_limit(core: ServerCore) -> None:
+    """A gzip "bomb" (50 MB of zeros in ~50 KB) is refused without inflating it whole; a
+    cut stream is INTERNAL; the connection serves on."""
+    limit = "grpc.max_receive_message_length=1000000"
+    with serve(ModelServing(core), channel_arguments=limit) as s:
+        c = RawClient(s.port)
+        try:
+            gzip_header = (("grpc-encoding", "gzip"),)
+            cases = [
+                (gzip.compress(b"\x00" * 50_000_000), "RESOURCE_EXHAUSTED", "after decompression"),
+                (gzip.compress(predict_message([1.0])[5:])[:-10], "INTERNAL", "Cannot decompress"),
+            ]
+            for index, (data, code, text) in enumerate(cases):
+                stream_id = 2 * index + 1
+                message = b"\x01" + struct.pack(">I", len(data)) + data
+                c.send(
+                    frame(HEADERS, END_HEADERS, stream_id, c.headers_block(extra=gzip_header)),
+                    frame(DATA, END_STREAM, stream_id, message),
+                )
+                _, _, trailers, _ = c.answer(stream_id)
+                assert trailers["grpc-status"] == str(grpc.StatusCode[code].value[0]), trailers
+                assert text in unquote(trailers["grpc-message"])
+            assert call(c, 5, predict_message([2.0]))[2]["grpc-status"] == "0"
+        finally:
+            c.close()
+
+
 def test_stop_with_grace_finishes_the_call_in_flight(core: ServerCore) -> None:
     """GOAWAY names the last stream; a request already started is still answered."""
     s = serve(ModelServing(core))
@@ -506,8 +541,6 @@ def test_status_messages_are_percent_encoded() -> None:
     assert headers["grpc-status"] == "5"
     encoded = headers["grpc-message"]
     assert encoded.isascii() and "%25" in encoded and "\n" not in encoded
-    from urllib.parse import unquote
-
     assert unquote(encoded) == message
 
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import gzip
 import logging
 import os
 import ssl
@@ -63,6 +62,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from pyserving.compression import GZIP, ZLIB, InflatedTooLarge, inflate
 from pyserving.errors import ServingError
 from pyserving.server.grpc_async import _Aborted
 from pyserving.server.grpc_server import (
@@ -107,10 +107,8 @@ _GRPC_MESSAGE = b"grpc-message"
 TRAILERS_OK = hpack_literal(_GRPC_STATUS, b"0")
 
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-_DECOMPRESS: dict[str, Callable[[bytes], bytes]] = {
-    "gzip": gzip.decompress,
-    "deflate": zlib.decompress,
-}
+#: ``grpc-encoding`` values requests may use, with their ``compression.inflate`` format.
+_ENCODINGS = {"gzip": GZIP, "deflate": ZLIB}
 
 
 def status_block(code: grpc.StatusCode, message: str = "") -> bytes:
@@ -349,7 +347,7 @@ class GrpcHandler:
         context = CallContext(deadline)
         stream.context = context
         stream.on_cancel.append(context.cancel)
-        if encoding and encoding != "identity" and encoding not in _DECOMPRESS:
+        if encoding and encoding != "identity" and encoding not in _ENCODINGS:
             raise _Failure(
                 grpc.StatusCode.UNIMPLEMENTED,
                 f"Compression algorithm '{encoding}' is not supported",
@@ -369,19 +367,20 @@ class GrpcHandler:
             )
         message = body[5:]
         if body[0]:
-            encoding = stream.header("grpc-encoding", "identity")
-            decompress = _DECOMPRESS.get(encoding)
-            if decompress is None:
+            wbits = _ENCODINGS.get(stream.header("grpc-encoding", "identity"))
+            if wbits is None:
                 raise _Failure(grpc.StatusCode.INTERNAL, "Compressed message without grpc-encoding")
             try:
-                message = decompress(message)
-            except (OSError, zlib.error, EOFError) as exc:
-                raise _Failure(grpc.StatusCode.INTERNAL, f"Cannot decompress: {exc}") from None
-            if len(message) > self.max_receive:
+                message = inflate(message, wbits, self.max_receive)
+            except InflatedTooLarge:
+                # Inflated only up to the limit: a small "bomb" never takes more memory.
                 raise _Failure(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"Received message larger than max ({len(message)} vs. {self.max_receive})",
-                )
+                    f"Received message after decompression larger than max "
+                    f"(more than {self.max_receive})",
+                ) from None
+            except (zlib.error, EOFError) as exc:
+                raise _Failure(grpc.StatusCode.INTERNAL, f"Cannot decompress: {exc}") from None
         return message
 
     # -- answers -------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from google.protobuf import json_format
 from tensorflow_serving.apis import input_pb2
 
 from pyserving import tensors
+from pyserving.compression import GZIP, InflatedTooLarge, inflate
 from pyserving.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -282,23 +283,10 @@ def gunzip(data: bytes, limit: int | None = None) -> bytes:
     most ``limit`` bytes: ``RequestTooLarge`` as soon as the output would exceed it, before
     more is inflated. Raises ``zlib.error``/``EOFError`` for data that is not gzip or is cut
     short."""
-    out: list[bytes] = []
-    total = 0
-    while data:
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        pending = data
-        while not inflater.eof:
-            room = 0 if limit is None else limit + 1 - total  # 0: unbounded
-            piece = inflater.decompress(pending, room)
-            pending = inflater.unconsumed_tail
-            if not piece and not pending:
-                raise EOFError("Compressed file ended before the end-of-stream marker")
-            total += len(piece)
-            if limit is not None and total > limit:
-                raise _too_large(limit, "Decompressed request body")
-            out.append(piece)
-        data = inflater.unused_data
-    return b"".join(out)
+    try:
+        return inflate(data, GZIP, limit)
+    except InflatedTooLarge as exc:
+        raise _too_large(exc.limit, "Decompressed request body") from None
 
 
 def _parse_json_object(payload: bytes) -> dict[str, Any]:
