@@ -224,6 +224,7 @@ def test_bad_preface_ends_the_connection_with_a_protocol_error(server: H2GrpcSer
         goaway = [payload for kind, _, _, payload in frames if kind == GOAWAY]
         assert goaway, frames
         assert struct.unpack(">II", goaway[0][:8])[1] == 1  # PROTOCOL_ERROR
+        assert b"preface" in goaway[0][8:]  # the debug text is inside the frame
     finally:
         c.close()
     # The server keeps serving.
@@ -315,6 +316,76 @@ def test_header_blocks_follow_the_clients_dynamic_table(client: RawClient) -> No
                 response.ParseFromString(body[5:])
                 assert "signature_def" in response.metadata
             stream_id += 2
+
+
+def test_a_body_in_one_byte_frames_is_answered(client: RawClient) -> None:
+    message = predict_message([3.0, 5.0])
+    frames = [frame(HEADERS, END_HEADERS, 1, client.headers_block()), frame(DATA, 0, 1, b"")]
+    frames += [frame(DATA, 0, 1, message[i : i + 1]) for i in range(len(message))]
+    client.send(*frames, frame(DATA, END_STREAM, 1, b""))
+    _, data, trailers, _ = client.answer(1)
+    assert trailers["grpc-status"] == "0"
+    assert _answer_values(data) == [3.5, 4.5]
+
+
+def test_a_malformed_timeout_ends_only_its_call(client: RawClient) -> None:
+    for stream_id, timeout in ((1, "\u00b2S"), (3, "10x"), (5, "123456789S")):
+        block = client.headers_block(extra=(("grpc-timeout", timeout),))
+        client.send(
+            frame(HEADERS, END_HEADERS, stream_id, block),
+            frame(DATA, END_STREAM, stream_id, predict_message([1.0])),
+        )
+        _, _, trailers, _ = client.answer(stream_id)
+        assert trailers["grpc-status"] == str(grpc.StatusCode.INTERNAL.value[0])
+        assert "grpc-timeout" in trailers["grpc-message"]
+    assert call(client, 7, predict_message([2.0]))[2]["grpc-status"] == "0"
+
+
+def test_headers_after_the_request_ended_reset_the_stream(client: RawClient) -> None:
+    """A Watch call stays open after its request; HEADERS on it again is STREAM_CLOSED."""
+    request = health_pb2.HealthCheckRequest(service="").SerializeToString()
+    message = b"\x00" + struct.pack(">I", len(request)) + request
+    block = client.headers_block("/grpc.health.v1.Health/Watch")
+    client.send(frame(HEADERS, END_HEADERS, 1, block), frame(DATA, END_STREAM, 1, message))
+    while True:
+        got = client.read_frame()
+        assert got is not None
+        if got[0] == DATA and got[2] == 1:
+            break  # the current status
+    client.send(frame(HEADERS, END_HEADERS | END_STREAM, 1, client.headers_block()))
+    while True:
+        got = client.read_frame()
+        assert got is not None
+        if got[0] == RST_STREAM and got[2] == 1:
+            assert struct.unpack(">I", got[3])[0] == 0x5  # STREAM_CLOSED
+            break
+    assert call(client, 3, predict_message([2.0]))[2]["grpc-status"] == "0"
+
+
+def test_a_settings_flood_ends_the_connection(server: H2GrpcServer) -> None:
+    c = RawClient(server.port, settings=struct.pack(">HI", 0x4, 65535) * 1000)
+    try:
+        frames = []
+        while (got := c.read_frame()) is not None:
+            frames.append(got)
+        goaway = [payload for kind, _, _, payload in frames if kind == GOAWAY]
+        assert goaway and struct.unpack(">II", goaway[0][:8])[1] == 0xB  # ENHANCE_YOUR_CALM
+    finally:
+        c.close()
+
+
+def test_rapid_resets_end_the_connection(client: RawClient) -> None:
+    frames = []
+    for i in range(300):  # more than the 256 streams allowed at once
+        stream_id = 2 * i + 1
+        frames.append(frame(HEADERS, END_HEADERS, stream_id, client.headers_block()))
+        frames.append(frame(RST_STREAM, 0, stream_id, struct.pack(">I", 0x8)))
+    client.send(*frames)
+    codes = []
+    while (got := client.read_frame()) is not None:
+        if got[0] == GOAWAY:
+            codes.append(struct.unpack(">II", got[3][:8])[1])
+    assert codes == [0xB]  # ENHANCE_YOUR_CALM
 
 
 def test_a_reset_stream_is_dropped_and_the_connection_serves_on(client: RawClient) -> None:

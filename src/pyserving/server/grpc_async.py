@@ -27,7 +27,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -43,9 +43,9 @@ from pyserving.server.grpc_server import (
     _bind,
     _truncate,
     health_status,
-    remove_socket,
     server_channel_args,
 )
+from pyserving.server.loop_server import LoopServer
 from pyserving.server.service import ModelServing
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ class AsyncModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return await self._bridge.run(self._servicer.HandleReloadConfigRequest, request, context)
 
 
-class AsyncGrpcServer:
+class AsyncGrpcServer(LoopServer):
     """A running ``grpc.aio`` front end (see :func:`start_async_grpc_server`).
 
     Same interface as :class:`~pyserving.server.grpc_server.GrpcServer`: ``port``,
@@ -184,24 +184,11 @@ class AsyncGrpcServer:
     """
 
     def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        thread: threading.Thread,
-        executor: concurrent.futures.ThreadPoolExecutor,
+        self, loop: asyncio.AbstractEventLoop, executor: concurrent.futures.ThreadPoolExecutor
     ) -> None:
-        self._loop = loop
-        self._thread = thread
-        self._executor = executor
+        super().__init__(loop, executor)
         self._server: grpc.aio.Server | None = None
         self._health: Any = None
-        self.port = 0
-        self.socket_path = ""
-        self._lock = threading.Lock()
-        self._stopped = False
-        self._terminated = threading.Event()
-
-    def _run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
     def set_serving_status(self, ready: bool) -> None:
         """As :meth:`GrpcServer.set_serving_status`."""
@@ -217,10 +204,6 @@ class AsyncGrpcServer:
 
     def stop(self, grace: float | None = None) -> None:
         """As :meth:`GrpcServer.stop`: blocks until stopped; idempotent."""
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
 
         async def shutdown() -> None:
             if self._health is not None:
@@ -228,34 +211,7 @@ class AsyncGrpcServer:
             if self._server is not None:
                 await self._server.stop(grace)
 
-        try:
-            self._run(shutdown())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=30)
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            remove_socket(self.socket_path)
-            self._terminated.set()
-
-    def wait_for_termination(self, timeout: float | None = None) -> bool:
-        """Block until the server stops or ``timeout`` passes; True when it stopped."""
-        return self._terminated.wait(timeout)
-
-    def __enter__(self) -> AsyncGrpcServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop(None)
-
-
-def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """The loop thread: run until stopped, then close the loop."""
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_forever()
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+        self._stop(shutdown(), None)
 
 
 def start_async_grpc_server(serving: ModelServing, options: GrpcServerOptions) -> AsyncGrpcServer:
@@ -268,12 +224,7 @@ def start_async_grpc_server(serving: ModelServing, options: GrpcServerOptions) -
     executor = concurrent.futures.ThreadPoolExecutor(
         max_workers=max(1, options.max_threads), thread_name_prefix="pyserving-grpc"
     )
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(
-        target=_run_loop, args=(loop,), name="pyserving-grpc-loop", daemon=True
-    )
-    thread.start()
-    server = AsyncGrpcServer(loop, thread, executor)
+    server = AsyncGrpcServer(asyncio.new_event_loop(), executor)
     bridge = _Bridge(executor)
     servicer = PredictionServicer(
         serving, max_tensor_bytes=max_tensor_bytes, tensor_content=options.tensor_content
@@ -298,15 +249,7 @@ def start_async_grpc_server(serving: ModelServing, options: GrpcServerOptions) -
             server.socket_path = options.socket_path
         await aio_server.start()
 
-    try:
-        server._run(start())
-    except BaseException:
-        server.stop(None)
-        raise
-    server.set_serving_status(True)
-    log.debug("gRPC server (asyncio) bound to 0.0.0.0:%d", server.port)
-    if options.socket_path:
-        log.info("Running gRPC ModelServer at UNIX socket %s ...", options.socket_path)
+    server._start(start(), "asyncio")
     return server
 
 

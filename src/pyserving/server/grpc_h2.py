@@ -77,6 +77,7 @@ from pyserving.server.grpc_server import (
     server_channel_args,
 )
 from pyserving.server.http2 import Http2Connection, Http2Settings, Stream, hpack_literal
+from pyserving.server.loop_server import LoopServer
 from pyserving.server.service import ModelServing, PredictResult
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,8 @@ def status_block(code: grpc.StatusCode, message: str = "") -> bytes:
 
 def parse_timeout(value: str) -> float | None:
     """A ``grpc-timeout`` value (``<digits><unit>``) in seconds; None when malformed."""
-    if len(value) < 2 or len(value) > 9 or not value[:-1].isdigit():
+    digits = value[:-1]
+    if len(value) < 2 or len(value) > 9 or not (digits.isascii() and digits.isdigit()):
         return None
     unit = _TIMEOUT_UNITS.get(value[-1])
     return None if unit is None else int(value[:-1]) * unit
@@ -243,7 +245,8 @@ class GrpcHandler:
         channel_args, max_tensor_bytes = server_channel_args(options)
         self.max_receive = _limit(channel_args["grpc.max_receive_message_length"])
         self.max_send = _limit(channel_args["grpc.max_send_message_length"])
-        self.max_streams = _limit(channel_args.get("grpc.max_concurrent_streams", 1000))
+        default_streams = Http2Settings().max_concurrent_streams
+        self.max_streams = _limit(channel_args.get("grpc.max_concurrent_streams", default_streams))
         self._executor = executor
         self._loop = loop
         self._predictor = PredictionServicer(
@@ -284,11 +287,20 @@ class GrpcHandler:
         )
 
     def body_received(self, connection: Http2Connection, stream: Stream) -> bool:
-        """Refuse a message whose declared length (or body) is over the receive limit."""
-        head = stream.body[0][:5]
-        if len(head) < 5:
-            head = b"".join(stream.body)[:5]
-        declared = int.from_bytes(head[1:5], "big") if len(head) == 5 else 0
+        """Refuse a message whose declared length (or body) is over the receive limit.
+
+        The length prefix is read once, from the first five bytes, and kept in
+        ``stream.context`` until the request is complete."""
+        declared = stream.context
+        if not isinstance(declared, int):
+            head = b""
+            for chunk in stream.body:  # at most five chunks: they are never empty
+                head += chunk[: 5 - len(head)]
+                if len(head) == 5:
+                    break
+            declared = int.from_bytes(head[1:5], "big") if len(head) == 5 else None
+            stream.context = declared
+        declared = declared or 0
         if declared <= self.max_receive and stream.body_bytes <= self.max_receive + 5:
             return True
         self._fail(
@@ -305,18 +317,56 @@ class GrpcHandler:
             path = self._check_headers(connection, stream)
             if path is None:
                 return
-            body = self._message_bytes(stream)
+            message, compressed = self._message_bytes(stream)
+            if compressed:
+                # Inflating may take long (up to the receive limit): never on the loop.
+                self._executor.submit(self._inflate, connection, stream, path, message)
+            else:
+                self._dispatch(connection, stream, path, message)
+        except _Failure as exc:
+            self._fail(connection, stream, exc.code, exc.message)
+
+    def _dispatch(
+        self, connection: Http2Connection, stream: Stream, path: str, message: bytes
+    ) -> None:
+        """Route a complete request message to its method (on the loop)."""
+        try:
             if path == self._predict_path:
-                self._predict(connection, stream, body)
+                self._predict(connection, stream, message)
             elif path.startswith("/grpc.health.v1.Health/") and self.health is not None:
-                self._health(connection, stream, path, body)
+                self._health(connection, stream, path, message)
             else:
                 method = self._methods.get(path)
                 if method is None:
                     raise _Failure(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
-                self._unary(connection, stream, method, body)
+                self._unary(connection, stream, method, message)
         except _Failure as exc:
             self._fail(connection, stream, exc.code, exc.message)
+
+    def _inflate(
+        self, connection: Http2Connection, stream: Stream, path: str, message: bytes
+    ) -> None:
+        """On a worker: decompress a request message, then dispatch it on the loop."""
+        wbits = _ENCODINGS.get(stream.header("grpc-encoding", "identity"))
+        try:
+            if wbits is None:
+                raise _Failure(grpc.StatusCode.INTERNAL, "Compressed message without grpc-encoding")
+            try:
+                inflated = inflate(message, wbits, self.max_receive)
+            except InflatedTooLarge:
+                # Inflated only up to the limit: a small "bomb" never takes more memory.
+                raise _Failure(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"Received message after decompression larger than max "
+                    f"(more than {self.max_receive})",
+                ) from None
+            except (zlib.error, EOFError) as exc:
+                raise _Failure(grpc.StatusCode.INTERNAL, f"Cannot decompress: {exc}") from None
+        except _Failure as exc:
+            failure = exc
+            self._later(connection, stream, lambda: _raise(failure))
+            return
+        self._loop.call_soon_threadsafe(self._dispatch, connection, stream, path, inflated)
 
     # -- request checks ------------------------------------------------------------------
 
@@ -354,8 +404,9 @@ class GrpcHandler:
             )
         return path
 
-    def _message_bytes(self, stream: Stream) -> bytes:
-        """The request's one message, decompressed; ``_Failure`` when malformed."""
+    def _message_bytes(self, stream: Stream) -> tuple[bytes, bool]:
+        """The request's one message and whether it is compressed; ``_Failure`` when the
+        body is not one length-prefixed message."""
         body = stream.body[0] if len(stream.body) == 1 else b"".join(stream.body)
         stream.body = []
         if len(body) < 5:
@@ -365,23 +416,7 @@ class GrpcHandler:
             raise _Failure(
                 grpc.StatusCode.INTERNAL, "Request body is not exactly one length-prefixed message"
             )
-        message = body[5:]
-        if body[0]:
-            wbits = _ENCODINGS.get(stream.header("grpc-encoding", "identity"))
-            if wbits is None:
-                raise _Failure(grpc.StatusCode.INTERNAL, "Compressed message without grpc-encoding")
-            try:
-                message = inflate(message, wbits, self.max_receive)
-            except InflatedTooLarge:
-                # Inflated only up to the limit: a small "bomb" never takes more memory.
-                raise _Failure(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"Received message after decompression larger than max "
-                    f"(more than {self.max_receive})",
-                ) from None
-            except (zlib.error, EOFError) as exc:
-                raise _Failure(grpc.StatusCode.INTERNAL, f"Cannot decompress: {exc}") from None
-        return message
+        return body[5:], bool(body[0])
 
     # -- answers -------------------------------------------------------------------------
 
@@ -606,7 +641,7 @@ def ssl_context(tls: GrpcTls) -> ssl.SSLContext:
     return context
 
 
-class H2GrpcServer:
+class H2GrpcServer(LoopServer):
     """A running HTTP/2 gRPC front end (see :func:`start_h2_grpc_server`).
 
     Same interface as :class:`~pyserving.server.grpc_server.GrpcServer`: ``port``,
@@ -617,59 +652,38 @@ class H2GrpcServer:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        thread: threading.Thread,
         executor: concurrent.futures.ThreadPoolExecutor,
         handler: GrpcHandler,
     ) -> None:
-        self._loop = loop
-        self._thread = thread
-        self._executor = executor
+        super().__init__(loop, executor)
         self._handler = handler
         self._listeners: list[asyncio.Server] = []
         self._connections: set[Http2Connection] = set()
-        self.port = 0
-        self.socket_path = ""
-        self._lock = threading.Lock()
-        self._stopped = False
-        self._terminated = threading.Event()
-
-    def _run(self, coroutine: Any, timeout: float | None = None) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
     def set_serving_status(self, ready: bool) -> None:
-        """As :meth:`GrpcServer.set_serving_status`."""
+        """As :meth:`GrpcServer.set_serving_status`, without waiting for the loop (callers
+        may hold the manager's lock): the change is queued on the loop ahead of every
+        request that arrives after this returns. Ignored once the server is stopping."""
         health = self._handler.health
-        if health is None or self._terminated.is_set():
+        if health is None:
             return
         status = health_status(ready)
 
         def update() -> None:
+            if self._stopped:
+                return  # stop() reported NOT_SERVING for good
             for name in ("", *SERVICE_NAMES):
                 health.set(name, status)
 
-        if threading.current_thread() is self._thread:
+        if self._on_loop_thread():
             update()
             return
-        done = concurrent.futures.Future[None]()
-
-        def run() -> None:
-            update()
-            done.set_result(None)
-
-        try:
-            self._loop.call_soon_threadsafe(run)
-        except RuntimeError:  # the loop closed meanwhile
-            return
-        with contextlib.suppress(concurrent.futures.TimeoutError):
-            done.result(timeout=10)  # applied when this returns (unless the loop stopped)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            self._loop.call_soon_threadsafe(update)
 
     def stop(self, grace: float | None = None) -> None:
         """As :meth:`GrpcServer.stop`: new calls are refused at once (GOAWAY), calls in
         flight get ``grace`` seconds (None: none), then connections close. Idempotent."""
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
 
         async def shutdown() -> None:
             health = self._handler.health
@@ -682,6 +696,9 @@ class H2GrpcServer:
             for connection in list(self._connections):
                 connection.go_away()
             if grace:
+                # Requests already on the wire are refused (REFUSED_STREAM: the client
+                # retries them elsewhere) rather than cut by a closing socket.
+                await asyncio.sleep(min(grace, 0.05))
                 end = time.monotonic() + grace
                 while time.monotonic() < end and any(c.streams for c in self._connections):
                     await asyncio.sleep(0.01)
@@ -689,35 +706,7 @@ class H2GrpcServer:
                 connection.close()
             await asyncio.sleep(0)
 
-        try:
-            if self._thread.is_alive():
-                self._run(shutdown(), timeout=(grace or 0) + 30)
-        finally:
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=30)
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            remove_socket(self.socket_path)
-            self._terminated.set()
-
-    def wait_for_termination(self, timeout: float | None = None) -> bool:
-        """Block until the server stops or ``timeout`` passes; True when it stopped."""
-        return self._terminated.wait(timeout)
-
-    def __enter__(self) -> H2GrpcServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop(None)
-
-
-def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_forever()
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+        self._stop(shutdown(), (grace or 0) + 30)
 
 
 def start_h2_grpc_server(serving: ModelServing, options: GrpcServerOptions) -> H2GrpcServer:
@@ -740,11 +729,7 @@ def start_h2_grpc_server(serving: ModelServing, options: GrpcServerOptions) -> H
         executor.shutdown(wait=False)
         loop.close()
         raise
-    thread = threading.Thread(
-        target=_run_loop, args=(loop,), name="pyserving-grpc-loop", daemon=True
-    )
-    thread.start()
-    server = H2GrpcServer(loop, thread, executor, handler)
+    server = H2GrpcServer(loop, executor, handler)
     settings = handler.settings()
 
     def protocol() -> Http2Connection:
@@ -773,15 +758,7 @@ def start_h2_grpc_server(serving: ModelServing, options: GrpcServerOptions) -> H
             server._listeners.append(unix)
             server.socket_path = options.socket_path
 
-    try:
-        server._run(start())
-    except BaseException:
-        server.stop(None)
-        raise
-    server.set_serving_status(True)
-    log.debug("gRPC server (HTTP/2) bound to 0.0.0.0:%d", server.port)
-    if options.socket_path:
-        log.info("Running gRPC ModelServer at UNIX socket %s ...", options.socket_path)
+    server._start(start(), "HTTP/2")
     return server
 
 

@@ -17,7 +17,11 @@ sent in parts). It implements what gRPC over HTTP/2 uses and nothing more:
 * limits: at most :attr:`Http2Settings.max_concurrent_streams` open streams (more are
   refused with ``REFUSED_STREAM``); the handler sees each part of a body that comes in
   several DATA frames and may refuse it early; a body above
-  :attr:`Http2Settings.max_body_bytes` is always refused (the stream is reset);
+  :attr:`Http2Settings.max_body_bytes` is always refused (the stream is reset); header
+  lists over :attr:`Http2Settings.max_header_list_bytes`, SETTINGS frames of more than
+  :data:`MAX_SETTINGS_ENTRIES` entries and more client resets in a second than streams
+  allowed at once ("rapid reset") end the connection; while the client reads its answers
+  slower than they are written (:data:`WRITE_HIGH_WATER`), its connection is not read;
 * connection errors (a malformed frame, a bad preface, an undecodable header block) end the
   connection with GOAWAY and the error code; stream errors reset only that stream.
 
@@ -30,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
@@ -66,6 +71,10 @@ DEFAULT_WINDOW = 65535
 RECEIVE_MAX_FRAME = 1 << 20
 #: Decoded header blocks kept per connection (see ``Http2Connection._decode_headers``).
 HEADER_CACHE_SIZE = 64
+#: A SETTINGS frame with more entries is abuse (there are six settings).
+MAX_SETTINGS_ENTRIES = 64
+#: While the transport holds more unsent bytes than this, the connection stops reading.
+WRITE_HIGH_WATER = 4 << 20
 
 
 class ConnectionError_(Exception):
@@ -123,9 +132,9 @@ class Http2Settings:
     ``max_header_list_bytes``: decoded header list size limit (advertised and enforced).
     """
 
-    max_concurrent_streams: int = 1000
+    max_concurrent_streams: int = 256
     max_body_bytes: int = MAX_WINDOW
-    max_header_list_bytes: int = 16 << 20
+    max_header_list_bytes: int = 64 << 10
 
 
 @dataclass(eq=False)
@@ -200,12 +209,15 @@ class Http2Connection(asyncio.Protocol):
         self._blocked: list[Stream] = []
         self._going_away = False
         self._out: list[bytes] | None = None  # writes collected while reading
+        self._resets = 0
+        self._resets_since = 0.0
         self.peer = ""
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
         if self._connections is not None:
@@ -226,6 +238,16 @@ class Http2Connection(asyncio.Protocol):
             frame(SETTINGS, 0, 0, settings)
             + frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", MAX_WINDOW - DEFAULT_WINDOW))
         )
+
+    def pause_writing(self) -> None:
+        """The client reads slower than answers are written: stop reading its requests (and
+        PINGs, SETTINGS) until the transport's buffer drains."""
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._connections is not None:
@@ -266,9 +288,9 @@ class Http2Connection(asyncio.Protocol):
             del buffer[:pos]
         except ConnectionError_ as exc:
             log.debug("HTTP/2 connection error from %s: %s", self.peer, exc)
+            debug = str(exc).encode()[:256]
             out.append(
-                frame(GOAWAY, 0, 0, struct.pack(">II", self._last_stream_id, exc.code))
-                + str(exc).encode()[:256]
+                frame(GOAWAY, 0, 0, struct.pack(">II", self._last_stream_id, exc.code) + debug)
             )
             self._flush_out()
             if self.transport is not None:
@@ -323,6 +345,8 @@ class Http2Connection(asyncio.Protocol):
             if not flags & ACK:
                 if len(payload) % 6:
                     raise ConnectionError_(FRAME_SIZE_ERROR, "SETTINGS length")
+                if len(payload) > 6 * MAX_SETTINGS_ENTRIES:
+                    raise ConnectionError_(ENHANCE_YOUR_CALM, "too many SETTINGS entries")
                 self._apply_settings(payload)
                 self._write(frame(SETTINGS, ACK, 0))
         elif kind == PING:
@@ -338,31 +362,44 @@ class Http2Connection(asyncio.Protocol):
         elif kind == RST_STREAM:
             if len(payload) != 4 or stream_id == 0:
                 raise ConnectionError_(PROTOCOL_ERROR, "malformed RST_STREAM")
+            self._count_reset()
             stream = self.streams.pop(stream_id, None)
             if stream is not None:
                 self._cancel(stream)
         elif kind == GOAWAY:
-            self._going_away = True
-            if not self.streams and self.transport is not None:
-                self.transport.close()
+            self._going_away = True  # the client closes the connection when it is done
         elif kind == PUSH_PROMISE:
             raise ConnectionError_(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
         # PRIORITY and unknown frame types are ignored.
 
+    def _count_reset(self) -> None:
+        """Streams reset by the client free their slot at once while their work may go on:
+        more resets within a second than streams allowed at once is abuse ("rapid reset")
+        and ends the connection."""
+        now = time.monotonic()
+        if now - self._resets_since > 1.0:
+            self._resets_since, self._resets = now, 0
+        self._resets += 1
+        if self._resets > max(100, self._settings.max_concurrent_streams):
+            raise ConnectionError_(ENHANCE_YOUR_CALM, "too many stream resets")
+
     def _apply_settings(self, payload: bytes) -> None:
+        initial_window = self._peer_initial_window
         for i in range(0, len(payload), 6):
             key, value = struct.unpack(">HI", payload[i : i + 6])
             if key == SETTINGS_INITIAL_WINDOW_SIZE:
                 if value > MAX_WINDOW:
                     raise ConnectionError_(FLOW_CONTROL_ERROR, "initial window too large")
-                delta = value - self._peer_initial_window
-                self._peer_initial_window = value
-                for stream in self.streams.values():
-                    stream.send_window += delta
+                initial_window = value
             elif key == SETTINGS_MAX_FRAME_SIZE:
                 if not DEFAULT_MAX_FRAME <= value <= (1 << 24) - 1:
                     raise ConnectionError_(PROTOCOL_ERROR, "invalid max frame size")
                 self._peer_max_frame = value
+        delta = initial_window - self._peer_initial_window
+        if delta:
+            self._peer_initial_window = initial_window
+            for stream in self.streams.values():
+                stream.send_window += delta
         self._flush_blocked()
 
     def _window_update(self, stream_id: int, increment: int) -> None:
@@ -410,6 +447,9 @@ class Http2Connection(asyncio.Protocol):
         headers = self._decode_headers(block)
         stream = self.streams.get(stream_id)
         if stream is not None:
+            if stream.closed_remote:
+                self._reset(stream_id, STREAM_CLOSED)  # HEADERS after the request ended
+                return
             # Trailers from the client: the request ends here.
             if not flags & END_STREAM:
                 raise ConnectionError_(PROTOCOL_ERROR, "trailers without END_STREAM")
@@ -453,9 +493,9 @@ class Http2Connection(asyncio.Protocol):
             stream.body_bytes += len(payload)
         too_large = stream.body_bytes > self._settings.max_body_bytes
         if (too_large or not flags & END_STREAM) and (
-            not self._handler.body_received(self, stream) or too_large
+            not self._call_handler(self._handler.body_received, stream) or too_large
         ):
-            self._reset(stream_id, CANCEL)  # answered already (an error), or not at all
+            self.reset(stream, CANCEL)  # answered already (an error), or not at all
             return
         stream.receive_window -= size
         if stream.receive_window < 0:
@@ -470,7 +510,19 @@ class Http2Connection(asyncio.Protocol):
 
     def _end_of_request(self, stream: Stream) -> None:
         stream.closed_remote = True
-        self._handler.request_received(self, stream)
+        self._call_handler(self._handler.request_received, stream)
+
+    def _call_handler(
+        self, method: Callable[[Http2Connection, Stream], bool | None], stream: Stream
+    ) -> bool:
+        """Call a handler method; if it raises (a bug), only ``stream`` ends (INTERNAL_ERROR),
+        never the connection and the other calls on it. False when it raised or said no."""
+        try:
+            return method(self, stream) is not False
+        except Exception:
+            log.exception("HTTP/2 stream handler failed; resetting stream %d", stream.id)
+            self.reset(stream, INTERNAL_ERROR)
+            return False
 
     # -- answers -------------------------------------------------------------------------
 
@@ -546,8 +598,6 @@ class Http2Connection(asyncio.Protocol):
             return
         self._going_away = True
         self._write(frame(GOAWAY, 0, 0, struct.pack(">II", self._last_stream_id, NO_ERROR)))
-        if not self.streams:
-            self.close()
 
     def _open(self, stream: Stream) -> bool:
         return not stream.cancelled and not stream.finished and self.transport is not None
@@ -597,16 +647,12 @@ class Http2Connection(asyncio.Protocol):
             # Answered before the request ended (an error): the rest is not wanted.
             self._write(frame(RST_STREAM, 0, stream.id, struct.pack(">I", NO_ERROR)))
         self.streams.pop(stream.id, None)
-        if self._going_away and not self.streams:
-            self.close()
 
     def _reset(self, stream_id: int, code: int) -> None:
         self._write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", code)))
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
             self._cancel(stream)
-        if self._going_away and not self.streams:
-            self.close()
 
     def _cancel(self, stream: Stream) -> None:
         if stream.cancelled or stream.finished:
