@@ -96,6 +96,8 @@ INLINE_REQUEST_BYTES = 64 * 1024
 #: A model whose recent Predict calls took less than this (seconds, moving average) runs on
 #: the event loop; slower ones, or ones not measured yet, run on a worker thread.
 INLINE_RUN_SECONDS = 200e-6
+#: How long ``set_serving_status`` waits for the loop to apply a health status.
+STATUS_WAIT_SECONDS = 1.0
 #: Weight of the newest call in the moving average of a model's call time.
 _COST_WEIGHT = 0.2
 
@@ -661,9 +663,10 @@ class H2GrpcServer(LoopServer):
         self._connections: set[Http2Connection] = set()
 
     def set_serving_status(self, ready: bool) -> None:
-        """As :meth:`GrpcServer.set_serving_status`, without waiting for the loop (callers
-        may hold the manager's lock): the change is queued on the loop ahead of every
-        request that arrives after this returns. Ignored once the server is stopping."""
+        """As :meth:`GrpcServer.set_serving_status`: applied on the loop, and in force when
+        this returns unless the loop is busy for over :data:`STATUS_WAIT_SECONDS` (callers
+        may hold the manager's lock, so the wait is short; the change still lands).
+        Ignored once the server is stopping."""
         health = self._handler.health
         if health is None:
             return
@@ -678,8 +681,17 @@ class H2GrpcServer(LoopServer):
         if self._on_loop_thread():
             update()
             return
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            self._loop.call_soon_threadsafe(update)
+        done = threading.Event()
+
+        def run() -> None:
+            update()
+            done.set()
+
+        try:
+            self._loop.call_soon_threadsafe(run)
+        except RuntimeError:  # the loop closed meanwhile
+            return
+        done.wait(STATUS_WAIT_SECONDS)
 
     def stop(self, grace: float | None = None) -> None:
         """As :meth:`GrpcServer.stop`: new calls are refused at once (GOAWAY), calls in
