@@ -16,6 +16,11 @@ def test_gzip_members_are_joined_as_gzip_decompress_does() -> None:
     assert inflate(b"", GZIP) == b""
 
 
+def test_compressed_empty_data() -> None:
+    assert inflate(gzip.compress(b""), GZIP) == b""
+    assert inflate(zlib.compress(b""), ZLIB) == b""
+
+
 def test_zlib_streams_as_grpc_deflate() -> None:
     assert inflate(zlib.compress(b"x" * 1000), ZLIB) == b"x" * 1000
     with pytest.raises(zlib.error):

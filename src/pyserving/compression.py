@@ -38,7 +38,7 @@ def inflate(data: bytes, wbits: int = GZIP, limit: int | None = None) -> bytes:
             room = 0 if limit is None else limit + 1 - total  # 0: unbounded
             piece = inflater.decompress(pending, room)
             pending = inflater.unconsumed_tail
-            if not piece and not pending:
+            if not piece and not pending and not inflater.eof:
                 raise EOFError("Compressed data ended before the end-of-stream marker")
             total += len(piece)
             if limit is not None and total > limit:

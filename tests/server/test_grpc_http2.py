@@ -8,6 +8,8 @@ server's frames and that it keeps serving.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import gzip
 import pathlib
 import socket
@@ -33,7 +35,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from pyserving.core.manager import ManagerOptions
 from pyserving.server.core import ServerCore, ServerCoreOptions
-from pyserving.server.grpc_h2 import H2GrpcServer, parse_timeout, status_block
+from pyserving.server.grpc_h2 import GrpcHandler, H2GrpcServer, parse_timeout, status_block
 from pyserving.server.grpc_server import GrpcServerOptions, start_grpc_server, uses_grpcio
 from pyserving.server.http2 import (
     CONTINUATION,
@@ -374,18 +376,28 @@ def test_a_settings_flood_ends_the_connection(server: H2GrpcServer) -> None:
         c.close()
 
 
-def test_rapid_resets_end_the_connection(client: RawClient) -> None:
-    frames = []
-    for i in range(300):  # more than the 256 streams allowed at once
-        stream_id = 2 * i + 1
-        frames.append(frame(HEADERS, END_HEADERS, stream_id, client.headers_block()))
-        frames.append(frame(RST_STREAM, 0, stream_id, struct.pack(">I", 0x8)))
-    client.send(*frames)
-    codes = []
-    while (got := client.read_frame()) is not None:
-        if got[0] == GOAWAY:
-            codes.append(struct.unpack(">II", got[3][:8])[1])
-    assert codes == [0xB]  # ENHANCE_YOUR_CALM
+def test_calls_reset_while_running_keep_the_connection(core: ServerCore) -> None:
+    """A client cancelling many calls in progress (deadlines) keeps its connection; reset
+    calls waiting for a worker are skipped."""
+    serving = _ThreadRecordingServing(core, delay=0.05)  # slow: runs on workers
+    with serve(serving, channel_arguments="grpc.max_concurrent_streams=4") as s:
+        c = RawClient(s.port)
+        try:
+            assert call(c, 1, predict_message([1.0]))[2]["grpc-status"] == "0"
+            frames = []
+            for i in range(1, 41):
+                stream_id = 2 * i + 1
+                frames.append(frame(HEADERS, END_HEADERS, stream_id, c.headers_block()))
+                frames.append(frame(DATA, END_STREAM, stream_id, predict_message([2.0])))
+                frames.append(frame(RST_STREAM, 0, stream_id, struct.pack(">I", 0x8)))
+            c.send(*frames)
+            time.sleep(1.0)  # the jobs accepted (at most 4) finish
+            assert len(serving.threads) <= 1 + 4, len(serving.threads)
+            _, data, trailers, _ = call(c, 101, predict_message([4.0]))
+            assert trailers["grpc-status"] == "0"
+            assert _answer_values(data) == [4.0]
+        finally:
+            c.close()
 
 
 def test_a_reset_stream_is_dropped_and_the_connection_serves_on(client: RawClient) -> None:
@@ -568,6 +580,65 @@ class _ThreadRecordingServing(ModelServing):
         if self.delay:
             time.sleep(self.delay)
         return super().predict_future(*args, **kwargs)
+
+
+class _HeldExecutor(concurrent.futures.Executor):
+    """Keeps submitted jobs until ``run_one`` (a worker pool that is busy)."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Any] = []
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.jobs.append(lambda: fn(*args, **kwargs))
+        return concurrent.futures.Future()
+
+    def run_one(self) -> None:
+        self.jobs.pop(0)()
+
+
+def test_worker_jobs_per_connection_are_bounded(core: ServerCore) -> None:
+    """However fast a client opens and resets calls ("rapid reset"), at most
+    max_concurrent_streams jobs of its connection are queued or running."""
+    executor = _HeldExecutor()
+    options = GrpcServerOptions(channel_arguments="grpc.max_concurrent_streams=3")
+    loop = asyncio.new_event_loop()
+    try:
+        _check_job_limit(GrpcHandler(ModelServing(core), options, executor, loop), executor)
+    finally:
+        loop.close()
+
+
+def _check_job_limit(handler: GrpcHandler, executor: _HeldExecutor) -> None:
+    connection, other = object(), object()
+    for _ in range(3):
+        handler._submit(connection, lambda: None)  # type: ignore[arg-type]
+    with pytest.raises(Exception, match="Too many calls in progress") as info:
+        handler._submit(connection, lambda: None)  # type: ignore[arg-type]
+    assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    handler._submit(other, lambda: None)  # type: ignore[arg-type]  # other connections: own limit
+    executor.run_one()
+    handler._submit(connection, lambda: None)  # type: ignore[arg-type]  # room again
+    assert len(executor.jobs) == 4
+
+
+def test_failed_calls_do_not_move_a_slow_model_onto_the_loop(core: ServerCore) -> None:
+    serving = _ThreadRecordingServing(core, delay=0.002)
+    with serve(serving) as s:
+        c = RawClient(s.port)
+        try:
+            call(c, 1, predict_message([1.0]))
+            bad = predict_pb2.PredictRequest()
+            bad.ParseFromString(predict_message([1.0])[5:])
+            bad.inputs["nope"].CopyFrom(bad.inputs.pop("x"))
+            data = bad.SerializeToString()
+            for i in range(1, 31):
+                message = b"\x00" + struct.pack(">I", len(data)) + data
+                trailers = call(c, 2 * i + 1, message)[2]
+                assert trailers["grpc-status"] == str(grpc.StatusCode.INVALID_ARGUMENT.value[0])
+            assert call(c, 101, predict_message([1.0]))[2]["grpc-status"] == "0"
+        finally:
+            c.close()
+    assert all(t.startswith("pyserving-grpc_") for t in serving.threads), serving.threads
 
 
 @pytest.mark.parametrize(("delay", "on_loop"), [(0.0, True), (0.002, False)])

@@ -188,6 +188,7 @@ class _Health:
     def __init__(self) -> None:
         self.statuses: dict[str, int] = {}
         self.watchers: dict[str, list[tuple[Http2Connection, Stream]]] = {}
+        self.closed = False  # shutting down: Watch calls end at once
 
     def set(self, service: str, status: int) -> None:
         changed = self.statuses.get(service) != status
@@ -205,6 +206,11 @@ class _Health:
     def watch(self, connection: Http2Connection, stream: Stream, request: Any) -> None:
         service = request.service
         status = self.statuses.get(service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+        if self.closed:
+            connection.respond(
+                stream, RESPONSE_HEADERS, _message(_health_response(status)), TRAILERS_OK
+            )
+            return
         watchers = self.watchers.setdefault(service, [])
         watchers.append((connection, stream))
 
@@ -217,6 +223,7 @@ class _Health:
         connection.send_data(stream, _message(_health_response(status)))
 
     def end_watches(self) -> None:
+        self.closed = True
         for watchers in self.watchers.values():
             for connection, stream in watchers:
                 connection.send_trailers(stream, TRAILERS_OK)
@@ -279,6 +286,8 @@ class GrpcHandler:
         self._predict_path = prediction + "Predict"
         self.health: _Health | None = _Health() if options.enable_health else None
         self._costs: dict[str, float] = {}
+        self._jobs: dict[Http2Connection, int] = {}  # worker jobs per connection
+        self._jobs_lock = threading.Lock()
 
     # -- http2.StreamHandler -------------------------------------------------------------
 
@@ -322,7 +331,7 @@ class GrpcHandler:
             message, compressed = self._message_bytes(stream)
             if compressed:
                 # Inflating may take long (up to the receive limit): never on the loop.
-                self._executor.submit(self._inflate, connection, stream, path, message)
+                self._submit(connection, self._inflate, connection, stream, path, message)
             else:
                 self._dispatch(connection, stream, path, message)
         except _Failure as exc:
@@ -332,6 +341,8 @@ class GrpcHandler:
         self, connection: Http2Connection, stream: Stream, path: str, message: bytes
     ) -> None:
         """Route a complete request message to its method (on the loop)."""
+        if stream.cancelled or connection.transport is None:
+            return  # reset or disconnected while its message was inflated
         try:
             if path == self._predict_path:
                 self._predict(connection, stream, message)
@@ -368,7 +379,8 @@ class GrpcHandler:
             failure = exc
             self._later(connection, stream, lambda: _raise(failure))
             return
-        self._loop.call_soon_threadsafe(self._dispatch, connection, stream, path, inflated)
+        with contextlib.suppress(RuntimeError):  # the server stopped meanwhile
+            self._loop.call_soon_threadsafe(self._dispatch, connection, stream, path, inflated)
 
     # -- request checks ------------------------------------------------------------------
 
@@ -464,20 +476,51 @@ class GrpcHandler:
     def _later(
         self, connection: Http2Connection, stream: Stream, outcome: Callable[[], Any]
     ) -> None:
-        """:meth:`_finish` on the event loop, from any thread."""
-        self._loop.call_soon_threadsafe(self._finish, connection, stream, outcome)
+        """:meth:`_finish` on the event loop, from any thread (dropped once the server has
+        stopped and its loop is closed)."""
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._finish, connection, stream, outcome)
+
+    def _submit(self, connection: Http2Connection, work: Callable[..., None], *args: Any) -> None:
+        """Run ``work`` on a worker thread, on the loop's behalf of ``connection``.
+
+        At most ``max_concurrent_streams`` such jobs per connection are queued or running,
+        also for calls the client has reset meanwhile (a reset frees the stream at once, not
+        its work): past that a call is ``RESOURCE_EXHAUSTED`` at once, so a client resetting
+        calls as fast as it opens them cannot queue unbounded work ("rapid reset")."""
+        with self._jobs_lock:
+            jobs = self._jobs.get(connection, 0)
+            if jobs >= self.max_streams:
+                raise _Failure(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"Too many calls in progress on this connection (limit {self.max_streams})",
+                )
+            self._jobs[connection] = jobs + 1
+
+        def run() -> None:
+            try:
+                work(*args)
+            finally:
+                with self._jobs_lock:
+                    left = self._jobs[connection] - 1
+                    if left:
+                        self._jobs[connection] = left
+                    else:
+                        del self._jobs[connection]
+
+        self._executor.submit(run)
 
     # -- Predict -------------------------------------------------------------------------
 
     def _predict(self, connection: Http2Connection, stream: Stream, body: bytes) -> None:
         context: CallContext = stream.context
         if len(body) > INLINE_REQUEST_BYTES:
-            self._executor.submit(self._predict_on_worker, connection, stream, body, None)
+            self._submit(connection, self._predict_on_worker, connection, stream, body, None)
             return
         request = _parse(predict_pb2.PredictRequest, body)
         cost = self._costs.get(request.model_spec.name)
         if cost is None or cost >= INLINE_RUN_SECONDS:
-            self._executor.submit(self._predict_on_worker, connection, stream, b"", request)
+            self._submit(connection, self._predict_on_worker, connection, stream, b"", request)
             return
         if context.expired():
             raise _Failure(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
@@ -532,17 +575,25 @@ class GrpcHandler:
     def _start(
         self, request: Any, context: CallContext
     ) -> concurrent.futures.Future[PredictResult]:
-        """Run (or queue) a Predict, recording how long the call took for its model (a call
-        that only queued the request for its batch counts as free)."""
+        """Run (or queue) a Predict, recording how long a successful call took for its model
+        (a call that only queued the request for its batch counts as free; failures are not
+        recorded)."""
         start = time.perf_counter()
         future = self._predictor.start_predict(request)
-        elapsed = time.perf_counter() - start if future.done() else 0.0
+        context.future = future
+        if not context.is_active():
+            future.cancel()  # reset while it started: a queued request leaves its batch
+        if future.done():
+            if future.cancelled() or future.exception() is not None:
+                return future  # a fast failure says nothing of the model's cost
+            elapsed = time.perf_counter() - start
+        else:
+            elapsed = 0.0  # only queued for its batch
         name = request.model_spec.name
         previous = self._costs.get(name)
         self._costs[name] = (
             elapsed if previous is None else previous + _COST_WEIGHT * (elapsed - previous)
         )
-        context.future = future
         return future
 
     def _predict_response(
@@ -575,7 +626,7 @@ class GrpcHandler:
                 return
             self._later(connection, stream, lambda: _Serialized(data))
 
-        self._executor.submit(work)
+        self._submit(connection, work)
 
     def _health(self, connection: Http2Connection, stream: Stream, path: str, body: bytes) -> None:
         assert self.health is not None

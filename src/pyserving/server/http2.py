@@ -18,9 +18,8 @@ sent in parts). It implements what gRPC over HTTP/2 uses and nothing more:
   refused with ``REFUSED_STREAM``); the handler sees each part of a body that comes in
   several DATA frames and may refuse it early; a body above
   :attr:`Http2Settings.max_body_bytes` is always refused (the stream is reset); header
-  lists over :attr:`Http2Settings.max_header_list_bytes`, SETTINGS frames of more than
-  :data:`MAX_SETTINGS_ENTRIES` entries and more client resets in a second than streams
-  allowed at once ("rapid reset") end the connection; while the client reads its answers
+  lists over :attr:`Http2Settings.max_header_list_bytes` and SETTINGS frames of more than
+  :data:`MAX_SETTINGS_ENTRIES` entries end the connection; while the client reads its answers
   slower than they are written (:data:`WRITE_HIGH_WATER`), its connection is not read;
 * connection errors (a malformed frame, a bad preface, an undecodable header block) end the
   connection with GOAWAY and the error code; stream errors reset only that stream.
@@ -34,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
@@ -206,11 +204,9 @@ class Http2Connection(asyncio.Protocol):
         self._peer_initial_window = DEFAULT_WINDOW
         self._peer_max_frame = DEFAULT_MAX_FRAME
         self._receive_window = DEFAULT_WINDOW
-        self._blocked: list[Stream] = []
+        self._blocked: dict[int, Stream] = {}  # streams with DATA waiting for window
         self._going_away = False
         self._out: list[bytes] | None = None  # writes collected while reading
-        self._resets = 0
-        self._resets_since = 0.0
         self.peer = ""
 
     # -- asyncio.Protocol ----------------------------------------------------------------
@@ -362,7 +358,6 @@ class Http2Connection(asyncio.Protocol):
         elif kind == RST_STREAM:
             if len(payload) != 4 or stream_id == 0:
                 raise ConnectionError_(PROTOCOL_ERROR, "malformed RST_STREAM")
-            self._count_reset()
             stream = self.streams.pop(stream_id, None)
             if stream is not None:
                 self._cancel(stream)
@@ -371,17 +366,6 @@ class Http2Connection(asyncio.Protocol):
         elif kind == PUSH_PROMISE:
             raise ConnectionError_(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
         # PRIORITY and unknown frame types are ignored.
-
-    def _count_reset(self) -> None:
-        """Streams reset by the client free their slot at once while their work may go on:
-        more resets within a second than streams allowed at once is abuse ("rapid reset")
-        and ends the connection."""
-        now = time.monotonic()
-        if now - self._resets_since > 1.0:
-            self._resets_since, self._resets = now, 0
-        self._resets += 1
-        if self._resets > max(100, self._settings.max_concurrent_streams):
-            raise ConnectionError_(ENHANCE_YOUR_CALM, "too many stream resets")
 
     def _apply_settings(self, payload: bytes) -> None:
         initial_window = self._peer_initial_window
@@ -400,7 +384,8 @@ class Http2Connection(asyncio.Protocol):
             self._peer_initial_window = initial_window
             for stream in self.streams.values():
                 stream.send_window += delta
-        self._flush_blocked()
+        if delta > 0:
+            self._flush_blocked()
 
     def _window_update(self, stream_id: int, increment: int) -> None:
         if increment == 0:
@@ -409,9 +394,14 @@ class Http2Connection(asyncio.Protocol):
             self._reset(stream_id, PROTOCOL_ERROR)
             return
         if stream_id == 0:
+            exhausted = self._send_window <= 0
             self._send_window += increment
             if self._send_window > MAX_WINDOW:
                 raise ConnectionError_(FLOW_CONTROL_ERROR, "connection window overflow")
+            if exhausted:
+                # Only then can a stream be waiting for the connection's window: one waiting
+                # for its own leaves the connection's above zero.
+                self._flush_blocked()
         else:
             stream = self.streams.get(stream_id)
             if stream is None:
@@ -420,7 +410,8 @@ class Http2Connection(asyncio.Protocol):
             if stream.send_window > MAX_WINDOW:
                 self._reset(stream_id, FLOW_CONTROL_ERROR)
                 return
-        self._flush_blocked()
+            if stream_id in self._blocked:
+                self._flush_stream(stream)
 
     def _decode_headers(self, block: bytes) -> list[tuple[str, str]]:
         """Decode a header block; identical blocks that left the dynamic table as it was
@@ -566,8 +557,8 @@ class Http2Connection(asyncio.Protocol):
             self._write(frame(DATA, 0, stream.id, data))
             return
         stream.pending += data
-        self._blocked.append(stream)
-        self._flush_blocked()
+        self._blocked[stream.id] = stream
+        self._flush_stream(stream)
 
     def send_trailers(self, stream: Stream, block: bytes) -> None:
         """The trailing HEADERS block; ends the stream once all DATA is sent."""
@@ -615,31 +606,32 @@ class Http2Connection(asyncio.Protocol):
             self._write(frame(CONTINUATION, END_HEADERS if last else 0, stream_id, part))
 
     def _flush_blocked(self) -> None:
-        still: list[Stream] = []
-        for stream in self._blocked:
-            if not self._open(stream):
-                continue
-            while stream.pending:
-                n = min(
-                    len(stream.pending),
-                    stream.send_window,
-                    self._send_window,
-                    self._peer_max_frame,
-                )
-                if n <= 0:
-                    break
-                chunk = bytes(stream.pending[:n])
-                del stream.pending[:n]
-                stream.send_window -= n
-                self._send_window -= n
-                self._write(frame(DATA, 0, stream.id, chunk))
-            if stream.pending:
-                still.append(stream)
-            elif stream.pending_trailers is not None:
-                self._write_headers(stream.id, END_HEADERS | END_STREAM, stream.pending_trailers)
-                stream.pending_trailers = None
-                self._finish(stream)
-        self._blocked = still
+        """Send what the windows now allow of every stream waiting for window."""
+        for stream in list(self._blocked.values()):
+            self._flush_stream(stream)
+
+    def _flush_stream(self, stream: Stream) -> None:
+        """Send what the windows allow of ``stream``'s pending DATA (and then its trailers);
+        it stays in ``_blocked`` while DATA is left."""
+        if not self._open(stream):
+            self._blocked.pop(stream.id, None)
+            return
+        while stream.pending:
+            n = min(
+                len(stream.pending), stream.send_window, self._send_window, self._peer_max_frame
+            )
+            if n <= 0:
+                return
+            chunk = bytes(stream.pending[:n])
+            del stream.pending[:n]
+            stream.send_window -= n
+            self._send_window -= n
+            self._write(frame(DATA, 0, stream.id, chunk))
+        self._blocked.pop(stream.id, None)
+        if stream.pending_trailers is not None:
+            self._write_headers(stream.id, END_HEADERS | END_STREAM, stream.pending_trailers)
+            stream.pending_trailers = None
+            self._finish(stream)
 
     def _finish(self, stream: Stream) -> None:
         stream.finished = True

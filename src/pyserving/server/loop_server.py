@@ -90,10 +90,11 @@ class LoopServer:
     def _stop(self, shutdown: Coroutine[Any, Any, None], timeout: float | None) -> None:
         """Run ``shutdown`` on the loop (at most ``timeout`` seconds), then stop the loop,
         join its thread, shut the pool down and remove the socket file. Only the first call
-        does anything; it returns when all of that is done."""
+        does anything; every call returns when all of that is done."""
         with self._lock:
             if self._stopped:
                 shutdown.close()
+                self._terminated.wait()  # another caller is stopping the server
                 return
             self._stopped = True
         try:
