@@ -49,6 +49,8 @@ from pyserving.server.http2 import (
     RST_STREAM,
     SETTINGS,
     WINDOW_UPDATE,
+    Http2Connection,
+    Http2Settings,
     frame,
 )
 from pyserving.server.service import ModelServing
@@ -235,6 +237,37 @@ def test_bad_preface_ends_the_connection_with_a_protocol_error(server: H2GrpcSer
         assert call(other, 1, predict_message([2.0]))[2]["grpc-status"] == "0"
     finally:
         other.close()
+
+
+class _NoCalls:
+    """A stream handler for connection-level tests: no request may arrive."""
+
+    def request_received(self, connection: Http2Connection, stream: Any) -> None:
+        raise AssertionError("no request expected")
+
+    def body_received(self, connection: Http2Connection, stream: Any) -> bool:
+        raise AssertionError("no body expected")
+
+
+def test_a_connection_without_preface_is_closed_in_time() -> None:
+    settings = Http2Settings(preface_timeout_seconds=0.2)
+
+    async def scenario() -> bytes:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: Http2Connection(_NoCalls(), settings), "127.0.0.1", 0
+        )
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        # Until EOF: without the preface timeout this waits for TIMEOUT and fails.
+        received = await asyncio.wait_for(reader.read(), timeout=TIMEOUT)
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return received
+
+    received = asyncio.run(scenario())
+    assert received[3] == SETTINGS  # the server's SETTINGS, then the close
 
 
 def test_ping_is_acknowledged_with_its_payload(client: RawClient) -> None:

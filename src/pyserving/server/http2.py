@@ -128,11 +128,14 @@ class Http2Settings:
     ``max_body_bytes``: a request body above this is refused (the handler's
     ``body_received`` answers it; the stream is then reset).
     ``max_header_list_bytes``: decoded header list size limit (advertised and enforced).
+    ``preface_timeout_seconds``: a connection that has not sent the HTTP/2 preface by then
+    is closed (a port scan or a stuck client does not hold a socket forever).
     """
 
     max_concurrent_streams: int = 256
     max_body_bytes: int = MAX_WINDOW
     max_header_list_bytes: int = 64 << 10
+    preface_timeout_seconds: float = 10.0
 
 
 @dataclass(eq=False)
@@ -207,6 +210,7 @@ class Http2Connection(asyncio.Protocol):
         self._blocked: dict[int, Stream] = {}  # streams with DATA waiting for window
         self._going_away = False
         self._out: list[bytes] | None = None  # writes collected while reading
+        self._preface_timer: asyncio.TimerHandle | None = None
         self.peer = ""
 
     # -- asyncio.Protocol ----------------------------------------------------------------
@@ -218,6 +222,9 @@ class Http2Connection(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
         if self._connections is not None:
             self._connections.add(self)
+        self._preface_timer = asyncio.get_running_loop().call_later(
+            self._settings.preface_timeout_seconds, self._preface_expired
+        )
         settings = struct.pack(
             ">HIHIHIHI",
             SETTINGS_MAX_CONCURRENT_STREAMS,
@@ -245,7 +252,14 @@ class Http2Connection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
+    def _preface_expired(self) -> None:
+        if not self._preface_seen and self.transport is not None:
+            log.debug("HTTP/2 client %s sent no preface in time; closing", self.peer)
+            self.transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._preface_timer is not None:
+            self._preface_timer.cancel()
         if self._connections is not None:
             self._connections.discard(self)
         self.transport = None
@@ -268,6 +282,8 @@ class Http2Connection(asyncio.Protocol):
                     raise ConnectionError_(PROTOCOL_ERROR, "invalid connection preface")
                 pos = len(PREFACE)
                 self._preface_seen = True
+                if self._preface_timer is not None:
+                    self._preface_timer.cancel()
             end = len(buffer)
             while end - pos >= 9 and self.transport is not None:
                 length = (buffer[pos] << 16) | (buffer[pos + 1] << 8) | buffer[pos + 2]
