@@ -58,7 +58,8 @@ INLINE_REQUEST_BYTES = 64 * 1024
 
 
 class _Aborted(Exception):
-    """Raised by :meth:`_ThreadContext.abort` on a worker thread; re-raised as the call's."""
+    """Ends a call with ``code`` and ``details``: raised by a context's ``abort`` on a worker
+    thread and re-raised as the call's (here and in ``grpc_h2.py``)."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)

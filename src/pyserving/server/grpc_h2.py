@@ -132,15 +132,6 @@ def parse_timeout(value: str) -> float | None:
     return None if unit is None else int(value[:-1]) * unit
 
 
-class _Failure(Exception):
-    """Ends a call with a status (raised inside this module only)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 class CallContext:
     """What the synchronous servicers use of a ServicerContext, for one call.
 
@@ -200,7 +191,7 @@ class _Health:
     def check(self, request: Any) -> Any:
         status = self.statuses.get(request.service)
         if status is None:
-            raise _Failure(grpc.StatusCode.NOT_FOUND, "")
+            raise _Aborted(grpc.StatusCode.NOT_FOUND, "")
         return _health_response(status)
 
     def watch(self, connection: Http2Connection, stream: Stream, request: Any) -> None:
@@ -334,8 +325,8 @@ class GrpcHandler:
                 self._submit(connection, self._inflate, connection, stream, path, message)
             else:
                 self._dispatch(connection, stream, path, message)
-        except _Failure as exc:
-            self._fail(connection, stream, exc.code, exc.message)
+        except _Aborted as exc:
+            self._fail(connection, stream, exc.code, exc.details)
 
     def _dispatch(
         self, connection: Http2Connection, stream: Stream, path: str, message: bytes
@@ -351,10 +342,10 @@ class GrpcHandler:
             else:
                 method = self._methods.get(path)
                 if method is None:
-                    raise _Failure(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+                    raise _Aborted(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
                 self._unary(connection, stream, method, message)
-        except _Failure as exc:
-            self._fail(connection, stream, exc.code, exc.message)
+        except _Aborted as exc:
+            self._fail(connection, stream, exc.code, exc.details)
 
     def _inflate(
         self, connection: Http2Connection, stream: Stream, path: str, message: bytes
@@ -363,19 +354,19 @@ class GrpcHandler:
         wbits = _ENCODINGS.get(stream.header("grpc-encoding", "identity"))
         try:
             if wbits is None:
-                raise _Failure(grpc.StatusCode.INTERNAL, "Compressed message without grpc-encoding")
+                raise _Aborted(grpc.StatusCode.INTERNAL, "Compressed message without grpc-encoding")
             try:
                 inflated = inflate(message, wbits, self.max_receive)
             except InflatedTooLarge:
                 # Inflated only up to the limit: a small "bomb" never takes more memory.
-                raise _Failure(
+                raise _Aborted(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"Received message after decompression larger than max "
                     f"(more than {self.max_receive})",
                 ) from None
             except (zlib.error, EOFError) as exc:
-                raise _Failure(grpc.StatusCode.INTERNAL, f"Cannot decompress: {exc}") from None
-        except _Failure as exc:
+                raise _Aborted(grpc.StatusCode.INTERNAL, f"Cannot decompress: {exc}") from None
+        except _Aborted as exc:
             failure = exc
             self._later(connection, stream, lambda: _raise(failure))
             return
@@ -406,28 +397,28 @@ class GrpcHandler:
         if timeout:
             seconds = parse_timeout(timeout)
             if seconds is None:
-                raise _Failure(grpc.StatusCode.INTERNAL, f"Invalid grpc-timeout: {timeout}")
+                raise _Aborted(grpc.StatusCode.INTERNAL, f"Invalid grpc-timeout: {timeout}")
             deadline = time.monotonic() + seconds
         context = CallContext(deadline)
         stream.context = context
         stream.on_cancel.append(context.cancel)
         if encoding and encoding != "identity" and encoding not in _ENCODINGS:
-            raise _Failure(
+            raise _Aborted(
                 grpc.StatusCode.UNIMPLEMENTED,
                 f"Compression algorithm '{encoding}' is not supported",
             )
         return path
 
     def _message_bytes(self, stream: Stream) -> tuple[bytes, bool]:
-        """The request's one message and whether it is compressed; ``_Failure`` when the
+        """The request's one message and whether it is compressed; ``_Aborted`` when the
         body is not one length-prefixed message."""
         body = stream.body[0] if len(stream.body) == 1 else b"".join(stream.body)
         stream.body = []
         if len(body) < 5:
-            raise _Failure(grpc.StatusCode.INTERNAL, "Request without a message")
+            raise _Aborted(grpc.StatusCode.INTERNAL, "Request without a message")
         size = int.from_bytes(body[1:5], "big")
         if len(body) != 5 + size:
-            raise _Failure(
+            raise _Aborted(
                 grpc.StatusCode.INTERNAL, "Request body is not exactly one length-prefixed message"
             )
         return body[5:], bool(body[0])
@@ -459,8 +450,6 @@ class GrpcHandler:
         """Answer with ``outcome()`` (a response message), or the status of what it raises."""
         try:
             response = outcome()
-        except _Failure as exc:
-            self._fail(connection, stream, exc.code, exc.message)
         except _Aborted as exc:
             self._fail(connection, stream, exc.code, exc.details)
         except ServingError as exc:
@@ -491,7 +480,7 @@ class GrpcHandler:
         with self._jobs_lock:
             jobs = self._jobs.get(connection, 0)
             if jobs >= self.max_streams:
-                raise _Failure(
+                raise _Aborted(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"Too many calls in progress on this connection (limit {self.max_streams})",
                 )
@@ -523,7 +512,7 @@ class GrpcHandler:
             self._submit(connection, self._predict_on_worker, connection, stream, b"", request)
             return
         if context.expired():
-            raise _Failure(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            raise _Aborted(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
         future = self._start(request, context)
         if future.done():
             self._finish(connection, stream, lambda: self._predict_response(future, context))
@@ -540,7 +529,7 @@ class GrpcHandler:
             if request is None:
                 request = _parse(predict_pb2.PredictRequest, body)
             if context.expired():
-                raise _Failure(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+                raise _Aborted(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
             future = self._start(request, context)
         except Exception as exc:
             error = exc
@@ -600,10 +589,10 @@ class GrpcHandler:
         self, future: concurrent.futures.Future[PredictResult], context: CallContext
     ) -> Any:
         if future.cancelled():
-            raise _Failure(grpc.StatusCode.CANCELLED, "Cancelled")
+            raise _Aborted(grpc.StatusCode.CANCELLED, "Cancelled")
         result = future.result()
         if context.expired():
-            raise _Failure(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            raise _Aborted(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
         return self._predictor.predict_response(result)
 
     # -- other methods -------------------------------------------------------------------
@@ -636,7 +625,7 @@ class GrpcHandler:
         elif path == "/grpc.health.v1.Health/Watch":
             self.health.watch(connection, stream, request)
         else:
-            raise _Failure(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+            raise _Aborted(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
 
 
 class _Serialized:
@@ -660,7 +649,7 @@ def _parse(message_type: Any, data: bytes) -> Any:
     try:
         message.ParseFromString(data)
     except Exception as exc:  # google.protobuf.message.DecodeError
-        raise _Failure(
+        raise _Aborted(
             grpc.StatusCode.INTERNAL, f"Failed to parse {message.DESCRIPTOR.full_name}: {exc}"
         ) from None
     return message
