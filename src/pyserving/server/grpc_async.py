@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -37,6 +36,8 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 from pyserving.errors import ServingError
 from pyserving.server.grpc_server import (
     SERVICE_NAMES,
+    CallAborted,
+    CallContext,
     GrpcServerOptions,
     ModelServicer,
     PredictionServicer,
@@ -57,39 +58,6 @@ T = TypeVar("T")
 INLINE_REQUEST_BYTES = 64 * 1024
 
 
-class _Aborted(Exception):
-    """Ends a call with ``code`` and ``details``: raised by a context's ``abort`` on a worker
-    thread and re-raised as the call's (here and in ``grpc_h2.py``)."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
-
-
-class _ThreadContext:
-    """What the synchronous servicers use of a ServicerContext, for a worker thread.
-
-    The deadline is read once on the event loop; cancellation arrives through the call's
-    done callback; ``abort`` raises :class:`_Aborted` for the loop to re-raise.
-    """
-
-    def __init__(self, context: grpc.aio.ServicerContext) -> None:
-        remaining = context.time_remaining()
-        self._deadline = None if remaining is None else time.monotonic() + remaining
-        self._done = threading.Event()
-        context.add_done_callback(lambda _context: self._done.set())
-
-    def time_remaining(self) -> float | None:
-        return None if self._deadline is None else self._deadline - time.monotonic()
-
-    def is_active(self) -> bool:
-        return not self._done.is_set()
-
-    def abort(self, code: grpc.StatusCode, details: str) -> None:
-        raise _Aborted(code, details)
-
-
 class _Bridge:
     """Runs synchronous servicer methods on the worker pool for an async servicer."""
 
@@ -102,11 +70,13 @@ class _Bridge:
         request: Any,
         context: grpc.aio.ServicerContext,
     ) -> T:
-        thread_context = _ThreadContext(context)
+        remaining = context.time_remaining()
+        thread_context = CallContext(None if remaining is None else time.monotonic() + remaining)
+        context.add_done_callback(lambda _context: thread_context.cancel())
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self.executor, method, request, thread_context)
-        except _Aborted as exc:
+        except CallAborted as exc:
             await context.abort(exc.code, exc.details)
             raise AssertionError("unreachable: abort returned") from None  # pragma: no cover
 

@@ -64,9 +64,10 @@ from tensorflow_serving.apis import (
 
 from pyserving.compression import GZIP, ZLIB, InflatedTooLarge, inflate
 from pyserving.errors import ServingError
-from pyserving.server.grpc_async import _Aborted
 from pyserving.server.grpc_server import (
     SERVICE_NAMES,
+    CallAborted,
+    CallContext,
     GrpcServerOptions,
     GrpcTls,
     ModelServicer,
@@ -132,38 +133,6 @@ def parse_timeout(value: str) -> float | None:
     return None if unit is None else int(value[:-1]) * unit
 
 
-class CallContext:
-    """What the synchronous servicers use of a ServicerContext, for one call.
-
-    Thread-safe. ``time_remaining`` is measured from the call's ``grpc-timeout``;
-    ``is_active`` turns false when the client resets the stream or goes away; ``abort``
-    raises, ending the call with that status.
-    """
-
-    def __init__(self, deadline: float | None) -> None:
-        self.deadline = deadline
-        self._cancelled = threading.Event()
-        self.future: concurrent.futures.Future[Any] | None = None
-
-    def time_remaining(self) -> float | None:
-        return None if self.deadline is None else self.deadline - time.monotonic()
-
-    def expired(self) -> bool:
-        return self.deadline is not None and time.monotonic() >= self.deadline
-
-    def is_active(self) -> bool:
-        return not self._cancelled.is_set()
-
-    def abort(self, code: grpc.StatusCode, details: str) -> None:
-        raise _Aborted(code, details)
-
-    def cancel(self) -> None:
-        self._cancelled.set()
-        future = self.future
-        if future is not None:
-            future.cancel()
-
-
 @dataclass(frozen=True)
 class _Method:
     """A unary method: its request type and the servicer method answering it."""
@@ -191,7 +160,7 @@ class _Health:
     def check(self, request: Any) -> Any:
         status = self.statuses.get(request.service)
         if status is None:
-            raise _Aborted(grpc.StatusCode.NOT_FOUND, "")
+            raise CallAborted(grpc.StatusCode.NOT_FOUND, "")
         return _health_response(status)
 
     def watch(self, connection: Http2Connection, stream: Stream, request: Any) -> None:
@@ -325,7 +294,7 @@ class GrpcHandler:
                 self._submit(connection, self._inflate, connection, stream, path, message)
             else:
                 self._dispatch(connection, stream, path, message)
-        except _Aborted as exc:
+        except CallAborted as exc:
             self._fail(connection, stream, exc.code, exc.details)
 
     def _dispatch(
@@ -342,9 +311,9 @@ class GrpcHandler:
             else:
                 method = self._methods.get(path)
                 if method is None:
-                    raise _Aborted(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+                    raise CallAborted(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
                 self._unary(connection, stream, method, message)
-        except _Aborted as exc:
+        except CallAborted as exc:
             self._fail(connection, stream, exc.code, exc.details)
 
     def _inflate(
@@ -354,19 +323,21 @@ class GrpcHandler:
         wbits = _ENCODINGS.get(stream.header("grpc-encoding", "identity"))
         try:
             if wbits is None:
-                raise _Aborted(grpc.StatusCode.INTERNAL, "Compressed message without grpc-encoding")
+                raise CallAborted(
+                    grpc.StatusCode.INTERNAL, "Compressed message without grpc-encoding"
+                )
             try:
                 inflated = inflate(message, wbits, self.max_receive)
             except InflatedTooLarge:
                 # Inflated only up to the limit: a small "bomb" never takes more memory.
-                raise _Aborted(
+                raise CallAborted(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"Received message after decompression larger than max "
                     f"(more than {self.max_receive})",
                 ) from None
             except (zlib.error, EOFError) as exc:
-                raise _Aborted(grpc.StatusCode.INTERNAL, f"Cannot decompress: {exc}") from None
-        except _Aborted as exc:
+                raise CallAborted(grpc.StatusCode.INTERNAL, f"Cannot decompress: {exc}") from None
+        except CallAborted as exc:
             failure = exc
             self._later(connection, stream, lambda: _raise(failure))
             return
@@ -397,28 +368,28 @@ class GrpcHandler:
         if timeout:
             seconds = parse_timeout(timeout)
             if seconds is None:
-                raise _Aborted(grpc.StatusCode.INTERNAL, f"Invalid grpc-timeout: {timeout}")
+                raise CallAborted(grpc.StatusCode.INTERNAL, f"Invalid grpc-timeout: {timeout}")
             deadline = time.monotonic() + seconds
         context = CallContext(deadline)
         stream.context = context
         stream.on_cancel.append(context.cancel)
         if encoding and encoding != "identity" and encoding not in _ENCODINGS:
-            raise _Aborted(
+            raise CallAborted(
                 grpc.StatusCode.UNIMPLEMENTED,
                 f"Compression algorithm '{encoding}' is not supported",
             )
         return path
 
     def _message_bytes(self, stream: Stream) -> tuple[bytes, bool]:
-        """The request's one message and whether it is compressed; ``_Aborted`` when the
+        """The request's one message and whether it is compressed; ``CallAborted`` when the
         body is not one length-prefixed message."""
         body = stream.body[0] if len(stream.body) == 1 else b"".join(stream.body)
         stream.body = []
         if len(body) < 5:
-            raise _Aborted(grpc.StatusCode.INTERNAL, "Request without a message")
+            raise CallAborted(grpc.StatusCode.INTERNAL, "Request without a message")
         size = int.from_bytes(body[1:5], "big")
         if len(body) != 5 + size:
-            raise _Aborted(
+            raise CallAborted(
                 grpc.StatusCode.INTERNAL, "Request body is not exactly one length-prefixed message"
             )
         return body[5:], bool(body[0])
@@ -450,7 +421,7 @@ class GrpcHandler:
         """Answer with ``outcome()`` (a response message), or the status of what it raises."""
         try:
             response = outcome()
-        except _Aborted as exc:
+        except CallAborted as exc:
             self._fail(connection, stream, exc.code, exc.details)
         except ServingError as exc:
             log.debug("gRPC call failed: %s", exc.message)
@@ -480,7 +451,7 @@ class GrpcHandler:
         with self._jobs_lock:
             jobs = self._jobs.get(connection, 0)
             if jobs >= self.max_streams:
-                raise _Aborted(
+                raise CallAborted(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"Too many calls in progress on this connection (limit {self.max_streams})",
                 )
@@ -512,7 +483,7 @@ class GrpcHandler:
             self._submit(connection, self._predict_on_worker, connection, stream, b"", request)
             return
         if context.expired():
-            raise _Aborted(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            raise CallAborted(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
         future = self._start(request, context)
         if future.done():
             self._finish(connection, stream, lambda: self._predict_response(future, context))
@@ -523,29 +494,37 @@ class GrpcHandler:
         self, connection: Http2Connection, stream: Stream, body: bytes, request: Any
     ) -> None:
         context: CallContext = stream.context
+        if not context.is_active():
+            return
         try:
-            if not context.is_active():
-                return
             if request is None:
                 request = _parse(predict_pb2.PredictRequest, body)
             if context.expired():
-                raise _Aborted(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+                raise CallAborted(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
             future = self._start(request, context)
         except Exception as exc:
             error = exc
             self._later(connection, stream, lambda: _raise(error))
             return
         if future.done():
-            try:
-                response = self._predict_response(future, context)
-            except Exception as exc:
-                failure = exc
-                self._later(connection, stream, lambda: _raise(failure))
-                return
-            data = response.SerializeToString()
-            self._later(connection, stream, lambda: _Serialized(data))
+            self._answer_from_worker(
+                connection, stream, lambda: self._predict_response(future, context)
+            )
         else:
             self._answer_when_done(connection, stream, future, context)
+
+    def _answer_from_worker(
+        self, connection: Http2Connection, stream: Stream, build: Callable[[], Any]
+    ) -> None:
+        """On a worker: build the response and serialize it here, off the loop; the loop
+        answers with it, or with the status of what ``build`` raised."""
+        try:
+            data = build().SerializeToString()
+        except Exception as exc:
+            error = exc
+            self._later(connection, stream, lambda: _raise(error))
+            return
+        self._later(connection, stream, lambda: _Serialized(data))
 
     def _answer_when_done(
         self,
@@ -589,10 +568,10 @@ class GrpcHandler:
         self, future: concurrent.futures.Future[PredictResult], context: CallContext
     ) -> Any:
         if future.cancelled():
-            raise _Aborted(grpc.StatusCode.CANCELLED, "Cancelled")
+            raise CallAborted(grpc.StatusCode.CANCELLED, "Cancelled")
         result = future.result()
         if context.expired():
-            raise _Aborted(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            raise CallAborted(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
         return self._predictor.predict_response(result)
 
     # -- other methods -------------------------------------------------------------------
@@ -603,17 +582,12 @@ class GrpcHandler:
         context: CallContext = stream.context
 
         def work() -> None:
-            if not context.is_active():
-                return
-            try:
-                request = _parse(method.request_type, body)
-                response = method.run(request, context)
-                data = response.SerializeToString()
-            except Exception as exc:
-                error = exc
-                self._later(connection, stream, lambda: _raise(error))
-                return
-            self._later(connection, stream, lambda: _Serialized(data))
+            if context.is_active():
+                self._answer_from_worker(
+                    connection,
+                    stream,
+                    lambda: method.run(_parse(method.request_type, body), context),
+                )
 
         self._submit(connection, work)
 
@@ -625,7 +599,7 @@ class GrpcHandler:
         elif path == "/grpc.health.v1.Health/Watch":
             self.health.watch(connection, stream, request)
         else:
-            raise _Aborted(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+            raise CallAborted(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
 
 
 class _Serialized:
@@ -649,7 +623,7 @@ def _parse(message_type: Any, data: bytes) -> Any:
     try:
         message.ParseFromString(data)
     except Exception as exc:  # google.protobuf.message.DecodeError
-        raise _Aborted(
+        raise CallAborted(
             grpc.StatusCode.INTERNAL, f"Failed to parse {message.DESCRIPTOR.full_name}: {exc}"
         ) from None
     return message
@@ -816,7 +790,6 @@ def start_h2_grpc_server(serving: ModelServing, options: GrpcServerOptions) -> H
 
 __all__ = [
     "SUPPORTED_CHANNEL_ARGUMENTS",
-    "CallContext",
     "GrpcHandler",
     "H2GrpcServer",
     "parse_timeout",

@@ -42,6 +42,7 @@ import os
 import re
 import stat
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -287,6 +288,50 @@ def _decode_inputs(
     return {
         name: tensors.tensor_proto_to_ndarray(proto, name=name) for name, proto in inputs.items()
     }
+
+
+class CallAborted(Exception):
+    """Ends a call with ``code`` and ``details``: raised by :meth:`CallContext.abort` on a
+    worker thread and turned into the call's status by the event-loop front ends."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class CallContext:
+    """What the synchronous servicers use of a ServicerContext, for a call an event-loop
+    front end runs on a worker thread.
+
+    Thread-safe. ``time_remaining`` counts down to ``deadline`` (``time.monotonic()``;
+    None: no deadline); ``is_active`` turns false once :meth:`cancel` is called (the client
+    reset the call or went away), which also cancels :attr:`future`, the call's queued
+    request if any; ``abort`` raises :class:`CallAborted`.
+    """
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        self._cancelled = threading.Event()
+        self.future: concurrent.futures.Future[Any] | None = None
+
+    def time_remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def is_active(self) -> bool:
+        return not self._cancelled.is_set()
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise CallAborted(code, details)
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        future = self.future
+        if future is not None:
+            future.cancel()
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -594,6 +639,8 @@ def _bind(
 
 
 __all__ = [
+    "CallAborted",
+    "CallContext",
     "GrpcServer",
     "GrpcServerOptions",
     "GrpcTls",
