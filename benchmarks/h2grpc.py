@@ -32,65 +32,33 @@ from typing import cast
 
 import hpack
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
-    0x0,
-    0x1,
-    0x3,
-    0x4,
-    0x6,
-    0x7,
-    0x8,
-    0x9,
+from pyserving.server.http2 import (
+    ACK,
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    GOAWAY,
+    HEADERS,
+    MAX_WINDOW,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY_FLAG,
+    RST_STREAM,
+    SETTINGS,
+    SETTINGS_HEADER_TABLE_SIZE,
+    SETTINGS_INITIAL_WINDOW_SIZE,
+    SETTINGS_MAX_FRAME_SIZE,
+    WINDOW_UPDATE,
+    frame,
+    hpack_literal,
 )
-END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
-
-SETTINGS_HEADER_TABLE_SIZE = 0x1
-SETTINGS_INITIAL_WINDOW_SIZE = 0x4
-SETTINGS_MAX_FRAME_SIZE = 0x5
 
 #: Our receive window (per stream and for the connection).
-RECEIVE_WINDOW = (1 << 31) - 1
+RECEIVE_WINDOW = MAX_WINDOW
 #: The server's frame size limit until it says otherwise (RFC 9113 default).
 DEFAULT_MAX_FRAME = 16384
-
-
-def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
-    return (
-        struct.pack(">I", len(payload))[1:]
-        + struct.pack(">BBI", kind, flags, stream & 0x7FFFFFFF)
-        + payload
-    )
-
-
-def _literal(name_index: int, value: bytes) -> bytes:
-    """HPACK literal header field without indexing, indexed name (4-bit prefix)."""
-    out = bytearray()
-    if name_index < 15:
-        out.append(name_index)
-    else:
-        out.append(15)
-        rest = name_index - 15
-        while rest >= 128:
-            out.append((rest & 0x7F) | 0x80)
-            rest >>= 7
-        out.append(rest)
-    return bytes(out) + _string(value)
-
-
-def _string(value: bytes) -> bytes:
-    """HPACK string literal without Huffman coding (7-bit length prefix)."""
-    n = len(value)
-    if n < 127:
-        return bytes([n]) + value
-    out = bytearray([127])
-    rest = n - 127
-    while rest >= 128:
-        out.append((rest & 0x7F) | 0x80)
-        rest >>= 7
-    out.append(rest)
-    return bytes(out) + value
 
 
 def request_headers(authority: str, path: str) -> bytes:
@@ -98,12 +66,10 @@ def request_headers(authority: str, path: str) -> bytes:
     return (
         b"\x83"  # :method POST (static 3)
         + b"\x86"  # :scheme http (static 6)
-        + _literal(4, path.encode())  # :path
-        + _literal(1, authority.encode())  # :authority
-        + _literal(31, b"application/grpc")  # content-type
-        + b"\x00"
-        + _string(b"te")
-        + _string(b"trailers")
+        + hpack_literal(4, path.encode())  # :path
+        + hpack_literal(1, authority.encode())  # :authority
+        + hpack_literal(31, b"application/grpc")  # content-type
+        + hpack_literal(b"te", b"trailers")
     )
 
 
@@ -169,8 +135,8 @@ class GrpcConnection(asyncio.Protocol):
         )
         self._transport.write(
             PREFACE
-            + _frame(SETTINGS, 0, 0, settings)
-            + _frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", RECEIVE_WINDOW - 65535))
+            + frame(SETTINGS, 0, 0, settings)
+            + frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", RECEIVE_WINDOW - 65535))
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -202,7 +168,7 @@ class GrpcConnection(asyncio.Protocol):
             call = self._calls.get(stream)
             if payload and self._transport is not None:
                 # Give the bytes back to the connection window at once.
-                self._transport.write(_frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", len(payload))))
+                self._transport.write(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", len(payload))))
             if call is not None:
                 call.data.append(payload)
                 if flags & END_STREAM:
@@ -211,7 +177,7 @@ class GrpcConnection(asyncio.Protocol):
             if kind == HEADERS:
                 if flags & PADDED:
                     payload = payload[1 : len(payload) - payload[0]]
-                if flags & PRIORITY:
+                if flags & PRIORITY_FLAG:
                     payload = payload[5:]
                 if not flags & END_HEADERS:
                     self._continuation = (stream, flags, bytearray(payload))
@@ -228,12 +194,12 @@ class GrpcConnection(asyncio.Protocol):
             if not flags & ACK:
                 self._settings(payload)
                 if self._transport is not None:
-                    self._transport.write(_frame(SETTINGS, ACK, 0))
+                    self._transport.write(frame(SETTINGS, ACK, 0))
                 if self._ready is not None and not self._ready.done():
                     self._ready.set_result(None)
         elif kind == PING:
             if not flags & ACK and self._transport is not None:
-                self._transport.write(_frame(PING, ACK, 0, payload))
+                self._transport.write(frame(PING, ACK, 0, payload))
         elif kind == WINDOW_UPDATE:
             increment = struct.unpack(">I", payload)[0] & 0x7FFFFFFF
             if stream == 0:
@@ -320,12 +286,12 @@ class GrpcConnection(asyncio.Protocol):
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         call = _Call(future, self._initial_stream_window)
         self._calls[stream] = call
-        head = _frame(HEADERS, END_HEADERS, stream, block)
+        head = frame(HEADERS, END_HEADERS, stream, block)
         n = len(body)
         if n <= call.send_window and n <= self._send_window and n <= self._max_frame:
             call.send_window -= n
             self._send_window -= n
-            self._transport.write(head + _frame(DATA, END_STREAM, stream, body))
+            self._transport.write(head + frame(DATA, END_STREAM, stream, body))
         else:
             self._transport.write(head)
             call.pending = body
@@ -349,12 +315,12 @@ class GrpcConnection(asyncio.Protocol):
                 call.send_window -= n
                 self._send_window -= n
                 flags = END_STREAM if not call.pending else 0
-                self._transport.write(_frame(DATA, flags, stream, chunk))
+                self._transport.write(frame(DATA, flags, stream, chunk))
             if call.pending:
                 still.append(stream)
         self._blocked = still
 
     def close(self) -> None:
         if self._transport is not None:
-            self._transport.write(_frame(GOAWAY, 0, 0, struct.pack(">II", 0, 0)))
+            self._transport.write(frame(GOAWAY, 0, 0, struct.pack(">II", 0, 0)))
             self._transport.close()
