@@ -1,4 +1,4 @@
-"""Half-written versions are never aspired: the source's completeness and stability rules.
+"""Half-written versions are never handed over: the source's completeness and stability rules.
 
 Polls are explicit (``poll_once``) with ``require_stable=True``, so each test is a fixed
 sequence of polls and file-system changes.
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import pytest
 
 from pyserving.core.source import ServableData
+from pyserving.errors import NotFound
 from pyserving.sources.filesystem import (
     INCOMPLETE_SETTLE_POLLS,
     SAVED_MODEL_MARKERS,
@@ -29,14 +30,24 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[int]]] = []
         self.fingerprints: dict[int, str | None] = {}
+        self.items: dict[int, ServableData[str]] = {}
+        #: every (version, fingerprint) ever emitted with a path, i.e. handed over to load
+        self.handed_over: list[tuple[int, str | None]] = []
 
     def __call__(self, name: str, versions: Sequence[ServableData[str]]) -> None:
         self.calls.append((name, [d.id.version for d in versions]))
         self.fingerprints = {d.id.version: d.fingerprint for d in versions}
+        self.items = {d.id.version: d for d in versions}
+        self.handed_over.extend((d.id.version, d.fingerprint) for d in versions if d.ok)
 
     @property
     def last(self) -> list[int]:
         return self.calls[-1][1]
+
+    @property
+    def loadable(self) -> list[int]:
+        """The versions of the last call emitted with their paths (not as errors)."""
+        return [v for v, d in self.items.items() if d.ok]
 
 
 def make_source(
@@ -124,20 +135,112 @@ def test_complete_marker_is_required(tmp_path: pathlib.Path) -> None:
     assert recorder.last == [2]
 
 
-def test_incomplete_version_is_aspired_after_settling_longer(
+def test_version_that_stays_incomplete_is_reported_as_an_error_never_loaded(
     tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A directory that never becomes a SavedModel still ends up aspired (and fails to load,
-    visibly) once it has not changed for INCOMPLETE_SETTLE_POLLS polls."""
-    write_version(tmp_path, 1, complete=False)
+    """A directory that never becomes a SavedModel is emitted as NotFound error data (so model
+    status shows it) once it has not changed for INCOMPLETE_SETTLE_POLLS polls; its path is
+    never handed over, so no load is attempted."""
+    path = write_version(tmp_path, 1, complete=False)
     source, recorder = make_source(tmp_path)
     with caplog.at_level(logging.WARNING):
         for _ in range(INCOMPLETE_SETTLE_POLLS):
             source.poll_once()
             assert recorder.last == []
+        for _ in range(5):
+            source.poll_once()
+            assert recorder.last == [1]
+    error = recorder.items[1].error
+    assert isinstance(error, NotFound)
+    assert "has none of saved_model.pb/saved_model.pbtxt" in error.message
+    assert str(path) in error.message
+    assert recorder.fingerprints[1] == listing_fingerprint(version_listing(str(path)))
+    assert recorder.handed_over == []
+    warnings = [r for r in caplog.records if "has none of saved_model.pb" in r.message]
+    assert len(warnings) == 1  # once per listing, not once per poll
+
+
+def test_slow_copy_variables_first_is_handed_over_only_when_complete(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The slow copy of the issue, one poll per second: variables at t=0, saved_model.pb at
+    t=3.5. The version is never handed over without saved_model.pb; meanwhile it is reported
+    as an error beside version 1, which stays aspired; it is handed over at the second poll
+    after saved_model.pb arrived, with the fingerprint of the complete listing."""
+    write_version(tmp_path, 1)
+    source, recorder = make_source(tmp_path)
+    source.poll_once()
+    path = write_version(tmp_path, 2, complete=False)  # t = 0: variables only
+    (path / "variables" / "variables.data-00000-of-00001").write_bytes(b"weights")
+    for _ in range(4):  # polls at t = 0.2, 1.2, 2.2, 3.2
         source.poll_once()
-    assert recorder.last == [1]
-    assert any("has none of saved_model.pb/saved_model.pbtxt" in r.message for r in caplog.records)
+        assert recorder.loadable == [1]
+    assert recorder.last == [1, 2] and not recorder.items[2].ok  # reported, not loadable
+    incomplete = recorder.fingerprints[2]
+    (path / "saved_model.pb").write_bytes(b"graph")  # t = 3.5
+    source.poll_once()  # t = 4.2: changed since the last poll; reported as before
+    assert recorder.loadable == [1]
+    assert recorder.fingerprints[2] == incomplete
+    source.poll_once()  # t = 5.2: complete and unchanged: handed over
+    assert recorder.last == [2] and recorder.loadable == [2]
+    assert recorder.fingerprints[2] == listing_fingerprint(version_listing(str(path)))
+    assert [v for v, _ in recorder.handed_over].count(2) == 1
+    assert (2, incomplete) not in recorder.handed_over
+
+
+@pytest.mark.parametrize("policy", ["latest2", "all", "specific"])
+def test_incomplete_versions_are_reported_under_every_policy_and_displace_nothing(
+    tmp_path: pathlib.Path, policy: str
+) -> None:
+    policies = {
+        "latest2": ServableVersionPolicy.latest(2),
+        "all": ServableVersionPolicy.all(),
+        "specific": ServableVersionPolicy.specific([1, 2, 3]),
+    }
+    write_version(tmp_path, 1)
+    write_version(tmp_path, 2)
+    source, recorder = make_source(tmp_path, policies[policy])
+    source.poll_once()
+    write_version(tmp_path, 3, complete=False)
+    for _ in range(INCOMPLETE_SETTLE_POLLS + 1):
+        source.poll_once()
+    assert recorder.last == [1, 2, 3]
+    assert recorder.loadable == [1, 2]
+    assert isinstance(recorder.items[3].error, NotFound)
+
+
+def test_only_the_incomplete_versions_the_policy_would_pick_are_reported(
+    tmp_path: pathlib.Path,
+) -> None:
+    write_version(tmp_path, 1)
+    source, recorder = make_source(tmp_path)
+    source.poll_once()
+    write_version(tmp_path, 2, complete=False)
+    write_version(tmp_path, 3, complete=False)
+    for _ in range(INCOMPLETE_SETTLE_POLLS + 1):
+        source.poll_once()
+    assert recorder.last == [1, 3] and recorder.loadable == [1]
+
+
+def test_accepted_version_losing_its_marker_keeps_its_fingerprint_until_complete_again(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A version re-copied in place (saved_model.pb removed first) is not handed over again
+    until the marker is back and the listing settled."""
+    path = write_version(tmp_path, 1)
+    source, recorder = make_source(tmp_path)
+    source.poll_once()
+    original = recorder.fingerprints[1]
+    (path / "saved_model.pb").unlink()
+    for _ in range(INCOMPLETE_SETTLE_POLLS + 3):
+        source.poll_once()
+        assert recorder.loadable == [1] and recorder.fingerprints[1] == original
+    (path / "saved_model.pb").write_bytes(b"another graph")
+    source.poll_once()
+    assert recorder.fingerprints[1] == original
+    source.poll_once()
+    assert recorder.fingerprints[1] == listing_fingerprint(version_listing(str(path)))
+    assert recorder.fingerprints[1] != original
 
 
 def test_without_markers_every_directory_is_complete(tmp_path: pathlib.Path) -> None:

@@ -26,30 +26,46 @@ policy only once
 * it is *stable*: its recursive listing (relative names, sizes, modification times) is the
   same at two consecutive polls. The first poll that sees a new version only records it.
 
+A version without a marker is never handed over to be loaded, however long it waits (a copy
+that wrote ``variables/`` first and stalls before ``saved_model.pb`` is still a copy). Once its
+listing has been unchanged for ``INCOMPLETE_SETTLE_POLLS`` consecutive polls after the first
+sighting it is *reported*: emitted as error data (``NotFound``, naming the missing files) with
+the fingerprint of that listing, so that a directory that is not a SavedModel shows in model
+status as an error (TF Serving reports one too) while no load is attempted. A reported version
+is emitted only where the version policy would pick it among accepted and reported versions,
+and never displaces an accepted one: with ``latest``, the previous complete version stays
+aspired and keeps serving beside it. Once the missing file arrives and the listing is unchanged
+for one poll, the version is accepted: handed over at the second poll after its last file
+arrived.
+
 Exceptions, each deliberate:
 
 * The first poll of a servable (server start-up, or a model newly added to the
   configuration) accepts complete versions at once: the repository is taken to be in place
   when the server is pointed at it, and start-up is not delayed by a poll interval. (If that
   poll cannot read the base path, versions that show up later get no such exception.)
-* A version that stays incomplete (no marker) is accepted once its listing has been unchanged
-  for ``INCOMPLETE_SETTLE_POLLS`` consecutive polls after the first sighting, so a directory
-  that is not a SavedModel still ends in an error visible in model status (TF Serving's
-  behaviour) instead of being ignored forever.
 * Without ``require_stable`` (``poll_wait_seconds`` <= 0: a single poll at start-up and
   explicit polls, e.g. on a config reload) versions are taken as found, as TF Serving does:
   there is no later poll to confirm them.
+
+What the source cannot tell: a copy that writes the marker first and then stalls for a whole
+poll interval looks complete and stable, and is handed over early; its load fails, and it is
+loaded afresh once its content settles again (next paragraph).
 
 The policy chooses among accepted versions only: while a new latest version is being copied,
 the previous one stays aspired and keeps serving.
 
 Content changes. Every emitted version carries a ``fingerprint`` (a digest of the listing it
-was accepted with). When an accepted version's content changes and settles again (complete and
-unchanged across two polls; at once without ``require_stable``) the new fingerprint is emitted.
-The manager loads a version that ended in error again when its fingerprint changes, so a
-corrupt version that is fixed in place (same version number) loads on a later poll; a version
-that loaded successfully is never reloaded (versions are immutable once served, as in TF
-Serving: publish a new version number instead).
+was accepted or reported with). When an emitted version's content changes and settles again
+complete (a marker present, the listing unchanged across two polls; at once without
+``require_stable``) the new fingerprint is emitted; until then the version is emitted as
+before, with its old fingerprint. New content without a marker is never handed over: an
+accepted version whose marker disappears keeps the fingerprint it was accepted with until the
+marker is back. The manager loads a version again, at once, when its fingerprint changes while
+it is in error, waiting between load retries, or not yet loading; so a corrupt or half-copied
+version that is fixed in place (same version number) loads on a later poll. A version that
+loaded successfully is never reloaded (versions are immutable once served, as in TF Serving:
+publish a new version number instead).
 """
 
 from __future__ import annotations
@@ -65,6 +81,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from pyserving.core.source import AspiredVersionsCallback, ServableData, ServableId, Source
+from pyserving.errors import NotFound
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +92,8 @@ _INT64_MAX = 2**63 - 1
 SAVED_MODEL_MARKERS: tuple[str, ...] = ("saved_model.pb", "saved_model.pbtxt")
 
 #: Consecutive polls (after the first sighting) an incomplete version's listing must stay
-#: unchanged before it is accepted anyway (and fails to load, visibly). A complete version
-#: needs one.
+#: unchanged before it is reported as an error (it is never loaded while incomplete). A
+#: complete version needs one to be accepted.
 INCOMPLETE_SETTLE_POLLS = 2
 
 #: One entry of a version directory's listing: (relative path, size, mtime in ns). Directories
@@ -207,6 +224,14 @@ def listing_fingerprint(listing: Sequence[ListingEntry]) -> str:
     return hashlib.blake2b(repr(tuple(listing)).encode(), digest_size=12).hexdigest()
 
 
+class _Outcome(enum.Enum):
+    """What one poll makes of one version directory."""
+
+    WAITING = "waiting"  # not emitted
+    ACCEPTED = "accepted"  # emitted as its path, with ``_Candidate.accepted``
+    INCOMPLETE = "incomplete"  # emitted as an error, with ``_Candidate.reported``
+
+
 @dataclass
 class _Candidate:
     """What the source knows of one version directory between polls."""
@@ -214,8 +239,10 @@ class _Candidate:
     listing: tuple[ListingEntry, ...] | None = None
     #: consecutive polls at which the listing was the same as at the poll before
     unchanged: int = 0
-    #: the fingerprint emitted for this version; None while it is not accepted yet
+    #: the fingerprint emitted with this version's path; None while it is not accepted yet
     accepted: str | None = None
+    #: the fingerprint of the incomplete listing last reported as an error (None: none)
+    reported: str | None = None
     waiting_logged: bool = False
 
 
@@ -329,16 +356,33 @@ class FileSystemStoragePathSource(Source[str]):
         candidates = {v: c for v, c in self._candidates[servable.name][1].items() if v in found}
         self._candidates[servable.name] = (servable.base_path, candidates)
         accepted: list[int] = []
+        incomplete: list[int] = []
         for version in self._examination_order(policy, found):
             candidate = candidates.setdefault(version, _Candidate())
-            if self._examine(servable, version, found[version], candidate, first):
+            outcome = self._examine(servable, version, found[version], candidate, first)
+            if outcome is _Outcome.INCOMPLETE:
+                incomplete.append(version)
+            elif outcome is _Outcome.ACCEPTED:
                 accepted.append(version)
                 if policy.kind is VersionPolicyKind.LATEST and len(accepted) >= policy.num_versions:
                     break
-        return [
-            ServableData(ServableId(servable.name, v), found[v], fingerprint=candidates[v].accepted)
-            for v in policy.select(accepted)
-        ]
+        # Incomplete versions are reported only where the policy would pick them, and never
+        # take an accepted version's place.
+        reported = set(policy.select(accepted + incomplete)) & set(incomplete)
+        emitted: list[ServableData[str]] = []
+        for version in sorted(set(policy.select(accepted)) | reported):
+            id = ServableId(servable.name, version)
+            candidate = candidates[version]
+            if version in reported:
+                error = NotFound(
+                    f"Version {version} of servable {servable.name} at {found[version]} has "
+                    f"none of {'/'.join(servable.complete_markers)}; it is loaded once one is "
+                    "present and its files are unchanged between two polls"
+                )
+                emitted.append(ServableData(id, error=error, fingerprint=candidate.reported))
+            else:
+                emitted.append(ServableData(id, found[version], fingerprint=candidate.accepted))
+        return emitted
 
     @staticmethod
     def _examination_order(policy: ServableVersionPolicy, found: dict[int, str]) -> list[int]:
@@ -355,8 +399,13 @@ class FileSystemStoragePathSource(Source[str]):
         path: str,
         candidate: _Candidate,
         first: bool,
-    ) -> bool:
-        """Update what is known of one version; return whether it is accepted."""
+    ) -> _Outcome:
+        """Update what is known of one version from its listing now.
+
+        ``ACCEPTED``: emit its path with ``candidate.accepted``; ``INCOMPLETE``: emit it as an
+        error with ``candidate.reported``; ``WAITING``: do not emit it. Content without a
+        marker is never accepted while ``require_stable``.
+        """
         listing = version_listing(path)
         if listing == candidate.listing:
             candidate.unchanged += 1
@@ -365,52 +414,68 @@ class FileSystemStoragePathSource(Source[str]):
             candidate.unchanged = 0
         fingerprint = listing_fingerprint(listing)
         if candidate.accepted == fingerprint:
-            return True
+            return _Outcome.ACCEPTED
         if not self._require_stable:
             candidate.accepted = fingerprint
-            return True
+            return _Outcome.ACCEPTED
         markers = servable.complete_markers
         complete = not markers or any(
             name in markers for name, size, _ in listing if size >= 0 and "/" not in name
         )
-        settled = candidate.unchanged >= (1 if complete else INCOMPLETE_SETTLE_POLLS)
-        if candidate.accepted is None:
-            if settled or (first and complete):
-                if not complete:
-                    log.warning(
-                        "Servable %s version %d has none of %s after %d unchanged polls; "
-                        "loading it as it is",
-                        servable.name,
-                        version,
-                        "/".join(markers),
-                        candidate.unchanged,
-                    )
+        stable = candidate.unchanged >= 1
+        if candidate.accepted is not None:
+            # Accepted before, changed since: the new content replaces the old one only once
+            # it is complete and stable; until then the version keeps its old fingerprint.
+            if complete and stable:
+                log.info(
+                    "Servable %s version %d: content at %s changed", servable.name, version, path
+                )
                 candidate.accepted = fingerprint
-                return True
-            if not candidate.waiting_logged:
-                candidate.waiting_logged = True
-                if complete:
-                    log.info(
-                        "Servable %s version %d found at %s; it is loaded once its files are "
-                        "unchanged between two polls",
-                        servable.name,
-                        version,
-                        path,
-                    )
-                else:
-                    log.info(
-                        "Servable %s version %d at %s has no %s yet; waiting until it is "
-                        "complete and unchanged between two polls",
-                        servable.name,
-                        version,
-                        path,
-                        "/".join(markers),
-                    )
-            return False
-        if settled:
-            log.info("Servable %s version %d: content at %s changed", servable.name, version, path)
+            return _Outcome.ACCEPTED
+        if complete and (stable or first):
+            if candidate.reported is not None:
+                log.info(
+                    "Servable %s version %d at %s is complete now", servable.name, version, path
+                )
             candidate.accepted = fingerprint
-        return True
+            candidate.reported = None
+            return _Outcome.ACCEPTED
+        if not complete and candidate.unchanged >= INCOMPLETE_SETTLE_POLLS:
+            if candidate.reported != fingerprint:
+                log.warning(
+                    "Servable %s version %d at %s has none of %s after %d unchanged polls; "
+                    "it is not loaded until one is present",
+                    servable.name,
+                    version,
+                    path,
+                    "/".join(markers),
+                    candidate.unchanged,
+                )
+                candidate.reported = fingerprint
+            return _Outcome.INCOMPLETE
+        if candidate.reported is not None:
+            # Reported before and changing now: reported as before until it settles.
+            return _Outcome.INCOMPLETE
+        if not candidate.waiting_logged:
+            candidate.waiting_logged = True
+            if complete:
+                log.info(
+                    "Servable %s version %d found at %s; it is loaded once its files are "
+                    "unchanged between two polls",
+                    servable.name,
+                    version,
+                    path,
+                )
+            else:
+                log.info(
+                    "Servable %s version %d at %s has no %s yet; waiting until it is "
+                    "complete and unchanged between two polls",
+                    servable.name,
+                    version,
+                    path,
+                    "/".join(markers),
+                )
+        return _Outcome.WAITING
 
     def _warn_once(self, key: str, message: str) -> None:
         if self._warned.get(key) != message:
