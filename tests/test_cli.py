@@ -1,10 +1,17 @@
-"""Flag parsing: TF Serving's forms, unknown flags, bad values, --version."""
+"""Flag parsing: TF Serving's forms, unknown flags, bad values, --help, --version; a quiet start."""
 
 from __future__ import annotations
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
 
 import pytest
 
 from pyserving.cli import FLAGS, UsageError, main, not_implemented_flags, parse_flags
+from pyserving.quiet_tensorflow import TF_LOG_VARIABLES, filter_noise, user_wants_tensorflow_logs
 
 
 def test_defaults_match_tf_serving() -> None:
@@ -145,3 +152,135 @@ def test_session_config_file_is_read_or_refused(tmp_path) -> None:  # type: igno
         server_options_from_flags(
             parse_flags(["--model_base_path=/models/m", f"--tensorflow_session_config_file={bad}"])
         )
+
+
+def _run_python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("arg", ["--help", "-h"])
+def test_help_prints_every_flag_with_its_default_without_importing_tensorflow(arg: str) -> None:
+    result = _run_python(
+        "import sys\n"
+        "from pyserving.cli import main\n"
+        f"rc = main([{arg!r}])\n"
+        "sys.stderr.write(f'rc={rc} tf={\"tensorflow\" in sys.modules}')\n"
+    )
+    assert result.stderr.strip().endswith("rc=0 tf=False"), result.stderr
+    assert "unknown argument" not in result.stderr
+    for flag in FLAGS:
+        assert f"--{flag.name}=" in result.stdout
+    for shown in ("--port=8500", "--rest_api_timeout_in_ms=30000", "--enable_model_warmup=true"):
+        assert re.search(rf"\t{shown}\s", result.stdout), shown
+
+
+def test_help_from_the_installed_command() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pyserving", "--help", "--port=1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: tensorflow_model_server")
+    assert "--model_base_path=''" in result.stdout
+
+
+def test_version_imports_no_tensorflow() -> None:
+    result = _run_python(
+        "import sys\n"
+        "from pyserving.cli import main\n"
+        "rc = main(['--version'])\n"
+        "sys.stderr.write(f'rc={rc} tf={\"tensorflow\" in sys.modules}')\n"
+    )
+    assert result.stderr.strip().endswith("rc=0 tf=False"), result.stderr
+    assert "TensorFlow Library: 2." in result.stdout
+
+
+def test_noise_filter_keeps_every_other_line() -> None:
+    captured = (
+        b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        b"I0000 00:00:1 port.cc:153] oneDNN custom operations are on. You may see\n"
+        b"I0000 00:00:1 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU\n"
+        b"E0000 00:00:1 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n"
+        b"W0000 something a user must see\n"
+        b"last line without newline"
+    )
+    assert filter_noise(captured) == (
+        b"W0000 something a user must see\nlast line without newline"
+    )
+
+
+def test_captured_stderr_is_written_back_without_noise() -> None:
+    # Writes below Python's sys.stderr, on file descriptor 2, as TensorFlow's C++ code does.
+    result = _run_python(
+        "import os\n"
+        "from pyserving.quiet_tensorflow import stderr_without_noise\n"
+        "with stderr_without_noise():\n"
+        "    os.write(2, b'I0 x] Could not find cuda drivers on your machine\\nkept 1\\n')\n"
+        "    os.write(2, b'E0 y] failed call to cuInit: no\\nkept 2\\n')\n"
+        "os.write(2, b'after\\n')\n"
+    )
+    assert result.returncode == 0
+    assert result.stderr == "kept 1\nkept 2\nafter\n"
+
+
+def test_captured_stderr_is_written_back_whole_when_the_work_fails() -> None:
+    result = _run_python(
+        "import os\n"
+        "from pyserving.quiet_tensorflow import stderr_without_noise\n"
+        "try:\n"
+        "    with stderr_without_noise():\n"
+        "        os.write(2, b'I0 x] Could not find cuda drivers on your machine\\n')\n"
+        "        raise ImportError('broken')\n"
+        "except ImportError:\n"
+        "    pass\n"
+    )
+    assert "Could not find cuda drivers" in result.stderr
+
+
+def test_server_start_prints_no_tensorflow_start_up_noise(tmp_path: pathlib.Path) -> None:
+    # The server imports TensorFlow (quietly) before reading its config, then exits on the
+    # missing file: what it printed is TensorFlow's start-up plus pyserving's own error.
+    env = {k: v for k, v in os.environ.items() if k not in TF_LOG_VARIABLES}
+    result = subprocess.run(
+        [sys.executable, "-m", "pyserving", f"--model_config_file={tmp_path / 'missing'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "missing" in result.stderr
+    for noise in ("absl::InitializeLog", "Could not find cuda drivers", "cuInit", "oneDNN"):
+        assert noise not in result.stderr, result.stderr
+
+
+def test_tensorflow_logs_stay_when_the_user_asks_for_them() -> None:
+    assert user_wants_tensorflow_logs({"TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert user_wants_tensorflow_logs({"TF_CPP_MAX_VLOG_LEVEL": "1"})
+    assert not user_wants_tensorflow_logs({"PATH": "/bin"})
+
+
+def test_smoke_script_passes_on_this_interpreter() -> None:
+    # CI also runs it on the newest Python pyserving supports, from a plain `pip install .`.
+    root = pathlib.Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, str(root / "tests" / "smoke.py")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 check(s) failed" in result.stdout

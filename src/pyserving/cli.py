@@ -257,38 +257,65 @@ def parse_flags(argv: Sequence[str]) -> ParsedFlags:
 
 
 def usage() -> str:
+    """Every flag with its default, type and meaning, one per line (the ``--help`` text)."""
     lines = [
         "usage: tensorflow_model_server [--flag=value ...]",
         "       pyserving inspect PATH",
-        "",
+        "Flags:",
     ]
-    for f in FLAGS:
-        default = str(f.default).lower() if f.type is bool else repr(f.default)
-        lines.append(f"\t--{f.name}={default}\t{f.type.__name__}\t{f.help}")
+    shown = [
+        (f"--{f.name}={str(f.default).lower() if f.type is bool else repr(f.default)}", f)
+        for f in FLAGS
+    ]
+    width = max(len(text) for text, _ in shown)
+    for text, f in shown:
+        note = "" if f.implemented else " (accepted, not acted on)"
+        lines.append(f"\t{text:<{width}}\t{f.type.__name__}\t{f.help}{note}")
     return "\n".join(lines) + "\n"
 
 
 def version_text() -> str:
+    """The ``--version`` text, read from installed package metadata (no TensorFlow import)."""
+    from importlib import metadata
+
     from pyserving import __version__
 
     try:
-        import tensorflow as tf
-
-        tf_version = tf.__version__
-    except Exception:  # pragma: no cover - TF is a hard dependency
+        tf_version = metadata.version("tensorflow")
+    except metadata.PackageNotFoundError:  # pragma: no cover - TF is a hard dependency
         tf_version = "unavailable"
     return f"TensorFlow ModelServer: pyserving {__version__}\nTensorFlow Library: {tf_version}\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``pyserving`` and ``tensorflow_model_server``; returns the exit status."""
-    args = list(sys.argv[1:] if argv is None else argv)
+#: Arguments that print the usage and exit 0, as ``tensorflow_model_server --help`` does.
+HELP_ARGUMENTS = frozenset({"-h", "--help", "-help", "--helpfull", "-helpfull", "--helpshort"})
+
+
+def _import_tensorflow_for_serving() -> None:
+    """Import TensorFlow before the server's modules, without its C++ start-up noise unless
+    the user asked for TensorFlow's logs (see :mod:`pyserving.quiet_tensorflow`)."""
+    from pyserving.quiet_tensorflow import import_tensorflow, user_wants_tensorflow_logs
+
+    verbose = user_wants_tensorflow_logs()
     # TensorFlow's C++ INFO lines drown the server's own log; warnings and errors still show.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    import_tensorflow(quiet=not verbose)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``pyserving`` and ``tensorflow_model_server``; returns the exit status.
+
+    ``--help`` (``-h``) and ``--version`` answer without importing TensorFlow.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "inspect":
+        _import_tensorflow_for_serving()
         from pyserving.inspect import main as inspect_main
 
         return inspect_main(args[1:])
+    if any(arg in HELP_ARGUMENTS for arg in args):
+        sys.stdout.write(usage())
+        return 0
     try:
         flags = parse_flags(args)
     except UsageError as exc:
@@ -299,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if flags.version:
         sys.stdout.write(version_text())
         return 0
+    _import_tensorflow_for_serving()
     from pyserving.server.app import run_server, server_options_from_flags
 
     try:

@@ -15,9 +15,12 @@ import contextlib
 import logging
 import threading
 from collections.abc import Coroutine
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pyserving.server.grpc_server import remove_socket
+
+if TYPE_CHECKING:  # typing.Self is Python 3.11+
+    from typing_extensions import Self
 
 log = logging.getLogger(__name__)
 
