@@ -229,6 +229,27 @@ def test_model_status(server: RunningServer) -> None:
     assert [s["version"] for s in r.json()["model_version_status"]] == ["123", "124"]
 
 
+def test_list_models_gives_every_model_with_its_version_states(server: RunningServer) -> None:
+    for path in ("/v1/models", "/v1/models/", "/V1/Models"):
+        r = server.client.get(path)
+        assert r.status_code == 200, r.text
+        models = r.json()["models"]
+        names = [m["name"] for m in models]
+        assert names == sorted(names)
+        assert {"default", "tf2", "two", "flowers", "live"} <= set(names)
+        by_name = {m.pop("name"): m for m in models}
+        # Each entry is exactly what GET /v1/models/{name} answers for that model.
+        for name in ("default", "two", "flowers"):
+            assert by_name[name] == server.client.get(f"/v1/models/{name}").json()
+        two = by_name["two"]["model_version_status"]
+        assert [(v["version"], v["state"]) for v in two] == [
+            ("123", "AVAILABLE"),
+            ("124", "AVAILABLE"),
+        ]
+    r = server.client.post("/v1/models", content=b"{}")
+    assert r.status_code == 400 and "Malformed request" in r.json()["error"]
+
+
 def test_metadata_matches_tf_serving(server: RunningServer, testdata: pathlib.Path) -> None:
     r = server.client.get("/v1/models/default/metadata")
     assert r.status_code == 200, r.text

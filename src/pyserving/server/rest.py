@@ -5,6 +5,12 @@ Routes (TF Serving's, case-insensitive)::
     POST /v1/models/{name}[/versions/{v}|/labels/{l}]:(predict|classify|regress)
     GET  /v1/models/{name}[/versions/{v}|/labels/{l}]          model status
     GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata  signature metadata
+    GET  /v1/models                                             every model's status
+
+``GET /v1/models`` (pyserving's own; TF Serving has no list) answers
+``{"models": [{"name": ..., "model_version_status": [...]}, ...]}``: each served model, by
+name, with the same ``model_version_status`` list ``GET /v1/models/{name}`` gives (empty for
+a model whose versions are not known yet).
 
 Errors answer ``{"error": "..."}`` with TF Serving's status mapping (see ``errors.py``).
 Request bodies may be gzip-encoded. The work of a request (JSON decoding, the model run,
@@ -63,6 +69,7 @@ _POST = re.compile(
     r"^/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:(classify|regress|predict)$",
     re.IGNORECASE,
 )
+_LIST = re.compile(r"^/v1/models/?$", re.IGNORECASE)
 _GET = re.compile(
     r"^/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?(/metadata)?$", re.IGNORECASE
 )
@@ -183,6 +190,8 @@ class RestHandler:
                     return self._predict(spec, payload, method, path)
                 return self._examples(spec, payload, verb)
         elif method == "GET":
+            if _LIST.match(path):
+                return self._list_models()
             match = _GET.match(path)
             if match:
                 name, version, label, metadata = match.groups()
@@ -223,6 +232,13 @@ class RestHandler:
             return RestResponse(200, tensors.format_classify_response(cresult))
         _id, _sig, rresult = self.serving.regress(spec, request_input, entrypoint="REST")
         return RestResponse(200, tensors.format_regress_response(rresult))
+
+    def _list_models(self) -> RestResponse:
+        models = [
+            {"name": name, **_message_to_dict(status)}
+            for name, status in self.serving.list_models()
+        ]
+        return RestResponse(200, orjson.dumps({"models": models}))
 
     @staticmethod
     def _json_proto(message: Any) -> RestResponse:

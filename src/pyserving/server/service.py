@@ -31,7 +31,7 @@ from tensorflow_serving.apis import (
 from pyserving import inference
 from pyserving.core.monitor import ManagerState, ServableState
 from pyserving.core.source import ServableId
-from pyserving.errors import Code, InvalidArgument, ServingError
+from pyserving.errors import Code, InvalidArgument, NotFound, ServingError
 from pyserving.server.core import ServerCore
 from pyserving.server.metrics import ServerMetrics
 
@@ -266,12 +266,26 @@ class ModelServing:
             response.metadata["signature_def"].Pack(inference.signature_def_map(handle.servable))
             return response
 
+    def list_models(self) -> list[tuple[str, get_model_status_pb2.GetModelStatusResponse]]:
+        """Every configured model, sorted by name, with its GetModelStatus answer (empty
+        when none of its versions is known yet)."""
+        return [(name, _status_or_empty(self, name)) for name in sorted(self.core.model_names())]
+
     def status(self, spec: ModelSpec) -> get_model_status_pb2.GetModelStatusResponse:
         """GetModelStatus: every known version of the model, or the one asked for."""
         response = get_model_status_pb2.GetModelStatusResponse()
         for state in self.core.model_status(spec.name, spec.version, spec.label):
             fill_version_status(response.model_version_status.add(), state)
         return response
+
+
+def _status_or_empty(
+    serving: ModelServing, name: str
+) -> get_model_status_pb2.GetModelStatusResponse:
+    try:
+        return serving.status(ModelSpec(name))
+    except NotFound:  # configured, no version known yet
+        return get_model_status_pb2.GetModelStatusResponse()
 
 
 def spec_from_proto(model_spec: Any) -> ModelSpec:
