@@ -16,7 +16,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import unquote
 
@@ -33,9 +33,17 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
+from pyserving.core.clock import ManualClock
 from pyserving.core.manager import ManagerOptions
 from pyserving.server.core import ServerCore, ServerCoreOptions
-from pyserving.server.grpc_h2 import GrpcHandler, H2GrpcServer, parse_timeout, status_block
+from pyserving.server.grpc_h2 import (
+    CallCosts,
+    GrpcHandler,
+    H2GrpcServer,
+    parse_timeout,
+    start_h2_grpc_server,
+    status_block,
+)
 from pyserving.server.grpc_server import GrpcServerOptions, start_grpc_server, uses_grpcio
 from pyserving.server.http2 import (
     CONTINUATION,
@@ -270,15 +278,28 @@ def test_a_connection_without_preface_is_closed_in_time() -> None:
     assert received[3] == SETTINGS  # the server's SETTINGS, then the close
 
 
-def test_ping_is_acknowledged_with_its_payload(client: RawClient) -> None:
-    client.send(frame(PING, 0, 0, b"12345678"))
+def wait_for_ping_ack(client: RawClient, payload: bytes) -> None:
+    """Send a PING and read until the server acknowledges it with the same payload."""
+    client.send(frame(PING, 0, 0, payload))
     while True:
         got = client.read_frame()
-        assert got is not None
-        kind, flags, _, payload = got
+        assert got is not None, "connection closed before the PING was acknowledged"
+        kind, flags, _, data = got
         if kind == PING:
-            assert flags & 1 and payload == b"12345678"
+            assert flags & 1 and data == payload
             return
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_ping_is_acknowledged_with_its_payload(client: RawClient) -> None:
+    wait_for_ping_ack(client, b"12345678")
 
 
 def test_an_answer_waits_for_the_clients_window(server: H2GrpcServer) -> None:
@@ -412,11 +433,12 @@ def test_a_settings_flood_ends_the_connection(server: H2GrpcServer) -> None:
 def test_calls_reset_while_running_keep_the_connection(core: ServerCore) -> None:
     """A client cancelling many calls in progress (deadlines) keeps its connection; reset
     calls waiting for a worker are skipped."""
-    serving = _ThreadRecordingServing(core, delay=0.05)  # slow: runs on workers
-    with serve(serving, channel_arguments="grpc.max_concurrent_streams=4") as s:
+    serving = _ThreadRecordingServing(core, cost=1.0)  # slow: runs on workers
+    with serve_measured(serving, channel_arguments="grpc.max_concurrent_streams=4") as s:
         c = RawClient(s.port)
         try:
             assert call(c, 1, predict_message([1.0]))[2]["grpc-status"] == "0"
+            serving.gate.clear()  # calls that start from now on are held in progress
             frames = []
             for i in range(1, 41):
                 stream_id = 2 * i + 1
@@ -424,12 +446,17 @@ def test_calls_reset_while_running_keep_the_connection(core: ServerCore) -> None
                 frames.append(frame(DATA, END_STREAM, stream_id, predict_message([2.0])))
                 frames.append(frame(RST_STREAM, 0, stream_id, struct.pack(">I", 0x8)))
             c.send(*frames)
-            time.sleep(1.0)  # the jobs accepted (at most 4) finish
-            assert len(serving.threads) <= 1 + 4, len(serving.threads)
+            # The server reads frames in order: once it acknowledges a PING sent after them,
+            # every call and reset above has been handled.
+            wait_for_ping_ack(c, b"resets!!")
+            serving.gate.set()
+            wait_until(lambda: not s._handler._jobs, "the connection's worker jobs to end")
+            assert len(serving.threads) <= 1 + 4, len(serving.threads)  # at most 4 accepted
             _, data, trailers, _ = call(c, 101, predict_message([4.0]))
             assert trailers["grpc-status"] == "0"
             assert _answer_values(data) == [4.0]
         finally:
+            serving.gate.set()
             c.close()
 
 
@@ -537,7 +564,7 @@ def test_stop_with_grace_finishes_the_call_in_flight(core: ServerCore) -> None:
     try:
         c.send(frame(HEADERS, END_HEADERS, 1, c.headers_block()))  # request not finished
         call(c, 3, predict_message([1.0]))  # the server has seen stream 1 and 3
-        stopper = threading.Thread(target=s.stop, args=(10.0,))
+        stopper = threading.Thread(target=s.stop, args=(TIMEOUT,))  # ends with the call
         stopper.start()
         while True:
             got = c.read_frame()
@@ -601,18 +628,33 @@ def test_health_watch_streams_each_change(server: H2GrpcServer) -> None:
 
 
 class _ThreadRecordingServing(ModelServing):
-    """Records the thread each Predict runs on; ``delay`` makes the model slow."""
+    """Records the thread each Predict runs on, and makes the model cost ``cost`` seconds on
+    ``clock``: each successful call advances ``clock`` by ``cost`` (failed ones leave it).
+    Served by :func:`serve_measured`, which times calls on ``clock``, the model's measured
+    cost is exactly ``cost`` however fast or busy the machine is. While ``gate`` is clear,
+    calls wait for it (at most ``TIMEOUT``)."""
 
-    def __init__(self, core: ServerCore, delay: float = 0.0) -> None:
+    def __init__(self, core: ServerCore, cost: float = 0.0) -> None:
         super().__init__(core)
-        self.delay = delay
+        self.cost = cost
+        self.clock = ManualClock()
+        self.gate = threading.Event()
+        self.gate.set()
         self.threads: list[str] = []
 
     def predict_future(self, *args: Any, **kwargs: Any) -> Any:
         self.threads.append(threading.current_thread().name)
-        if self.delay:
-            time.sleep(self.delay)
-        return super().predict_future(*args, **kwargs)
+        assert self.gate.wait(TIMEOUT), "test gate never opened"
+        future = super().predict_future(*args, **kwargs)
+        if future.done() and not future.cancelled() and future.exception() is None:
+            self.clock.advance(self.cost)
+        return future
+
+
+def serve_measured(serving: _ThreadRecordingServing, **options: Any) -> H2GrpcServer:
+    """A server over ``serving`` whose Predict cost measure reads ``serving.clock``."""
+    costs = CallCosts(timer=serving.clock.monotonic)
+    return start_h2_grpc_server(serving, GrpcServerOptions(port=0, **options), costs=costs)
 
 
 class _HeldExecutor(concurrent.futures.Executor):
@@ -655,8 +697,10 @@ def _check_job_limit(handler: GrpcHandler, executor: _HeldExecutor) -> None:
 
 
 def test_failed_calls_do_not_move_a_slow_model_onto_the_loop(core: ServerCore) -> None:
-    serving = _ThreadRecordingServing(core, delay=0.002)
-    with serve(serving) as s:
+    """Failures cost nothing on the model's clock; were they measured, the average would
+    fall under the threshold within a few calls and the last call would run on the loop."""
+    serving = _ThreadRecordingServing(core, cost=1e-3)
+    with serve_measured(serving) as s:
         c = RawClient(s.port)
         try:
             call(c, 1, predict_message([1.0]))
@@ -674,27 +718,74 @@ def test_failed_calls_do_not_move_a_slow_model_onto_the_loop(core: ServerCore) -
     assert all(t.startswith("pyserving-grpc_") for t in serving.threads), serving.threads
 
 
-@pytest.mark.parametrize(("delay", "on_loop"), [(0.0, True), (0.002, False)])
+@pytest.mark.parametrize(("cost", "on_loop"), [(0.0, True), (1e-3, False)])
 def test_fast_models_run_on_the_event_loop_slow_ones_on_workers(
-    core: ServerCore, delay: float, on_loop: bool
+    core: ServerCore, cost: float, on_loop: bool
 ) -> None:
-    serving = _ThreadRecordingServing(core, delay)
-    with serve(serving) as s:
+    serving = _ThreadRecordingServing(core, cost)
+    with serve_measured(serving) as s:
         c = RawClient(s.port)
         try:
-            for i in range(30):
+            for i in range(10):
                 _, data, _, _ = call(c, 2 * i + 1, predict_message([float(i)]))
                 assert _answer_values(data) == [0.5 * i + 2]
         finally:
             c.close()
     # A model's first call is measured on a worker; later ones follow its measured cost.
     assert serving.threads[0].startswith("pyserving-grpc_")
+    later = serving.threads[1:]
     if on_loop:
-        # (Most: a call slowed down by other work on the machine goes back to a worker.)
-        recent = serving.threads[-10:]
-        assert recent.count("pyserving-grpc-loop") >= 5, serving.threads
+        assert later == ["pyserving-grpc-loop"] * 9, serving.threads
     else:
-        assert all(t.startswith("pyserving-grpc_") for t in serving.threads), serving.threads
+        assert all(t.startswith("pyserving-grpc_") for t in later), serving.threads
+
+
+def test_a_model_that_turns_slow_leaves_the_loop_and_comes_back_when_fast(
+    core: ServerCore,
+) -> None:
+    """One 5 ms call lifts the average (weight 0.2) to 1 ms: the next calls run on workers
+    until free calls bring it under 0.2 ms (1 ms x 0.8^7 = 0.21 ms, 1 ms x 0.8^8 = 0.17 ms:
+    the ninth call runs on the loop again)."""
+    serving = _ThreadRecordingServing(core, cost=0.0)
+    with serve_measured(serving) as s:
+        c = RawClient(s.port)
+        try:
+            stream_ids = iter(range(1, 1000, 2))
+
+            def run(calls: int) -> list[str]:
+                start = len(serving.threads)
+                for _ in range(calls):
+                    assert (
+                        call(c, next(stream_ids), predict_message([1.0]))[2]["grpc-status"] == "0"
+                    )
+                return [
+                    "loop" if t == "pyserving-grpc-loop" else "worker"
+                    for t in serving.threads[start:]
+                ]
+
+            assert run(2) == ["worker", "loop"]
+            serving.cost = 5e-3
+            assert run(1) == ["loop"]  # measured on the loop, at 5 ms
+            serving.cost = 0.0
+            assert run(9) == ["worker"] * 8 + ["loop"]
+        finally:
+            c.close()
+
+
+def test_call_costs_average_and_threshold() -> None:
+    costs = CallCosts(threshold=1.0, weight=0.5)
+    assert not costs.runs_inline("m") and costs.average("m") is None  # not measured yet
+    costs.record("m", 0.5)
+    assert costs.runs_inline("m") and costs.average("m") == 0.5  # the first call sets it
+    costs.record("m", 2.5)
+    assert not costs.runs_inline("m") and costs.average("m") == 1.5
+    costs.record("m", 0.5)
+    assert not costs.runs_inline("m") and costs.average("m") == 1.0  # at the threshold: slow
+    costs.record("m", 0.0)
+    assert costs.runs_inline("m") and costs.average("m") == 0.5
+    assert not costs.runs_inline("other")  # per model
+    with pytest.raises(ValueError, match="weight"):
+        CallCosts(weight=0.0)
 
 
 # ---------------------------------------------------------------------------- pieces

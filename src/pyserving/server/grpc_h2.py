@@ -19,7 +19,9 @@ What a call goes through:
   (a fast model, or a batching model, whose call only queues the request), else on a worker
   thread, so a slow model never holds the loop; large requests are decoded on a worker. A
   request waiting for its batch holds no thread. The deadline is checked before and after
-  the run; a client that resets the stream cancels its queued request.
+  the run; a client that resets the stream cancels its queued request. The durations are
+  kept by :class:`CallCosts`, whose timer can be replaced (tests decide what counts as fast
+  without depending on the machine's speed).
 * Every other method runs the synchronous servicer's method on a worker thread (the
   ``pyserving-grpc`` pool, ``max_threads``), with a context giving the deadline,
   cancellation and ``abort``.
@@ -115,6 +117,52 @@ _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1
 _ENCODINGS = {"gzip": GZIP, "deflate": ZLIB}
 
 
+class CallCosts:
+    """Each model's moving average of its successful Predict calls' durations, which
+    decides where its next small Predict runs (see the module docstring).
+
+    ``timer`` is read once before and once after each measured call; the difference is the
+    call's duration in seconds. It defaults to :func:`time.perf_counter`; a test passes a
+    clock it advances itself, so what counts as fast does not depend on the machine's speed.
+    ``threshold``: a model runs on the loop when its average is below it (seconds).
+    ``weight``: the newest call's weight in the average (0 < weight <= 1).
+
+    Read and written from the loop and from worker threads without a lock: each update is
+    one dict assignment, so a race may lose one call's measurement, never corrupt the map.
+    """
+
+    def __init__(
+        self,
+        timer: Callable[[], float] = time.perf_counter,
+        threshold: float = INLINE_RUN_SECONDS,
+        weight: float = _COST_WEIGHT,
+    ) -> None:
+        if not 0.0 < weight <= 1.0:
+            raise ValueError(f"weight must be in (0, 1], got {weight}")
+        self.timer = timer
+        self.threshold = threshold
+        self.weight = weight
+        self._averages: dict[str, float] = {}
+
+    def runs_inline(self, model: str) -> bool:
+        """Whether ``model``'s calls are measured and their average is under the threshold
+        (a model not measured yet is not: its first call runs on a worker)."""
+        average = self._averages.get(model)
+        return average is not None and average < self.threshold
+
+    def record(self, model: str, seconds: float) -> None:
+        """Add one successful call of ``model`` that took ``seconds`` to its average (the
+        first call sets it)."""
+        previous = self._averages.get(model)
+        self._averages[model] = (
+            seconds if previous is None else previous + self.weight * (seconds - previous)
+        )
+
+    def average(self, model: str) -> float | None:
+        """``model``'s average call duration in seconds; None until one is recorded."""
+        return self._averages.get(model)
+
+
 def status_block(code: grpc.StatusCode, message: str = "") -> bytes:
     """The HPACK block of ``grpc-status`` (and ``grpc-message``, percent-encoded)."""
     block = hpack_literal(_GRPC_STATUS, str(code.value[0]).encode())
@@ -202,7 +250,9 @@ def _message(message: Any) -> bytes:
 
 class GrpcHandler:
     """Answers gRPC calls arriving on :class:`Http2Connection` streams (see the module
-    docstring). Runs on the server's event loop; work goes to ``executor``."""
+    docstring). Runs on the server's event loop; work goes to ``executor``. ``costs``
+    measures models' Predict calls and picks loop or worker (default: a real-time
+    :class:`CallCosts`)."""
 
     def __init__(
         self,
@@ -210,6 +260,7 @@ class GrpcHandler:
         options: GrpcServerOptions,
         executor: concurrent.futures.Executor,
         loop: asyncio.AbstractEventLoop,
+        costs: CallCosts | None = None,
     ) -> None:
         channel_args, max_tensor_bytes = server_channel_args(options)
         self.max_receive = _limit(channel_args["grpc.max_receive_message_length"])
@@ -245,7 +296,7 @@ class GrpcHandler:
         }
         self._predict_path = prediction + "Predict"
         self.health: _Health | None = _Health() if options.enable_health else None
-        self._costs: dict[str, float] = {}
+        self.costs = costs if costs is not None else CallCosts()
         self._jobs: dict[Http2Connection, int] = {}  # worker jobs per connection
         self._jobs_lock = threading.Lock()
 
@@ -478,8 +529,7 @@ class GrpcHandler:
             self._submit(connection, self._predict_on_worker, connection, stream, body, None)
             return
         request = _parse(predict_pb2.PredictRequest, body)
-        cost = self._costs.get(request.model_spec.name)
-        if cost is None or cost >= INLINE_RUN_SECONDS:
+        if not self.costs.runs_inline(request.model_spec.name):
             self._submit(connection, self._predict_on_worker, connection, stream, b"", request)
             return
         if context.expired():
@@ -546,7 +596,8 @@ class GrpcHandler:
         """Run (or queue) a Predict, recording how long a successful call took for its model
         (a call that only queued the request for its batch counts as free; failures are not
         recorded)."""
-        start = time.perf_counter()
+        timer = self.costs.timer
+        start = timer()
         future = self._predictor.start_predict(request)
         context.future = future
         if not context.is_active():
@@ -554,14 +605,10 @@ class GrpcHandler:
         if future.done():
             if future.cancelled() or future.exception() is not None:
                 return future  # a fast failure says nothing of the model's cost
-            elapsed = time.perf_counter() - start
+            elapsed = timer() - start
         else:
             elapsed = 0.0  # only queued for its batch
-        name = request.model_spec.name
-        previous = self._costs.get(name)
-        self._costs[name] = (
-            elapsed if previous is None else previous + _COST_WEIGHT * (elapsed - previous)
-        )
+        self.costs.record(request.model_spec.name, elapsed)
         return future
 
     def _predict_response(
@@ -735,8 +782,11 @@ class H2GrpcServer(LoopServer):
         self._stop(shutdown(), (grace or 0) + 30)
 
 
-def start_h2_grpc_server(serving: ModelServing, options: GrpcServerOptions) -> H2GrpcServer:
-    """Build, bind and start the HTTP/2 gRPC front end over ``serving``.
+def start_h2_grpc_server(
+    serving: ModelServing, options: GrpcServerOptions, *, costs: CallCosts | None = None
+) -> H2GrpcServer:
+    """Build, bind and start the HTTP/2 gRPC front end over ``serving``; ``costs`` decides
+    which Predicts run on the event loop (default: a real-time :class:`CallCosts`).
 
     Raises as :func:`~pyserving.server.grpc_server.start_grpc_server`: ``InvalidArgument``
     for malformed channel arguments, ``RuntimeError`` when an address cannot be bound or the
@@ -749,7 +799,7 @@ def start_h2_grpc_server(serving: ModelServing, options: GrpcServerOptions) -> H
         max_workers=max(1, options.max_threads), thread_name_prefix="pyserving-grpc"
     )
     try:
-        handler = GrpcHandler(serving, options, executor, loop)
+        handler = GrpcHandler(serving, options, executor, loop, costs)
         tls = ssl_context(options.tls) if options.tls is not None else None
     except BaseException:
         executor.shutdown(wait=False)
@@ -790,6 +840,7 @@ def start_h2_grpc_server(serving: ModelServing, options: GrpcServerOptions) -> H
 
 __all__ = [
     "SUPPORTED_CHANNEL_ARGUMENTS",
+    "CallCosts",
     "GrpcHandler",
     "H2GrpcServer",
     "parse_timeout",
