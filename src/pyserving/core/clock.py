@@ -34,22 +34,63 @@ class SystemClock:
 
 
 class ManualClock:
-    """Test time: ``wait`` returns at once, advancing the clock by ``seconds``. Thread-safe."""
+    """Test time that moves only when told to. Thread-safe.
 
-    def __init__(self, start: float = 0.0) -> None:
+    By default ``wait`` returns at once, advancing the clock by ``seconds``: retry intervals
+    cost nothing. With ``blocking=True`` a ``wait`` blocks instead until its event is set or
+    until :meth:`advance` moves the time to its deadline, so a test can catch a thread in the
+    middle of a wait (:meth:`wait_for_waiters`), change things under it and check that the
+    wait ended without the time moving. A blocked wait notices its event within a few
+    milliseconds of real time.
+    """
+
+    #: Real seconds between a blocked wait's looks at its event.
+    POLL_SECONDS = 0.002
+
+    def __init__(self, start: float = 0.0, *, blocking: bool = False) -> None:
         self._now = start
-        self._lock = threading.Lock()
+        self._blocking = blocking
+        self._waiters = 0
+        self._cond = threading.Condition()
 
     def monotonic(self) -> float:
-        with self._lock:
+        with self._cond:
             return self._now
 
     def advance(self, seconds: float) -> None:
-        with self._lock:
+        with self._cond:
             self._now += seconds
+            self._cond.notify_all()
 
     def wait(self, event: threading.Event, seconds: float) -> bool:
         if event.is_set():
             return True
-        self.advance(max(0.0, seconds))
-        return event.is_set()
+        if not self._blocking:
+            self.advance(max(0.0, seconds))
+            return event.is_set()
+        with self._cond:
+            deadline = self._now + max(0.0, seconds)
+            self._waiters += 1
+            self._cond.notify_all()
+        try:
+            while not event.wait(self.POLL_SECONDS):
+                with self._cond:
+                    if self._now >= deadline:
+                        return event.is_set()
+            return True
+        finally:
+            with self._cond:
+                self._waiters -= 1
+                self._cond.notify_all()
+
+    @property
+    def waiters(self) -> int:
+        """How many threads are blocked in ``wait`` now (always 0 unless ``blocking``)."""
+        with self._cond:
+            return self._waiters
+
+    def wait_for_waiters(self, count: int, timeout: float) -> bool:
+        """Block (real time, at most ``timeout`` s) until ``count`` threads are in ``wait``;
+        return whether they are."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._waiters >= count, timeout)
