@@ -29,7 +29,9 @@ class LoadLog:
 
 
 class FakeLoader(Loader):
-    """Loads instantly (or when ``gate`` is set), failing the first ``fail_times`` attempts."""
+    """Loads instantly (or when ``gate`` is set), failing the first ``fail_times`` attempts.
+
+    ``started`` is set when an attempt begins (before it waits for ``gate``)."""
 
     def __init__(
         self,
@@ -48,6 +50,7 @@ class FakeLoader(Loader):
         self.attempts = 0
         self.log = log or LoadLog()
         self.gate = gate
+        self.started = threading.Event()
         self._servable: FakeServable | None = None
 
     def estimate_resources(self) -> ResourceEstimate:
@@ -55,6 +58,7 @@ class FakeLoader(Loader):
 
     def load(self) -> None:
         self.attempts += 1
+        self.started.set()
         if self.gate is not None:
             assert self.gate.wait(30), "test gate never opened"
         if self.attempts <= self.fail_times:

@@ -1,8 +1,14 @@
-"""The manager under failure: changed content after an error, versions dropped before loading,
-loads that hang past the load timeout. FakeLoaders through the real manager, stepped by hand."""
+"""The manager under failure: changed content after an error or while loading, versions dropped
+before loading, loads that hang past the load timeout. FakeLoaders through the real manager,
+stepped by hand.
+
+Tests that need a thread caught in a wait between load retries use ``ManualClock(blocking=True)``
+and synchronise on ``wait_for_waiters`` and ``FakeLoader.started``; the clock never moves
+unless a test advances it, so "no retry interval elapsed" is ``clock.monotonic() == 0``."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 
@@ -21,11 +27,11 @@ POOLS = [0, 1, 4]
 
 def make(pool: int, **kw: object) -> AspiredVersionsManager:
     kw.setdefault("max_num_load_retries", 0)
+    kw.setdefault("clock", ManualClock())
     options = ManagerOptions(
         num_load_threads=pool,
         num_unload_threads=pool,
         run_manager_loop=False,
-        clock=ManualClock(),
         **kw,  # type: ignore[arg-type]
     )
     return AspiredVersionsManager(options)
@@ -49,6 +55,23 @@ def aspire(m: AspiredVersionsManager, name: str, *items: tuple[FakeLoader, str |
 def state(monitor: ServableStateMonitor, name: str, version: int) -> ManagerState | None:
     s = monitor.get_state(ServableId(name, version))
     return None if s is None else s.state
+
+
+def history(monitor: ServableStateMonitor, name: str, version: int) -> list[ManagerState]:
+    return [s.state for s in monitor.history() if s.id == ServableId(name, version)]
+
+
+@contextlib.contextmanager
+def stepping(m: AspiredVersionsManager) -> Iterator[None]:
+    """One ``run_once`` on another thread: with inline loads (pool 0) a load waiting between
+    retries blocks ``run_once`` itself, as it blocks the manager loop in the server."""
+    stepper = threading.Thread(target=m.run_once, name="test-stepper")
+    stepper.start()
+    try:
+        yield
+    finally:
+        stepper.join(30)
+        assert not stepper.is_alive(), "run_once did not return"
 
 
 # ------------------------------------------------------------------ changed content
@@ -119,6 +142,123 @@ def test_no_fingerprint_never_triggers_a_reload(pool: int) -> None:
         m.settle()
         assert retry.attempts == 0
         assert state(monitor, "m", 1) is ManagerState.END
+
+
+# ------------------------------------------------------------------ changed while loading
+
+START, LOADING, AVAILABLE, END = (
+    ManagerState.START,
+    ManagerState.LOADING,
+    ManagerState.AVAILABLE,
+    ManagerState.END,
+)
+
+
+def test_new_content_during_a_retry_wait_loads_at_once(pool: int) -> None:
+    """The slow copy: version 2 is handed over half-copied, fails, and waits 60 s to retry.
+    Its complete content arrives during the wait: the wait ends at once, the new content loads
+    from a fresh start without the clock moving, and version 1 serves until then."""
+    clock = ManualClock(blocking=True)
+    log = LoadLog()
+    with make(pool, clock=clock, max_num_load_retries=5, load_retry_interval=60.0) as m:
+        monitor = ServableStateMonitor(m.bus)
+        aspire(m, "m", (FakeLoader("m", 1, log=log), "v1"))
+        m.settle()
+        half = FakeLoader("m", 2, fail_times=100, log=log)
+        complete = FakeLoader("m", 2, log=log)
+        aspire(m, "m", (half, "variables only"))
+        with stepping(m):
+            assert clock.wait_for_waiters(1, timeout=30)  # waiting to retry
+            assert half.attempts == 1 and state(monitor, "m", 2) is LOADING
+            assert m.available_versions("m") == [1]
+            aspire(m, "m", (complete, "complete"))  # ends the wait from the source's thread
+        m.settle()
+        assert clock.monotonic() == 0.0  # no retry interval elapsed
+        assert (half.attempts, complete.attempts) == (1, 1)
+        assert m.available_versions("m") == [2]
+        assert log.events == [
+            ("load", "m", 1),
+            ("load-failed", "m", 2),
+            ("load", "m", 2),
+            ("unload", "m", 1),  # availability-preserving: 1 served until 2 was ready
+        ]
+        assert history(monitor, "m", 2) == [START, LOADING, END, START, LOADING, AVAILABLE]
+        assert monitor.get_state(ServableId("m", 2)).error is None  # type: ignore[union-attr]
+
+
+def test_new_content_during_a_load_attempt_is_loaded_without_waiting_to_retry(
+    pool: int, gate: threading.Event
+) -> None:
+    clock = ManualClock(blocking=True)
+    with make(pool, clock=clock, max_num_load_retries=5, load_retry_interval=60.0) as m:
+        half = FakeLoader("m", 2, fail_times=100, gate=gate)
+        complete = FakeLoader("m", 2)
+        aspire(m, "m", (half, "a"))
+        with stepping(m):
+            assert half.started.wait(30)  # the attempt runs (held at the gate)
+            aspire(m, "m", (complete, "b"))
+            gate.set()  # the attempt fails: no wait, no further attempt
+        m.settle()
+        assert clock.monotonic() == 0.0
+        assert (half.attempts, complete.attempts) == (1, 1)
+        assert m.available_versions("m") == [2]
+
+
+def test_attempt_that_succeeds_after_its_content_changed_stands(
+    pool: int, gate: threading.Event
+) -> None:
+    """A running attempt is never interrupted; if it loads, the version serves and is not
+    reloaded (versions are immutable once served)."""
+    with make(pool, clock=ManualClock(blocking=True), max_num_load_retries=5) as m:
+        first = FakeLoader("m", 2, gate=gate)
+        second = FakeLoader("m", 2)
+        aspire(m, "m", (first, "a"))
+        with stepping(m):
+            assert first.started.wait(30)
+            aspire(m, "m", (second, "b"))
+            gate.set()
+        m.settle()
+        assert (first.attempts, second.attempts) == (1, 0)
+        with m.handle(ServableRequest.latest("m")) as h:
+            assert h.servable is first.servable()
+
+
+def test_same_content_during_a_retry_wait_keeps_the_retry_schedule(pool: int) -> None:
+    """The source re-emits every version at each poll: the same fingerprint changes nothing,
+    the retry happens when its interval has elapsed."""
+    clock = ManualClock(blocking=True)
+    with make(pool, clock=clock, max_num_load_retries=5, load_retry_interval=60.0) as m:
+        monitor = ServableStateMonitor(m.bus)
+        flaky = FakeLoader("m", 1, fail_times=1)
+        aspire(m, "m", (flaky, "a"))
+        with stepping(m):
+            assert clock.wait_for_waiters(1, timeout=30)
+            aspire(m, "m", (FakeLoader("m", 1), "a"))
+            aspire(m, "m", (FakeLoader("m", 1), None))  # unknown content: no change either
+            clock.advance(60.0)
+        m.settle()
+        assert flaky.attempts == 2 and clock.monotonic() == 60.0
+        assert m.available_versions("m") == [1]
+        assert history(monitor, "m", 1) == [START, LOADING, AVAILABLE]
+
+
+def test_new_content_before_the_load_starts_replaces_the_version(pool: int) -> None:
+    """resource_preserving: version 2 waits in START while 1 unloads; new content for 2
+    arrives meanwhile; the new content is what loads, the old loader is never used."""
+    with make(pool, default_policy="resource_preserving") as m:
+        monitor = ServableStateMonitor(m.bus)
+        aspire(m, "m", (FakeLoader("m", 1), "v1"))
+        m.settle()
+        old = FakeLoader("m", 2, fail_times=100)
+        new = FakeLoader("m", 2)
+        aspire(m, "m", (old, "a"))
+        m.run_once()  # unloads 1 first; 2 waits in START
+        assert m.wait_until_idle(timeout=30)
+        assert state(monitor, "m", 2) is START
+        aspire(m, "m", (new, "b"))
+        m.settle()
+        assert (old.attempts, new.attempts) == (0, 1)
+        assert m.available_versions("m") == [2]
 
 
 # ------------------------------------------------------------------ dropped before loading

@@ -4,6 +4,10 @@ State changes are made by the manager while holding its lock; ``load_with_retrie
 load thread (or inline) without it. The harness never raises from loading: a failure comes
 back as the ``ServingError`` that ended the last attempt (``DeadlineExceeded`` when an attempt
 outlived the load timeout).
+
+Retrying stops early, and a wait between attempts ends at once, when the version is no longer
+aspired or when the harness is *superseded* (the source has new content for the version: the
+manager loads that afresh, from a new harness, instead of retrying the old one on schedule).
 """
 
 from __future__ import annotations
@@ -48,19 +52,37 @@ class LoaderHarness:
         self.refs = RefCounter()
         self.started_at: float | None = None
         self._aspired = True
+        self._superseded = False
+        #: set while retries must stop: un-aspired or superseded
         self._cancel = threading.Event()
 
     @property
     def is_aspired(self) -> bool:
         return self._aspired
 
+    @property
+    def superseded(self) -> bool:
+        """Whether :meth:`supersede` was called (never reset)."""
+        return self._superseded
+
     def set_aspired(self, aspired: bool) -> None:
-        """Mark (un)aspired; un-aspiring stops pending load retries."""
+        """Mark (un)aspired; un-aspiring stops pending load retries. Re-aspiring lets retries
+        go on again unless the harness is superseded."""
         self._aspired = aspired
-        if aspired:
+        if aspired and not self._superseded:
             self._cancel.clear()
         else:
             self._cancel.set()
+
+    def supersede(self) -> None:
+        """Give up this harness's content: the source has newer content for the version.
+
+        No further load attempt is made: an attempt running now finishes (and its outcome
+        stands), a wait between attempts ends at once, and ``load_with_retries`` then returns
+        the last error. Idempotent; thread-safe.
+        """
+        self._superseded = True
+        self._cancel.set()
 
     def load_with_retries(
         self,
@@ -71,8 +93,9 @@ class LoaderHarness:
     ) -> ServingError | None:
         """Call ``loader.load()`` up to ``1 + max_retries`` times, ``retry_interval`` apart.
 
-        Retrying stops early once the version is no longer aspired. Returns ``None`` on
-        success or the last attempt's error.
+        Retrying stops early, and a wait between attempts ends at once, once the version is
+        no longer aspired or the harness is superseded (:meth:`supersede`). Returns ``None``
+        on success or the last attempt's error.
 
         ``timeout`` (seconds, ``None`` = no limit) bounds each attempt: the attempt then runs
         on its own daemon thread, and one that has not finished in time gives up with
@@ -97,7 +120,9 @@ class LoaderHarness:
                 error, timed_out = outcome
                 if timed_out:
                     return error
-            if attempt >= max_retries or not self._aspired:
+            if attempt >= max_retries or not self._aspired or self._superseded:
+                if self._superseded:
+                    log.info("Not retrying %s: its content changed since", self.id)
                 return error
             attempt += 1
             log.warning(
@@ -108,8 +133,11 @@ class LoaderHarness:
                 max_retries,
                 retry_interval,
             )
-            if clock.wait(self._cancel, retry_interval) or not self._aspired:
-                log.info("Stopped retrying %s: it is no longer aspired", self.id)
+            if clock.wait(self._cancel, retry_interval) or not self._aspired or self._superseded:
+                if self._superseded:
+                    log.info("Stopped retrying %s: its content changed", self.id)
+                else:
+                    log.info("Stopped retrying %s: it is no longer aspired", self.id)
                 return error
 
     def _load_with_timeout(

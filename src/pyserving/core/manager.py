@@ -15,9 +15,16 @@ Contract:
   ``NotFound``. An unload removes the version from lookup first, waits for its handles in
   flight, then calls ``Loader.unload``.
 * Every transition is published on the event bus (START, LOADING, AVAILABLE, UNLOADING, END).
-* A version un-aspired before its load started ends (END) at once. A version that ended in
-  error is loaded again, from a fresh harness, when the source re-emits it with a different
-  ``ServableData.fingerprint`` (its content changed); a loaded version is never reloaded.
+* A version un-aspired before its load started ends (END) at once.
+* New content: when the source re-emits a version with a different
+  ``ServableData.fingerprint`` (its content changed), a version that ended in error or has
+  not started loading is loaded afresh, from a new harness, at the next round. A version
+  loading (an attempt running, or waiting for its next retry) is superseded as soon as the
+  source calls back, from the source's thread: it makes no further attempt on the old
+  content, its wait for ``load_retry_interval`` ends at once, and once its running attempt
+  (if any) has failed it is loaded afresh in the same way. Whatever the retry schedule, new
+  content is thus tried within a round of its arrival (or of the running attempt's end).
+  A loaded version is never reloaded.
 * With ``load_timeout``, a load attempt that outlives it ends the version with
   DEADLINE_EXCEEDED and is abandoned on its own thread (see :class:`ManagerOptions`).
 
@@ -133,13 +140,16 @@ _STATE_FOR: dict[HarnessState, ManagerState] = {
 }
 
 
-def _changed_after_error(existing: LoaderHarness, item: ServableData[Any]) -> bool:
-    """Whether ``item`` re-aspires a version that ended in error with different content."""
-    return (
-        existing.state is HarnessState.ERROR
-        and item.fingerprint is not None
-        and item.fingerprint != existing.fingerprint
-    )
+def _content_changed(existing: LoaderHarness, item: ServableData[Any]) -> bool:
+    """Whether ``item`` carries other content than ``existing`` was made from (a ``None``
+    fingerprint in ``item`` means "unknown" and never counts as a change)."""
+    return item.fingerprint is not None and item.fingerprint != existing.fingerprint
+
+
+#: States in which a harness is replaced by a fresh one when its content changes.
+_RESTARTABLE = (HarnessState.ERROR, HarnessState.NEW)
+#: States in which a harness is superseded when its content changes.
+_LOADING = (HarnessState.LOAD_REQUESTED, HarnessState.LOADING)
 
 
 class AspiredVersionsManager(Target[Loader]):
@@ -200,7 +210,31 @@ class AspiredVersionsManager(Target[Loader]):
             return
         with self._lock:
             self._pending[name] = list(versions)
+            self._supersede_changed(name, versions)
         self._wake.set()
+
+    def _supersede_changed(self, name: str, versions: Sequence[ServableData[Any]]) -> None:
+        """Supersede every loading harness of ``name`` whose content ``versions`` changes.
+
+        Runs on the source's thread, so that a load waiting between retries stops waiting
+        even when it runs inline in the manager loop (``num_load_threads`` = 0) and no round
+        can run until it returns. Caller holds ``_lock``.
+        """
+        current = self._harnesses.get(name, {})
+        for item in versions:
+            harness = current.get(item.id.version)
+            if (
+                harness is not None
+                and harness.state in _LOADING
+                and not harness.superseded
+                and _content_changed(harness, item)
+            ):
+                log.info(
+                    "Servable %s: source content changed while loading; no further attempt "
+                    "on the old content, the new content is loaded next",
+                    item.id,
+                )
+                harness.supersede()
 
     # ----------------------------------------------------------------- request side
 
@@ -342,13 +376,19 @@ class AspiredVersionsManager(Target[Loader]):
             wanted = {d.id.version: d for d in data}
             blocked = any(
                 v in current
-                and not current[v].is_aspired
-                and current[v].state not in (HarnessState.NEW, HarnessState.READY)
-                and not current[v].state.finished
+                and (
+                    (
+                        not current[v].is_aspired
+                        and current[v].state not in (HarnessState.NEW, HarnessState.READY)
+                        and not current[v].state.finished
+                    )
+                    or (current[v].superseded and current[v].state.transitional)
+                )
                 for v in wanted
             )
             if blocked:
-                # A re-aspired version is still unloading: retry this set next round.
+                # A re-aspired version is still unloading, or a superseded load has not
+                # returned yet: apply this set once it has (the task's end wakes the loop).
                 self._pending.setdefault(name, data)
                 continue
             for version, harness in current.items():
@@ -365,10 +405,13 @@ class AspiredVersionsManager(Target[Loader]):
                 if existing is not None and not (
                     existing.state.finished and not existing.is_aspired
                 ):
-                    if not _changed_after_error(existing, item):
+                    if existing.state not in _RESTARTABLE or not _content_changed(existing, item):
                         existing.set_aspired(True)
                         continue
-                    cause = "content changed after a failed load; loading it again"
+                    if existing.state is HarnessState.NEW:
+                        cause = "content changed before it was loaded"
+                    else:
+                        cause = "content changed after a failed load; loading it again"
                     log.info("Servable %s: source content changed; retrying it", item.id)
                 new = LoaderHarness(
                     item.id,
@@ -428,7 +471,10 @@ class AspiredVersionsManager(Target[Loader]):
             with self._lock:
                 if error is not None:
                     self.resources.release(harness.id)
-                    self._fail(harness, error)
+                    cause = "load failed"
+                    if harness.superseded:
+                        cause = "load failed; its content changed since and is loaded next"
+                    self._fail(harness, error, cause)
                     return
                 harness.state = HarnessState.READY
                 self._add_serving(harness, loader.servable())
@@ -464,12 +510,14 @@ class AspiredVersionsManager(Target[Loader]):
 
         return unload
 
-    def _fail(self, harness: LoaderHarness, error: ServingError) -> None:
+    def _fail(
+        self, harness: LoaderHarness, error: ServingError, cause: str = "load failed"
+    ) -> None:
         harness.state = HarnessState.ERROR
         harness.error = error
         elapsed = self._elapsed(harness)
         log.error("Failed to load servable version %s: %s", harness.id, error.message)
-        self._publish(harness, error, duration=elapsed, cause="load failed")
+        self._publish(harness, error, duration=elapsed, cause=cause)
 
     def _elapsed(self, harness: LoaderHarness) -> float:
         if harness.started_at is None:
