@@ -260,9 +260,71 @@ def test_multi_inference_errors(tf1: SavedModelServable) -> None:
         "Unsupported signature method_name: tensorflow/serving/predict"
     )
     assert fails(("nope", REGRESS)) == "Requested signature not found in model graph: nope"
+    # regress_x2_to_y3's input is the float placeholder x2:0, which cannot take the examples:
+    # TF Serving feeds them to tf_example:0 and x2:0 in one run, x2:0 being its arg[1]
     assert fails(("regress_x_to_y", REGRESS), ("regress_x2_to_y3", REGRESS)) == (
-        "Input tensor must be the same for all Signatures."
+        "Expects arg[1] to be float but string is provided"
     )
+    assert fails(("regress_x2_to_y3", REGRESS), ("classify_x_to_y", CLASSIFY)) == (
+        "Expects arg[1] to be float but string is provided"
+    )
+
+
+def _multi_request(x: float, *tasks: tuple[str, str]) -> inference_pb2.MultiInferenceRequest:
+    request = inference_pb2.MultiInferenceRequest()
+    request.input.CopyFrom(examples(x))
+    for signature, method in tasks:
+        _task(request, signature, method)
+    return request
+
+
+@pytest.mark.parametrize("model", ["tf1", "tf2"])
+def test_multi_inference_classify_and_regress(model: str, request: pytest.FixtureRequest) -> None:
+    """TF Serving's ``_TestMultiInference`` at the inference layer, on the TF1 export (one
+    shared ``tf_example:0`` input) and the TF2 export (one input placeholder per signature)."""
+    servable: SavedModelServable = request.getfixturevalue(model)
+    tasks = [("regress_x_to_y", REGRESS), ("classify_x_to_y", CLASSIFY)]
+    inputs = {servable.signature_defs[name].inputs["inputs"].name for name, _ in tasks}
+    assert len(inputs) == (1 if model == "tf1" else 2)
+    response = inference.multi_inference(servable, _multi_request(2.0, *tasks), version=123)
+    regress, classify = response.results
+    assert regress.model_spec.signature_name == "regress_x_to_y"
+    assert regress.model_spec.version.value == 123
+    assert [r.value for r in regress.regression_result.regressions] == [3.0]
+    assert classify.model_spec.signature_name == "classify_x_to_y"
+    assert [
+        [(c.label, c.score) for c in cs.classes]
+        for cs in classify.classification_result.classifications
+    ] == [[("", 3.0)]]
+
+
+def test_multi_inference_tf2_runs_every_signature(tf2: SavedModelServable) -> None:
+    response = inference.multi_inference(
+        tf2,
+        _multi_request(2.0, ("regress_x_to_y", REGRESS), ("regress_x_to_y2", REGRESS)),
+    )
+    assert [r.regression_result.regressions[0].value for r in response.results] == [3.0, 4.0]
+
+
+def test_multi_inference_tf2_keeps_the_checks(tf2: SavedModelServable) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        inference.multi_inference(
+            tf2, _multi_request(2.0, ("regress_x_to_y", REGRESS), ("regress_x_to_y", REGRESS))
+        )
+    assert info.value.message == "Duplicate evaluation of signature: regress_x_to_y"
+    with pytest.raises(InvalidArgument) as info:
+        inference.multi_inference(
+            tf2, _multi_request(2.0, ("regress_x_to_y", REGRESS)), check_method_name=True
+        )
+    assert info.value.message == (
+        "Expected regression signature method_name to be tensorflow/serving/regress. "
+        "Was: tensorflow/serving/predict"
+    )
+    empty = _multi_request(2.0, ("regress_x_to_y", REGRESS), ("classify_x_to_y", CLASSIFY))
+    empty.ClearField("input")
+    with pytest.raises(InvalidArgument) as info:
+        inference.multi_inference(tf2, empty)
+    assert info.value.message == "Input is empty."
 
 
 # -------------------------------------------------------------------------- metadata

@@ -40,6 +40,7 @@ from pyserving.errors import (
 from pyserving.tensors import (
     DEFAULT_SIGNATURE_KEY,
     datatype_for_numpy,
+    dtype_name,
     format_classify_response,
     format_regress_response,
 )
@@ -439,6 +440,18 @@ def regress(
     return _regression_result(len(examples), outputs[REGRESS_OUTPUTS])
 
 
+def _check_example_feeds(input_tensors: Mapping[str, int]) -> None:
+    """Raise the error ``Session::Run`` gives when the serialized examples (a string tensor)
+    are fed to every tensor of ``input_tensors`` (name -> DataType) and one of them is not a
+    string tensor: feeds are numbered in the sorted order of their names."""
+    for index, name in enumerate(sorted(input_tensors)):
+        dtype = input_tensors[name]
+        if dtype != types_pb2.DT_STRING:
+            raise InvalidArgument(
+                f"Expects arg[{index}] to be {dtype_name(dtype)} but string is provided"
+            )
+
+
 def multi_inference(
     servable: Servable,
     request: inference_pb2.MultiInferenceRequest,
@@ -449,17 +462,26 @@ def multi_inference(
     """Run a MultiInference request: several classify/regress tasks over one Input.
 
     Every task is validated before anything runs (same model name, no repeated signature,
-    classify/regress method names, signatures of the right layout sharing one input tensor;
-    with ``check_method_name`` each signature must also be labelled with its task's method).
-    The tasks run one after another on the same serialized examples. Each result carries its
-    task's ``model_spec``, with ``version`` filled in when given.
+    classify/regress method names, signatures of the right layout; with
+    ``check_method_name`` each signature must also be labelled with its task's method).
+
+    The signatures need not share their input tensor (TF Serving's rule since it serves TF2
+    exports, where each signature function has its own placeholder): the one batch of
+    serialized examples is fed to every task's input tensor. An input tensor that is not a
+    string tensor therefore cannot take it, and the request fails as TF Serving's single
+    ``Session::Run`` over the sorted set of input tensors does, with ``Expects arg[i] to be
+    float but string is provided`` (``i`` the tensor's position in that sorted set). The
+    tasks then run one after another on the same examples. Each result carries its task's
+    ``model_spec``, with ``version`` filled in when given.
 
     Raises:
-        InvalidArgument: TF Serving's messages for invalid task lists.
+        InvalidArgument: TF Serving's messages for invalid task lists, ``Input is empty.``,
+            an input tensor that is not a string tensor, outputs of the wrong shape/type.
         Unimplemented: a task whose ``method_name`` is neither classify nor regress.
+        ServingError: errors from running the model.
     """
     model_name = ""
-    input_tensor = ""
+    input_tensors: dict[str, int] = {}  # tensor name -> DataType, of every task's input
     seen: set[str] = set()
     plans: list[tuple[Any, str, list[str] | None]] = []
     for task in request.tasks:
@@ -480,22 +502,20 @@ def multi_inference(
             raise InvalidArgument(f"Requested signature not found in model graph: {name}")
         if task.method_name == CLASSIFY_METHOD_NAME:
             output_keys: list[str] | None = _classification_layout(signature, check_method_name)
-            tensor = signature.inputs[CLASSIFY_INPUTS].name
+            tensor = signature.inputs[CLASSIFY_INPUTS]
         elif task.method_name == REGRESS_METHOD_NAME:
             _regression_layout(signature, check_method_name)
             output_keys = None
-            tensor = signature.inputs[REGRESS_INPUTS].name
+            tensor = signature.inputs[REGRESS_INPUTS]
         else:
             raise Unimplemented(f"Unsupported signature method_name: {task.method_name}")
-        if not input_tensor:
-            input_tensor = tensor
-        elif input_tensor != tensor:
-            raise InvalidArgument("Input tensor must be the same for all Signatures.")
+        input_tensors[tensor.name] = tensor.dtype
         plans.append((task, name, output_keys))
     if not plans:
         raise InvalidArgument("MultiInferenceRequest must contain at least one task.")
 
     examples = serialized_examples(request.input)
+    _check_example_feeds(input_tensors)
     response = inference_pb2.MultiInferenceResponse()
     for task, name, output_keys in plans:
         result = response.results.add()
