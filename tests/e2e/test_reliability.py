@@ -49,7 +49,9 @@ pytestmark = pytest.mark.e2e
 
 MODELS = ("ap", "rp", "slowcopy", "fixme", "hang", "other")
 BUDGET = 1 << 20  # every half_plus_two version reserves ~30 KB (1.2 x its 24.6 KB of files)
-LOAD_TIMEOUT = 2
+#: Every load is subject to it: generous next to a real load (~0.1-0.3 s, also on a busy
+#: machine), so only the hanging one reaches it.
+LOAD_TIMEOUT = 5
 
 
 # ---------------------------------------------------------------------------- the repository
@@ -291,19 +293,36 @@ def test_half_written_version_is_not_loaded_until_complete(env: Env) -> None:
     target = base / "2"
     target.mkdir()
     shutil.copyfile(env.source / "saved_model.pb", target / "saved_model.pb")
-    wait_until(
-        lambda: f"Servable slowcopy version 2 found at {target}" in env.server.log(),
-        "the source to see version 2",
-    )
     (target / "variables").mkdir()
     data = target / "variables" / "variables.data-00000-of-00001"
     content = (env.source / "variables" / "variables.data-00000-of-00001").read_bytes()
     seen: set[str] = set()
-    # A slow copy: the data file grows a byte every tenth of a second for three poll periods.
-    for i in range(30):
-        data.write_bytes(b"\0" * (i + 1))
-        seen.update(s["state"] for v, s in env.status("slowcopy").items() if v == 2)
-        time.sleep(0.1)
+    # A slow copy: the data file grows a byte every 20 ms until the source has seen the
+    # version, then for three poll periods more. The writes run on a thread of their own, so
+    # a slow status call cannot leave a gap of a whole poll period between two of them (the
+    # listing would then look stable).
+    stop = threading.Event()
+
+    def write_slowly() -> None:
+        size = 0
+        while not stop.wait(0.02):
+            size += 1
+            data.write_bytes(b"\0" * size)
+
+    writer = threading.Thread(target=write_slowly, name="slow-copy")
+    writer.start()
+    try:
+        wait_until(
+            lambda: f"Servable slowcopy version 2 found at {target}" in env.server.log(),
+            "the source to see version 2",
+        )
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:
+            seen.update(s["state"] for v, s in env.status("slowcopy").items() if v == 2)
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        writer.join(60)
     assert seen == set(), f"version 2 was picked up while being written: {seen}"
     data.write_bytes(content)
     shutil.copyfile(env.source / "variables" / "variables.index", target / "variables" / "x")
