@@ -41,6 +41,11 @@ like TF Serving on the exports above).
 Either way ``signature_defs`` come from the MetaGraphDef proto read from ``saved_model.pb``
 (or ``.pbtxt``), so model metadata is exactly what TF Serving reports.
 
+Before either path imports the graph, the op types it uses are checked: ops TensorFlow has
+not registered are looked up in the op packages (``op_packages.py``; TF Text first), whose
+import registers them, and a model needing an op no installed package provides fails with a
+``NOT_FOUND`` error naming the ops and the package to install.
+
 ``assets.extra/`` (warmup requests, ``saved_model_config.pb``) is not read here.
 """
 
@@ -62,6 +67,12 @@ from pyserving.errors import (
     FailedPrecondition,
     NotFound,
     ServingError,
+)
+from pyserving.platforms.tensorflow.op_packages import (
+    OP_PACKAGES,
+    OpPackage,
+    graph_op_types,
+    require_ops,
 )
 from pyserving.platforms.tensorflow.servable import (
     FunctionRunner,
@@ -201,6 +212,8 @@ class SavedModelLoader(Loader):
             (``--tensorflow_session_config_file``); positive thread counts above override
             its own, and its ``inter_op_parallelism_threads``, when set, replaces the
             run-in-the-calling-thread default.
+        op_packages: the Python packages imported when the graph uses ops they provide that
+            TensorFlow has not registered (default: every package pyserving knows).
 
     Not thread-safe (the manager never calls one loader's methods concurrently).
     """
@@ -214,6 +227,7 @@ class SavedModelLoader(Loader):
         inter_op_threads: int = 0,
         runtime: Runtime = "auto",
         session_config: bytes = b"",
+        op_packages: Sequence[OpPackage] = OP_PACKAGES,
     ) -> None:
         if isinstance(tags, str):
             tags = [t.strip() for t in tags.split(",") if t.strip()]
@@ -225,6 +239,7 @@ class SavedModelLoader(Loader):
         self.inter_op_threads = inter_op_threads
         self.session_config = session_config
         self.runtime: Runtime = runtime
+        self.op_packages = tuple(op_packages)
         self._estimate: ResourceEstimate | None = None
         self._servable: SavedModelServable | None = None
 
@@ -239,11 +254,14 @@ class SavedModelLoader(Loader):
 
     def load(self) -> None:
         """Load the SavedModel. Raises a ``ServingError`` subclass on failure, leaving nothing
-        loaded behind (so a retry starts clean)."""
+        loaded behind (so a retry starts clean); ``NotFound`` naming the ops and the package
+        to install when the graph uses ops neither TensorFlow nor an installed op package
+        registers."""
         if self._servable is not None:
             raise FailedPrecondition(f"{self!r} is already loaded")
         saved_model = read_saved_model(self.path)
         meta_graph = find_meta_graph(saved_model, self.tags)
+        require_ops(graph_op_types(meta_graph.graph_def), packages=self.op_packages)
         runner, backend = self._load_runtime(saved_model, meta_graph)
         # Keep the MetaGraphDef minus its (possibly huge) graph: the runtime holds the graph.
         kept = meta_graph_pb2.MetaGraphDef()
