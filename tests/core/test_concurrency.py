@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from pyserving.core.handle import ServableRequest
 from pyserving.core.manager import AspiredVersionsManager, ManagerOptions
@@ -46,6 +47,11 @@ def test_latest_lookups_never_fail_during_swaps() -> None:
                     break
                 deadline.wait(0.005)
             assert m.available_versions("m") == [version]
+        # Until a client has been served by the last version (stopping as soon as it is
+        # available could end the clients before any of them looked it up).
+        until = time.monotonic() + 30
+        while 3 not in seen and not failures and time.monotonic() < until:
+            threading.Event().wait(0.005)
         stop.set()
         for t in threads:
             t.join()

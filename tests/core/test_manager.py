@@ -7,6 +7,7 @@ every test is deterministic whatever the pool sizes.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -214,10 +215,11 @@ def test_retries_stop_when_version_no_longer_aspired() -> None:
         loader = FakeLoader("m", 1, fail_times=1000)
         aspire(m, "m", loader)
         m.run_once()
-        # Wait until the first attempt has failed and the harness waits to retry.
-        for _ in range(1000):
-            if loader.attempts >= 1:
-                break
+        # Wait until the first attempt has failed and the harness waits to retry (or is about
+        # to: it checks the version is still aspired before waiting).
+        deadline = time.monotonic() + 30
+        while loader.attempts < 1:
+            assert time.monotonic() < deadline, "the first load attempt never ran"
             threading.Event().wait(0.01)
         m.get_aspired_versions_callback()("m", [])
         m.run_once()  # applies the un-aspire, which wakes the retry wait at once
