@@ -68,6 +68,10 @@ class ServerCoreOptions:
     directory complete (see ``sources/filesystem.py``: with periodic polling, a version is
     loaded only once complete and unchanged between two polls). Platforms not listed need
     none.
+    ``prefer_tflite_model``: a ``tensorflow`` model's version directory holding
+    ``model.tflite`` is served from that file by the TFLite platform (and ``model.tflite``
+    also makes such a directory complete); ``num_tflite_pools`` x
+    ``num_tflite_interpreters_per_pool`` interpreters serve it.
     """
 
     manager: ManagerOptions = field(default_factory=ManagerOptions)
@@ -92,6 +96,10 @@ class ServerCoreOptions:
     version_markers: dict[str, tuple[str, ...]] = field(
         default_factory=lambda: {"tensorflow": SAVED_MODEL_MARKERS}
     )
+    #: ``--prefer_tflite_model``, ``--num_tflite_pools``, ``--num_tflite_interpreters_per_pool``.
+    prefer_tflite_model: bool = False
+    num_tflite_pools: int = 1
+    num_tflite_interpreters_per_pool: int = 1
 
 
 class ServerCore:
@@ -173,7 +181,12 @@ class ServerCore:
             version_policy = ServableVersionPolicy.latest(policy.latest.num_versions or 1)
         else:
             version_policy = ServableVersionPolicy.latest()
-        markers = self.options.version_markers.get(model.model_platform or "tensorflow", ())
+        platform = model.model_platform or "tensorflow"
+        markers = self.options.version_markers.get(platform, ())
+        if self.options.prefer_tflite_model and platform == "tensorflow" and markers:
+            from pyserving.platforms.tflite.loader import TFLITE_MODEL_FILENAME
+
+            markers = (*markers, TFLITE_MODEL_FILENAME)
         return ServableSourceConfig(model.name, model.base_path, version_policy, markers)
 
     def _wait_until_unloaded(self, name: str) -> None:
@@ -238,6 +251,17 @@ class ServerCore:
     def _tensorflow_loader(
         self, model: model_server_config_pb2.ModelConfig, id: ServableId, path: str
     ) -> Loader:
+        """A SavedModel loader, or with ``prefer_tflite_model`` and ``model.tflite`` in the
+        version directory, a TFLite loader."""
+        if self.options.prefer_tflite_model:
+            from pyserving.platforms.tflite.loader import TfLiteLoader, has_tflite_model
+
+            if has_tflite_model(path):
+                return TfLiteLoader(
+                    path,
+                    self.options.num_tflite_pools,
+                    self.options.num_tflite_interpreters_per_pool,
+                )
         from pyserving.platforms.tensorflow.loader import SavedModelLoader
 
         return SavedModelLoader(
