@@ -411,7 +411,7 @@ class AspiredVersionsManager(Target[Loader]):
                     if existing.state is HarnessState.NEW:
                         cause = "content changed before it was loaded"
                     else:
-                        cause = "content changed after a failed load; loading it again"
+                        cause = "content changed after an error; loading it again"
                     log.info("Servable %s: source content changed; retrying it", item.id)
                 new = LoaderHarness(
                     item.id,
