@@ -152,8 +152,10 @@ def test_version_that_stays_incomplete_is_reported_as_an_error_never_loaded(
             assert recorder.last == [1]
     error = recorder.items[1].error
     assert isinstance(error, NotFound)
-    assert "has none of saved_model.pb/saved_model.pbtxt" in error.message
-    assert str(path) in error.message
+    assert error.message.startswith(  # TF Serving's message, then pyserving's reason
+        f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {path} "
+    )
+    assert "once one of saved_model.pb/saved_model.pbtxt is present" in error.message
     assert recorder.fingerprints[1] == listing_fingerprint(version_listing(str(path)))
     assert recorder.handed_over == []
     warnings = [r for r in caplog.records if "has none of saved_model.pb" in r.message]
@@ -241,6 +243,18 @@ def test_accepted_version_losing_its_marker_keeps_its_fingerprint_until_complete
     source.poll_once()
     assert recorder.fingerprints[1] == listing_fingerprint(version_listing(str(path)))
     assert recorder.fingerprints[1] != original
+
+
+def test_incomplete_error_names_other_markers(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "1").mkdir()
+    source, recorder = make_source(tmp_path, markers=("model.tflite",))
+    for _ in range(INCOMPLETE_SETTLE_POLLS + 1):
+        source.poll_once()
+    error = recorder.items[1].error
+    assert isinstance(error, NotFound)
+    assert error.message.startswith(
+        f"Could not find any of model.tflite at version directory path: {tmp_path / '1'} "
+    )
 
 
 def test_without_markers_every_directory_is_complete(tmp_path: pathlib.Path) -> None:

@@ -219,6 +219,20 @@ def version_listing(path: str) -> tuple[ListingEntry, ...]:
     return tuple(entries)
 
 
+def incomplete_error(servable: ServableSourceConfig, version: int, path: str) -> NotFound:
+    """The error an incomplete version is reported with: for a SavedModel, TF Serving's own
+    message for a directory without one, then why pyserving has not tried to load it."""
+    markers = servable.complete_markers
+    if set(markers) == set(SAVED_MODEL_MARKERS):
+        head = f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {path}"
+    else:
+        head = f"Could not find any of {', '.join(markers)} at version directory path: {path}"
+    return NotFound(
+        f"{head} (servable {servable.name} version {version}: it is loaded once one of "
+        f"{'/'.join(markers)} is present and its files are unchanged between two polls)"
+    )
+
+
 def listing_fingerprint(listing: Sequence[ListingEntry]) -> str:
     """A short digest of a listing (changes whenever a name, size or mtime changes)."""
     return hashlib.blake2b(repr(tuple(listing)).encode(), digest_size=12).hexdigest()
@@ -374,11 +388,7 @@ class FileSystemStoragePathSource(Source[str]):
             id = ServableId(servable.name, version)
             candidate = candidates[version]
             if version in reported:
-                error = NotFound(
-                    f"Version {version} of servable {servable.name} at {found[version]} has "
-                    f"none of {'/'.join(servable.complete_markers)}; it is loaded once one is "
-                    "present and its files are unchanged between two polls"
-                )
+                error = incomplete_error(servable, version, found[version])
                 emitted.append(ServableData(id, error=error, fingerprint=candidate.reported))
             else:
                 emitted.append(ServableData(id, found[version], fingerprint=candidate.accepted))
