@@ -263,7 +263,13 @@ class TfLiteLoader(Loader):
             ) from None
         inputs = _tensor_map(first.get_input_details(), "Input")
         outputs = _tensor_map(first.get_output_details(), "Output")
-        signatures = model_signatures(read_signature_defs(model), inputs, outputs)
+        stored = read_signature_defs(model)
+        if not stored:
+            _log.info(
+                "%s has no SignatureDefs; serving the default signature built from its tensors",
+                self.model_path,
+            )
+        signatures = model_signatures(stored, inputs, outputs)
         made = [first]
 
         def factory() -> Any:
