@@ -1,7 +1,9 @@
 """Time, injectable: the manager and the load harness read time and wait only through a Clock.
 
-``SystemClock`` is real time. ``ManualClock`` never blocks: waiting advances its time, which
-makes retry intervals and poll loops deterministic in tests.
+``SystemClock`` is real time. ``ManualClock`` is test time that moves only when told: by
+default waiting advances it and returns at once, which makes retry intervals and poll loops
+deterministic in tests; with ``blocking=True`` a wait blocks until its event is set or the
+test advances the clock past its deadline, so a test can act while a thread waits.
 """
 
 from __future__ import annotations
