@@ -245,16 +245,27 @@ def test_accepted_version_losing_its_marker_keeps_its_fingerprint_until_complete
     assert recorder.fingerprints[1] != original
 
 
-def test_incomplete_error_names_other_markers(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize(
+    ("markers", "head"),
+    [
+        (("model.tflite",), "Could not find any of model.tflite at version directory path"),
+        (
+            (*SAVED_MODEL_MARKERS, "model.tflite"),
+            "Could not find SavedModel .pb or .pbtxt at supplied export directory path",
+        ),
+    ],
+)
+def test_incomplete_error_names_the_markers(
+    tmp_path: pathlib.Path, markers: tuple[str, ...], head: str
+) -> None:
     (tmp_path / "1").mkdir()
-    source, recorder = make_source(tmp_path, markers=("model.tflite",))
+    source, recorder = make_source(tmp_path, markers=markers)
     for _ in range(INCOMPLETE_SETTLE_POLLS + 1):
         source.poll_once()
     error = recorder.items[1].error
     assert isinstance(error, NotFound)
-    assert error.message.startswith(
-        f"Could not find any of model.tflite at version directory path: {tmp_path / '1'} "
-    )
+    assert error.message.startswith(f"{head}: {tmp_path / '1'} ")
+    assert f"once one of {'/'.join(markers)} is present" in error.message
 
 
 def test_without_markers_every_directory_is_complete(tmp_path: pathlib.Path) -> None:

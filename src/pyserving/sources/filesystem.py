@@ -220,10 +220,11 @@ def version_listing(path: str) -> tuple[ListingEntry, ...]:
 
 
 def incomplete_error(servable: ServableSourceConfig, version: int, path: str) -> NotFound:
-    """The error an incomplete version is reported with: for a SavedModel, TF Serving's own
-    message for a directory without one, then why pyserving has not tried to load it."""
+    """The error an incomplete version is reported with: where a SavedModel would complete
+    it, TF Serving's own message for a directory without one; then why pyserving has not
+    tried to load it."""
     markers = servable.complete_markers
-    if set(markers) == set(SAVED_MODEL_MARKERS):
+    if set(SAVED_MODEL_MARKERS) <= set(markers):
         head = f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {path}"
     else:
         head = f"Could not find any of {', '.join(markers)} at version directory path: {path}"
