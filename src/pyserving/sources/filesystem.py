@@ -49,8 +49,8 @@ Exceptions, each deliberate:
   there is no later poll to confirm them.
 
 What the source cannot tell: a copy that writes the marker first and then stalls for a whole
-poll interval looks complete and stable, and is handed over early; its load fails, and it is
-loaded afresh once its content settles again (next paragraph).
+poll interval looks complete and stable, and is handed over early; if its load fails, it is
+loaded afresh as soon as its content settles again (next paragraph).
 
 The policy chooses among accepted versions only: while a new latest version is being copied,
 the previous one stays aspired and keeps serving.
