@@ -52,6 +52,8 @@ Serving's recorded answers, which only TF Serving can produce). Tests needing th
 Serving's own tree.
 
 Exporting the whole tree takes about two seconds once TensorFlow is imported.
+:func:`ensure_testdata` keeps a tree cached in a directory (rebuilt when this module's
+:data:`FORMAT` or the TensorFlow version changes).
 
     python -m pyserving.testing.models DIR [--only NAME ...]
 """
@@ -60,10 +62,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import json
 import os
 import pathlib
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -589,6 +593,46 @@ def read_stamp(root: str | os.PathLike[str]) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return stamp if isinstance(stamp, dict) else None
+
+
+def is_current(root: str | os.PathLike[str], only: Iterable[str] | None = None) -> bool:
+    """Whether ``root`` holds a tree :func:`build_testdata` made with this :data:`FORMAT` and
+    the installed TensorFlow version, with (at least) the entries ``only`` (default: all).
+    Does not import TensorFlow."""
+    stamp = read_stamp(root)
+    if stamp is None or stamp.get("format") != FORMAT:
+        return False
+    try:
+        installed = importlib.metadata.version("tensorflow")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    wanted = set(ENTRIES if only is None else only)
+    return stamp.get("tensorflow") == installed and wanted <= set(stamp.get("entries", ()))
+
+
+def ensure_testdata(
+    root: str | os.PathLike[str], only: Iterable[str] | None = None
+) -> pathlib.Path:
+    """``root`` once it holds a current tree (:func:`is_current`) with the entries ``only``
+    (default: all): reused if it does, else replaced by one built in a subprocess
+    (``python -m pyserving.testing.models``), so that the caller need not import TensorFlow.
+    Returns ``root``.
+
+    Raises:
+        subprocess.CalledProcessError: the export failed.
+    """
+    target = pathlib.Path(root)
+    names = list(ENTRIES if only is None else dict.fromkeys(only))
+    if is_current(target, names):
+        return target
+    if target.is_dir():
+        shutil.rmtree(target)
+    command = [sys.executable, "-m", "pyserving.testing.models", str(target)]
+    command += [f"--only={name}" for name in names]
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+    return target
 
 
 def main(argv: list[str] | None = None) -> int:
