@@ -2,8 +2,10 @@
 
 Two workloads:
 
-- ``half_plus_two``: TF Serving's own test model (``y = 0.5 x + 2``, one float in, one out).
-  The model costs nothing, so this measures pure serving overhead.
+- ``half_plus_two``: TF Serving's own test model ``saved_model_half_plus_two_cpu``
+  (``y = 0.5 x + 2``, one float in, one out) when TF Serving's test models are present (see
+  :data:`TESTDATA`), else its equivalent from :mod:`pyserving.testing.models`, exported once
+  into a cache directory. The model costs nothing, so this measures pure serving overhead.
 - ``mlp``: a compute-bound multi-layer perceptron, 512 -> 2048 -> 2048 -> 512 (ReLU between
   layers, float32, about 6.3 million parameters), exported here with TF2
   ``tf.saved_model.save`` and a ``serving_default`` signature ``x`` [-1, 512] -> ``y``
@@ -32,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-#: Where TF Serving's test models live (the same default and variable as the tests use).
+#: Where TF Serving's test models are looked for (the same default and variable as the tests
+#: use); they are optional.
 TESTDATA = pathlib.Path(
     os.environ.get(
         "PYSERVING_TESTDATA",
@@ -91,14 +94,25 @@ class Workload:
         }
 
 
-def half_plus_two() -> Workload:
-    """TF Serving's ``saved_model_half_plus_two_cpu`` with one row ``x = [[2.0]]``."""
-    base = TESTDATA / "saved_model_half_plus_two_cpu"
-    if not base.is_dir():
-        raise FileNotFoundError(
-            f"TF Serving test data not found at {base} (set PYSERVING_TESTDATA)"
-        )
+def half_plus_two_base(models_dir: pathlib.Path) -> pathlib.Path:
+    """The base path of ``saved_model_half_plus_two_cpu`` (one version, 123): TF Serving's
+    under :data:`TESTDATA` when there, else the generated equivalent, exported into
+    ``models_dir/testdata`` (in a subprocess, so this process need not import TensorFlow)
+    unless a current export is there already."""
+    from pyserving.testing import models as test_models
+
+    base = TESTDATA / test_models.HALF_PLUS_TWO
+    if base.is_dir():
+        return base
+    tree = test_models.ensure_testdata(models_dir / "testdata", [test_models.HALF_PLUS_TWO])
+    return tree / test_models.HALF_PLUS_TWO
+
+
+def half_plus_two(models_dir: pathlib.Path) -> Workload:
+    """``saved_model_half_plus_two_cpu`` (see :func:`half_plus_two_base`) with one row
+    ``x = [[2.0]]``."""
     x = np.array([[2.0]], np.float32)
+    base = half_plus_two_base(models_dir)
     return Workload("half_plus_two", base, "x", "y", x, x * 0.5 + 2.0)
 
 

@@ -10,8 +10,9 @@ last; a leak shows as steady growth per cycle.
     python -m benchmarks.reliability_memory [--cycles=50] [--model=PATH | --variables-mib=N]
                                             [--json=out.json]
 
-PATH is a SavedModel version directory (default: TF Serving's saved_model_half_plus_two_cpu
-from the shared test data, 24 KB). ``--variables-mib=N`` exports instead a model that answers
+PATH is a SavedModel version directory (default: saved_model_half_plus_two_cpu, 24 KB: TF
+Serving's when its test models are present, see ``benchmarks.models.TESTDATA``, else the
+equivalent exported for this run). ``--variables-mib=N`` exports instead a model that answers
 like half_plus_two but carries an N MiB variable, so that a leak of model memory would show.
 The exit status is 1 when RSS grew by 10% or more after the first cycle.
 """
@@ -27,15 +28,6 @@ import sys
 import tempfile
 import time
 from typing import Any
-
-_DEFAULT_MODEL = (
-    pathlib.Path(__file__).resolve().parents[2]
-    / "shared"
-    / "testdata"
-    / "tfserving"
-    / "saved_model_half_plus_two_cpu"
-    / "00000123"
-)
 
 
 def rss_bytes() -> int:
@@ -132,7 +124,7 @@ def run(cycles: int, model: pathlib.Path, requests_per_cycle: int = 20) -> dict[
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cycles", type=int, default=50)
-    parser.add_argument("--model", type=pathlib.Path, default=_DEFAULT_MODEL)
+    parser.add_argument("--model", type=pathlib.Path, default=None)
     parser.add_argument("--variables-mib", type=int, default=0)
     parser.add_argument("--requests-per-cycle", type=int, default=20)
     parser.add_argument("--json", type=pathlib.Path, default=None, help="write the result here")
@@ -142,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         model = args.model
         if args.variables_mib > 0:
             model = export_big_model(pathlib.Path(tmp) / "big", args.variables_mib)
+        elif model is None:
+            from benchmarks.models import half_plus_two_base
+
+            model = half_plus_two_base(pathlib.Path(tmp)) / "00000123"
         result = run(args.cycles, model, args.requests_per_cycle)
     result["variables_mib"] = args.variables_mib
     mib = 2**20

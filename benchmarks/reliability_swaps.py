@@ -30,16 +30,9 @@ import threading
 import time
 from typing import Any
 
+from benchmarks import models
 from benchmarks.versions import publish
 
-_DEFAULT_MODEL = (
-    pathlib.Path(__file__).resolve().parents[2]
-    / "shared"
-    / "testdata"
-    / "tfserving"
-    / "saved_model_half_plus_two_cpu"
-    / "00000123"
-)
 MODELS = ("ap", "rp")
 
 
@@ -227,11 +220,20 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--swaps", type=int, default=20)
-    parser.add_argument("--model", type=pathlib.Path, default=_DEFAULT_MODEL)
+    parser.add_argument(
+        "--model",
+        type=pathlib.Path,
+        default=None,
+        help="a SavedModel version directory (default: saved_model_half_plus_two_cpu's)",
+    )
     parser.add_argument("--json", type=pathlib.Path, default=None)
     parser.add_argument("--server-log", type=pathlib.Path, default=None, help="keep it here")
     args = parser.parse_args(argv)
-    result = run(args.swaps, args.model, keep_log=args.server_log)
+    with tempfile.TemporaryDirectory(prefix="pyserving-swaps-model-") as tmp:
+        model = args.model
+        if model is None:  # TF Serving's when present, else exported for this run
+            model = models.half_plus_two_base(pathlib.Path(tmp)) / "00000123"
+        result = run(args.swaps, model, keep_log=args.server_log)
     for name, policy in (("ap", "availability_preserving"), ("rp", "resource_preserving")):
         r = result["models"][name]
         gaps = [s["longest_gap_s"] for s in r["per_swap"]]

@@ -13,8 +13,10 @@ One run, in this order (nothing heavy ever runs at the same time as a measuremen
 
 It prints a table and the targets' ratios and writes ``bench-<stamp>.json`` and
 ``bench-<stamp>.png`` (and the servers' logs) into the output directory. The MLP is exported
-once into ``<out>/models/mlp`` and reused. ``--quick`` is a smoke run: ``half_plus_two``
-only, concurrency 1 and 2, one second per point, REST and gRPC, no baselines.
+once into ``<out>/models/mlp`` and reused; so is ``half_plus_two``'s equivalent into
+``<out>/models/testdata`` when TF Serving's test models are absent. ``--quick`` is a smoke
+run: ``half_plus_two`` only, concurrency 1 and 2, one second per point, REST and gRPC, no
+baselines.
 """
 
 from __future__ import annotations
@@ -110,7 +112,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="repeats of a measurement disturbed by other processes (default 2; quick 0)",
     )
     parser.add_argument(
-        "--models-dir", type=pathlib.Path, default=None, help="MLP export cache (<out>/models)"
+        "--models-dir",
+        type=pathlib.Path,
+        default=None,
+        help="export cache of the MLP and of half_plus_two when TF Serving's is absent "
+        "(<out>/models)",
     )
     for name, what in (
         ("fastapi", "the FastAPI baseline"),
@@ -369,10 +375,12 @@ def main(argv: list[str] | None = None) -> int:
     workloads: list[models.Workload] = []
     for name in args.workloads:
         if name == "half_plus_two":
-            workloads.append(models.half_plus_two())
+            workloads.append(models.half_plus_two(models_dir))
+            _say(f"half_plus_two model: {workloads[-1].base_path}")
         else:
             _say(f"MLP model: {models_dir / 'mlp'} (exported once, then reused)")
             workloads.append(models.mlp(models_dir / "mlp"))
+    results["meta"]["models"] = {w.name: str(w.base_path) for w in workloads}
     payloads = {}
     for workload in workloads:
         payloads[workload.name] = work / f"payload-{workload.name}.json"
