@@ -109,7 +109,12 @@ FLAGS: tuple[Flag, ...] = (
         "Require classify/regress signatures to carry the matching method_name",
     ),
     Flag("xla_cpu_compilation_enabled", bool, False, "Enable XLA on CPU", False),
-    Flag("enable_profiler", bool, True, "Enable the profiler service", False),
+    Flag(
+        "enable_profiler",
+        bool,
+        True,
+        "Serve tensorflow.ProfilerService on the gRPC port (TensorBoard's profile capture)",
+    ),
     Flag("thread_pool_factory_config_file", str, "", "ThreadPoolFactoryConfig", False),
     Flag("mixed_precision", str, "", "Mixed precision mode", False),
     Flag("skip_initialize_tpu", bool, False, "Skip TPU initialization", False),

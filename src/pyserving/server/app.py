@@ -52,6 +52,8 @@ class ServerOptions:
     grpc_channel_arguments: str = ""
     grpc_max_threads: int = 8
     enable_grpc_health: bool = False
+    #: ``--enable_profiler``: ``tensorflow.ProfilerService`` on the gRPC port.
+    enable_profiler: bool = True
     #: ``--enable_serialization_as_tensor_content``: gRPC Predict outputs as raw bytes.
     grpc_tensor_content: bool = False
     #: With --grpc_frontend=grpcio, serve gRPC on grpc.aio (on with batching: a request
@@ -205,6 +207,7 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         grpc_asyncio=batching is not None,
         grpc_grpcio=flags.grpc_frontend == "grpcio",
         enable_grpc_health=flags.enable_grpc_healthcheck_service,
+        enable_profiler=flags.enable_profiler,
         grpc_tensor_content=flags.enable_serialization_as_tensor_content,
         rest_port=flags.rest_api_port,
         rest_num_threads=max(1, int(flags.rest_api_num_threads)),
@@ -353,6 +356,7 @@ def _start_grpc(serving: ModelServing, options: ServerOptions) -> Any:
             channel_arguments=options.grpc_channel_arguments,
             max_threads=options.grpc_max_threads,
             enable_health=options.enable_grpc_health,
+            enable_profiler=options.enable_profiler,
             tensor_content=options.grpc_tensor_content,
             grpcio=options.grpc_grpcio,
             asyncio=options.grpc_asyncio,

@@ -202,7 +202,9 @@ def start_async_grpc_server(serving: ModelServing, options: GrpcServerOptions) -
     )
 
     async def start() -> None:
-        aio_server = grpc.aio.server(options=list(channel_args.items()))
+        aio_server = grpc.aio.server(
+            options=list(channel_args.items()), migration_thread_pool=executor
+        )
         server._server = aio_server
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             AsyncPredictionServicer(servicer, bridge), aio_server
@@ -213,6 +215,11 @@ def start_async_grpc_server(serving: ModelServing, options: GrpcServerOptions) -
         if options.enable_health:
             server._health = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(server._health, aio_server)
+        if options.enable_profiler:
+            from pyserving.server.profiler_service import ProfilerServicer
+
+            # Synchronous handlers: grpc.aio runs them on the migration thread pool.
+            aio_server.add_generic_rpc_handlers((ProfilerServicer().grpc_handler(),))
         credentials = options.tls.credentials() if options.tls is not None else None
         server.port = _bind(aio_server, f"0.0.0.0:{options.port}", credentials)
         if options.socket_path:

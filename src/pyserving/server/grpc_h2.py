@@ -294,6 +294,11 @@ class GrpcHandler:
                 model_management_pb2.ReloadConfigRequest, models.HandleReloadConfigRequest
             ),
         }
+        if options.enable_profiler:
+            from pyserving.server.profiler_service import ProfilerServicer
+
+            for path, (request_type, run) in ProfilerServicer().methods().items():
+                self._methods[path] = _Method(request_type, run)
         self._predict_path = prediction + "Predict"
         self.health: _Health | None = _Health() if options.enable_health else None
         self.costs = costs if costs is not None else CallCosts()

@@ -150,6 +150,8 @@ class GrpcServerOptions:
     the message size limits, so they can override them.
     ``max_threads``: worker threads running requests [``--grpc_max_threads``].
     ``enable_health``: serve ``grpc.health.v1.Health`` [``--enable_grpc_healthcheck_service``].
+    ``enable_profiler``: serve ``tensorflow.ProfilerService`` (``profiler_service.py``)
+    [``--enable_profiler``].
     ``max_message_bytes``: limit on request and response size (TF Serving: ``INT32_MAX``).
     ``tls``: serve both addresses over TLS [``--ssl_config_file``]; ``None`` = plaintext.
     ``grpcio``: serve on grpcio instead of pyserving's own HTTP/2 server (``grpc_h2.py``,
@@ -168,6 +170,7 @@ class GrpcServerOptions:
     channel_arguments: str = ""
     max_threads: int = 8
     enable_health: bool = False
+    enable_profiler: bool = True
     max_message_bytes: int = 2**31 - 1
     tls: GrpcTls | None = None
     tensor_content: bool = False
@@ -603,6 +606,10 @@ def start_grpc_server(
         if options.enable_health:
             health_servicer = health.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        if options.enable_profiler:
+            from pyserving.server.profiler_service import ProfilerServicer
+
+            server.add_generic_rpc_handlers((ProfilerServicer().grpc_handler(),))
         credentials = options.tls.credentials() if options.tls is not None else None
         address = f"0.0.0.0:{options.port}"
         port = _bind(server, address, credentials)
