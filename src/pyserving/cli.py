@@ -99,9 +99,14 @@ FLAGS: tuple[Flag, ...] = (
         "Drop unused MetaGraph fields",
         False,
     ),
-    Flag("prefer_tflite_model", bool, False, "Serve model.tflite when present", False),
-    Flag("num_tflite_pools", int, 1, "TFLite interpreter pools", False),
-    Flag("num_tflite_interpreters_per_pool", int, 1, "TFLite interpreters per pool", False),
+    Flag(
+        "prefer_tflite_model",
+        bool,
+        False,
+        "Serve model.tflite instead of the SavedModel when a version directory holds one",
+    ),
+    Flag("num_tflite_pools", int, 1, "TFLite interpreter pools"),
+    Flag("num_tflite_interpreters_per_pool", int, 1, "TFLite interpreters per pool"),
     Flag(
         "enable_signature_method_name_check",
         bool,

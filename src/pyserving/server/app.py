@@ -196,6 +196,9 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         policy_per_model=policy_per_model,
         enable_warmup=flags.enable_model_warmup,
         warmup_iterations=flags.num_request_iterations_for_warmup,
+        prefer_tflite_model=flags.prefer_tflite_model,
+        num_tflite_pools=max(1, flags.num_tflite_pools),
+        num_tflite_interpreters_per_pool=max(1, flags.num_tflite_interpreters_per_pool),
     )
     return ServerOptions(
         core=core,
