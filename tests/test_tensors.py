@@ -1,6 +1,7 @@
 """tensors.py: TF Serving's JSON <-> tensor rules and messages, and TensorProto conversions.
 
-Expected messages are copied from TF Serving's json_tensor.cc; no model is loaded here.
+Expected messages are TF Serving's (json_tensor.cc, 2.18 and later); no model is loaded here.
+TF Serving's own json_tensor_test.cc cases are in test_tf_json_cases.py.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pyserving.tensors import (
     tensor_proto_to_ndarray,
     tf_float_text,
 )
+from pyserving.tfjson import utf8_bytes
 
 
 def signature(**inputs: int) -> meta_graph_pb2.SignatureDef:
@@ -81,14 +83,92 @@ def test_loads_errors() -> None:
     assert info.value.message == "JSON Parse error: The document is empty"
     with pytest.raises(InvalidArgument) as info:
         loads(b'{"instances": [1,]}')
-    assert info.value.message.startswith("JSON Parse error: Invalid value. at offset: ")
-    with pytest.raises(InvalidArgument, match=r"^JSON Parse error: "):
-        loads(b"{} extra")
+    assert info.value.message == "JSON Parse error: Invalid value. at offset: 17"
+    assert loads(b'{"a": 1} extra') == {"a": 1}  # what follows the document is not read
 
 
 def test_loads_big_integers_and_invalid_utf8() -> None:
     assert loads(b"[18446744073709551615]") == [2**64 - 1]
     assert loads(b'[NaN, "\xff"]')[1] == "\udcff"  # tolerant path keeps the raw byte
+
+
+@pytest.mark.parametrize(
+    ("document", "reason", "offset"),
+    [
+        (b'{"a": [1, 2,]}', "Invalid value.", 12),
+        (b'{"a" 1}', "Missing a colon after a name of object member.", 5),
+        (b'{"a": 1,}', "Missing a name for object member.", 8),
+        (b'{"a": 1 "b"}', "Missing a comma or '}' after an object member.", 8),
+        (b"[1 2]", "Missing a comma or ']' after an array element.", 3),
+        (b'{"a": [1}', "Missing a comma or ']' after an array element.", 8),
+        (b'{"a": 01}', "Missing a comma or '}' after an object member.", 7),
+        (b"]", "The document is empty.", 0),
+        (b" \t\r\n", "The document is empty.", 4),
+        (b'{"a": tru}', "Invalid value.", 9),
+        (b'{"a": -}', "Invalid value.", 7),
+        (b'{"a": Infin}', "Invalid value.", 11),
+        (b'{"a": 1.}', "Miss fraction part in number.", 8),
+        (b'{"a": 1e+}', "Miss exponent in number.", 9),
+        (b'{"a": "\\x"}', "Invalid escape character in string.", 7),
+        (b'{"a": "\x01"}', "Invalid escape character in string.", 7),
+        (b'{"a": "\\u12G4"}', "Incorrect hex digit after \\u escape in string.", 7),
+        (b'{"a": "\\ud800"}', "The surrogate pair in string is invalid.", 7),
+        (b'{"a": "\\ud800\\u0041"}', "The surrogate pair in string is invalid.", 7),
+        (b'{"a": "ab', "Missing a closing quotation mark in string.", 9),
+        (b'{"a": "a\x00b"}', "Missing a closing quotation mark in string.", 8),
+        (b'{"a": \x00 1}', "Invalid value.", 6),
+        (b'{"a": 1e400}', "Number too big to be stored in double.", 6),
+        (b'{"a": 1' + b"0" * 400 + b"}", "Number too big to be stored in double.", 6),
+        (
+            b"[" * 500_000 + b"]" * 499_999,
+            "Missing a comma or ']' after an array element.",
+            999_999,
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, int) else None,
+)
+def test_loads_errors_are_rapidjsons(document: bytes, reason: str, offset: int) -> None:
+    """RapidJSON's reason and byte offset, as TF Serving answers (its iterative parser)."""
+    with pytest.raises(InvalidArgument) as info:
+        loads(document)
+    assert info.value.message == f"JSON Parse error: {reason} at offset: {offset}"
+
+
+def test_loads_reads_what_tf_serving_reads() -> None:
+    # NaN and infinities, in every spelling RapidJSON accepts.
+    values = loads(b"[NaN, -NaN, Inf, -Inf, Infinity, -Infinity, 1]")
+    assert math.isnan(values[0]) and math.isnan(values[1])
+    assert values[2:] == [math.inf, -math.inf, math.inf, -math.inf, 1]
+    # Past the double range only by rounding: infinite; integers beyond 64 bits: doubles.
+    assert loads(b"[2e308, -2e308, 0.1e309]") == [math.inf, -math.inf, 1e308]
+    assert loads(b"[18446744073709551616, -9223372036854775809, -9223372036854775808]") == [
+        2.0**64,
+        -(2.0**63),
+        -(2**63),
+    ]
+    # Strings: bytes as sent; a lone low surrogate escape as RapidJSON encodes it.
+    strings = loads(b'["\xc3\xa9", "\\u00e9", "\\ud83d\\ude00", "\xff\xfe", NaN]')
+    assert strings[:4] == ["\u00e9", "\u00e9", "\U0001f600", "\udcff\udcfe"]
+    assert [utf8_bytes(text) for text in strings[:4]] == [
+        b"\xc3\xa9",
+        b"\xc3\xa9",
+        b"\xf0\x9f\x98\x80",
+        b"\xff\xfe",
+    ]
+    assert utf8_bytes(loads(b'["\\udc8d", NaN]')[0]) == b"\xed\xb2\x8d"
+    # What follows the first value, or a NUL byte, is not read; a byte order mark is skipped.
+    assert loads(b'{"a": 1} {') == {"a": 1}
+    assert loads(b'{"a": 1}\x00garbage') == {"a": 1}
+    assert loads(b'\xef\xbb\xbf{"a": 1}') == {"a": 1}
+    # Any nesting parses (TF Serving's DeeplyNestedWellFormed).
+    deep = loads(b'{"instances": [1], "nested": ' + b"[" * 500_000 + b"]" * 500_000 + b"}")
+    assert deep["instances"] == [1]
+    with pytest.raises(InvalidArgument) as info:
+        tensors.get_signature_name({"signature_name": deep["nested"]})
+    assert info.value.message.startswith('JSON Value: {\n    "signature_name": [[[[')
+    assert info.value.message.endswith(
+        "[[ not formatted correctly. 'signature_name' key must be a string value."
+    )
 
 
 # -------------------------------------------------------------------------- predict: row
@@ -222,21 +302,22 @@ def test_columnar_errors() -> None:
 def test_both_or_neither_key() -> None:
     assert error({"instances": [1.0], "inputs": [1.0]}) == (
         "JSON Value: {\n"
-        '    "instances": [\n'
-        "        1.0\n"
-        "    ],\n"
-        '    "inputs": [\n'
-        "        1.0\n"
-        "    ]\n"
+        '    "instances": [1.0],\n'
+        '    "inputs": [1.0]\n'
         "} Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist "
     )
     assert error({"signature_name": "x"}) == "Missing 'inputs' or 'instances' key"
 
 
 def test_body_and_signature_name_checks() -> None:
-    assert error([1, 2]) == "JSON Value: [\n    1,\n    2\n] Is not object"
+    assert error([1, 2]) == "JSON Value: [1, 2] Is not object"
     assert error({"signature_name": 5, "inputs": [1.0]}) == (
-        'JSON Value: {\n    "signature_name": 5,\n    "inputs": [\n        1.0\n    ]\n} '
+        'JSON Value: {\n    "signature_name": 5,\n    "inputs": [1.0]\n} '
+        "not formatted correctly. 'signature_name' key must be a string value."
+    )
+    # RapidJSON's writer refuses non-finite numbers: the quoted value stops there.
+    assert error({"signature_name": 5, "inputs": [1.5, math.nan, 2.0]}) == (
+        'JSON Value: {\n    "signature_name": 5,\n    "inputs": [1.5,  '
         "not formatted correctly. 'signature_name' key must be a string value."
     )
     assert tensors.get_signature_name({"inputs": 1}) == ""
@@ -276,20 +357,16 @@ def test_body_and_signature_name_checks() -> None:
             {"a": 1},
             'JSON Value: {\n    "a": 1\n} Type: Object is not of expected type: float',
         ),
+        (types_pb2.DT_INT32, 1e39, "JSON Value: 1e39 Type: Number is not of expected type: int32"),
         (
-            types_pb2.DT_FLOAT,
-            2**24,
-            "Cannot convert JSON value: 16777216 to float without loss of precision.",
+            types_pb2.DT_INT64,
+            2**64 - 1,
+            "JSON Value: 18446744073709551615 Type: Number is not of expected type: int64",
         ),
         (
-            types_pb2.DT_FLOAT,
-            1e39,
-            "Cannot convert JSON value: 1e+39 to float without loss of precision.",
-        ),
-        (
-            types_pb2.DT_DOUBLE,
-            2**53,
-            "Cannot convert JSON value: 9007199254740992 to double without loss of precision.",
+            types_pb2.DT_INT64,
+            2**64,  # beyond 64 bits RapidJSON holds a double
+            "JSON Value: 18446744073709552000.0 Type: Number is not of expected type: int64",
         ),
         (types_pb2.DT_UINT32, -1, "JSON Value: -1 Type: Number is not of expected type: uint32"),
         (types_pb2.DT_STRING, 1, "JSON Value: 1 Type: Number is not of expected type: string"),
@@ -397,33 +474,56 @@ def test_columnar_response() -> None:
     [
         (0.1, "0.1"),
         (3.0, "3.0"),
+        (0.0, "0.0"),
         (-0.0, "-0.0"),
         (3.1415927, "3.14159274"),
         (1e-5, "1e-05"),
+        (0.00003, "3e-05"),
+        (0.0001, "0.0001"),
+        (0.00012345, "0.00012345"),
         (1e7, "1e+07"),
+        (9000000.0, "9e+06"),
+        (999999.0, "999999.0"),
+        (999999.5, "999999.5"),  # "1e+06" does not read back as 999999.5
+        (999999.6, "999999.625"),
         (123456.0, "123456.0"),
         (1234567.0, "1234567.0"),
         (1234567.125, "1234567.12"),
         (0.3, "0.3"),
         (16777217.0, "16777216.0"),
+        (1435774380.0, "1.43577434e+09"),
         (3.4028234663852886e38, "3.40282347e+38"),
+        (1e-45, "1.4013e-45"),
+        (1.1754942e-38, "1.17549421e-38"),
+        (-2.5e-38, "-2.5e-38"),
     ],
 )
 def test_float32_text(value: float, text: str) -> None:
     v = float(np.float32(value))
     assert tf_float_text(v) == text
-    printed = format_predict_response({"y": np.array([v], np.float32)}, "columnar")
-    number = json.loads(printed)["outputs"][0]
-    assert number == float(text)  # same number as TF Serving's text
-    assert isinstance(number, float)
+    for size in (1, 100):  # a per-element path for small tensors, vectorized for larger ones
+        printed = format_predict_response({"y": np.full(size, v, np.float32)}, "columnar")
+        assert printed == ('{"outputs":[' + ",".join([text] * size) + "]}").encode()
 
 
 def test_double_text() -> None:
     assert tf_float_text(0.1, single=False) == "0.1"
     assert tf_float_text(1 / 3, single=False) == "0.33333333333333331"
-    out = format_predict_response({"y": np.array([1 / 3, 2.0, 1e300])}, "columnar")
-    assert json.loads(out)["outputs"] == [1 / 3, 2.0, 1e300]
-    assert b"2.0" in out
+    out = format_predict_response(
+        {"y": np.array([1 / 3, 2.0, 1e300, 1e6, 123456789.0])}, "columnar"
+    )
+    assert out == b'{"outputs":[0.33333333333333331,2.0,1e+300,1e+06,123456789.0]}'
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.standard_normal(500) * 10.0 ** rng.integers(-30, 30, 500)])
+    out = format_predict_response({"y": values}, "columnar")
+    assert (
+        out
+        == (
+            '{"outputs":['
+            + ",".join(tf_float_text(v, single=False) for v in values.tolist())
+            + "]}"
+        ).encode()
+    )
 
 
 def test_float32_values_match_the_reference_formatter() -> None:
@@ -437,13 +537,70 @@ def test_float32_values_match_the_reference_formatter() -> None:
             np.array([1e-4, 9.99999e-5, 999999.9, 1e6, 5e-324, 1e-45], np.float32),
         ]
     )
-    printed = json.loads(format_predict_response({"y": values}, "columnar"))["outputs"]
-    for value, number in zip(values.tolist(), printed, strict=True):
-        assert number == float(tf_float_text(value)), value
+    texts = [tf_float_text(v) for v in values.tolist()]
+    printed = format_predict_response({"y": values}, "columnar")
+    assert printed == ('{"outputs":[' + ",".join(texts) + "]}").encode()
     for start in range(0, 600, 6):  # small tensors take a per-element path
-        chunk = values[start : start + 6]
-        printed = json.loads(format_predict_response({"y": chunk}, "columnar"))["outputs"]
-        assert printed == [float(tf_float_text(v)) for v in chunk.tolist()]
+        printed = format_predict_response({"y": values[start : start + 6]}, "columnar")
+        assert printed == ('{"outputs":[' + ",".join(texts[start : start + 6]) + "]}").encode()
+
+
+def test_float32_text_near_powers_of_ten_and_in_every_range() -> None:
+    """Around each power of ten (where the decimal exponent and the rounding change) and
+    across the whole float32 range, including subnormals, the vectorized writer gives the
+    reference text."""
+    powers = np.array([10.0**k for k in range(-45, 39)]).astype(np.float32)
+    up, down = np.float32(np.inf), np.float32(0)
+    near = [powers, np.nextafter(powers, up), np.nextafter(powers, down)]
+    for _ in range(3):
+        near.append(np.nextafter(near[-2], up))
+        near.append(np.nextafter(near[-2], down))
+    rng = np.random.default_rng(7)
+    spread = (rng.random(20000) * 10.0 ** rng.integers(-46, 39, 20000)).astype(np.float32)
+    values = np.concatenate([*near, spread, -spread[:500]])
+    values = values[np.isfinite(values)]
+    texts = [tf_float_text(v) for v in values.tolist()]
+    printed = format_predict_response({"y": values}, "columnar")
+    assert printed == ('{"outputs":[' + ",".join(texts) + "]}").encode()
+
+
+def test_float_outputs_nest_like_the_tensor() -> None:
+    """Row format with several outputs splits each float tensor per batch item; every shape
+    (scalars per item, empty dimensions, half precision) prints as TF Serving would."""
+    rng = np.random.default_rng(5)
+    big = (rng.standard_normal((3, 4, 5)) * 1e5).astype(np.float32)
+    big[1, 2, 3] = np.nan
+    big[2, 0, 0] = -np.inf
+    texts = [tf_float_text(v) for v in big.ravel().tolist()]
+
+    def nested(items: list[str], shape: tuple[int, ...]) -> str:
+        if not shape:
+            return items[0]
+        step = len(items) // shape[0]
+        parts = [nested(items[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
+        return "[" + ",".join(parts) + "]"
+
+    out = {"big": big, "scalar": np.array([0.5, 1e-5, 2e6], np.float32)}
+    expected = ",".join(
+        f'{{"big":{nested(texts[i * 20 : (i + 1) * 20], (4, 5))},"scalar":{s}}}'
+        for i, s in enumerate(["0.5", "1e-05", "2e+06"])
+    )
+    assert format_predict_response(out, "row") == ('{"predictions":[' + expected + "]}").encode()
+    assert (
+        format_predict_response({"big": big}, "row")
+        == ('{"predictions":' + nested(texts, (3, 4, 5)) + "}").encode()
+    )
+    empty = {"e": np.zeros((3, 0, 2), np.float32), "n": np.array([1, 2, 3])}
+    assert format_predict_response(empty, "row") == (
+        b'{"predictions":[{"e":[],"n":1},{"e":[],"n":2},{"e":[],"n":3}]}'
+    )
+    assert format_predict_response({"e": np.zeros((2, 0), np.float64)}, "columnar") == (
+        b'{"outputs":[[],[]]}'
+    )
+    half = np.array([[0.1, 2.0, 65504.0]] * 10, np.float16)
+    assert format_predict_response({"h": half}, "columnar") == (
+        b'{"outputs":[' + b",".join([b"[0.0999755859,2.0,65504.0]"] * 10) + b"]}"
+    )
 
 
 def test_non_finite_outputs_are_bare_tokens() -> None:
@@ -623,11 +780,20 @@ def test_examples_with_context() -> None:
         ),
         (
             {"examples": [{"x": 2**63}]},
-            "Feature: x has uint64 element. Only int64 is supported.",
+            "Feature: x has uint64_t element. Only int64_t is supported.",
         ),
         (
-            {"examples": [{"x": 1e39}]},
-            "Cannot convert JSON value: 1e+39 to float without loss of precision.",
+            {"examples": [{"\udc8d": 2.0}]},  # the raw byte 0x8d, kept by loads()
+            "Feature: \\x8d has a name that is not valid UTF-8 (invalid encoding in string)",
+        ),
+        (
+            {"examples": [{"\ud800x": [1]}]},  # a lone surrogate
+            "Feature: \\xed\\xa0\\x80x has a name that is not valid UTF-8 (invalid encoding in "
+            "string)",
+        ),
+        (
+            {"examples": [{"\udc8d": None}]},  # the value's error comes first, as in TF Serving
+            "Feature: \udc8d has element with unexpected JSON type: Null",
         ),
     ],
 )

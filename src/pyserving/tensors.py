@@ -7,19 +7,14 @@
 - ``TensorProto`` <-> ``numpy``.
 
 Every rule and error message follows TF Serving's ``tensorflow_serving/util/json_tensor.cc``
-and TensorFlow's ``Tensor::FromProto`` / ``Tensor::AsProtoField``. Errors are raised as
-:class:`~pyserving.errors.ServingError` subclasses (almost always ``InvalidArgument``).
+(2.18 and later) and TensorFlow's ``Tensor::FromProto`` / ``Tensor::AsProtoField``. Errors are
+raised as :class:`~pyserving.errors.ServingError` subclasses (almost always
+``InvalidArgument``). How documents are parsed, how numbers are printed and how values are
+quoted in error messages is TF Serving's JSON dialect, in :mod:`pyserving.tfjson`.
 
-Numbers in JSON output. TF Serving writes a float32 value with 6 significant digits when that
-reads back as the same float32, else with 9 (``%.9g``), and a double with 6 digits or else 17;
-whole numbers get a trailing ``.0`` and non-finite values are written as the bare tokens
-``NaN``, ``Infinity`` and ``-Infinity``. So ``0.1f`` prints ``0.1`` (not the float32's double
-value ``0.10000000149011612``) and ``float32(pi)`` prints ``3.14159274``. The fast path here
-computes, with vectorized numpy, the double nearest to TF Serving's decimal for each element
-and lets orjson print that double: the text is the same number, digit for digit, though the
-exponent notation may differ (``1e-05`` vs ``0.00001``). Double outputs are printed shortest
-round-trip, which reads back as the same double as TF Serving's ``%.17g``. Elements whose
-digits cannot be proven by the vectorized path fall back to exact per-element formatting.
+Numbers in requests: a float input takes any JSON number, rounded to float32 (``1435774380``
+becomes ``1435774336``; beyond float32's range, ``+/-Infinity``), a double input any number;
+integer inputs take integers within their range.
 
 Hot paths use orjson and vectorized numpy; per-element Python work is limited to strings,
 error reporting and rare numeric edge cases.
@@ -29,12 +24,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
-import re
-import struct
 from collections.abc import Iterable, Mapping, Sequence
-from fractions import Fraction
 from typing import Any, Literal
 
 import numpy as np
@@ -45,6 +36,16 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import classification_pb2, input_pb2, regression_pb2
 
 from pyserving.errors import InvalidArgument, ServingError, Unimplemented
+from pyserving.tfjson import (
+    debug_text,
+    float_json,
+    float_json_items,
+    float_texts,
+    json_type,
+    loads,
+    tf_float_text,
+    utf8_bytes,
+)
 
 try:  # ml_dtypes ships with TensorFlow; bfloat16 is unavailable without it.
     import ml_dtypes
@@ -67,6 +68,7 @@ __all__ = [
     "ndarray_to_tensor_proto",
     "numpy_dtype",
     "parse_examples_request",
+    "parse_json_object",
     "parse_predict_request",
     "tensor_proto_to_ndarray",
     "tf_float_text",
@@ -165,306 +167,6 @@ def _status_string(error: ServingError) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# TF Serving's number formatting (json_tensor.cc WriteDecimal)
-# --------------------------------------------------------------------------------------------
-
-_FLT_MAX = float(np.finfo(np.float32).max)
-_F32_INF = np.float32(np.inf)
-# Nearest doubles to 10**k (Python's float() parsing is correctly rounded).
-_POW10_MIN = -64
-_POW10 = np.array([float(f"1e{k}") for k in range(_POW10_MIN, 65)])
-_EXACT_POW10 = np.array([float(10**k) for k in range(23)])  # exact doubles
-
-
-def _strtof(text: str) -> float:
-    """The float32 nearest to decimal ``text`` (correctly rounded, as ``strtof``)."""
-    d = float(text)
-    with np.errstate(over="ignore"):
-        f = np.float32(d)
-    if float(f) != d and math.isfinite(d) and np.isfinite(f):
-        lo = f if float(f) < d else np.nextafter(f, -_F32_INF)
-        hi = np.nextafter(lo, _F32_INF)
-        mid = (float(lo) + float(hi)) / 2
-        if d == mid:  # the double rounding of text -> double -> float32 may be wrong here
-            exact = Fraction(text)
-            if exact < Fraction(mid):
-                f = lo
-            elif exact > Fraction(mid):
-                f = hi
-    return float(f)
-
-
-def tf_float_text(value: float, *, single: bool = True) -> str:
-    """The exact text TF Serving writes for a float32 (``single``) or double value."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "-Infinity" if value < 0 else "Infinity"
-    text = f"{value:g}"
-    if (_strtof(text) if single else float(text)) != value:
-        text = f"{value:.9g}" if single else f"{value:.17g}"
-    if "." not in text and "e" not in text:
-        text += ".0"
-    return text
-
-
-def _round_significant(x: np.ndarray, e: np.ndarray, digits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Round positive ``x`` (with decimal exponents ``e``) to ``digits`` significant digits.
-
-    Returns ``(w, unsure)``: ``w`` is the double nearest to the rounded decimal; ``unsure``
-    flags elements where floating-point error could have changed the rounding (near ties
-    computed inexactly) or the decimal exponent is out of the exact-power table.
-    """
-    k = (digits - 1) - e
-    in_table = np.abs(k) <= 22
-    kk = np.where(in_table, np.abs(k), 0)
-    p = _EXACT_POW10[kk]
-    up = k >= 0
-    t = np.where(up, x * p, x / p)
-    n = np.rint(t)
-    # x * 10**k is exact for a float32 x when 0 <= k <= 12 (24 + 28 bits <= 53); otherwise
-    # t carries at most half an ulp of error (< 2.4e-7 for t < 1e9): distrust near-ties.
-    exact = up & (k <= 12)
-    frac = t - np.floor(t)
-    unsure = ~in_table | (~exact & (np.abs(frac - 0.5) < 1e-6))
-    w = np.where(up, n / p, n * p)
-    return w, unsure
-
-
-def _digits_common(x: np.ndarray, x32: np.ndarray, e: np.ndarray) -> np.ndarray:
-    """:func:`_tf_float32_values` for magnitudes in [1e-4, 1e6) (decimal exponent -4..5).
-
-    There every step is exact: ``x * 10**k`` needs at most 24 + 28 bits for k <= 12, the
-    division by the exact power of ten rounds once, and a 6-digit decimal with k <= 12 can
-    never be rounded onto a float32 tie by the double conversion (5**12 < 2**28), so
-    ``float32(w6) == x`` is exactly "the 6-digit text reads back as x".
-    """
-    k6 = 5 - e
-    p6 = _EXACT_POW10[k6]
-    w6 = np.rint(x * p6)
-    w6 /= p6
-    roundtrip = w6.astype(np.float32) == x32
-    p9 = _EXACT_POW10[k6 + 3]
-    w9 = np.rint(x * p9)
-    w9 /= p9
-    return np.where(roundtrip, w6, w9)
-
-
-def _digits_general(x: np.ndarray, x32: np.ndarray, e: np.ndarray) -> np.ndarray:
-    """:func:`_tf_float32_values` for any finite positive magnitudes (slower, with guards)."""
-    w6, unsure6 = _round_significant(x, e, 6)
-    roundtrip = w6.astype(np.float32) == x32
-    # Converting w6 (a double) to float32 could differ from strtof(decimal) only if w6 sits on
-    # a float32 rounding boundary; those are the points half a float32 ulp from x.
-    half_up = (np.nextafter(x32, _F32_INF).astype(np.float64) - x) / 2
-    half_down = (x - np.nextafter(x32, np.float32(0)).astype(np.float64)) / 2
-    dist = np.abs(w6 - x)
-    boundary = (np.abs(dist - half_up) <= 1e-9 * half_up) | (
-        np.abs(dist - half_down) <= 1e-9 * half_down
-    )
-    w9, unsure9 = _round_significant(x, e, 9)
-    w = np.where(roundtrip, w6, w9)
-    unsure = unsure6 | boundary | (~roundtrip & unsure9)
-    for i in np.flatnonzero(unsure).tolist():
-        w[i] = abs(float(tf_float_text(float(x[i]), single=True)))
-    return w
-
-
-_FLOAT32_STRUCT = struct.Struct("f")
-_SMALL_TENSOR = 16  # below this many elements a Python loop beats numpy's per-call overhead
-
-
-def _tf_float32_value(v: float) -> float:
-    """Scalar :func:`_tf_float32_values` (``v`` is a float32 value as a Python float)."""
-    if v == 0 or not math.isfinite(v):
-        return v
-    if 1e-4 <= abs(v) < 1e6:  # exact here, for the reasons given in _digits_common
-        w = float(f"{v:g}")
-        if _FLOAT32_STRUCT.unpack(_FLOAT32_STRUCT.pack(w))[0] == v:
-            return w
-        return float(f"{v:.9g}")
-    return float(tf_float_text(v))
-
-
-def _tf_float32_values(a: np.ndarray) -> np.ndarray:
-    """float64 array of the numbers TF Serving prints for each element of float32 ``a``
-    (float16 is printed as float32, as TF Serving does). Zeros and non-finite values are
-    kept as they are. Vectorized; exact (see ``_digits_common`` / ``_digits_general``)."""
-    if a.size <= _SMALL_TENSOR:
-        values = [_tf_float32_value(v) for v in a.astype(np.float32).ravel().tolist()]
-        return np.array(values, dtype=np.float64).reshape(a.shape)
-    with np.errstate(all="ignore"):
-        a32 = a.astype(np.float32, copy=False).ravel()
-        v = a32.astype(np.float64)
-        x = np.abs(v)
-        x32 = np.abs(a32)
-        # Decimal exponent by exact comparison with the nearest doubles to the powers of ten.
-        e = np.searchsorted(_POW10, x, side="right") + (_POW10_MIN - 1)
-        common = (e >= -4) & (e <= 5)
-        if common.all():
-            return np.copysign(_digits_common(x, x32, e), v).reshape(a.shape)
-        out = np.copysign(_digits_common(x, x32, np.clip(e, -4, 5)), v)
-        others = np.flatnonzero(~common)
-        out[others] = v[others]  # zeros and non-finite values print as themselves
-        rest = others[np.isfinite(v[others]) & (v[others] != 0)]
-        if rest.size:
-            out[rest] = np.copysign(_digits_general(x[rest], x32[rest], e[rest]), v[rest])
-        return out.reshape(a.shape)
-
-
-# --------------------------------------------------------------------------------------------
-# JSON parsing and value printing
-# --------------------------------------------------------------------------------------------
-
-_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|(-?)\bInf(?:inity)?\b|\bNaN\b', re.DOTALL)
-
-_PY_TO_RAPIDJSON_ERRORS = (
-    ("Expecting value", "Invalid value."),
-    ("Extra data", "The document root must not be followed by other values."),
-    ("Expecting property name enclosed in double quotes", "Missing a name for object member."),
-    ("Expecting ':' delimiter", "Missing a colon after a name of object member."),
-    ("Unterminated string", "Missing a closing quotation mark in string."),
-    ("Invalid \\escape", "Invalid escape character in string."),
-    ("Invalid control character", "Invalid encoding in string."),
-)
-
-
-def _replace_token(match: re.Match[str]) -> str:
-    token = match.group(0)
-    if token.startswith('"'):
-        return token
-    if token == "NaN":
-        return "NaN"
-    return "-Infinity" if match.group(1) else "Infinity"
-
-
-def loads(data: bytes | bytearray | memoryview | str) -> Any:
-    """Parse a JSON document as TF Serving's REST API does.
-
-    Standard JSON goes through orjson. Only when that fails is the document re-parsed by a
-    tolerant parser that also accepts TF Serving's extensions: the bare tokens ``NaN``,
-    ``Infinity``, ``-Infinity``, ``Inf``, ``-Inf``; integers beyond 64 bits; invalid UTF-8 in
-    strings (kept as ``surrogateescape`` characters, turned back into the original bytes for
-    string tensors).
-
-    Raises:
-        InvalidArgument: ``JSON Parse error: <reason> at offset: <n>`` (or
-            ``JSON Parse error: The document is empty``).
-    """
-    if len(data) == 0:
-        raise InvalidArgument("JSON Parse error: The document is empty")
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        pass
-    text = data if isinstance(data, str) else bytes(data).decode("utf-8", "surrogateescape")
-    if not text.strip():
-        raise InvalidArgument(f"JSON Parse error: The document is empty. at offset: {len(text)}")
-    if "Inf" in text or "NaN" in text:
-        text = _JSON_TOKENS.sub(_replace_token, text)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        reason = exc.msg
-        for prefix, rapidjson_reason in _PY_TO_RAPIDJSON_ERRORS:
-            if reason.startswith(prefix):
-                reason = rapidjson_reason
-                break
-        raise InvalidArgument(f"JSON Parse error: {reason} at offset: {exc.pos}") from None
-    except RecursionError:
-        raise InvalidArgument("JSON Parse error: Document nesting is too deep.") from None
-
-
-def _json_type(value: Any) -> str:
-    """rapidjson's type name of a parsed value (``JsonTypeString``)."""
-    if value is None:
-        return "Null"
-    if value is True:
-        return "True"
-    if value is False:
-        return "False"
-    if isinstance(value, dict):
-        return "Object"
-    if isinstance(value, list):
-        return "Array"
-    if isinstance(value, str):
-        return "String"
-    return "Number"
-
-
-def _rapidjson_double(value: float) -> str:
-    """rapidjson ``Writer::Double`` (Grisu shortest digits, ``Prettify`` layout)."""
-    if not math.isfinite(value):
-        return tf_float_text(value)
-    if value == 0:
-        return "-0.0" if math.copysign(1.0, value) < 0 else "0.0"
-    sign = "-" if value < 0 else ""
-    mantissa, _, exp_text = repr(abs(value)).partition("e")
-    exponent = int(exp_text) if exp_text else 0
-    int_part, _, frac_part = mantissa.partition(".")
-    digits = (int_part + frac_part).lstrip("0")
-    point = (
-        len(int_part.lstrip("0"))
-        if int_part.strip("0")
-        else -(len(frac_part) - len(frac_part.lstrip("0")))
-    )
-    digits = digits.rstrip("0") or "0"
-    kk = point + exponent  # the decimal point sits after kk digits
-    length = len(digits)
-    if length <= kk <= 21:
-        body = digits + "0" * (kk - length) + ".0"
-    elif 0 < kk <= 21:
-        body = digits[:kk] + "." + digits[kk:]
-    elif -6 < kk <= 0:
-        body = "0." + "0" * (-kk) + digits
-    elif length == 1:
-        body = f"{digits}e{kk - 1}"
-    else:
-        body = f"{digits[0]}.{digits[1:]}e{kk - 1}"
-    return sign + body
-
-
-def _pretty(value: Any, indent: int) -> str:
-    if isinstance(value, dict):
-        if not value:
-            return "{}"
-        pad = " " * (indent + 4)
-        items = [f"{pad}{_pretty(str(k), 0)}: {_pretty(v, indent + 4)}" for k, v in value.items()]
-        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
-    if isinstance(value, list):
-        if not value:
-            return "[]"
-        pad = " " * (indent + 4)
-        items = [pad + _pretty(v, indent + 4) for v in value]
-        return "[\n" + ",\n".join(items) + "\n" + " " * indent + "]"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if value is None:
-        return "null"
-    if isinstance(value, float):
-        return _rapidjson_double(value)
-    return str(value)
-
-
-def _json_text(value: Any) -> str:
-    """TF Serving's ``JsonValueToString``: a top-level decimal is written as a float32 (or a
-    double beyond float range) with ``WriteDecimal``; anything else pretty-printed."""
-    if isinstance(value, float):
-        if math.isfinite(value) and abs(value) <= _FLT_MAX:
-            return tf_float_text(float(np.float32(value)), single=True)
-        return tf_float_text(value, single=False)
-    if (
-        isinstance(value, int) and not isinstance(value, bool) and not (-(2**63) <= value < 2**64)
-    ):  # rapidjson parses such a number as a double
-        return _json_text(float(value))
-    return _pretty(value, 0)
-
-
-# --------------------------------------------------------------------------------------------
 # JSON -> ndarray
 # --------------------------------------------------------------------------------------------
 
@@ -477,22 +179,25 @@ _INT_RANGES: dict[int, tuple[int, int]] = {
     DT_UINT32: (0, 2**32 - 1),
     DT_UINT64: (0, 2**64 - 1),
 }
-# Largest integer a float / double holds exactly (IsLosslessDecimal's kMaxInt).
-_MAX_EXACT_INT = {DT_FLOAT: 2**24 - 1, DT_DOUBLE: 2**53 - 1}
 _JSON_DTYPES = frozenset({DT_FLOAT, DT_DOUBLE, DT_STRING, DT_BOOL, *_INT_RANGES})
+#: NumPy's limit on dimensions: a JSON value nested deeper cannot be a tensor here.
+MAX_RANK = 64
 
 
 def _type_error(value: Any, dtype: int) -> InvalidArgument:
     return InvalidArgument(
-        f"JSON Value: {_json_text(value)} Type: {_json_type(value)} is not of expected type: "
+        f"JSON Value: {debug_text(value)} Type: {json_type(value)} is not of expected type: "
         f"{dtype_name(dtype)}"
     )
 
 
-def _lossy_error(value: Any, target: str) -> InvalidArgument:
-    return InvalidArgument(
-        f"Cannot convert JSON value: {_json_text(value)} to {target} without loss of precision."
-    )
+def _as_double(value: int | float) -> float:
+    """A JSON number as the double RapidJSON holds (``GetDouble``); an integer too large for
+    a double (only from a caller's Python objects: parsing refuses such numbers) is infinite."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.copysign(math.inf, value)
 
 
 def _is_b64(value: Any) -> bool:
@@ -507,43 +212,26 @@ def _b64decode(text: str) -> bytes:
         raise InvalidArgument("Unable to base64 decode") from None
 
 
-def _utf8(text: str) -> bytes:
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        try:
-            return text.encode("utf-8", errors="surrogateescape")
-        except UnicodeEncodeError:
-            return text.encode("utf-8", errors="surrogatepass")
-
-
 def _convert_leaf(value: Any, dtype: int) -> Any:
     """One JSON leaf -> Python value for ``dtype`` (``AddValueToTensor``), or TF's error."""
     kind = type(value)
     if dtype == DT_STRING:
         if kind is str:
-            return _utf8(value)
+            return utf8_bytes(value)
         if kind is dict:
             if not _is_b64(value):
                 raise InvalidArgument(
-                    f"JSON Value: {_json_text(value)} not formatted correctly for base64 data"
+                    f"JSON Value: {debug_text(value)} not formatted correctly for base64 data"
                 )
             return _b64decode(value["b64"])
         raise _type_error(value, dtype)
     if kind is dict:
         raise _type_error(value, dtype)
     if dtype in (DT_FLOAT, DT_DOUBLE):
-        if kind is int:
-            if -(2**63) <= value < 2**64:
-                if abs(value) > _MAX_EXACT_INT[dtype]:
-                    raise _lossy_error(value, dtype_name(dtype))
-                return float(value)
-            value = float(value)  # beyond 64 bits rapidjson parses a double
-        elif kind is not float:
+        # Any number: GetFloat() / GetDouble() round it (past float32's range to infinity).
+        if kind is not int and kind is not float:
             raise _type_error(value, dtype)
-        if dtype == DT_FLOAT and math.isfinite(value) and abs(value) > _FLT_MAX:
-            raise _lossy_error(value, "float")
-        return value
+        return _as_double(value)
     if dtype in _INT_RANGES:
         lo, hi = _INT_RANGES[dtype]
         if kind is not int or not lo <= value <= hi:
@@ -554,14 +242,28 @@ def _convert_leaf(value: Any, dtype: int) -> Any:
             raise _type_error(value, dtype)
         return value
     raise Unimplemented(
-        f"Conversion of JSON Value: {_json_text(value)} to type: {dtype_name(dtype)}"
+        f"Conversion of JSON Value: {debug_text(value)} to type: {dtype_name(dtype)}"
     )
 
 
-def _dense_shape(value: Any) -> list[int]:
-    """``GetDenseTensorShape``: the shape implied by following element 0 at each level."""
-    shape = []
+def _dense_shape(value: Any, max_rank: int = MAX_RANK) -> list[int]:
+    """``GetDenseTensorShape``: the shape implied by following element 0 at each level.
+
+    Raises:
+        InvalidArgument: more than ``max_rank`` levels of lists (TF Serving would go on; no
+            NumPy array can have that many dimensions).
+    """
+    shape: list[int] = []
     while type(value) is list:
+        if len(shape) == max_rank:
+            depth = len(shape)
+            while type(value) is list and value:
+                value = value[0]
+                depth += 1
+            raise InvalidArgument(
+                f"JSON value nested {depth} lists deep: at most {max_rank} allowed (a tensor "
+                f"has at most {MAX_RANK} dimensions)"
+            )
         shape.append(len(value))
         if not value:
             break
@@ -575,7 +277,7 @@ def _fill_exact(value: Any, level: int, shape: Sequence[int], dtype: int, out: l
     if type(value) is not list:
         if level != rank:
             raise InvalidArgument(
-                f"JSON Value: {_json_text(value)} found at incorrect level: {level + 1} in the "
+                f"JSON Value: {debug_text(value)} found at incorrect level: {level + 1} in the "
                 f"JSON DOM. Expected at level: {rank}"
             )
         out.append(_convert_leaf(value, dtype))
@@ -642,14 +344,7 @@ def _fast_array(value: Any, shape: Sequence[int], dtype: int) -> np.ndarray | No
                 return None
             with np.errstate(over="ignore", invalid="ignore"):
                 wide = np.array(value, dtype=np.float64)
-                magnitude = np.abs(wide)
-                if int in types and np.any(magnitude > _MAX_EXACT_INT[dtype]):
-                    return None
-                if dtype == DT_DOUBLE:
-                    return wide
-                if np.any(np.isfinite(magnitude) & (magnitude > _FLT_MAX)):
-                    return None
-                return wide.astype(np.float32)
+                return wide if dtype == DT_DOUBLE else wide.astype(np.float32)
         if dtype in _INT_RANGES:
             if types and types != {int}:
                 return None
@@ -685,7 +380,20 @@ def json_to_ndarray(value: Any, dtype: int) -> np.ndarray:
 
 
 def _format_error(body: Any, *parts: str) -> InvalidArgument:
-    return InvalidArgument(f"JSON Value: {_json_text(body)} " + "".join(parts))
+    return InvalidArgument(f"JSON Value: {debug_text(body)} " + "".join(parts))
+
+
+def parse_json_object(payload: bytes | bytearray | memoryview | str) -> dict[str, Any]:
+    """``ParseJson``: a request body, which must be a JSON object.
+
+    Raises:
+        InvalidArgument: RapidJSON's parse error (see :func:`pyserving.tfjson.loads`), or
+            ``JSON Value: <the value> Is not object``.
+    """
+    body = loads(payload)
+    if not isinstance(body, dict):
+        raise _format_error(body, "Is not object")
+    return body
 
 
 def get_signature_name(body: Any) -> str:
@@ -718,7 +426,7 @@ class _InstanceColumn:
         self.shape: list[int] = []
 
     def add(self, item: Any) -> None:
-        shape = _dense_shape(item)
+        shape = _dense_shape(item, MAX_RANK - 1)  # the batch adds a dimension
         values: list[Any] = []
         _fill_exact(item, 0, shape, self.dtype, values)
         if self.size < 0:
@@ -765,7 +473,7 @@ def _instances_exact(instances: list[Any], dtypes: Mapping[str, int]) -> dict[st
             if set(element) != set(names):
                 raise InvalidArgument(
                     f"Failed to process element: {index} of 'instances' list. JSON object: "
-                    f"{_json_text(element)} keys must be equal to: {','.join(names)}"
+                    f"{debug_text(element)} keys must be equal to: {','.join(names)}"
                 )
         else:
             if _is_element_object(element):
@@ -804,7 +512,10 @@ def _instances_fast(
     result = {}
     for name, column in columns.items():
         dtype = dtypes[name]
-        shape = _dense_shape(column)
+        try:
+            shape = _dense_shape(column)
+        except InvalidArgument:
+            return None  # the exact path names the instance
         if dtype == DT_STRING or dtype not in _JSON_DTYPES:
             if _leaf_types(column, shape) is None:
                 return None
@@ -887,118 +598,62 @@ _ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _JSON_INT_KINDS = frozenset(
     np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint32, np.uint64)
 )
+#: Printed by ``WriteDecimal`` (half as float32, which TF Serving's REST API refuses).
+_FLOAT_KINDS = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
 
 
-def _json_ready(name: str, array: np.ndarray) -> Any:
-    """An orjson-serializable value printing like TF Serving for this tensor, except for
-    non-finite numbers (orjson writes them as ``null``; see ``format_predict_response``)."""
-    dtype = array.dtype
-    if dtype == np.float32 or dtype == np.float16:
-        values = _tf_float32_values(array)
-    elif dtype == np.float64 or dtype == np.bool_ or dtype in _JSON_INT_KINDS:
-        values = array
-    elif dtype.kind in "OSU":
-        as_bytes = name.endswith("_bytes")
-        flat = array.ravel().tolist()
-        converted: list[Any] = []
-        for item in flat:
-            if isinstance(item, str):
-                item = _utf8(item)
-            if as_bytes:
-                converted.append({"b64": base64.b64encode(item).decode("ascii")})
-            else:
-                converted.append(item.decode("utf-8", errors="replace"))
-        if array.ndim == 0:
-            return converted[0]
-        holder = np.empty(len(converted), dtype=object)
-        holder[:] = converted
-        return holder.reshape(array.shape).tolist()
-    else:
-        try:
-            type_name = dtype_name(datatype_for_numpy(dtype))
-        except ServingError:
-            type_name = str(dtype)
-        raise InvalidArgument(f"Failed to write JSON value for tensor type: {type_name}")
-    if values.ndim == 0:
-        return values.item()
-    if not values.flags.c_contiguous:
-        values = np.ascontiguousarray(values)
-    return values
+def _string_values(name: str, array: np.ndarray) -> Any:
+    """String elements as JSON values, nested like ``array``: text (invalid UTF-8 replaced by
+    U+FFFD), or ``{"b64": ...}`` when the output's name ends in ``_bytes``."""
+    as_bytes = name.endswith("_bytes")
+    converted: list[Any] = []
+    for item in array.ravel().tolist():
+        if isinstance(item, str):
+            item = utf8_bytes(item)
+        if as_bytes:
+            converted.append({"b64": base64.b64encode(item).decode("ascii")})
+        else:
+            converted.append(item.decode("utf-8", errors="replace"))
+    if array.ndim == 0:
+        return converted[0]
+    holder = np.empty(len(converted), dtype=object)
+    holder[:] = converted
+    return holder.reshape(array.shape).tolist()
 
 
-def _write_slow(value: Any, out: list[str]) -> None:
-    if isinstance(value, float):
-        out.append(orjson.dumps(value).decode() if math.isfinite(value) else tf_float_text(value))
-    elif isinstance(value, list):
-        out.append("[")
-        for i, item in enumerate(value):
-            if i:
-                out.append(",")
-            _write_slow(item, out)
-        out.append("]")
-    elif isinstance(value, dict):
-        out.append("{")
-        for i, (key, item) in enumerate(value.items()):
-            if i:
-                out.append(",")
-            out.append(orjson.dumps(key).decode())
-            out.append(":")
-            _write_slow(item, out)
-        out.append("}")
-    else:
-        out.append(orjson.dumps(value, option=_ORJSON_OPTIONS).decode())
+def _json_value(name: str, array: np.ndarray) -> Any:
+    """The tensor as an orjson-serializable value that prints as TF Serving writes it
+    (``AddTensorValues``): numbers in TF's text, strings as :func:`_string_values`.
 
-
-def _dumps(document: Any) -> bytes:
-    return orjson.dumps(document, option=_ORJSON_OPTIONS)
-
-
-def _dumps_slow(document: Any) -> bytes:
-    out: list[str] = []
-    _write_slow(document, out)
-    return "".join(out).encode()
-
-
-_DBL_MAX = float(np.finfo(np.float64).max)
-_POS_SENTINEL = orjson.dumps(_DBL_MAX)
-_NEG_SENTINEL = orjson.dumps(-_DBL_MAX)
-_NULL_TOKEN = re.compile(rb"(?<=[\[,:])null(?=[,\]}])")
-
-
-def _is_non_finite(value: Any) -> bool:
-    if isinstance(value, np.ndarray):
-        return value.dtype.kind == "f" and not np.isfinite(value).all()
-    return isinstance(value, float) and not math.isfinite(value)
-
-
-def _with_sentinels(value: Any) -> Any:
-    """``value`` with +/-Infinity replaced by +/-DBL_MAX (NaN is left for orjson's null)."""
-    if isinstance(value, np.ndarray):
-        if value.dtype.kind != "f":
-            return value
-        return np.where(np.isinf(value), np.copysign(_DBL_MAX, value), value)
-    if isinstance(value, float) and math.isinf(value):
-        return math.copysign(_DBL_MAX, value)
-    return value
-
-
-def _dumps_non_finite(values: dict[str, Any], strings: bool, build: Any) -> bytes:
-    """Write a document holding NaN/Infinity as TF Serving's bare tokens.
-
-    Without string outputs the only ``null`` orjson can write is a NaN and +/-DBL_MAX can
-    only come from the +/-Infinity sentinels (float32 values never reach it; float64 outputs
-    holding it take the slow writer), so the fast writer's text is patched in place.
+    Raises:
+        InvalidArgument: a dtype TF Serving cannot write, unless the tensor is empty.
     """
-    collides = any(
-        isinstance(v, np.ndarray) and v.dtype.kind == "f" and (np.abs(v) == _DBL_MAX).any()
-        for v in values.values()
-    )
-    if strings or collides:
-        lists = {n: v.tolist() if isinstance(v, np.ndarray) else v for n, v in values.items()}
-        return _dumps_slow(build(lists))
-    text = _dumps(build({n: _with_sentinels(v) for n, v in values.items()}))
-    text = text.replace(_NEG_SENTINEL, b"-Infinity").replace(_POS_SENTINEL, b"Infinity")
-    return _NULL_TOKEN.sub(b"NaN", text)
+    dtype = array.dtype
+    if dtype in _FLOAT_KINDS:
+        return orjson.Fragment(float_json(array))
+    if dtype == np.bool_ or dtype in _JSON_INT_KINDS:
+        if array.ndim == 0:
+            return array.item()
+        return array if array.flags.c_contiguous else np.ascontiguousarray(array)
+    if dtype.kind in "OSU":
+        return _string_values(name, array)
+    if array.size == 0:  # nothing to write, so TF Serving never meets the type
+        return orjson.Fragment(float_json(np.zeros(array.shape, np.float32)))
+    try:
+        type_name = dtype_name(datatype_for_numpy(dtype))
+    except ServingError:
+        type_name = str(dtype)
+    raise InvalidArgument(f"Failed to write JSON value for tensor type: {type_name}")
+
+
+def _json_items(name: str, array: np.ndarray) -> Sequence[Any]:
+    """:func:`_json_value` of ``array[0]``, ``array[1]``, ... (``array.ndim >= 1``)."""
+    if array.dtype in _FLOAT_KINDS:
+        return [orjson.Fragment(text) for text in float_json_items(array)]
+    if array.shape[0] == 0:
+        return []
+    value: Sequence[Any] = _json_value(name, array)
+    return value
 
 
 def format_predict_response(outputs: Mapping[str, np.ndarray], format: str) -> bytes:
@@ -1009,8 +664,11 @@ def format_predict_response(outputs: Mapping[str, np.ndarray], format: str) -> b
     output needs a batch dimension and all must agree on it. Columnar (``"columnar"``):
     ``{"outputs": value}`` for one output, ``{"outputs": {name: value}}`` for several.
 
-    String tensors are written as UTF-8 text, or as ``{"b64": ...}`` when the output name
-    ends in ``_bytes``. See the module docstring for numbers.
+    Numbers are TF Serving's text (``WriteDecimal``: float32 with 6 significant digits, or 9
+    when 6 do not read back as the same float32, e.g. ``9e+06``, ``0.1``, ``3.14159274``;
+    doubles with 6 or 17; NaN and infinities as bare tokens). String tensors are written as
+    UTF-8 text, or as ``{"b64": ...}`` when the output name ends in ``_bytes``. The text has no
+    whitespace.
 
     Raises:
         InvalidArgument: empty ``outputs``, a row-format tensor without batch dimension or
@@ -1035,28 +693,25 @@ def format_predict_response(outputs: Mapping[str, np.ndarray], format: str) -> b
     elif format != "columnar":
         raise InvalidArgument("Invalid request format")
 
-    values = {n: _json_ready(n, arrays[n]) for n in names}
-
-    def build(vals: dict[str, Any]) -> Any:
-        if format == "columnar":
-            return {"outputs": vals[names[0]] if len(names) == 1 else vals}
-        if len(names) == 1:
-            return {"predictions": vals[names[0]]}
-        columns = [vals[n] for n in names]
-        return {
+    document: dict[str, Any]
+    if format == "columnar":
+        values = {n: _json_value(n, arrays[n]) for n in names}
+        document = {"outputs": values[names[0]] if len(names) == 1 else values}
+    elif len(names) == 1:
+        document = {"predictions": _json_value(names[0], arrays[names[0]])}
+    else:
+        columns = [_json_items(n, arrays[n]) for n in names]
+        document = {
             "predictions": [
                 dict(zip(names, items, strict=True)) for items in zip(*columns, strict=True)
             ]
         }
-
-    if any(_is_non_finite(v) for v in values.values()):
-        strings = any(arrays[n].dtype.kind in "OSU" for n in names)
-        return _dumps_non_finite(values, strings, build)
-    return _dumps(build(values))
+    return orjson.dumps(document, option=_ORJSON_OPTIONS)
 
 
 def format_classify_response(result: classification_pb2.ClassificationResult) -> bytes:
-    """``{"results": [[[label, score], ...], ...]}`` (``MakeJsonFromClassificationResult``).
+    """``{"results": [[[label, score], ...], ...]}`` (``MakeJsonFromClassificationResult``),
+    scores in TF's float32 text.
 
     Raises:
         InvalidArgument: the result has no classifications.
@@ -1067,20 +722,20 @@ def format_classify_response(result: classification_pb2.ClassificationResult) ->
     scores = np.array(
         [c.score for cls in result.classifications for c in cls.classes], dtype=np.float32
     )
-    printed = _tf_float32_values(scores).tolist()
+    texts = float_texts(scores)
     position = 0
     results = []
     for row in labels:
-        results.append([[label, printed[position + i]] for i, label in enumerate(row)])
+        results.append(
+            [[label, orjson.Fragment(texts[position + i])] for i, label in enumerate(row)]
+        )
         position += len(row)
-    document = {"results": results}
-    if all(math.isfinite(s) for s in printed):
-        return orjson.dumps(document)
-    return _dumps_slow(document)
+    return orjson.dumps({"results": results})
 
 
 def format_regress_response(result: regression_pb2.RegressionResult) -> bytes:
-    """``{"results": [value, ...]}`` (``MakeJsonFromRegressionResult``).
+    """``{"results": [value, ...]}`` (``MakeJsonFromRegressionResult``), values in TF's
+    float32 text.
 
     Raises:
         InvalidArgument: the result has no regressions.
@@ -1088,10 +743,7 @@ def format_regress_response(result: regression_pb2.RegressionResult) -> bytes:
     if not result.regressions:
         raise InvalidArgument("Cannot convert empty RegressionResults to JSON")
     values = np.array([r.value for r in result.regressions], dtype=np.float32)
-    printed = _tf_float32_values(values)
-    if np.isfinite(printed).all():
-        return _dumps({"results": printed})
-    return _dumps_slow({"results": printed.tolist()})
+    return orjson.dumps({"results": orjson.Fragment(float_json(values))})
 
 
 # --------------------------------------------------------------------------------------------
@@ -1120,7 +772,7 @@ def _add_feature_value(value: Any, name: str, feature: feature_pb2.Feature) -> N
     kind = type(value)
     if value is None or kind is list or (kind is dict and not _is_b64(value)):
         raise InvalidArgument(
-            f"Feature: {name} has element with unexpected JSON type: {_json_type(value)}"
+            f"Feature: {name} has element with unexpected JSON type: {json_type(value)}"
         )
     if kind is bool:
         _check_kind(name, feature, "int64_list")
@@ -1130,42 +782,63 @@ def _add_feature_value(value: Any, name: str, feature: feature_pb2.Feature) -> N
         feature.bytes_list.value.append(_b64decode(value["b64"]))
     elif kind is str:
         _check_kind(name, feature, "bytes_list")
-        feature.bytes_list.value.append(_utf8(value))
+        feature.bytes_list.value.append(utf8_bytes(value))
     elif kind is float or (kind is int and not -(2**63) <= value < 2**64):
+        # A double (integers beyond 64 bits are doubles to RapidJSON): GetFloat() rounds it,
+        # past float32's range to infinity.
         _check_kind(name, feature, "float_list")
-        number = float(value)
-        if math.isfinite(number) and abs(number) > _FLT_MAX:
-            raise _lossy_error(value, "float")
-        feature.float_list.value.append(number)
+        feature.float_list.value.append(_as_double(value))
     else:
         _check_kind(name, feature, "int64_list")
         if value > 2**63 - 1:
-            raise InvalidArgument(f"Feature: {name} has uint64 element. Only int64 is supported.")
+            raise InvalidArgument(
+                f"Feature: {name} has uint64_t element. Only int64_t is supported."
+            )
         feature.int64_list.value.append(value)
 
 
 def _add_feature_values(values: list[Any], name: str, feature: feature_pb2.Feature) -> None:
     types = set(map(type, values))
     if types == {float}:
-        array = np.array(values, dtype=np.float64)
-        if not np.any(np.isfinite(array) & (np.abs(array) > _FLT_MAX)):
-            feature.float_list.value.extend(values)
-            return
-    elif types == {int}:
+        feature.float_list.value.extend(values)  # rounded to float32, as GetFloat()
+        return
+    if types == {int}:
         if min(values) >= -(2**63) and max(values) <= 2**63 - 1:
             feature.int64_list.value.extend(values)
             return
     elif types == {str}:
-        feature.bytes_list.value.extend(_utf8(v) for v in values)
+        feature.bytes_list.value.extend(utf8_bytes(v) for v in values)
         return
     for value in values:
         _add_feature_value(value, name, feature)
 
 
+def _check_feature_name(name: str) -> None:
+    """A feature name must be valid UTF-8: tf.Example's feature map has string keys.
+
+    TF Serving does not check (RapidJSON keeps the raw bytes and C++ protobuf stores them);
+    Python's protobuf cannot hold such a key, so the request is refused.
+    """
+    if name.isascii():
+        return
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = utf8_bytes(name).decode("utf-8", "backslashreplace")
+        raise InvalidArgument(
+            f"Feature: {shown} has a name that is not valid UTF-8 (invalid encoding in string)"
+        ) from None
+
+
 def _make_example(value: Any, example: example_pb2.Example) -> None:
-    """``MakeExampleFromJsonObject``."""
+    """``MakeExampleFromJsonObject``.
+
+    Raises:
+        InvalidArgument: TF Serving's message for a malformed example, or a feature name
+            that is not valid UTF-8 (:func:`_check_feature_name`).
+    """
     if not isinstance(value, dict):
-        raise InvalidArgument(f"Example must be JSON object but got JSON {_json_type(value)}")
+        raise InvalidArgument(f"Example must be JSON object but got JSON {json_type(value)}")
     features = example.features.feature
     for name, content in value.items():
         feature = feature_pb2.Feature()
@@ -1173,6 +846,7 @@ def _make_example(value: Any, example: example_pb2.Example) -> None:
             _add_feature_values(content, name, feature)
         else:
             _add_feature_value(content, name, feature)
+        _check_feature_name(name)
         features[name].CopyFrom(feature)
 
 
@@ -1266,7 +940,7 @@ def ndarray_to_tensor_proto(
         return proto
     if dtype == DT_STRING:
         flat = array.ravel().tolist()
-        proto.string_val.extend(_utf8(v) if isinstance(v, str) else bytes(v) for v in flat)
+        proto.string_val.extend(utf8_bytes(v) if isinstance(v, str) else bytes(v) for v in flat)
         return proto
     if use_tensor_content:
         little = array.dtype.newbyteorder("<")

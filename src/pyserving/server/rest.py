@@ -306,13 +306,7 @@ def gunzip(data: bytes, limit: int | None = None) -> bytes:
 
 
 def _parse_json_object(payload: bytes) -> dict[str, Any]:
-    try:
-        body = tensors.loads(payload)
-    except ValueError as exc:  # e.g. an integer literal past Python's 4300-digit limit
-        raise InvalidArgument(f"JSON Parse error: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidArgument("JSON Value not an object")
-    return body
+    return tensors.parse_json_object(payload)
 
 
 def _signature_name(body: dict[str, Any]) -> str:

@@ -1,0 +1,1091 @@
+"""TF Serving's JSON dialect: how ``tensorflow_serving/util/json_tensor.cc`` (TF Serving 2.18
+and later, with RapidJSON 1.1.0) reads request bodies and writes numbers and error texts.
+
+Reading (:func:`loads`). TF Serving parses with RapidJSON's iterative parser and the flags
+``kParseNanAndInfFlag | kParseStopWhenDoneFlag``, so:
+
+- ``NaN``, ``Inf`` and ``Infinity`` (optionally signed) are numbers;
+- any nesting depth parses (the parser keeps its own stack);
+- whatever follows the first complete value is ignored, as is everything from a NUL byte on;
+  a UTF-8 byte order mark is skipped;
+- string bytes are not checked for valid UTF-8 (here, invalid bytes become ``surrogateescape``
+  characters, so encoding a string with :func:`utf8_bytes` gives back the bytes sent);
+  ``\\uXXXX`` escapes of a lone low surrogate are kept as the bytes RapidJSON writes for them,
+  a high surrogate without its pair is an error;
+- an integer within 64 bits is an integer, a larger one a double; a number whose exponent
+  (or integer digits) put it beyond the double range is refused (``Number too big to be
+  stored in double.``), while one that merely rounds past ``DBL_MAX`` (``2e308``) is infinite.
+
+Errors are RapidJSON's texts and byte offsets: ``JSON Parse error: <reason> at offset: <n>``.
+Documents are parsed by orjson; only one orjson refuses is looked at again, by Python's ``json``
+(same results, with the dialect's numbers and tokens) and, where that fails too, by an exact
+emulation of RapidJSON's parser (errors, deep nesting, lone surrogates). Two differences remain:
+a key given twice keeps its last value (RapidJSON finds the first), and decimals are rounded
+correctly where RapidJSON's default parser can be one unit in the last place of a double off
+for numbers with more than 17 significant digits or exponents beyond +/-22.
+
+Writing numbers (:func:`float_json`). ``WriteDecimal``: a float32 value is printed with six
+significant digits in ``printf("%g")`` style (``9e+06``, ``3e-05``, ``0.5``) when that text
+reads back as the same float32, else with nine (``%.9g``); a double with six digits or else
+17. Text without a decimal point or exponent gets ``.0`` (``3.0``, ``-0.0``); non-finite
+values are the bare tokens ``NaN``, ``Infinity`` and ``-Infinity``. Arrays of float32 (and
+float16, printed as float32) are formatted by vectorized numpy building the characters of all
+elements at once; doubles and tiny arrays element by element with C-level formatting.
+
+Error texts (:func:`debug_text`). ``JsonValueToDebugString``: RapidJSON's pretty writer with
+single-line arrays (``[1, 2]``; objects keep one member per line, indented by four spaces),
+numbers as RapidJSON writes doubles (shortest digits: ``1e39``, ``0.1``), cut off once 256
+bytes are written, and stopping at a non-finite number (RapidJSON's writer refuses them).
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import json
+import math
+import re
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import orjson
+
+from pyserving.errors import InvalidArgument
+
+__all__ = [
+    "debug_text",
+    "float_json",
+    "float_json_items",
+    "float_texts",
+    "json_type",
+    "loads",
+    "rapidjson_double",
+    "tf_float_text",
+    "utf8_bytes",
+]
+
+# --------------------------------------------------------------------------------------------
+# Strings
+# --------------------------------------------------------------------------------------------
+
+
+def utf8_bytes(text: str) -> bytes:
+    """The bytes a parsed JSON string stands for: its UTF-8 encoding, with ``surrogateescape``
+    characters turned back into the raw bytes they replaced (lone surrogates from ``\\u``
+    escapes are encoded as RapidJSON does, three bytes each)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", errors="surrogateescape")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", errors="surrogatepass")
+
+
+# --------------------------------------------------------------------------------------------
+# Reading: numbers with RapidJSON's rules
+# --------------------------------------------------------------------------------------------
+
+
+class _NumberTooBig(Exception):
+    """A number RapidJSON refuses (``kParseErrorNumberTooBig``)."""
+
+
+_UINT64_MAX = 2**64 - 1
+_INT64_MIN_MAGNITUDE = 2**63
+_DOUBLE_LIMIT = 1.7976931348623157e307  # RapidJSON stops growing an integer past DBL_MAX / 10
+_SIGNIFICAND_LIMIT = 2**53 - 1
+_NUMBER_PARTS = re.compile(r"(-?)(\d+)(?:\.(\d+))?(?:[eE]([+-]?)(\d+))?\Z")
+
+
+def _big_integer_too_big(digits: str, minus: bool) -> bool:
+    """RapidJSON's overflow check for an integer beyond 64 bits, which it accumulates in a
+    double digit by digit (``d = d * 10 + digit``) once the 64-bit value would overflow."""
+    limit, last = (922337203685477580, 8) if minus else (1844674407370955161, 5)
+    value = 0
+    for position, char in enumerate(digits):
+        digit = ord(char) - 48
+        if value >= limit and (value != limit or digit > last):
+            double = float(value)
+            for rest in digits[position:]:
+                if double >= _DOUBLE_LIMIT:
+                    return True
+                double = double * 10 + (ord(rest) - 48)
+            return False
+        value = value * 10 + digit
+    return False
+
+
+def _fraction_exponent(int_digits: str, frac_digits: str) -> int:
+    """RapidJSON's ``expFrac``: minus the fraction digits that made it into the significand
+    (RapidJSON keeps at most 17 significant digits and drops the rest)."""
+    significand = int(int_digits)
+    counted = len(int_digits) - 1 if int_digits != "0" else 0
+    exp_frac = 0
+    position = 0
+    while position < len(frac_digits) and significand <= _SIGNIFICAND_LIMIT:
+        significand = significand * 10 + ord(frac_digits[position]) - 48
+        exp_frac -= 1
+        if significand:
+            counted += 1
+        position += 1
+    nonzero = significand > 0
+    for char in frac_digits[position:]:
+        if counted >= 17:
+            break
+        exp_frac -= 1
+        nonzero = nonzero or char != "0"
+        if nonzero:
+            counted += 1
+    return exp_frac
+
+
+def _number_value(
+    minus: bool, int_digits: str, frac_digits: str | None, exp_minus: bool, exp_digits: str | None
+) -> int | float:
+    """The value RapidJSON gives a number (integers within 64 bits stay integers).
+
+    Raises:
+        _NumberTooBig: RapidJSON refuses it.
+    """
+    # Beyond 64 bits (2**63 for a negative number) an integer is a double to RapidJSON.
+    big_integer = len(int_digits) > 20 or (
+        len(int_digits) >= 19 and int(int_digits) > (_INT64_MIN_MAGNITUDE if minus else _UINT64_MAX)
+    )
+    if big_integer and (len(int_digits) > 310 or _big_integer_too_big(int_digits, minus)):
+        raise _NumberTooBig
+    if frac_digits is None and exp_digits is None:
+        if not big_integer:
+            magnitude = int(int_digits)
+            return -magnitude if minus else magnitude
+        value = float(int(int_digits))
+        return -value if minus else value
+    if exp_digits is not None and not exp_minus:
+        exp_frac = 0 if big_integer else _fraction_exponent(int_digits, frac_digits or "")
+        limit = 308 - exp_frac
+        exponent = 0
+        for char in exp_digits:
+            exponent = exponent * 10 + ord(char) - 48
+            if exponent > limit:
+                raise _NumberTooBig
+    text = int_digits
+    if frac_digits is not None:
+        text += "." + frac_digits
+    if exp_digits is not None:
+        text += ("e-" if exp_minus else "e") + exp_digits
+    value = float(text)
+    return -value if minus else value
+
+
+def _number_from_text(text: str) -> int | float:
+    match = _NUMBER_PARTS.match(text)
+    if match is None:  # pragma: no cover - json only hands over well-formed numbers
+        return float(text)
+    sign, int_digits, frac_digits, exp_sign, exp_digits = match.groups()
+    return _number_value(sign == "-", int_digits, frac_digits, exp_sign == "-", exp_digits)
+
+
+def _json_int(text: str) -> int | float:
+    """``parse_int`` for Python's json: RapidJSON's integers (doubles beyond 64 bits)."""
+    if len(text) <= 18:
+        return int(text)
+    return _number_from_text(text)
+
+
+def _json_float(text: str) -> float:
+    """``parse_float`` for Python's json: correctly rounded, with RapidJSON's overflow rule."""
+    value = float(text)
+    if (value == 0.0 or math.isinf(value)) and ("e" in text or "E" in text):
+        return float(_number_from_text(text))
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Reading: documents
+# --------------------------------------------------------------------------------------------
+
+_DECODER = json.JSONDecoder(parse_int=_json_int, parse_float=_json_float)
+_JSON_WS = re.compile(r"[ \t\n\r]*")
+_BARE_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|(-?)\bInf(?:inity)?\b|\bNaN\b', re.DOTALL)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+#: Documents larger than this that Python's json cannot read get its error (mapped to
+#: RapidJSON's words; nesting too deep for it is refused) instead of the exact emulation,
+#: which runs at Python speed (about a second per megabyte of small tokens).
+EXACT_PARSE_LIMIT = 2 << 20
+#: Deepest nesting the exact parser builds (memory: a list or dict per level).
+MAX_DEPTH = 1_000_000
+
+_PY_TO_RAPIDJSON_ERRORS = (
+    ("Expecting value", "Invalid value."),
+    ("Expecting property name enclosed in double quotes", "Missing a name for object member."),
+    ("Expecting ':' delimiter", "Missing a colon after a name of object member."),
+    ("Expecting ',' delimiter", "Missing a comma or ']' after an array element."),
+    ("Unterminated string", "Missing a closing quotation mark in string."),
+    ("Invalid \\escape", "Invalid escape character in string."),
+    ("Invalid \\uXXXX escape", "Incorrect hex digit after \\u escape in string."),
+    ("Invalid control character", "Invalid escape character in string."),
+)
+
+
+def _parse_error(reason: str, offset: int) -> InvalidArgument:
+    return InvalidArgument(f"JSON Parse error: {reason} at offset: {offset}")
+
+
+def _replace_token(match: re.Match[str]) -> str:
+    token = match.group(0)
+    if token.startswith('"') or token == "NaN":
+        return token
+    return "-Infinity" if match.group(1) else "Infinity"
+
+
+def loads(data: bytes | bytearray | memoryview | str) -> Any:
+    """Parse a request body as TF Serving does (see the module docstring).
+
+    Returns:
+        The document as Python objects: dict, list, str (invalid UTF-8 as
+        ``surrogateescape`` characters), int, float, bool, None.
+
+    Raises:
+        InvalidArgument: ``JSON Parse error: The document is empty`` for an empty body, else
+            ``JSON Parse error: <RapidJSON's reason> at offset: <byte offset>``.
+    """
+    if len(data) == 0:
+        raise InvalidArgument("JSON Parse error: The document is empty")
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    if b"\x00" in raw or raw[:1] in (b"\xef", b"\xbb", b"\xbf"):
+        return _parse_exact(raw)
+    text = raw.decode("utf-8", "surrogateescape")
+    if _SURROGATE_ESCAPE.search(text):
+        return _parse_exact(raw)
+    if "Inf" in text or "NaN" in text:
+        text = _BARE_TOKENS.sub(_replace_token, text)
+    start = _JSON_WS.match(text).end()  # type: ignore[union-attr]
+    try:
+        value, _end = _DECODER.raw_decode(text, start)  # what follows the value is ignored
+        return value
+    except (json.JSONDecodeError, RecursionError, _NumberTooBig, ValueError) as exc:
+        if len(raw) <= EXACT_PARSE_LIMIT:
+            return _parse_exact(raw)
+        if isinstance(exc, json.JSONDecodeError):
+            reason = exc.msg
+            for prefix, rapidjson_reason in _PY_TO_RAPIDJSON_ERRORS:
+                if reason.startswith(prefix):
+                    reason = rapidjson_reason
+                    break
+            offset = len(text[: exc.pos].encode("utf-8", "surrogateescape"))
+            raise _parse_error(reason, offset) from None
+        if isinstance(exc, RecursionError):
+            raise InvalidArgument("JSON Parse error: Document nesting is too deep.") from None
+        if isinstance(exc, _NumberTooBig):
+            raise InvalidArgument(
+                "JSON Parse error: Number too big to be stored in double."
+            ) from None
+        raise InvalidArgument(f"JSON Parse error: {exc}") from None
+
+
+# The exact parser: RapidJSON 1.1.0's iterative parser (reader.h), state for state.
+_START, _FINISH, _OBJECT_INITIAL, _MEMBER_KEY, _KEY_VALUE_DELIMITER = 0, 1, 2, 3, 4
+_MEMBER_VALUE, _MEMBER_DELIMITER, _ARRAY_INITIAL, _ELEMENT, _ELEMENT_DELIMITER = 5, 6, 7, 8, 9
+_END_OF_INPUT_ERRORS = {
+    _START: "The document is empty.",
+    _OBJECT_INITIAL: "Missing a name for object member.",
+    _MEMBER_DELIMITER: "Missing a name for object member.",
+    _MEMBER_KEY: "Missing a colon after a name of object member.",
+    _MEMBER_VALUE: "Missing a comma or '}' after an object member.",
+    _KEY_VALUE_DELIMITER: "Invalid value.",
+    _ARRAY_INITIAL: "Invalid value.",
+    _ELEMENT_DELIMITER: "Invalid value.",
+    _ELEMENT: "Missing a comma or ']' after an array element.",
+}
+_WS_BYTES = re.compile(rb"[ \t\n\r]*")
+_OPEN_RUN = re.compile(rb"(?:\[[ \t\n\r]*)+")
+# The common well-formed tokens, read in one match: 1 a structural character, 2 a string
+# without escapes, 3 an integer within 64 bits, 4 a short decimal, 5 a literal. Anything else
+# (escapes, exponents, NaN, long numbers, errors) is read by the character-level functions.
+_TOKEN = re.compile(
+    rb"[ \t\n\r]*(?:([\[\]{},:])"
+    rb'|("[^"\\\x00-\x1f]*")'
+    rb"|(-?(?:0|[1-9][0-9]{0,17}))(?![0-9.eE])"
+    rb"|(-?(?:0|[1-9][0-9]{0,14})\.[0-9]{1,15})(?![0-9eE])"
+    rb"|(true|false|null))"
+)
+_LITERALS = {b"true": True, b"false": False, b"null": None}
+_CLOSE_RUN = re.compile(rb"(?:\][ \t\n\r]*)+")
+_STRING_RUN = re.compile(rb'[^"\\\x00-\x1f]*')
+_DIGITS = re.compile(rb"[0-9]*")
+_SIMPLE_ESCAPES = {
+    ord('"'): b'"',
+    ord("\\"): b"\\",
+    ord("/"): b"/",
+    ord("b"): b"\b",
+    ord("f"): b"\f",
+    ord("n"): b"\n",
+    ord("r"): b"\r",
+    ord("t"): b"\t",
+}
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _consume(data: bytes, pos: int, word: bytes) -> tuple[bool, int]:
+    """RapidJSON's chain of ``Consume`` calls: how much of ``word`` matches at ``pos``."""
+    for char in word:
+        if pos >= len(data) or data[pos] != char:
+            return False, pos
+        pos += 1
+    return True, pos
+
+
+def _hex4(data: bytes, pos: int, escape: int) -> tuple[int, int]:
+    chunk = data[pos : pos + 4]
+    if len(chunk) < 4 or not all(c in _HEX for c in chunk):
+        raise _parse_error("Incorrect hex digit after \\u escape in string.", escape)
+    return int(chunk, 16), pos + 4
+
+
+def _parse_string(data: bytes, pos: int) -> tuple[str, int]:
+    """A string starting at the quote at ``pos``; returns it and the offset after it."""
+    pos += 1
+    pieces = []
+    size = len(data)
+    while True:
+        end = _STRING_RUN.match(data, pos).end()  # type: ignore[union-attr]
+        if end > pos:
+            pieces.append(data[pos:end])
+            pos = end
+        if pos >= size:
+            raise _parse_error("Missing a closing quotation mark in string.", pos)
+        char = data[pos]
+        if char == 0x22:  # closing quote
+            return b"".join(pieces).decode("utf-8", "surrogateescape"), pos + 1
+        if char != 0x5C:  # a control character
+            raise _parse_error("Invalid escape character in string.", pos)
+        escape = pos
+        pos += 1
+        kind = data[pos] if pos < size else 0
+        simple = _SIMPLE_ESCAPES.get(kind)
+        if simple is not None:
+            pieces.append(simple)
+            pos += 1
+            continue
+        if kind != 0x75:  # not \u
+            raise _parse_error("Invalid escape character in string.", escape)
+        codepoint, pos = _hex4(data, pos + 1, escape)
+        if 0xD800 <= codepoint <= 0xDBFF:
+            if data[pos : pos + 2] != b"\\u":
+                raise _parse_error("The surrogate pair in string is invalid.", escape)
+            low, pos = _hex4(data, pos + 2, escape)
+            if not 0xDC00 <= low <= 0xDFFF:
+                raise _parse_error("The surrogate pair in string is invalid.", escape)
+            codepoint = (((codepoint - 0xD800) << 10) | (low - 0xDC00)) + 0x10000
+        pieces.append(chr(codepoint).encode("utf-8", "surrogatepass"))
+
+
+def _parse_number(data: bytes, pos: int) -> tuple[int | float, int]:
+    """RapidJSON's ``ParseNumber`` at ``pos`` (with ``kParseNanAndInfFlag``)."""
+    start = pos
+    size = len(data)
+    minus = pos < size and data[pos] == 0x2D
+    if minus:
+        pos += 1
+    char = data[pos] if pos < size else 0
+    special: float | None = None
+    if char == 0x30:
+        int_digits = "0"
+        pos += 1
+    elif 0x31 <= char <= 0x39:
+        end = _DIGITS.match(data, pos).end()  # type: ignore[union-attr]
+        int_digits = data[pos:end].decode()
+        pos = end
+    elif char in (0x49, 0x4E):  # I, N
+        int_digits = "0"
+        matched, pos = _consume(data, pos, b"NaN")
+        if matched:
+            special = math.nan
+        else:
+            matched, pos = _consume(data, pos, b"Inf")
+            if not matched:
+                raise _parse_error("Invalid value.", pos)
+            special = -math.inf if minus else math.inf
+            if pos < size and data[pos] == 0x69:  # i
+                matched, pos = _consume(data, pos, b"inity")
+                if not matched:
+                    raise _parse_error("Invalid value.", pos)
+    else:
+        raise _parse_error("Invalid value.", pos)
+    frac_digits = None
+    if pos < size and data[pos] == 0x2E:
+        pos += 1
+        end = _DIGITS.match(data, pos).end()  # type: ignore[union-attr]
+        if end == pos:
+            raise _parse_error("Miss fraction part in number.", pos)
+        frac_digits = data[pos:end].decode()
+        pos = end
+    exp_minus = False
+    exp_digits = None
+    if pos < size and data[pos] in (0x65, 0x45):
+        pos += 1
+        if pos < size and data[pos] in (0x2B, 0x2D):
+            exp_minus = data[pos] == 0x2D
+            pos += 1
+        end = _DIGITS.match(data, pos).end()  # type: ignore[union-attr]
+        if end == pos:
+            raise _parse_error("Miss exponent in number.", pos)
+        exp_digits = data[pos:end].decode()
+        pos = end
+    if special is not None and frac_digits is None and exp_digits is None:
+        return special, pos
+    try:  # after NaN/Inf, a fraction or exponent makes RapidJSON read the number from zero
+        return _number_value(minus, int_digits, frac_digits, exp_minus, exp_digits), pos
+    except _NumberTooBig:
+        raise _parse_error("Number too big to be stored in double.", start) from None
+
+
+def _parse_scalar(data: bytes, pos: int) -> tuple[Any, int]:
+    char = data[pos]
+    if char == 0x22:
+        return _parse_string(data, pos)
+    for word, value in ((b"true", True), (b"false", False), (b"null", None)):
+        if char == word[0]:
+            matched, end = _consume(data, pos + 1, word[1:])
+            if not matched:
+                raise _parse_error("Invalid value.", end)
+            return value, end
+    return _parse_number(data, pos)
+
+
+def _nested_lists(count: int) -> list[list[Any]]:
+    """``count`` lists, each holding the next: ``[[[...]]]``, outermost first.
+
+    A long run (a deeply nested document) is built with the cyclic garbage collector paused:
+    otherwise each of its passes walks the whole growing chain, which makes building half a
+    million levels take seconds instead of a tenth of one.
+    """
+    paused = count >= 10_000 and gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        chain: list[list[Any]] = [[] for _ in range(count)]
+        list(map(list.append, chain[:-1], chain[1:]))
+    finally:
+        if paused:
+            gc.enable()
+    return chain
+
+
+def _parse_exact(raw: bytes) -> Any:
+    """RapidJSON 1.1.0's iterative parser with TF Serving's flags, without recursion."""
+    nul = raw.find(b"\x00")
+    data = raw if nul < 0 else raw[:nul]  # RapidJSON reads a NUL byte as the end of input
+    size = len(data)
+    pos = 0
+    for bom in (0xEF, 0xBB, 0xBF):
+        if pos < size and data[pos] == bom:
+            pos += 1
+    # The open containers, innermost last, with the key of the member being read (objects)
+    # and whether each is an object (1) or an array (0).
+    containers: list[Any] = []
+    keys: list[Any] = []
+    objects = bytearray()
+    state = _START
+    root: Any = None
+    while True:
+        token = _TOKEN.match(data, pos)
+        if token is not None:
+            kind = token.lastindex or 0
+            pos = token.start(kind)
+        else:
+            kind = 0  # anything else is read character by character
+            pos = _WS_BYTES.match(data, pos).end()  # type: ignore[union-attr]
+            if pos >= size:
+                break
+        char = data[pos]
+        if state in (_START, _ARRAY_INITIAL, _ELEMENT_DELIMITER, _KEY_VALUE_DELIMITER):
+            if char == 0x5B and state != _KEY_VALUE_DELIMITER and data[pos + 1 : pos + 2] == b"[":
+                # A run of opening brackets (what deep documents are made of): a list each.
+                end = _OPEN_RUN.match(data, pos).end()  # type: ignore[union-attr]
+                count = data.count(b"[", pos, end)
+                if len(containers) + count > MAX_DEPTH:
+                    raise _parse_error("Document nesting is too deep.", pos)
+                chain = _nested_lists(count)
+                if containers:
+                    containers[-1].append(chain[0])
+                else:
+                    root = chain[0]
+                containers.extend(chain)
+                keys.extend(itertools.repeat(None, count))
+                objects.extend(bytes(count))
+                state = _ARRAY_INITIAL
+                pos = end
+                continue
+            if char in (0x5B, 0x7B):
+                container: Any = [] if char == 0x5B else {}
+                if not containers:
+                    root = container
+                elif objects[-1]:
+                    containers[-1][keys[-1]] = container
+                else:
+                    containers[-1].append(container)
+                if len(containers) >= MAX_DEPTH:
+                    raise _parse_error("Document nesting is too deep.", pos)
+                containers.append(container)
+                keys.append(None)
+                objects.append(char == 0x7B)
+                state = _ARRAY_INITIAL if char == 0x5B else _OBJECT_INITIAL
+                pos += 1
+                continue
+            if char == 0x5D and state == _ARRAY_INITIAL:
+                pass  # an empty array: closed below
+            elif char in (0x5D, 0x7D, 0x2C, 0x3A):
+                reason = "The document is empty." if state == _START else "Invalid value."
+                raise _parse_error(reason, pos)
+            else:
+                if kind == 2:
+                    value: Any = token.group(2)[1:-1].decode("utf-8", "surrogateescape")  # type: ignore[union-attr]
+                elif kind == 3:
+                    value = int(token.group(3))  # type: ignore[union-attr]
+                elif kind == 4:
+                    value = float(token.group(4))  # type: ignore[union-attr]
+                elif kind == 5:
+                    value = _LITERALS[token.group(5)]  # type: ignore[union-attr]
+                else:
+                    value, end = _parse_scalar(data, pos)
+                if kind:
+                    end = token.end()  # type: ignore[union-attr]
+                pos = end
+                if state == _START:
+                    return value
+                if state == _KEY_VALUE_DELIMITER:
+                    containers[-1][keys[-1]] = value
+                    state = _MEMBER_VALUE
+                else:
+                    containers[-1].append(value)
+                    state = _ELEMENT
+                continue
+        elif state == _ELEMENT:
+            if char == 0x2C:
+                state = _ELEMENT_DELIMITER
+                pos += 1
+                continue
+            if char != 0x5D:
+                raise _parse_error("Missing a comma or ']' after an array element.", pos)
+        elif state in (_OBJECT_INITIAL, _MEMBER_DELIMITER):
+            if char == 0x22:
+                if kind == 2:
+                    keys[-1] = token.group(2)[1:-1].decode("utf-8", "surrogateescape")  # type: ignore[union-attr]
+                    pos = token.end()  # type: ignore[union-attr]
+                else:
+                    keys[-1], pos = _parse_string(data, pos)
+                state = _MEMBER_KEY
+                continue
+            if char != 0x7D or state == _MEMBER_DELIMITER:
+                raise _parse_error("Missing a name for object member.", pos)
+        elif state == _MEMBER_KEY:
+            if char != 0x3A:
+                raise _parse_error("Missing a colon after a name of object member.", pos)
+            state = _KEY_VALUE_DELIMITER
+            pos += 1
+            continue
+        else:  # _MEMBER_VALUE
+            if char == 0x2C:
+                state = _MEMBER_DELIMITER
+                pos += 1
+                continue
+            if char != 0x7D:
+                raise _parse_error("Missing a comma or '}' after an object member.", pos)
+        # Closing brackets or a brace, each ending the innermost container: for a run of
+        # brackets, as many as close arrays.
+        if char == 0x5D:
+            end = _CLOSE_RUN.match(data, pos).end()  # type: ignore[union-attr]
+            run = data[pos:end]
+            count = run.count(b"]")
+            closed = min(count, len(objects) - 1 - objects.rfind(b"\x01"))
+            if len(run.rstrip(b" \t\n\r")) == count:  # no whitespace between brackets
+                pos = end if closed == count else pos + closed
+            else:
+                for _ in range(closed):
+                    pos = _WS_BYTES.match(data, pos + 1).end()  # type: ignore[union-attr]
+        else:
+            closed = 1
+            pos += 1
+        del containers[-closed:], keys[-closed:], objects[-closed:]
+        if not containers:
+            return root  # kParseStopWhenDoneFlag: the rest is not read
+        state = _MEMBER_VALUE if objects[-1] else _ELEMENT
+    raise _parse_error(_END_OF_INPUT_ERRORS[state], pos)
+
+
+# --------------------------------------------------------------------------------------------
+# Error texts: RapidJSON's writer
+# --------------------------------------------------------------------------------------------
+
+
+def json_type(value: Any) -> str:
+    """RapidJSON's type name of a parsed value (``JsonTypeString``)."""
+    if value is None:
+        return "Null"
+    if value is True:
+        return "True"
+    if value is False:
+        return "False"
+    if isinstance(value, dict):
+        return "Object"
+    if isinstance(value, list):
+        return "Array"
+    if isinstance(value, str):
+        return "String"
+    return "Number"
+
+
+def rapidjson_double(value: float) -> str:
+    """RapidJSON's ``Writer::Double`` of a finite value: shortest digits laid out by its
+    ``Prettify`` (``1e39``, ``1.5e-7``, ``0.001``, ``100.0``)."""
+    if value == 0:
+        return "-0.0" if math.copysign(1.0, value) < 0 else "0.0"
+    sign = "-" if value < 0 else ""
+    mantissa, _, exp_text = repr(abs(value)).partition("e")
+    exponent = int(exp_text) if exp_text else 0
+    int_part, _, frac_part = mantissa.partition(".")
+    digits = (int_part + frac_part).lstrip("0")
+    point = (
+        len(int_part.lstrip("0"))
+        if int_part.strip("0")
+        else -(len(frac_part) - len(frac_part.lstrip("0")))
+    )
+    digits = digits.rstrip("0") or "0"
+    kk = point + exponent  # the decimal point sits after kk digits
+    length = len(digits)
+    if length <= kk <= 21:
+        body = digits + "0" * (kk - length) + ".0"
+    elif 0 < kk <= 21:
+        body = digits[:kk] + "." + digits[kk:]
+    elif -6 < kk <= 0:
+        body = "0." + "0" * (-kk) + digits
+    elif length == 1:
+        body = f"{digits}e{kk - 1}"
+    else:
+        body = f"{digits[0]}.{digits[1:]}e{kk - 1}"
+    return sign + body
+
+
+_ESCAPES = {i: f"\\u{i:04X}" for i in range(0x20)}
+_ESCAPES.update({0x08: "\\b", 0x09: "\\t", 0x0A: "\\n", 0x0C: "\\f", 0x0D: "\\r"})
+_ESCAPES.update({0x22: '\\"', 0x5C: "\\\\"})
+#: ``kMaxJsonDebugStringBytes``.
+DEBUG_TEXT_LIMIT = 256
+
+
+def _string_token(text: str) -> str:
+    return '"' + text.translate(_ESCAPES) + '"'
+
+
+def _byte_length(text: str) -> int:
+    return len(text) if text.isascii() else len(utf8_bytes(text))
+
+
+def _scalar_token(value: Any) -> str | None:
+    """A scalar as RapidJSON's writer prints it; ``None`` for a non-finite number (the
+    writer refuses those, which ends the text)."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, str):
+        return _string_token(value)
+    if isinstance(value, int) and -(2**63) <= value <= _UINT64_MAX:
+        return str(value)
+    try:
+        number = float(value)  # integers beyond 64 bits are doubles to RapidJSON
+    except OverflowError:
+        return None
+    return rapidjson_double(number) if math.isfinite(number) else None
+
+
+def debug_text(value: Any) -> str:
+    """``JsonValueToDebugString``: ``value`` as TF Serving quotes it in error messages (see
+    the module docstring). Never recurses, so any nesting depth is fine."""
+    out: list[str] = []
+    size = 0
+    # Open containers: [is_object, values written so far, iterator over children].
+    stack: list[list[Any]] = []
+    pending: list[tuple[str, Any]] = [("value", value)]
+    while pending:
+        if size >= DEBUG_TEXT_LIMIT:
+            break
+        kind, item = pending.pop()
+        prefix = ""
+        if kind in ("value", "key") and stack:
+            frame = stack[-1]
+            count = frame[1]
+            if not frame[0]:
+                prefix = ", " if count else ""
+            else:
+                prefix = (",\n" if count % 2 == 0 else ": ") if count else "\n"
+                if count % 2 == 0:
+                    prefix += "    " * len(stack)
+            frame[1] = count + 1
+        if kind == "end":
+            frame = stack.pop()
+            if frame[0] and frame[1]:
+                token = "\n" + "    " * len(stack) + "}"
+            else:
+                token = "}" if frame[0] else "]"
+        elif kind == "key":
+            token = _string_token(item)
+        elif isinstance(item, dict):
+            token = "{"
+            stack.append([True, 0])
+            pending.append(("end", None))
+            for key, child in reversed(list(item.items())):
+                pending.append(("value", child))
+                pending.append(("key", key))
+        elif isinstance(item, list):
+            token = "["
+            stack.append([False, 0])
+            pending.append(("end", None))
+            pending.extend(("value", child) for child in reversed(item))
+        else:
+            scalar = _scalar_token(item)
+            if scalar is None:
+                out.append(prefix)
+                break
+            token = scalar
+        piece = prefix + token
+        out.append(piece)
+        size += _byte_length(piece)
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing numbers: WriteDecimal
+# --------------------------------------------------------------------------------------------
+
+_F32_INF = np.float32(np.inf)
+# Nearest doubles to 10**k (Python's float() parsing is correctly rounded).
+_POW10_MIN = -64
+_POW10 = np.array([float(f"1e{k}") for k in range(_POW10_MIN, 65)])
+_EXACT_POW10 = np.array([float(10**k) for k in range(23)])  # exact doubles
+
+
+def _strtof(text: str) -> float:
+    """The float32 nearest to decimal ``text`` (correctly rounded, as ``strtof``)."""
+    d = float(text)
+    with np.errstate(over="ignore"):
+        f = np.float32(d)
+    if float(f) != d and math.isfinite(d) and np.isfinite(f):
+        lo = f if float(f) < d else np.nextafter(f, -_F32_INF)
+        hi = np.nextafter(lo, _F32_INF)
+        mid = (float(lo) + float(hi)) / 2
+        if d == mid:  # the double rounding of text -> double -> float32 may be wrong here
+            exact = Fraction(text)
+            if exact < Fraction(mid):
+                f = lo
+            elif exact > Fraction(mid):
+                f = hi
+    return float(f)
+
+
+def tf_float_text(value: float, *, single: bool = True) -> str:
+    """The exact text TF Serving writes for a float32 (``single``) or double value.
+
+    The reference for every faster path here: ``%g``, or ``%.9g`` (``%.17g`` for a double)
+    when the six-digit text does not read back as the same value; ``.0`` appended to text
+    without a point or exponent; ``NaN``, ``Infinity``, ``-Infinity``."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "-Infinity" if value < 0 else "Infinity"
+    text = f"{value:g}"
+    if (_strtof(text) if single else float(text)) != value:
+        text = f"{value:.9g}" if single else f"{value:.17g}"
+    if "." not in text and "e" not in text:
+        text += ".0"
+    return text
+
+
+def _scale(x: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """``x * 10**k`` in doubles, for |k| <= 66: a first multiplication by at most 10**12
+    (exact for float32 ``x``), then steps of at most 10**22 (one rounding each)."""
+    first = np.clip(k, 0, 12)
+    t = x * _EXACT_POW10[first]
+    rest = k - first
+    while True:
+        step = np.clip(rest, -22, 22)
+        if not step.any():
+            return t
+        factor = _EXACT_POW10[np.abs(step)]
+        t = np.where(step >= 0, t * factor, t / factor)
+        rest = rest - step
+
+
+def _digits_scalar(v: float) -> tuple[int, int, bool]:
+    """``(digits, exponent, nine)`` of TF's text for a positive float32 value ``v``."""
+    text = f"{v:.5e}"
+    nine = _strtof(text) != v
+    if nine:
+        text = f"{v:.8e}"
+    mantissa, _, exponent = text.partition("e")
+    return int(mantissa.replace(".", "")), int(exponent), nine
+
+
+def _digits_common(
+    x: np.ndarray, x32: np.ndarray, e: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_float32_digits` for magnitudes in [1e-4, 1e6) (decimal exponent -4..5).
+
+    There every step is exact: ``x * 10**k`` needs at most 24 + 28 bits for k <= 12, the
+    division by the exact power of ten rounds once, and a 6-digit decimal with k <= 12 can
+    never be rounded onto a float32 tie by the double conversion (5**12 * 2**25 < 2**53), so
+    ``float32(n6 / 10**k) == x`` is exactly "the 6-digit text reads back as x".
+    """
+    k6 = 5 - e
+    p6 = _EXACT_POW10[k6]
+    n6 = np.rint(x * p6)
+    nine = (n6 / p6).astype(np.float32) != x32
+    if nine.any():
+        n9 = np.rint(x * _EXACT_POW10[k6 + 3])
+        n = np.where(nine, n9, n6)
+    else:
+        n = n6
+    return n, e, nine
+
+
+def _digits_general(
+    x: np.ndarray, x32: np.ndarray, e: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_float32_digits` for any positive finite float32 magnitudes: the same
+    computation with up to four roundings, distrusting results near a rounding tie or a float32
+    rounding boundary, which are redone exactly element by element."""
+    k6 = 5 - e
+    t6 = _scale(x, k6)
+    n6 = np.rint(t6)
+    exact6 = (k6 >= 0) & (k6 <= 12)
+    unsure = ~exact6 & (np.abs(t6 - np.floor(t6) - 0.5) < 1e-6)
+    w6 = _scale(n6, -k6)
+    nine = w6.astype(np.float32) != x32
+    # float32(w6) differs from strtof(decimal) only if w6 sits on a float32 rounding boundary:
+    # the points half a float32 ulp from x.
+    half_up = (np.nextafter(x32, _F32_INF).astype(np.float64) - x) / 2
+    half_down = (x - np.nextafter(x32, np.float32(0)).astype(np.float64)) / 2
+    dist = np.abs(w6 - x)
+    unsure |= (np.abs(dist - half_up) <= 1e-9 * half_up) | (
+        np.abs(dist - half_down) <= 1e-9 * half_down
+    )
+    n = n6
+    if nine.any():
+        t9 = _scale(x, k6 + 3)
+        n9 = np.rint(t9)
+        exact9 = (k6 + 3 >= 0) & (k6 + 3 <= 12)
+        unsure |= nine & ~exact9 & (np.abs(t9 - np.floor(t9) - 0.5) < 1e-6)
+        n = np.where(nine, n9, n6)
+    low = np.where(nine, 1e8, 1e5)
+    unsure |= (n < low) | (n > low * 10)  # a decimal exponent off by one near 10**k
+    e = e.copy()
+    for i in np.flatnonzero(unsure).tolist():
+        n[i], e[i], nine[i] = _digits_scalar(float(x[i]))
+    return n, e, nine
+
+
+def _float32_digits(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For positive finite float32 magnitudes ``x`` (as float64): TF's printed digits ``n``
+    (a 6-digit integer, or 9-digit where ``nine``) and the decimal exponent of the first."""
+    x32 = x.astype(np.float32)
+    # Decimal exponent by exact comparison with the nearest doubles to the powers of ten.
+    e = np.searchsorted(_POW10, x, side="right") + (_POW10_MIN - 1)
+    if ((e >= -4) & (e <= 5)).all():
+        n, e, nine = _digits_common(x, x32, e)
+    else:
+        n, e, nine = _digits_general(x, x32, e)
+    top = np.where(nine, 1e9, 1e6)
+    carry = n == top  # 999999.5 rounds to 1e+06
+    if carry.any():
+        n = np.where(carry, top / 10, n)
+        e = e + carry
+    return n.astype(np.int64), e, nine
+
+
+# Columns of a number: 0 sign; 1-5 "0.000" before the digits of a number below 1; 6-23 nine
+# digits, each followed by a slot for the decimal point; 24 the "0" of "5.0"; 25-28 "e+NN";
+# 29-36 "NaN" or "Infinity".
+_NUMBER_COLUMNS = 37
+_DIGIT_DIVISORS = (10 ** np.arange(8, -1, -1)).astype(np.int64)
+_K9 = np.arange(9)
+_CHUNK = 1 << 15
+
+
+def _float32_matrix(a32: np.ndarray, start: int, blocks: list[int], group: int) -> np.ndarray:
+    """The characters of flat float32 ``a32`` (elements ``start``...), one row per element,
+    zero bytes where a row has no character. Row layout: ``[`` for each block of ``blocks``
+    the element opens, the number, ``]`` for each block it closes, ``,`` unless it ends a
+    ``group``."""
+    count = a32.size
+    depth = len(blocks)
+    matrix = np.zeros((count, 2 * depth + _NUMBER_COLUMNS + 1), np.uint8)
+    with np.errstate(all="ignore"):  # NaN and infinity are handled explicitly
+        _write_numbers(a32, matrix[:, depth : depth + _NUMBER_COLUMNS])
+    index = np.arange(start, start + count)
+    for j, block in enumerate(blocks):
+        matrix[:, j] = (index % block == 0) * np.uint8(91)  # [
+        matrix[:, depth + _NUMBER_COLUMNS + j] = ((index + 1) % block == 0) * np.uint8(93)
+    matrix[:, -1] = ((index + 1) % group != 0) * np.uint8(44)  # ,
+    return matrix
+
+
+def _write_numbers(a32: np.ndarray, num: np.ndarray) -> None:
+    """Fill ``num`` (zeros, one row of :data:`_NUMBER_COLUMNS` per element) with the
+    characters of TF's text for each element of flat float32 ``a32``."""
+    v = a32.astype(np.float64)
+    x = np.abs(v)
+    finite = np.isfinite(v)
+    normal = finite & (x != 0)
+    all_normal = bool(normal.all())
+    n, e, nine = _float32_digits(x if all_normal else np.where(normal, x, 1.0))
+    if not all_normal:
+        n = np.where(normal, n, 0)
+        e = np.where(normal, e, 0)
+    p = np.where(nine, 9, 6)
+    aligned = np.where(nine, n, n * 1000).astype(np.int64)
+    digits = (aligned[:, None] // _DIGIT_DIVISORS) % 10
+    nonzero = digits != 0
+    d = 9 - np.argmax(nonzero[:, ::-1], axis=1)  # significant digits
+    if not all_normal:
+        d = np.where(normal, d, 1)
+    fixed = (e >= -4) & (e < p)
+    expo = normal & ~fixed
+    fixed_pos = finite & fixed & (e >= 0)
+    num[:, 0] = (np.signbit(v) & ~np.isnan(v)) * np.uint8(45)  # -
+    fixed_neg = normal & fixed & (e < 0)
+    if fixed_neg.any():
+        num[:, 1] = fixed_neg * np.uint8(48)  # 0
+        num[:, 2] = fixed_neg * np.uint8(46)  # .
+        for j in range(3):
+            num[:, 3 + j] = (fixed_neg & (j < -e - 1)) * np.uint8(48)
+    shown = (d[:, None] > _K9) | (fixed_pos[:, None] & (e[:, None] >= _K9))
+    if not all_normal:
+        shown &= finite[:, None]
+    num[:, 6:23:2] = (digits + 48).astype(np.uint8) * shown
+    point = fixed_pos[:, None] & (e[:, None] == _K9)
+    if expo.any():
+        point[:, 0] |= expo & (d > 1)
+        magnitude = np.abs(e)
+        num[:, 25] = expo * np.uint8(101)  # e
+        num[:, 26] = np.where(expo, np.where(e < 0, 45, 43), 0)
+        num[:, 27] = np.where(expo, magnitude // 10 + 48, 0)
+        num[:, 28] = np.where(expo, magnitude % 10 + 48, 0)
+    num[:, 7:24:2] = point * np.uint8(46)
+    num[:, 24] = (fixed_pos & (d <= e + 1)) * np.uint8(48)
+    if not finite.all():
+        for i in np.flatnonzero(~finite).tolist():
+            token = b"NaN" if math.isnan(v[i]) else b"Infinity"
+            num[i, 29 : 29 + len(token)] = np.frombuffer(token, np.uint8)
+
+
+def _blocks(shape: tuple[int, ...]) -> list[int]:
+    """Elements per block at each level of ``shape`` (outermost first)."""
+    return [math.prod(shape[j:]) for j in range(len(shape))]
+
+
+def _float32_text(flat: np.ndarray, shape: tuple[int, ...], group: int) -> tuple[bytes, Any]:
+    """The text of ``flat`` laid out by ``shape`` (brackets) with groups of ``group``
+    elements left unseparated; also each element's end offset in it (``None`` unless
+    ``group`` is smaller than the array, when the caller splits the text)."""
+    blocks = _blocks(shape)
+    pieces = []
+    lengths = []
+    for start in range(0, flat.size, _CHUNK):
+        matrix = _float32_matrix(flat[start : start + _CHUNK], start, blocks, group)
+        row = matrix.ravel()
+        pieces.append(row[row != 0].tobytes())
+        if group < flat.size:
+            lengths.append(np.count_nonzero(matrix, axis=1))
+    ends = np.cumsum(np.concatenate(lengths)) if lengths else None
+    return b"".join(pieces), ends
+
+
+def _empty_json(shape: tuple[int, ...]) -> str:
+    """Nested empty lists for a shape with a zero dimension (``(2, 0)`` -> ``[[],[]]``)."""
+    if len(shape) <= 1 or shape[0] == 0:
+        return "[]"
+    inner = _empty_json(shape[1:])
+    return "[" + ",".join([inner] * shape[0]) + "]"
+
+
+def _nest(texts: list[str], shape: tuple[int, ...]) -> list[str]:
+    """Join element texts into nested lists for ``shape``, innermost dimension first."""
+    level = texts
+    for size in reversed(shape):
+        level = ["[" + ",".join(level[i : i + size]) + "]" for i in range(0, len(level), size)]
+    return level
+
+
+def _double_texts(values: list[float]) -> list[str]:
+    """TF's text for each double, formatted by C code (``%`` on a tuple) in two passes."""
+    count = len(values)
+    texts = ("%g\x1f" * count % tuple(values)).split("\x1f")[:count]
+    array = np.array(values, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        back = np.array(texts, dtype=np.float64)
+        finite = np.isfinite(array)
+        long_form = finite & (back != array)
+        integral = finite & (np.floor(array) == array)
+        needs_point = integral & (np.abs(array) < np.where(long_form, 1e17, 1e6))
+    for i in np.flatnonzero(long_form).tolist():
+        texts[i] = f"{values[i]:.17g}"
+    for i in np.flatnonzero(needs_point).tolist():
+        texts[i] += ".0"
+    for i in np.flatnonzero(~finite).tolist():
+        texts[i] = tf_float_text(values[i], single=False)
+    return texts
+
+
+#: Below this many elements a Python loop beats numpy's per-call overhead.
+SMALL_ARRAY = 24
+
+
+def float_texts(array: np.ndarray) -> list[str]:
+    """TF's text for every element of a float16/32/64 array, in C order."""
+    if array.dtype == np.float64:
+        return _double_texts(array.ravel().tolist())
+    flat = array.astype(np.float32, copy=False).ravel()
+    if flat.size <= SMALL_ARRAY:
+        return [tf_float_text(v) for v in flat.tolist()]
+    text, ends = _float32_text(flat, (), 1)
+    starts = np.concatenate(([0], ends[:-1])).tolist()
+    return [text[s:t].decode() for s, t in zip(starts, ends.tolist(), strict=True)]
+
+
+def float_json(array: np.ndarray) -> bytes:
+    """The JSON text TF Serving writes for a float16/32/64 array (nested lists, or a bare
+    number for a scalar), e.g. ``[[9e+06, ...]]`` without spaces."""
+    shape = array.shape
+    if array.size == 0:
+        return _empty_json(shape).encode()
+    if array.dtype == np.float64 or array.size <= SMALL_ARRAY:
+        return _nest(float_texts(array), shape)[0].encode()
+    flat = array.astype(np.float32, copy=False).ravel()
+    return _float32_text(flat, shape, flat.size)[0]
+
+
+def float_json_items(array: np.ndarray) -> list[bytes]:
+    """:func:`float_json` of ``array[0]``, ``array[1]``, ... (``array.ndim >= 1``)."""
+    shape = array.shape
+    items = shape[0]
+    inner = shape[1:]
+    if array.size == 0:
+        return [_empty_json(inner).encode() if inner else b"[]"] * items
+    if array.dtype == np.float64 or array.size <= SMALL_ARRAY:
+        return [t.encode() for t in _nest(float_texts(array), inner)]
+    flat = array.astype(np.float32, copy=False).ravel()
+    per_item = flat.size // items
+    text, ends = _float32_text(flat, inner, per_item)
+    if ends is None:  # one item
+        return [text]
+    bounds = [0, *ends[per_item - 1 :: per_item].tolist()]
+    return [text[bounds[i] : bounds[i + 1]] for i in range(items)]
