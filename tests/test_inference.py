@@ -330,15 +330,21 @@ def test_multi_inference_tf2_keeps_the_checks(tf2: SavedModelServable) -> None:
 # -------------------------------------------------------------------------- metadata
 
 
-def test_signature_def_map_matches_tf_serving(
-    testdata: pathlib.Path, tf1: SavedModelServable
-) -> None:
-    expected = json.loads((testdata / "half_plus_two_model_metadata.json").read_text())
-    actual = json_format.MessageToDict(
-        inference.signature_def_map(tf1),
-        preserving_proto_field_name=True,
-        always_print_fields_with_no_presence=True,
+def test_signature_def_map_matches_tf_serving(tfserving_testdata: pathlib.Path) -> None:
+    """TF Serving's recorded metadata answer for its own half_plus_two export."""
+    expected = json.loads((tfserving_testdata / "half_plus_two_model_metadata.json").read_text())
+    loader = SavedModelLoader(
+        str(tfserving_testdata / "saved_model_half_plus_two_cpu" / "00000123")
     )
+    loader.load()
+    try:
+        actual = json_format.MessageToDict(
+            inference.signature_def_map(loader.servable()),
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+        )
+    finally:
+        loader.unload()
     assert actual == expected["metadata"]["signature_def"]
 
 

@@ -1,7 +1,9 @@
-"""SavedModelLoader / SavedModelServable on TF Serving's own test SavedModels.
+"""SavedModelLoader / SavedModelServable on TF Serving's test SavedModels.
 
-Each model is loaded once per module (TF is slow to start); tests that change a model's state
-or files load their own copy.
+The models of the fixtures ``tf1``, ``tf2`` and ``half_plus_three`` and the known-answer tests
+run on both sources (``each_testdata``: the generated equivalents, then TF Serving's own
+exports when present). Each model is loaded once per module and source (TF is slow to start);
+tests that change a model's state or files load their own copy of a generated one.
 """
 
 from __future__ import annotations
@@ -44,22 +46,22 @@ def _load(path: pathlib.Path, **kwargs: object) -> SavedModelLoader:
 
 
 @pytest.fixture(scope="module")
-def tf1(testdata: pathlib.Path) -> Iterator[SavedModelServable]:
-    loader = _load(testdata / "saved_model_half_plus_two_cpu" / "00000123")
+def tf1(each_testdata: pathlib.Path) -> Iterator[SavedModelServable]:
+    loader = _load(each_testdata / "saved_model_half_plus_two_cpu" / "00000123")
     yield loader.servable()
     loader.unload()
 
 
 @pytest.fixture(scope="module")
-def tf2(testdata: pathlib.Path) -> Iterator[SavedModelServable]:
-    loader = _load(testdata / "saved_model_half_plus_two_tf2_cpu" / "00000123")
+def tf2(each_testdata: pathlib.Path) -> Iterator[SavedModelServable]:
+    loader = _load(each_testdata / "saved_model_half_plus_two_tf2_cpu" / "00000123")
     yield loader.servable()
     loader.unload()
 
 
 @pytest.fixture(scope="module")
-def half_plus_three(testdata: pathlib.Path) -> Iterator[SavedModelServable]:
-    loader = _load(testdata / "saved_model_half_plus_three" / "00000123")
+def half_plus_three(each_testdata: pathlib.Path) -> Iterator[SavedModelServable]:
+    loader = _load(each_testdata / "saved_model_half_plus_three" / "00000123")
     yield loader.servable()
     loader.unload()
 
@@ -79,7 +81,10 @@ def examples(*xs: float) -> np.ndarray:
 
 
 @pytest.mark.parametrize("model", ["tf1", "tf2"])
-def test_half_plus_two_predict(model: str, request: pytest.FixtureRequest) -> None:
+def test_half_plus_two_predict(
+    model: str, each_testdata: pathlib.Path, request: pytest.FixtureRequest
+) -> None:
+    # each_testdata: the fixture looked up by name below depends on it (one run per source)
     servable: SavedModelServable = request.getfixturevalue(model)
     assert servable.backend == "session"
     y = servable.run("serving_default", {"x": X})["y"]
@@ -89,7 +94,7 @@ def test_half_plus_two_predict(model: str, request: pytest.FixtureRequest) -> No
 
 @pytest.mark.parametrize("model", ["tf1", "tf2"])
 def test_feed_shape_is_not_checked_against_the_placeholder(
-    model: str, request: pytest.FixtureRequest
+    model: str, each_testdata: pathlib.Path, request: pytest.FixtureRequest
 ) -> None:
     # TF Serving answers {"instances": [2, 3, 4]} (shape [3]) although x is [-1,1] / [1].
     servable: SavedModelServable = request.getfixturevalue(model)
@@ -103,7 +108,11 @@ def test_feed_shape_is_not_checked_against_the_placeholder(
     [("regress_x_to_y", 3.0), ("regress_x_to_y2", 4.0), ("classify_x_to_y", 3.0)],
 )
 def test_example_signatures(
-    model: str, signature: str, expected: float, request: pytest.FixtureRequest
+    model: str,
+    signature: str,
+    expected: float,
+    each_testdata: pathlib.Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     servable: SavedModelServable = request.getfixturevalue(model)
     outputs = servable.run(signature, {"inputs": examples(2.0)})
@@ -118,8 +127,8 @@ def test_half_plus_three_tf1_0_export(half_plus_three: SavedModelServable) -> No
     assert "tensorflow/serving/regress" in half_plus_three.signature_defs
 
 
-def test_counter_is_stateful(testdata: pathlib.Path) -> None:
-    loader = _load(testdata / "saved_model_counter" / "00000123")
+def test_counter_is_stateful(each_testdata: pathlib.Path) -> None:
+    loader = _load(each_testdata / "saved_model_counter" / "00000123")
     try:
         counter = loader.servable()
         assert counter.run("incr_counter", {})["output"].item() == 1.0
@@ -133,16 +142,8 @@ def test_counter_is_stateful(testdata: pathlib.Path) -> None:
         loader.unload()
 
 
-@pytest.mark.parametrize(
-    "relative",
-    [
-        "saved_model_half_plus_two_2_versions/00000123",
-        "saved_model_half_plus_two_2_versions/00000124",
-        "saved_model_half_plus_two_cpu_with_saved_model_config/00000123",
-    ],
-)
-def test_other_half_plus_two_exports(testdata: pathlib.Path, relative: str) -> None:
-    loader = _load(testdata / relative)
+def _assert_half_plus_two(path: pathlib.Path) -> None:
+    loader = _load(path)
     try:
         y = loader.servable().run("serving_default", {"x": X})["y"]
         np.testing.assert_array_equal(y, [[3.0], [3.5], [4.0]])
@@ -150,8 +151,19 @@ def test_other_half_plus_two_exports(testdata: pathlib.Path, relative: str) -> N
         loader.unload()
 
 
-def test_matrix_half_plus_two(testdata: pathlib.Path) -> None:
-    loader = _load(testdata / "matrix_half_plus_two" / "1")
+@pytest.mark.parametrize("version", ["00000123", "00000124"])
+def test_two_versions_export(each_testdata: pathlib.Path, version: str) -> None:
+    _assert_half_plus_two(each_testdata / "saved_model_half_plus_two_2_versions" / version)
+
+
+def test_export_with_saved_model_config(tfserving_testdata: pathlib.Path) -> None:
+    # assets.extra/saved_model_config.pb is not read; the model loads and answers as usual
+    relative = "saved_model_half_plus_two_cpu_with_saved_model_config/00000123"
+    _assert_half_plus_two(tfserving_testdata / relative)
+
+
+def test_matrix_half_plus_two(each_testdata: pathlib.Path) -> None:
+    loader = _load(each_testdata / "matrix_half_plus_two" / "1")
     try:
         x = np.arange(18, dtype=np.float32).reshape(2, 3, 3)
         y = loader.servable().run("serving_default", {"x": x})["y"]
@@ -160,8 +172,9 @@ def test_matrix_half_plus_two(testdata: pathlib.Path) -> None:
         loader.unload()
 
 
-def test_function_runtime_gives_the_same_answers(testdata: pathlib.Path) -> None:
-    loader = _load(testdata / "saved_model_half_plus_two_tf2_cpu" / "00000123", runtime="function")
+def test_function_runtime_gives_the_same_answers(each_testdata: pathlib.Path) -> None:
+    path = each_testdata / "saved_model_half_plus_two_tf2_cpu" / "00000123"
+    loader = _load(path, runtime="function")
     try:
         servable = loader.servable()
         assert servable.backend == "function"
@@ -202,9 +215,11 @@ def test_keras3_export_without_saver_restorable_variables(tmp_path: pathlib.Path
         loader.unload()
 
 
-def test_tf1_runtime_function_is_refused(testdata: pathlib.Path) -> None:
+def test_tf1_runtime_function_is_refused(each_testdata: pathlib.Path) -> None:
+    # tf.saved_model.load rejects half_plus_three: its signatures declare no shapes (scalars)
+    # for tensors of shape [-1, 1]
     loader = SavedModelLoader(
-        str(testdata / "saved_model_half_plus_three" / "00000123"), runtime="function"
+        str(each_testdata / "saved_model_half_plus_three" / "00000123"), runtime="function"
     )
     with pytest.raises(ServingError):
         loader.load()
@@ -216,9 +231,10 @@ def test_tf1_runtime_function_is_refused(testdata: pathlib.Path) -> None:
 
 
 def test_signature_defs_come_from_the_meta_graph(
-    testdata: pathlib.Path, tf2: SavedModelServable
+    each_testdata: pathlib.Path, tf2: SavedModelServable
 ) -> None:
-    saved = read_saved_model(str(testdata / "saved_model_half_plus_two_tf2_cpu" / "00000123"))
+    path = each_testdata / "saved_model_half_plus_two_tf2_cpu" / "00000123"
+    saved = read_saved_model(str(path))
     on_disk = saved.meta_graphs[0].signature_def
     assert INIT_OP_SIGNATURE_KEY in on_disk
     assert INIT_OP_SIGNATURE_KEY not in tf2.signature_defs
