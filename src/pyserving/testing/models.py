@@ -6,44 +6,29 @@ repository, so this module exports models that answer the same way, under the sa
 names and version numbers, with the same signature names, input and output keys, tensor
 names, dtypes, shapes and method names:
 
-==============================================  =============================================
-directory                                        what it is
-==============================================  =============================================
-``saved_model_half_plus_two_cpu/00000123``       TF1 graph (``tf.compat.v1`` builder, ref
-                                                 variables). ``serving_default``: ``x`` ->
-                                                 ``y = 0.5 x + 2``, [-1,1] float;
-                                                 ``classify_x_to_y``, ``regress_x_to_y``
-                                                 (serialized ``tf.Example`` in),
-                                                 ``regress_x_to_y2`` (``0.5 x + 3``),
-                                                 ``regress_x2_to_y3``; ``assets/foo.txt``
-                                                 and a main op.
-``saved_model_half_plus_two_tf2_cpu/00000123``   TF2 ``tf.saved_model.save`` export of the
-                                                 same functions; every method name is
-                                                 ``tensorflow/serving/predict``;
-                                                 ``serving_default``'s ``x`` is [1] with a
-                                                 default of [0.0].
-``saved_model_half_plus_three/00000123``         TF1 graph, ``y = 0.5 x + 3``, signatures
-                                                 without shapes, a ``legacy_init_op`` and a
-                                                 ``tensorflow/serving/regress`` signature;
-                                                 ``tf.saved_model.load`` rejects it.
-``saved_model_counter/00000123``                 TF1 stateful graph: ``get_counter``,
-                                                 ``incr_counter``, ``incr_counter_by``,
-                                                 ``reset_counter``, ``float_ref`` outputs.
-``saved_model_half_plus_two_2_versions/``        versions 123 and 124 of half_plus_two, with
-                                                 ``classify_x2_to_y3`` as well and a
-                                                 ``legacy_init_op``.
-``bad_half_plus_two/00000123``                   a checkpoint and meta graph, no SavedModel.
-``matrix_half_plus_two/1``                       ``x`` [-1,3,3] -> ``0.5 x + 2``.
-``saved_model_half_plus_two_tflite/00000123``    ``model.tflite``: ``x`` [1,1] -> ``y``.
-``saved_model_half_plus_two_tflite_with_sigdef`` ``model.tflite`` whose input tensor is
-                                                 ``tflite_input``; a SignatureDef in the
-                                                 file's ``signature_defs_metadata`` maps
-                                                 ``x`` to it.
-``good_model_config.txt`` and the other          the config files of TF Serving's tests
-``*_config.txt``                                 (``${TEST_HALF_PLUS_TWO_DIR}`` and
-                                                 ``${TEST_HALF_PLUS_THREE_DIR}`` placeholders
-                                                 in the good one).
-==============================================  =============================================
+- ``saved_model_half_plus_two_cpu/00000123``: a TF1 graph (``tf.compat.v1`` builder, ref
+  variables). ``serving_default``: ``x`` -> ``y = 0.5 x + 2``, [-1,1] float;
+  ``classify_x_to_y``, ``regress_x_to_y`` (serialized ``tf.Example`` in), ``regress_x_to_y2``
+  (``0.5 x + 3``), ``regress_x2_to_y3``; ``assets/foo.txt`` and a main op.
+- ``saved_model_half_plus_two_tf2_cpu/00000123``: a TF2 ``tf.saved_model.save`` export of the
+  same functions; every method name is ``tensorflow/serving/predict``; ``serving_default``'s
+  ``x`` is [1] with a default of [0.0].
+- ``saved_model_half_plus_three/00000123``: a TF1 graph, ``y = 0.5 x + 3``, signatures without
+  shapes, a ``legacy_init_op`` and a ``tensorflow/serving/regress`` signature;
+  ``tf.saved_model.load`` rejects it.
+- ``saved_model_counter/00000123``: a TF1 stateful graph: ``get_counter``, ``incr_counter``,
+  ``incr_counter_by``, ``reset_counter``, ``float_ref`` outputs.
+- ``saved_model_half_plus_two_2_versions/{00000123,00000124}``: half_plus_two, with
+  ``classify_x2_to_y3`` as well and a ``legacy_init_op``.
+- ``bad_half_plus_two/00000123``: a checkpoint and meta graph, no SavedModel.
+- ``matrix_half_plus_two/1``: ``x`` [-1,3,3] -> ``0.5 x + 2``.
+- ``saved_model_half_plus_two_tflite/00000123``: ``model.tflite``, ``x`` [1,1] -> ``y``.
+- ``saved_model_half_plus_two_tflite_with_sigdef/00000123``: ``model.tflite`` whose input
+  tensor is ``tflite_input``; a SignatureDef in the file's ``signature_defs_metadata`` maps
+  ``x`` to it.
+- ``good_model_config.txt``, ``bad_model_config.txt``, ``batching_config.txt``,
+  ``monitoring_config.txt``: the config files of TF Serving's tests (the good one with
+  ``${TEST_HALF_PLUS_TWO_DIR}`` and ``${TEST_HALF_PLUS_THREE_DIR}`` placeholders).
 
 What they do not reproduce: the TF versions that made the originals (TF 1.0 to 2.14, so
 their graphs' op versions and attributes),
