@@ -310,10 +310,7 @@ def _parse_json_object(payload: bytes) -> dict[str, Any]:
 
 
 def _signature_name(body: dict[str, Any]) -> str:
-    name = body.get("signature_name", "")
-    if not isinstance(name, str):
-        raise InvalidArgument("'signature_name' key must be a string value.")
-    return name
+    return tensors.get_signature_name(body)
 
 
 class RestApp:
