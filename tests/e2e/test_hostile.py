@@ -9,7 +9,9 @@ it, lies another SavedModel (``outside``) that no request may reach. The server 
 Properties (hypothesis, bounded example counts, no deadlines): a client's mistake is answered
 with a 4xx (REST) or a client-error status (gRPC), never a 5xx/INTERNAL; the server never
 crashes or hangs (every request has a timeout, and the server answers a normal request and
-exits 0 on SIGTERM at the end).
+exits 0 on SIGTERM at the end). Bodies include raw bytes that are not UTF-8 inside JSON
+strings and keys; gRPC messages whose string fields are not UTF-8 cannot be decoded and get
+gRPC's answer for that, INTERNAL naming the bad UTF-8.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,
@@ -200,6 +203,124 @@ def test_random_bytes_get_answers_never_server_errors(
     headers = {} if encoding is None else {"Content-Encoding": encoding}
     r = env.server.client.post(f"/v1/models/{MODEL}:predict", content=payload, headers=headers)
     assert_client_error_or_ok(r)
+
+
+# Raw bytes inside JSON strings and keys, as a fuzzer mutating valid bodies leaves them: bytes
+# that are not UTF-8 (lone continuation bytes, overlong and surrogate encodings, truncated
+# sequences), escapes of lone surrogates, and anything else.
+RAW = "\ue000"  # stands for raw bytes until the body is serialized
+raw_bytes = st.one_of(
+    st.lists(st.integers(0x80, 0xFF), min_size=1, max_size=4).map(bytes),
+    st.sampled_from(
+        [
+            b"\x8d",
+            b"\xff\xfe",
+            b"\xc0\xaf",
+            b"\xed\xa0\x80",
+            b"\xed\xb2\x8d",
+            b"\xf4\x90\x80\x80",
+            b"\xe2\x82",
+            b"\xef\xbb\xbf",
+            b"\\udc8d",
+            b"\\ud800",
+            b"\\ud83d\\ude00",
+            "é".encode(),
+        ]
+    ),
+    st.binary(min_size=1, max_size=3),
+)
+plain_text = st.text(alphabet=st.characters(blacklist_characters=RAW + "\\"), max_size=4)
+raw_strings = st.lists(st.one_of(plain_text, st.just(RAW)), min_size=1, max_size=3).map("".join)
+raw_keys = st.one_of(st.sampled_from(["x", "y", "inputs", "b64"]), raw_strings)
+raw_leaves = st.one_of(
+    st.floats(width=32, allow_nan=False),
+    st.integers(-5, 5),
+    raw_strings,
+    st.fixed_dictionaries({"b64": raw_strings}),
+)
+raw_signatures = st.one_of(
+    st.sampled_from(["", "serving_default", "classify_x_to_y", "regress_x_to_y"]), raw_strings
+)
+raw_predict_bodies = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "instances": st.lists(
+                st.one_of(
+                    st.lists(raw_leaves, min_size=1, max_size=2),
+                    raw_leaves,
+                    st.dictionaries(raw_keys, st.lists(raw_leaves, max_size=2), max_size=2),
+                ),
+                min_size=1,
+                max_size=3,
+            )
+        },
+        optional={"signature_name": raw_signatures},
+    ),
+    st.fixed_dictionaries(
+        {
+            "inputs": st.one_of(
+                st.dictionaries(raw_keys, st.lists(raw_leaves, max_size=2), max_size=2),
+                st.lists(raw_leaves, max_size=3),
+            )
+        },
+        optional={"signature_name": raw_signatures},
+    ),
+)
+raw_examples = st.dictionaries(
+    raw_keys, st.one_of(raw_leaves, st.lists(raw_leaves, max_size=3)), max_size=3
+)
+raw_example_bodies = st.fixed_dictionaries(
+    {"examples": st.lists(raw_examples, min_size=1, max_size=3)},
+    optional={"context": raw_examples, "signature_name": raw_signatures},
+)
+
+
+@st.composite
+def bodies_with_raw_bytes(draw: st.DrawFn, verb: str) -> bytes:
+    """A JSON body for ``verb`` whose strings and keys hold raw bytes."""
+    body = draw(raw_predict_bodies if verb == "predict" else raw_example_bodies)
+    ascii_only = draw(st.booleans())
+    text = json.dumps(body, ensure_ascii=ascii_only).encode()
+    parts = text.split(b"\\ue000" if ascii_only else RAW.encode())
+    fills = draw(st.lists(raw_bytes, min_size=len(parts) - 1, max_size=len(parts) - 1))
+    out = parts[0]
+    for fill, part in zip(fills, parts[1:], strict=True):
+        out += fill + part
+    return out
+
+
+@SETTINGS
+@given(data=st.data(), verb=st.sampled_from(["predict", "classify", "regress"]))
+def test_raw_bytes_in_json_strings_and_keys_are_never_server_errors(
+    env: Env, data: st.DataObject, verb: str
+) -> None:
+    """Feature names, input names, signature names, string values and base64 text holding
+    bytes that are not UTF-8: a 4xx naming the problem or an answer, never a 5xx."""
+    payload = data.draw(bodies_with_raw_bytes(verb))
+    r = env.server.client.post(f"/v1/models/{MODEL}:{verb}", content=payload)
+    assert_client_error_or_ok(r)
+
+
+@pytest.mark.parametrize("verb", ["classify", "regress"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"examples": [{"\x8d": 2.0}]}',
+        b'{"examples": [{"x": 2.0, "\xff\xfe": [1, 2]}]}',
+        b'{"context": {"\xed\xa0\x80": "a"}, "examples": [{"x": 2.0}]}',
+        b'{"examples": [{"\\udc8d": 2.0}]}',
+    ],
+    ids=["continuation-byte", "invalid-bytes", "surrogate-bytes", "lone-surrogate-escape"],
+)
+def test_feature_names_that_are_not_utf8_are_400(env: Env, verb: str, body: bytes) -> None:
+    """A tf.Example feature name must be a string: a 400 naming the bad encoding (this was a
+    500 'Internal error: UnicodeEncodeError')."""
+    r = env.server.client.post(f"/v1/models/{MODEL}:{verb}", content=body)
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]
+    assert message.startswith("Feature: \\x") and message.endswith(
+        "has a name that is not valid UTF-8 (invalid encoding in string)"
+    ), message
 
 
 @pytest.mark.parametrize(
@@ -384,6 +505,61 @@ def test_random_tensor_protos_get_client_errors_never_internal(
     except grpc.RpcError as exc:
         error: Any = exc
         assert error.code() in CLIENT_ERRORS, (error.code(), error.details())
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@SETTINGS
+@given(
+    field=st.sampled_from(["name", "signature", "input", "output_filter", "feature"]),
+    raw=st.one_of(
+        st.binary(min_size=4, max_size=4),
+        st.sampled_from([b"\xff\xfe\x8d\x80", b"\xed\xa0\x80a", b"\xc0\xafab", "éé".encode()]),
+    ),
+)
+def test_grpc_string_fields_that_are_not_utf8(env: Env, field: str, raw: bytes) -> None:
+    """proto3 string fields (model and signature names, input keys, output filters, feature
+    names of tf.Examples) holding bytes that are not UTF-8: the message cannot be decoded,
+    which gRPC answers with INTERNAL (as grpc's C++ server under TF Serving does), naming the
+    bad UTF-8. Valid bytes there get an answer or a client error."""
+    placeholder = "QQQQ"
+    request: Any
+    if field == "feature":
+        request = classification_pb2.ClassificationRequest()
+        request.model_spec.name = MODEL
+        request.model_spec.signature_name = "classify_x_to_y"
+        example = request.input.example_list.examples.add()
+        example.features.feature[placeholder].float_list.value.append(2.0)
+        method = "Classify"
+    else:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = placeholder if field == "name" else MODEL
+        if field == "signature":
+            request.model_spec.signature_name = placeholder
+        if field == "output_filter":
+            request.output_filter.append(placeholder)
+        key = placeholder if field == "input" else "x"
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(np.array([[2.0]], np.float32)))
+        method = "Predict"
+    payload = request.SerializeToString().replace(placeholder.encode(), raw)
+    call = env.channel.unary_unary(f"/tensorflow.serving.PredictionService/{method}")
+    try:
+        call(payload, timeout=30)
+    except grpc.RpcError as exc:
+        error: Any = exc
+        if _is_utf8(raw):
+            assert error.code() in CLIENT_ERRORS, (error.code(), error.details())
+        else:
+            assert error.code() is grpc.StatusCode.INTERNAL, (error.code(), error.details())
+            assert "bad UTF-8" in error.details(), error.details()
+    else:
+        assert _is_utf8(raw)
 
 
 # ---------------------------------------------------------------------------- names and paths
