@@ -395,6 +395,8 @@ def export_half_plus_two_tf2(export_dir: str | os.PathLike[str]) -> pathlib.Path
     path = _new_export_dir(export_dir)
     examples = tf.TensorSpec([None], tf.string, name="inputs")
     one_float = tf.TensorSpec([1], tf.float32, name="inputs")
+    # autograph=False: there is no Python control flow to convert (and AutoGraph would read
+    # this file's source again at export time).
 
     module_base: Any = tf.Module
 
@@ -410,27 +412,27 @@ def export_half_plus_two_tf2(export_dir: str | os.PathLike[str]) -> pathlib.Path
             spec = {"x": tf.io.FixedLenFeature([1], tf.float32)}
             return tf.io.parse_example(serialized, spec)["x"]
 
-        @tf.function(input_signature=[tf.TensorSpec([1], tf.float32, name="x")])
+        @tf.function(autograph=False, input_signature=[tf.TensorSpec([1], tf.float32, name="x")])
         def predict(self, x: Any = tf.constant([0.0])) -> dict[str, Any]:  # noqa: B008
             return {"y": self.a * x + self.b}
 
-        @tf.function(input_signature=[examples])
+        @tf.function(autograph=False, input_signature=[examples])
         def regress_xy(self, inputs: Any) -> dict[str, Any]:
             return {"outputs": self.a * self._x(inputs) + self.b}
 
-        @tf.function(input_signature=[examples])
+        @tf.function(autograph=False, input_signature=[examples])
         def regress_xy2(self, inputs: Any) -> dict[str, Any]:
             return {"outputs": self.a * self._x(inputs) + self.c}
 
-        @tf.function(input_signature=[one_float])
+        @tf.function(autograph=False, input_signature=[one_float])
         def regress_x2y3(self, inputs: Any) -> dict[str, Any]:
             return {"outputs": self.a * inputs + self.c}
 
-        @tf.function(input_signature=[examples])
+        @tf.function(autograph=False, input_signature=[examples])
         def classify_xy(self, inputs: Any) -> dict[str, Any]:
             return {"scores": self.a * self._x(inputs) + self.b}
 
-        @tf.function(input_signature=[one_float])
+        @tf.function(autograph=False, input_signature=[one_float])
         def classify_x2y3(self, inputs: Any) -> dict[str, Any]:
             return {"scores": self.a * inputs + self.c}
 
