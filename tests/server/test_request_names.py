@@ -103,6 +103,8 @@ def hostile_requests(serving: ModelServing, handler: RestHandler) -> list[int]:
             ("POST", f"/v1/models/half_plus_two/labels/{name}:predict", body),
             ("POST", f"/v1/models/half_plus_two/versions/{name}:predict", body),
         ):
+            if path == "/v1/models/":
+                continue  # the empty name: this path is the model list, not a model
             statuses.append(handler.handle(method, path, {}, payload).status)
         by_name, by_label = ModelSpec(name), ModelSpec("half_plus_two", label=name or "x")
         for call in (
