@@ -226,3 +226,86 @@ def test_cancelled_future_is_dropped_and_the_rest_of_its_batch_runs(
     assert dropped.cancelled()
     assert recorder.batches == [1, 1]
     np.testing.assert_allclose(held.submit({"x": np.array([[4.0]], np.float32)})["y"], [[4.0]])
+
+
+class TwoOutputs:
+    """A servable with one signature, ``x -> {a: x, b: 2x}``, that records each run."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[int, list[str] | None]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def check_output_keys(self, signature_name: str, output_keys: list[str]) -> None:
+        unknown = [k for k in output_keys if k not in ("a", "b")]
+        if signature_name != "s" or unknown or len(set(output_keys)) != len(output_keys):
+            raise InvalidArgument(f"bad outputs {output_keys}")
+
+    def run(
+        self, signature_name: str, inputs: dict[str, np.ndarray], keys: list[str] | None
+    ) -> dict[str, np.ndarray]:
+        self.entered.set()
+        assert self.gate.wait(30)
+        self.runs.append((int(inputs["x"].shape[0]), keys))
+        return {"a": inputs["x"], "b": inputs["x"] * 2}
+
+
+def test_output_filters_share_one_scheduler_per_signature() -> None:
+    from pyserving.batching import BatchingServable
+
+    inner = TwoOutputs()
+    options = BatchingOptions(max_batch_size=8, num_batch_threads=1, max_enqueued_batches=4)
+    servable = BatchingServable(inner, options)
+    before = {t.name for t in threading.enumerate()}
+    try:
+        inner.gate.clear()
+        first = servable.run_future("s", {"x": np.array([[0.0]], np.float32)})
+        assert inner.entered.wait(10)
+        filters = [None, ["a"], ["b"], ["b", "a"]]
+        futures = [
+            servable.run_future("s", {"x": np.array([[float(i)]], np.float32)}, keys)
+            for i, keys in enumerate(filters, 1)
+        ]
+        inner.gate.set()
+        first.result(10)
+        answers = [f.result(10) for f in futures]
+        assert [list(a) for a in answers] == [["a", "b"], ["a"], ["b"], ["b", "a"]]
+        np.testing.assert_allclose(answers[3]["b"], [[8.0]])
+        # Different output selections ran in one batch, with every output computed...
+        assert inner.runs == [(1, None), (4, None)]
+        # ...on one scheduler: however many selections arrive, the threads stay bounded.
+        for i in range(20):
+            keys = ["a"] if i % 2 else ["b", "a"]
+            servable.run("s", {"x": np.array([[1.0]], np.float32)}, keys)
+        new_threads = {t.name for t in threading.enumerate()} - before
+        assert len(new_threads) == options.num_batch_threads, new_threads
+        with pytest.raises(InvalidArgument):
+            servable.run_future("s", {"x": np.array([[1.0]], np.float32)}, ["c"])
+        with pytest.raises(InvalidArgument):
+            servable.run("s", {"x": np.array([[1.0]], np.float32)}, ["a", "a"])
+    finally:
+        inner.gate.set()
+        servable.close()
+
+
+def test_cancelling_a_filtered_answer_takes_the_request_out_of_its_batch() -> None:
+    from pyserving.batching import BatchingServable
+
+    inner = TwoOutputs()
+    options = BatchingOptions(max_batch_size=8, num_batch_threads=1, max_enqueued_batches=4)
+    servable = BatchingServable(inner, options)
+    try:
+        inner.gate.clear()
+        first = servable.run_future("s", {"x": np.array([[0.0]], np.float32)})
+        assert inner.entered.wait(10)
+        kept = servable.run_future("s", {"x": np.array([[1.0]], np.float32)}, ["a"])
+        dropped = servable.run_future("s", {"x": np.array([[2.0]], np.float32)}, ["b"])
+        assert dropped.cancel()
+        inner.gate.set()
+        first.result(10)
+        np.testing.assert_allclose(kept.result(10)["a"], [[1.0]])
+        assert [rows for rows, _ in inner.runs] == [1, 1]
+    finally:
+        inner.gate.set()
+        servable.close()

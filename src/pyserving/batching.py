@@ -329,7 +329,9 @@ class BatchingServable:
     """A servable whose ``run`` goes through one :class:`BatchScheduler` per signature.
 
     Everything else (``signature_defs``, ``meta_graph``, ...) is the wrapped servable's.
-    Schedulers are created on first use of a signature (with a given output selection).
+    A scheduler is created on first use of a signature, so a model has at most one per
+    signature (its threads included), whatever outputs requests select: a batch computes
+    every output of its signature, and each request gets the outputs it asked for.
     """
 
     def __init__(
@@ -341,27 +343,25 @@ class BatchingServable:
         self.inner = inner
         self.options = options
         self._observer = observer
-        self._schedulers: dict[tuple[str, tuple[str, ...] | None], BatchScheduler] = {}
+        self._schedulers: dict[str, BatchScheduler] = {}
         self._lock = threading.Lock()
         self._closed = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def _scheduler(self, signature_name: str, output_keys: Sequence[str] | None) -> BatchScheduler:
-        key = (signature_name, tuple(output_keys) if output_keys is not None else None)
-        scheduler = self._schedulers.get(key)
+    def _scheduler(self, signature_name: str) -> BatchScheduler:
+        scheduler = self._schedulers.get(signature_name)
         if scheduler is not None:
             return scheduler
         with self._lock:
-            scheduler = self._schedulers.get(key)
+            scheduler = self._schedulers.get(signature_name)
             if scheduler is None:
                 if self._closed:
                     raise Unavailable("The servable is being unloaded")
-                keys = list(output_keys) if output_keys is not None else None
 
                 def run(inputs: Tensors) -> Tensors:
-                    return dict(self.inner.run(signature_name, inputs, keys))
+                    return dict(self.inner.run(signature_name, inputs, None))
 
                 observer = None
                 if self._observer is not None:
@@ -371,7 +371,7 @@ class BatchingServable:
                         report(signature_name, rows, padded, queued)
 
                 scheduler = BatchScheduler(run, self.options, "batch", observer)
-                self._schedulers[key] = scheduler
+                self._schedulers[signature_name] = scheduler
             return scheduler
 
     def run(
@@ -380,7 +380,10 @@ class BatchingServable:
         inputs: Mapping[str, np.ndarray],
         output_keys: Sequence[str] | None = None,
     ) -> dict[str, np.ndarray]:
-        return self._scheduler(signature_name, output_keys).submit(inputs)
+        if output_keys is None:
+            return self._scheduler(signature_name).submit(inputs)
+        self.inner.check_output_keys(signature_name, output_keys)
+        return _select(self._scheduler(signature_name).submit(inputs), output_keys)
 
     def run_future(
         self,
@@ -389,7 +392,27 @@ class BatchingServable:
         output_keys: Sequence[str] | None = None,
     ) -> concurrent.futures.Future[Tensors]:
         """As :meth:`run`, without waiting: see :meth:`BatchScheduler.submit_future`."""
-        return self._scheduler(signature_name, output_keys).submit_future(inputs)
+        if output_keys is None:
+            return self._scheduler(signature_name).submit_future(inputs)
+        self.inner.check_output_keys(signature_name, output_keys)
+        future = self._scheduler(signature_name).submit_future(inputs)
+        keys = list(output_keys)
+        selected: concurrent.futures.Future[Tensors] = concurrent.futures.Future()
+        # Cancelling the answer (a client gone) takes the request out of its batch.
+        selected.add_done_callback(lambda f: future.cancel() if f.cancelled() else None)
+
+        def select(done: concurrent.futures.Future[Tensors]) -> None:
+            if done.cancelled():
+                selected.cancel()
+                return
+            error = done.exception()
+            if error is not None:
+                selected.set_exception(error)
+            else:
+                selected.set_result(_select(done.result(), keys))
+
+        future.add_done_callback(select)
+        return selected
 
     def close(self) -> None:
         """Stop every scheduler (idempotent)."""
@@ -399,6 +422,11 @@ class BatchingServable:
             self._schedulers.clear()
         for scheduler in schedulers:
             scheduler.close()
+
+
+def _select(outputs: Tensors, keys: Sequence[str]) -> Tensors:
+    """The outputs named by ``keys``, in that order (the signature's keys, checked before)."""
+    return {key: outputs[key] for key in keys}
 
 
 class BatchingLoader(Loader):

@@ -399,6 +399,15 @@ class SavedModelServable:
                 self._callables[(info.name, key)] = fn
             return fn
 
+    def check_output_keys(self, signature_name: str, output_keys: Sequence[str]) -> None:
+        """Raise what :meth:`run` raises for ``signature_name`` and ``output_keys``
+        (``FailedPrecondition`` for an unknown signature, ``InvalidArgument`` for unknown or
+        repeated aliases) without running anything."""
+        info = self._infos.get(signature_name)
+        if info is None:
+            raise FailedPrecondition(f'Serving signature key "{signature_name}" not found.')
+        info.check_outputs(output_keys)
+
     def close(self) -> None:
         """Release the runtime and every compiled callable. Idempotent."""
         with self._lock:
