@@ -1,5 +1,9 @@
 """A file-system storage path source: polls model base paths for version directories.
 
+The rules below live in :class:`StoragePathSource`, which knows a model repository only
+through its listings; :class:`FileSystemStoragePathSource` lists local directories, and
+``sources/remote.py`` lists object stores (S3, GCS, Azure Blob) with the same rules.
+
 Rules (TF Serving's ``FileSystemStoragePathSource``):
 
 * A version is a child *directory* of the base path whose whole name is decimal digits that
@@ -79,11 +83,14 @@ import stat
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from pyserving.core.source import AspiredVersionsCallback, ServableData, ServableId, Source
 from pyserving.errors import NotFound
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _VERSION_RE = re.compile(r"^[0-9]+$")
 _INT64_MAX = 2**63 - 1
@@ -256,17 +263,31 @@ class _Candidate:
     unchanged: int = 0
     #: the fingerprint emitted with this version's path; None while it is not accepted yet
     accepted: str | None = None
+    #: the listing ``accepted`` was computed from
+    accepted_listing: tuple[ListingEntry, ...] = ()
     #: the fingerprint of the incomplete listing last reported as an error (None: none)
     reported: str | None = None
     waiting_logged: bool = False
 
 
-class FileSystemStoragePathSource(Source[str]):
-    """Emits version paths of the configured servables. Thread-safe; a context manager.
+class StoragePathSource(Source[T], Generic[T]):
+    """The module docstring's rules over any model repository that can be listed.
 
-    ``require_stable``: only accept complete versions whose listing is unchanged across two
-    polls (see the module docstring); ``None`` (default) means "when ``poll_wait_seconds`` > 0".
+    Subclasses say how a base path is listed and what is emitted for a version:
+
+    * :meth:`_list_versions` (``{version: path}``; raises ``OSError`` when the base path
+      cannot be read, which emits nothing for that servable, so loaded versions keep serving),
+    * :meth:`_version_listing` (the listing of one version, never raises),
+    * :meth:`_value` (the value emitted for an accepted version, given the listing it was
+      accepted with).
+
+    Thread-safe; a context manager. ``require_stable``: only accept complete versions whose
+    listing is unchanged across two polls (see the module docstring); ``None`` (default)
+    means "when ``poll_wait_seconds`` > 0".
     """
+
+    #: The name of the polling thread.
+    thread_name = "pyserving-source"
 
     def __init__(
         self,
@@ -277,6 +298,8 @@ class FileSystemStoragePathSource(Source[str]):
     ) -> None:
         self._servables: dict[str, ServableSourceConfig] = {s.name: s for s in servables}
         self._removed: set[str] = set()
+        #: servables handed over to another source: forgotten at the next poll, not emitted
+        self._forgotten: set[str] = set()
         self._poll_wait = poll_wait_seconds
         self._require_stable = poll_wait_seconds > 0 if require_stable is None else require_stable
         #: per servable name: (base path, candidates by version); absent until its first
@@ -292,14 +315,19 @@ class FileSystemStoragePathSource(Source[str]):
     def set_aspired_versions_callback(self, callback: AspiredVersionsCallback) -> None:
         self._callback = callback
 
-    def update_config(self, servables: Sequence[ServableSourceConfig]) -> None:
-        """Replace the watched set; servables no longer listed are emitted empty at next poll.
+    def update_config(
+        self, servables: Sequence[ServableSourceConfig], handed_over: Iterable[str] = ()
+    ) -> None:
+        """Replace the watched set; servables no longer listed are emitted empty at next poll,
+        except those ``handed_over`` to another source (which emits their versions from now
+        on: an empty list from this one would un-aspire them).
 
         A servable whose base path changed starts afresh (its next poll is a first poll)."""
         with self._lock:
             new = {s.name: s for s in servables}
-            self._removed |= set(self._servables) - set(new)
+            self._removed |= set(self._servables) - set(new) - set(handed_over)
             self._removed -= set(new)
+            self._forgotten |= set(handed_over) - set(new)
             self._servables = new
 
     def start(self) -> None:
@@ -307,9 +335,7 @@ class FileSystemStoragePathSource(Source[str]):
         if self._poll_wait >= 0:
             self.poll_once()
         if self._poll_wait > 0:
-            self._thread = threading.Thread(
-                target=self._loop, name="pyserving-fs-source", daemon=True
-            )
+            self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
             self._thread.start()
 
     def _loop(self) -> None:
@@ -317,7 +343,7 @@ class FileSystemStoragePathSource(Source[str]):
             try:
                 self.poll_once()
             except Exception:
-                log.exception("file system poll failed")
+                log.exception("model repository poll failed")
 
     def poll_once(self) -> None:
         """Scan every base path and emit the aspired versions of each servable."""
@@ -327,6 +353,9 @@ class FileSystemStoragePathSource(Source[str]):
             with self._lock:
                 servables = list(self._servables.values())
                 removed, self._removed = self._removed, set()
+                forgotten, self._forgotten = self._forgotten, set()
+            for name in forgotten - {s.name for s in servables}:
+                self._candidates.pop(name, None)
             for name in sorted(removed):
                 self._candidates.pop(name, None)
                 self._callback(name, [])
@@ -335,27 +364,59 @@ class FileSystemStoragePathSource(Source[str]):
                 if versions is not None:
                     self._callback(servable.name, versions)
 
-    def _scan(self, servable: ServableSourceConfig) -> list[ServableData[str]] | None:
+    # ------------------------------------------------------------------ listing hooks
+
+    def _list_versions(self, servable: ServableSourceConfig) -> dict[int, str]:
+        """``{version: path}`` of the version directories under the servable's base path;
+        ``OSError`` when it cannot be read."""
+        raise NotImplementedError
+
+    def _version_listing(
+        self, servable: ServableSourceConfig, version: int, path: str
+    ) -> tuple[ListingEntry, ...]:
+        """The sorted listing of one version directory found by the last
+        :meth:`_list_versions` (see :func:`version_listing`). Never raises."""
+        raise NotImplementedError
+
+    def _value(
+        self,
+        servable: ServableSourceConfig,
+        version: int,
+        path: str,
+        listing: tuple[ListingEntry, ...],
+        fingerprint: str,
+    ) -> T:
+        """What is emitted for an accepted version: ``listing`` is the one it was accepted
+        with, ``fingerprint`` its digest."""
+        raise NotImplementedError
+
+    def _display(self, path: str) -> str:
+        """``path`` as it may appear in logs and errors."""
+        return path
+
+    # ------------------------------------------------------------------ the rules
+
+    def _scan(self, servable: ServableSourceConfig) -> list[ServableData[T]] | None:
         known = self._candidates.get(servable.name)
         # The first poll of a servable accepts complete versions at once, even if it fails:
         # a base path that shows up later gets no such exception.
         first = known is None or known[0] != servable.base_path
         if first:
             self._candidates[servable.name] = (servable.base_path, {})
+        base = self._display(servable.base_path)
         try:
-            found = list_versions(servable.base_path)
+            found = self._list_versions(servable)
         except OSError as exc:
             self._warn_once(
                 servable.name,
-                f"Could not read base path {servable.base_path} for servable "
+                f"Could not read base path {base} for servable "
                 f"{servable.name}: {exc.strerror or exc}",
             )
             return None
         if not found:
             self._warn_once(
                 servable.name,
-                f"No versions of servable {servable.name} found under base path "
-                f"{servable.base_path}",
+                f"No versions of servable {servable.name} found under base path {base}",
             )
         else:
             self._warned.pop(servable.name, None)
@@ -366,7 +427,7 @@ class FileSystemStoragePathSource(Source[str]):
                 self._warn_once(
                     servable.name + "/specific",
                     f"Servable {servable.name}: requested versions {missing} not found under "
-                    f"{servable.base_path}",
+                    f"{base}",
                 )
         candidates = {v: c for v, c in self._candidates[servable.name][1].items() if v in found}
         self._candidates[servable.name] = (servable.base_path, candidates)
@@ -384,15 +445,23 @@ class FileSystemStoragePathSource(Source[str]):
         # Incomplete versions are reported only where the policy would pick them, and never
         # take an accepted version's place.
         reported = set(policy.select(accepted + incomplete)) & set(incomplete)
-        emitted: list[ServableData[str]] = []
+        emitted: list[ServableData[T]] = []
         for version in sorted(set(policy.select(accepted)) | reported):
             id = ServableId(servable.name, version)
             candidate = candidates[version]
             if version in reported:
-                error = incomplete_error(servable, version, found[version])
+                error = incomplete_error(servable, version, self._display(found[version]))
                 emitted.append(ServableData(id, error=error, fingerprint=candidate.reported))
             else:
-                emitted.append(ServableData(id, found[version], fingerprint=candidate.accepted))
+                assert candidate.accepted is not None
+                value = self._value(
+                    servable,
+                    version,
+                    found[version],
+                    candidate.accepted_listing,
+                    candidate.accepted,
+                )
+                emitted.append(ServableData(id, value, fingerprint=candidate.accepted))
         return emitted
 
     @staticmethod
@@ -417,7 +486,8 @@ class FileSystemStoragePathSource(Source[str]):
         error with ``candidate.reported``; ``WAITING``: do not emit it. Content without a
         marker is never accepted while ``require_stable``.
         """
-        listing = version_listing(path)
+        listing = self._version_listing(servable, version, path)
+        path = self._display(path)
         if listing == candidate.listing:
             candidate.unchanged += 1
         else:
@@ -428,6 +498,7 @@ class FileSystemStoragePathSource(Source[str]):
             return _Outcome.ACCEPTED
         if not self._require_stable:
             candidate.accepted = fingerprint
+            candidate.accepted_listing = listing
             return _Outcome.ACCEPTED
         markers = servable.complete_markers
         complete = not markers or any(
@@ -442,6 +513,7 @@ class FileSystemStoragePathSource(Source[str]):
                     "Servable %s version %d: content at %s changed", servable.name, version, path
                 )
                 candidate.accepted = fingerprint
+                candidate.accepted_listing = listing
             return _Outcome.ACCEPTED
         if complete and (stable or first):
             if candidate.reported is not None:
@@ -449,6 +521,7 @@ class FileSystemStoragePathSource(Source[str]):
                     "Servable %s version %d at %s is complete now", servable.name, version, path
                 )
             candidate.accepted = fingerprint
+            candidate.accepted_listing = listing
             candidate.reported = None
             return _Outcome.ACCEPTED
         if not complete and candidate.unchanged >= INCOMPLETE_SETTLE_POLLS:
@@ -500,8 +573,35 @@ class FileSystemStoragePathSource(Source[str]):
             self._thread.join()
             self._thread = None
 
-    def __enter__(self) -> FileSystemStoragePathSource:
+    def __enter__(self) -> StoragePathSource[T]:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class FileSystemStoragePathSource(StoragePathSource[str]):
+    """Emits the local paths of the configured servables' versions (module docstring)."""
+
+    thread_name = "pyserving-fs-source"
+
+    def _list_versions(self, servable: ServableSourceConfig) -> dict[int, str]:
+        return list_versions(servable.base_path)
+
+    def _version_listing(
+        self, servable: ServableSourceConfig, version: int, path: str
+    ) -> tuple[ListingEntry, ...]:
+        return version_listing(path)
+
+    def _value(
+        self,
+        servable: ServableSourceConfig,
+        version: int,
+        path: str,
+        listing: tuple[ListingEntry, ...],
+        fingerprint: str,
+    ) -> str:
+        return path
+
+    def __enter__(self) -> FileSystemStoragePathSource:
+        return self
