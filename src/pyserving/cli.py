@@ -195,6 +195,13 @@ FLAGS: tuple[Flag, ...] = (
         "",
         "pyserving: PEM CA certificates; REST clients must present a certificate they signed",
     ),
+    Flag(
+        "model_cache_dir",
+        str,
+        "",
+        "pyserving: where versions of models in object stores (s3://, gs://, az://) are "
+        "copied before loading (default: <temp dir>/pyserving-model-cache)",
+    ),
 )
 
 _BY_NAME = {f.name: f for f in FLAGS}

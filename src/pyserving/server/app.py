@@ -199,6 +199,7 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         prefer_tflite_model=flags.prefer_tflite_model,
         num_tflite_pools=max(1, flags.num_tflite_pools),
         num_tflite_interpreters_per_pool=max(1, flags.num_tflite_interpreters_per_pool),
+        model_cache_dir=flags.model_cache_dir,
     )
     return ServerOptions(
         core=core,

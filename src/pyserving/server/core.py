@@ -1,8 +1,11 @@
 """ServerCore: turns a ModelServerConfig into a running lifecycle pipeline.
 
 ``FileSystemStoragePathSource -> PathToLoaderAdapter -> AspiredVersionsManager``, with a
-``ServableStateMonitor`` on the manager's event bus. Front ends (REST, gRPC) only ask it for
-handles, model status and labels; they never touch the pipeline.
+``ServableStateMonitor`` on the manager's event bus; models whose base path is an object
+store URL (``s3://``, ``gs://``, ``az://``, ``abfs://``) come from
+``RemoteStoragePathSource -> RemoteVersionToLoaderAdapter`` (``CachedVersionLoader``: copy
+into the local cache, then the same path->Loader factory) into the same manager. Front ends
+(REST, gRPC) only ask it for handles, model status and labels; they never touch the pipeline.
 
 Contract:
 
@@ -29,19 +32,27 @@ from tensorflow_serving.config import model_server_config_pb2
 from pyserving.batching import BatchingLoader, BatchingOptions
 from pyserving.config import ConfigError, read_text_proto, validate_model_server_config
 from pyserving.core.handle import ServableHandle, ServableRequest
-from pyserving.core.loader import Loader
+from pyserving.core.loader import DISK_SIZE_RAM_MULTIPLIER, Loader, ResourceEstimate
 from pyserving.core.manager import AspiredVersionsManager, ManagerOptions
 from pyserving.core.monitor import ManagerState, ServableState, ServableStateMonitor
 from pyserving.core.source import ServableId, connect
 from pyserving.errors import FailedPrecondition, InvalidArgument, NotFound
 from pyserving.protos import BatchingParameters
 from pyserving.server.metrics import ServerMetrics
-from pyserving.sources.adapter import PathToLoaderAdapter
+from pyserving.sources.adapter import PathToLoaderAdapter, RemoteVersionToLoaderAdapter
+from pyserving.sources.cache import CachedVersionLoader, ModelCache
 from pyserving.sources.filesystem import (
     SAVED_MODEL_MARKERS,
     FileSystemStoragePathSource,
     ServableSourceConfig,
     ServableVersionPolicy,
+)
+from pyserving.sources.remote import (
+    RemoteStoragePathSource,
+    RemoteVersion,
+    check_base_path,
+    is_remote,
+    local_path,
 )
 from pyserving.warmup import WarmupLoader
 
@@ -72,6 +83,9 @@ class ServerCoreOptions:
     ``model.tflite`` is served from that file by the TFLite platform (and ``model.tflite``
     also makes such a directory complete); ``num_tflite_pools`` x
     ``num_tflite_interpreters_per_pool`` interpreters serve it.
+    ``model_cache_dir``: where versions from object stores are copied ("" = under the
+    temporary directory; see ``sources/cache.py``); ``download_attempts`` and
+    ``download_backoff`` bound the copy retries within one load.
     """
 
     manager: ManagerOptions = field(default_factory=ManagerOptions)
@@ -100,6 +114,9 @@ class ServerCoreOptions:
     prefer_tflite_model: bool = False
     num_tflite_pools: int = 1
     num_tflite_interpreters_per_pool: int = 1
+    model_cache_dir: str = ""
+    download_attempts: int = 3
+    download_backoff: float = 1.0
 
 
 class ServerCore:
@@ -121,6 +138,17 @@ class ServerCore:
         )
         connect(self._source, self._adapter)
         connect(self._adapter, self.manager)
+        self.cache = ModelCache(self.options.model_cache_dir)
+        self._remote_source = RemoteStoragePathSource(
+            poll_wait_seconds=self.options.file_system_poll_wait_seconds,
+            on_store_event=self._on_store_event,
+            on_aspired=self.cache.update_aspired,
+        )
+        self._remote_adapter = RemoteVersionToLoaderAdapter(self._make_remote_loader)
+        connect(self._remote_source, self._remote_adapter)
+        connect(self._remote_adapter, self.manager)
+        self._remote_names: set[str] = set()
+        self._remote_started = False
         self._reload_lock = threading.Lock()
         self._started = False
         self._closed = False
@@ -146,6 +174,9 @@ class ServerCore:
                     f"Model {model.name} requests model_platform {model.model_platform!r}, "
                     "which this server does not support"
                 )
+            check_base_path(model.name, model.base_path)
+        if any(is_remote(m.base_path) for m in config.model_config_list.config):
+            self.cache.open()
         with self._reload_lock:
             models = {m.name: m for m in config.model_config_list.config}
             for name in models:
@@ -157,12 +188,27 @@ class ServerCore:
             self._models = models
             self._config = model_server_config_pb2.ModelServerConfig()
             self._config.CopyFrom(config)
-            self._source.update_config([self._source_config(m) for m in models.values()])
+            configs = [self._source_config(m) for m in models.values()]
+            local = [c for c in configs if not is_remote(c.base_path)]
+            remote = [c for c in configs if is_remote(c.base_path)]
+            remote_names = {c.name for c in remote}
+            # A model moving between the two sources is handed over: the source it leaves
+            # must not emit an empty list for it (that would un-aspire the other's versions).
+            self._source.update_config(local, handed_over=remote_names)
+            self._remote_source.update_config(
+                remote, handed_over={c.name for c in local} & self._remote_names
+            )
+            self._remote_names = remote_names
             if not self._started:
                 self._started = True
                 self._source.start()
             elif self.options.file_system_poll_wait_seconds >= 0:
                 self._source.poll_once()
+            if remote and not self._remote_started:
+                self._remote_started = True
+                self._remote_source.start()
+            elif self._remote_started and self.options.file_system_poll_wait_seconds >= 0:
+                self._remote_source.poll_once()
             self.monitor.wait_until_settled(models, timeout=self.options.settle_timeout)
             for name in removed:
                 self._wait_until_unloaded(name)
@@ -187,7 +233,8 @@ class ServerCore:
             from pyserving.platforms.tflite.loader import TFLITE_MODEL_FILENAME
 
             markers = (*markers, TFLITE_MODEL_FILENAME)
-        return ServableSourceConfig(model.name, model.base_path, version_policy, markers)
+        base_path = local_path(model.base_path)
+        return ServableSourceConfig(model.name, base_path, version_policy, markers)
 
     def _wait_until_unloaded(self, name: str) -> None:
         def gone(m: ServableStateMonitor) -> bool:
@@ -233,6 +280,47 @@ class ServerCore:
 
             loader = WarmupLoader(loader, path, self.options.warmup_iterations, observe_warmup)
         return loader
+
+    def _make_remote_loader(self, id: ServableId, version: RemoteVersion) -> Loader:
+        """A loader that copies ``version`` into the cache on ``load``, then loads the local
+        copy with :meth:`_make_loader`; its estimate comes from the listed sizes."""
+        model = self._models.get(id.name)
+        if model is None:
+            raise NotFound(f"Model {id.name} is no longer configured")
+        return CachedVersionLoader(
+            version,
+            self.cache,
+            lambda path: self._make_loader(id, path),
+            self._remote_estimate(model, version),
+            attempts=self.options.download_attempts,
+            backoff=self.options.download_backoff,
+            on_store_event=self._on_store_event,
+        )
+
+    def _remote_estimate(
+        self, model: model_server_config_pb2.ModelConfig, version: RemoteVersion
+    ) -> ResourceEstimate:
+        """The estimate the local copy's loader would make, from the listing's sizes: 1.2 x
+        the version's bytes, or for a TFLite-served version 1.2 x ``model.tflite`` per
+        interpreter."""
+        if self.options.prefer_tflite_model and (model.model_platform or "tensorflow") == (
+            "tensorflow"
+        ):
+            from pyserving.platforms.tflite.loader import TFLITE_MODEL_FILENAME
+
+            size = version.file_size(TFLITE_MODEL_FILENAME)
+            if size is not None:
+                interpreters = self.options.num_tflite_pools * (
+                    self.options.num_tflite_interpreters_per_pool
+                )
+                return ResourceEstimate(
+                    ram_bytes=int(size * DISK_SIZE_RAM_MULTIPLIER * max(1, interpreters))
+                )
+        return ResourceEstimate(ram_bytes=int(version.total_bytes * DISK_SIZE_RAM_MULTIPLIER))
+
+    def _on_store_event(self, name: str, operation: str, ok: bool, nbytes: int) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_store(name, operation, ok, nbytes)
 
     def _batching_options(self, version_path: str) -> BatchingOptions | None:
         """The batching a version gets: its own ``batching_params.pbtxt`` (when per-model
@@ -317,8 +405,10 @@ class ServerCore:
             return
         self._closed = True
         self._source.close()
+        self._remote_source.close()
         self.manager.close()
         self.monitor.close()
+        self.cache.close()
 
     def __enter__(self) -> ServerCore:
         return self

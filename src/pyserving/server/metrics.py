@@ -16,6 +16,11 @@ and pyserving's own:
 
 * ``pyserving_model_version_state{model_name,version,state}`` (gauge, 1 for the state a
   version is in; a version appears once it is seen)
+* for models in object stores: ``pyserving_model_store_up{model_name}`` (gauge, 1 when the
+  last listing of the model's base path succeeded, 0 when it failed),
+  ``pyserving_model_store_errors{model_name,operation}`` (counter; ``operation`` is
+  ``list`` or ``download``, one per failed listing or download attempt) and
+  ``pyserving_model_store_downloaded_bytes{model_name}`` (counter)
 
 Counters are exported under their own name (not ``_total``-suffixed) as TF Serving does.
 Recording is thread-safe and cheap (a lock and a dict update); rendering happens per scrape.
@@ -140,6 +145,17 @@ class ServerMetrics(Collector):
             ("model_name", "signature"),
             LATENCY_BUCKETS_US,
         )
+        self.store_errors = _Counter(
+            "pyserving_model_store_errors",
+            "Failed listings and download attempts of models in object stores.",
+            ("model_name", "operation"),
+        )
+        self.store_downloaded = _Counter(
+            "pyserving_model_store_downloaded_bytes",
+            "Bytes copied from object stores into the local model cache.",
+            ("model_name",),
+        )
+        self._store_up: dict[str, bool] = {}
         self._states: dict[tuple[str, int], ManagerState] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -167,6 +183,17 @@ class ServerMetrics(Collector):
             self.batch_size.observe(key, rows)
             self.padding_size.observe(key, padded - rows)
             self.queuing_latency.observe(key, queued_seconds * 1e6)
+
+    def observe_store(self, model_name: str, operation: str, ok: bool, nbytes: int = 0) -> None:
+        """One listing (``operation="list"``) or download attempt (``"download"``, with the
+        bytes it copied) of a model in an object store."""
+        with self._lock:
+            if operation == "list":
+                self._store_up[model_name] = ok
+            if not ok:
+                self.store_errors.inc((model_name, operation))
+            elif nbytes:
+                self.store_downloaded.inc((model_name,), nbytes)
 
     def on_state(self, state: ServableState, model_path: str | None = None) -> None:
         """Event-bus subscriber: version states and load latencies."""
@@ -205,6 +232,19 @@ class ServerMetrics(Collector):
                         1.0 if candidate is current else 0.0,
                     )
             yield gauge
+            if self._store_up:
+                up = Metric(
+                    "pyserving_model_store_up",
+                    "1 when the last listing of the model's object store succeeded, else 0.",
+                    "gauge",
+                )
+                for name, ok in sorted(self._store_up.items()):
+                    up.add_sample(
+                        "pyserving_model_store_up", {"model_name": name}, 1.0 if ok else 0.0
+                    )
+                yield up
+                yield self.store_errors.metric()
+                yield self.store_downloaded.metric()
 
     def render(self) -> bytes:
         """The text exposition format (0.0.4) of every metric, TF Serving's way: a counter's

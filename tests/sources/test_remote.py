@@ -1,0 +1,494 @@
+"""The object-store source and the local model cache, on fsspec's in-memory store.
+
+The same rules as the file-system source (complete, stable, fingerprinted versions), one
+listing per servable per poll, an unreachable store changing nothing, downloads that are
+atomic, verified, retried and resumed, and cached copies deleted once unneeded. The real
+stores (S3 on moto, GCS on its emulator, Azure on Azurite) are in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import pathlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import fsspec
+import pytest
+
+from pyserving.core.loader import Loader, ResourceEstimate
+from pyserving.core.source import ServableData
+from pyserving.errors import FailedPrecondition, NotFound, Unavailable
+from pyserving.sources import cache as cache_module
+from pyserving.sources.cache import CachedVersionLoader, ModelCache
+from pyserving.sources.filesystem import (
+    SAVED_MODEL_MARKERS,
+    ServableSourceConfig,
+    ServableVersionPolicy,
+)
+from pyserving.sources.remote import (
+    ObjectStore,
+    RemoteStoragePathSource,
+    RemoteVersion,
+    StoreError,
+    check_base_path,
+    display_url,
+    is_remote,
+    local_path,
+    redact,
+    scheme_of,
+    storage_options,
+)
+
+_counter = itertools.count()
+
+
+class SpyFileSystem:
+    """An fsspec filesystem wrapper counting calls; ``fail_find`` / ``fail_get`` make the
+    next calls raise, ``truncate_after`` copies that many files then fails midway."""
+
+    def __init__(self, fs: Any) -> None:
+        self.fs = fs
+        self.calls: list[str] = []
+        self.fail_find: Exception | None = None
+        self.fail_get = 0
+        self.truncate_after: int | None = None
+        self.copied: list[str] = []
+
+    def _strip_protocol(self, path: str) -> str:
+        return str(self.fs._strip_protocol(path))
+
+    def find(self, path: str, **kwargs: Any) -> Any:
+        self.calls.append("find")
+        if self.fail_find is not None:
+            raise self.fail_find
+        return self.fs.find(path, **kwargs)
+
+    def get(self, remote: Sequence[str], local: Sequence[str]) -> None:
+        self.calls.append("get")
+        if self.fail_get:
+            self.fail_get -= 1
+            raise ConnectionResetError("Connection reset by peer")
+        for index, (rpath, lpath) in enumerate(zip(remote, local, strict=True)):
+            if self.truncate_after is not None and index >= self.truncate_after:
+                self.truncate_after = None
+                with open(lpath, "wb") as f:
+                    f.write(self.fs.cat_file(rpath)[:1])  # a partial file
+                raise TimeoutError("read timed out")
+            self.fs.get_file(rpath, lpath)
+            self.copied.append(rpath)
+
+    def __getattr__(self, name: str) -> Any:
+        self.calls.append(name)
+        return getattr(self.fs, name)
+
+
+@pytest.fixture
+def store() -> Iterator[tuple[str, SpyFileSystem]]:
+    """A fresh base URL on the in-memory store, and a spy on the filesystem."""
+    fs = fsspec.filesystem("memory")
+    base = f"memory://models{next(_counter)}-{os.getpid()}/m"
+    yield base, SpyFileSystem(fs)
+    fs.rm(fs._strip_protocol(base).split("/")[0], recursive=True)
+
+
+def put(spy: SpyFileSystem, url: str, data: bytes = b"x") -> None:
+    spy.fs.pipe_file(spy.fs._strip_protocol(url), data)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[ServableData[RemoteVersion]]]] = []
+
+    def __call__(self, name: str, versions: Sequence[ServableData[Any]]) -> None:
+        self.calls.append((name, list(versions)))
+
+    def last(self) -> dict[int, ServableData[RemoteVersion]]:
+        return {d.id.version: d for d in self.calls[-1][1]}
+
+
+def make_source(
+    base: str, spy: SpyFileSystem, events: list[tuple[str, str, bool, int]] | None = None
+) -> tuple[RemoteStoragePathSource, Recorder]:
+    config = ServableSourceConfig("m", base, complete_markers=SAVED_MODEL_MARKERS)
+    source = RemoteStoragePathSource(
+        [config],
+        -1,
+        require_stable=True,
+        store_factory=lambda url: ObjectStore(url, spy),
+        on_store_event=None if events is None else lambda *e: events.append(e),
+    )
+    recorder = Recorder()
+    source.set_aspired_versions_callback(recorder)
+    return source, recorder
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def test_redact_hides_secret_environment_values_and_fields(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value")
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "AccountName=a;AccountKey=k3y==;")
+    text = redact(
+        "failed with s3cr3t-value; AccountName=a;AccountKey=k3y==; "
+        "https://a.blob.core.windows.net/c?sv=1&sig=abc%2B&se=2 http://user:pw@host/x"
+    )
+    assert "s3cr3t-value" not in text and "k3y" not in text and "abc%2B" not in text
+    assert "pw@" not in text and "http://***@host/x" in text
+    assert redact("AccountName=devstore;AccountKey=abc;") == "AccountName=devstore;AccountKey=***;"
+
+
+def test_display_url_drops_query_and_password() -> None:
+    assert display_url("az://c/m?sv=1&sig=secret") == "az://c/m"
+    assert display_url("s3://bucket/models/m") == "s3://bucket/models/m"
+    assert display_url("abfs://c@acct.dfs.core.windows.net/m") == (
+        "abfs://c@acct.dfs.core.windows.net/m"
+    )
+
+
+def test_schemes() -> None:
+    assert scheme_of("S3://b/m") == "s3" and scheme_of("/models/m") == ""
+    assert all(is_remote(u) for u in ("s3://b/m", "gs://b/m", "az://c/m", "abfs://c@a/m"))
+    assert not is_remote("/models/m") and not is_remote("file:///models/m")
+    assert local_path("file:///models/m") == "/models/m"
+    assert local_path("/models/m") == "/models/m"
+
+
+def test_check_base_path() -> None:
+    check_base_path("m", "/models/m")
+    check_base_path("m", "s3://bucket/m")
+    check_base_path("m", "gs://bucket/m")
+    check_base_path("m", "az://container/m")
+    with pytest.raises(Exception, match=r"the hdfs:// scheme is not supported"):
+        check_base_path("m", "hdfs://namenode/m")
+
+
+def test_storage_options_from_tf_serving_variables() -> None:
+    options = storage_options("s3", {"S3_ENDPOINT": "minio:9000", "S3_USE_HTTPS": "0"})
+    assert options["endpoint_url"] == "http://minio:9000"
+    assert options["use_listings_cache"] is False
+    # botocore reads AWS_ENDPOINT_URL itself: not overridden
+    both = {"S3_ENDPOINT": "minio:9000", "AWS_ENDPOINT_URL": "http://other:9000"}
+    assert "endpoint_url" not in storage_options("s3", both)
+    assert storage_options("s3", {"S3_VERIFY_SSL": "0"})["client_kwargs"] == {"verify": False}
+    assert storage_options("gs", {"STORAGE_EMULATOR_HOST": "http://h:1"})["token"] == "anon"
+    assert "token" not in storage_options("gs", {})
+
+
+# ---------------------------------------------------------------------- the source
+
+
+def test_one_listing_per_poll_and_the_files_emitted(
+    store: tuple[str, SpyFileSystem],
+) -> None:
+    base, spy = store
+    put(spy, f"{base}/1/saved_model.pb", b"pb" * 10)
+    put(spy, f"{base}/1/variables/variables.index", b"i" * 3)
+    put(spy, f"{base}/1/variables/variables.data-00000-of-00001", b"d" * 7)
+    put(spy, f"{base}/2/", b"")  # a placeholder: version 2 exists, empty
+    put(spy, f"{base}/README", b"not a version")
+    source, recorder = make_source(base, spy)
+    source.poll_once()
+    assert spy.calls == ["find"]
+    (version,) = recorder.last().values()
+    value = version.value()
+    assert (value.name, value.version, value.url) == ("m", 1, f"{base}/1")
+    assert value.files == (
+        ("saved_model.pb", 20),
+        ("variables/variables.data-00000-of-00001", 7),
+        ("variables/variables.index", 3),
+    )
+    assert value.total_bytes == 30 and version.fingerprint == value.fingerprint
+    source.poll_once()
+    source.poll_once()
+    assert spy.calls == ["find"] * 3
+
+
+def test_a_version_uploaded_model_file_last_is_emitted_once_complete_and_unchanged(
+    store: tuple[str, SpyFileSystem],
+) -> None:
+    base, spy = store
+    put(spy, f"{base}/1/saved_model.pb")
+    source, recorder = make_source(base, spy)
+    source.poll_once()
+    assert list(recorder.last()) == [1]
+    put(spy, f"{base}/2/variables/variables.index")
+    source.poll_once()
+    put(spy, f"{base}/2/variables/variables.data-00000-of-00001")
+    source.poll_once()
+    assert list(recorder.last()) == [1]
+    put(spy, f"{base}/2/saved_model.pb")
+    source.poll_once()  # complete, first seen so
+    assert list(recorder.last()) == [1]
+    source.poll_once()  # unchanged since: accepted, and 1 is no longer aspired
+    assert list(recorder.last()) == [2]
+    assert recorder.last()[2].value().file_size("saved_model.pb") == 1
+
+
+def test_new_content_under_the_same_version_changes_the_fingerprint(
+    store: tuple[str, SpyFileSystem],
+) -> None:
+    base, spy = store
+    put(spy, f"{base}/1/saved_model.pb", b"a")
+    source, recorder = make_source(base, spy)
+    source.poll_once()
+    first = recorder.last()[1].fingerprint
+    put(spy, f"{base}/1/saved_model.pb", b"bb")
+    source.poll_once()
+    assert recorder.last()[1].fingerprint == first  # changing: the old content is emitted
+    assert recorder.last()[1].value().files == (("saved_model.pb", 1),)
+    source.poll_once()
+    assert recorder.last()[1].fingerprint != first
+    assert recorder.last()[1].value().files == (("saved_model.pb", 2),)
+
+
+def test_unreachable_store_emits_nothing_and_is_reported(
+    store: tuple[str, SpyFileSystem],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-key")
+    base, spy = store
+    put(spy, f"{base}/1/saved_model.pb")
+    events: list[tuple[str, str, bool, int]] = []
+    source, recorder = make_source(base, spy, events)
+    source.poll_once()
+    assert len(recorder.calls) == 1 and events == [("m", "list", True, 0)]
+    spy.fail_find = ConnectionRefusedError("connect failed, key very-secret-key")
+    with caplog.at_level(logging.INFO, logger="pyserving"):
+        for _ in range(3):
+            source.poll_once()
+        assert len(recorder.calls) == 1  # nothing emitted: the loaded versions stay aspired
+        assert events[1:] == [("m", "list", False, 0)] * 3
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, warnings  # once until it changes
+        assert "Could not read base path" in warnings[0]
+        assert "ConnectionRefusedError" in warnings[0]
+        assert "very-secret-key" not in caplog.text
+        spy.fail_find = None
+        source.poll_once()
+        assert "answers again for servable m" in caplog.text
+    assert list(recorder.last()) == [1]
+
+
+def test_unsafe_object_names_are_left_out(
+    store: tuple[str, SpyFileSystem], caplog: pytest.LogCaptureFixture
+) -> None:
+    base, spy = store
+    put(spy, f"{base}/1/saved_model.pb")
+    root = spy.fs._strip_protocol(base)
+    spy.fs.store[f"{root}/1/a/../../../escape"] = spy.fs.store[f"{root}/1/saved_model.pb"]
+    source, recorder = make_source(base, spy)
+    with caplog.at_level(logging.WARNING):
+        source.poll_once()
+    assert recorder.last()[1].value().files == (("saved_model.pb", 1),)
+    assert "cannot be copied to a local directory" in caplog.text
+
+
+# ---------------------------------------------------------------------- the cache
+
+
+def remote_version(base: str, spy: SpyFileSystem, version: int = 1) -> RemoteVersion:
+    source, recorder = make_source(base, spy)
+    source.poll_once()
+    return recorder.last()[version].value()
+
+
+def test_download_once_into_place(store: tuple[str, SpyFileSystem], tmp_path: pathlib.Path) -> None:
+    base, spy = store
+    put(spy, f"{base}/1/saved_model.pb", b"p" * 5)
+    put(spy, f"{base}/1/variables/variables.index", b"i" * 2)
+    version = remote_version(base, spy)
+    cache = ModelCache(str(tmp_path / "cache"))
+    events: list[tuple[str, str, bool, int]] = []
+    path = cache.fetch(version, on_store_event=lambda *e: events.append(e))
+    assert path == str(tmp_path / "cache" / "m" / f"1-{version.fingerprint}")
+    assert (pathlib.Path(path) / "variables" / "variables.index").read_bytes() == b"ii"
+    assert events == [("m", "download", True, 7)]
+    assert cache.fetch(version) == path
+    assert spy.copied.count(spy.fs._strip_protocol(f"{base}/1/saved_model.pb")) == 1
+    cache.close()
+    # A later server with the same directory uses the copy as it is.
+    again = ModelCache(str(tmp_path / "cache"))
+    assert again.fetch(version) == path
+    assert spy.calls.count("get") == 1
+    again.close()
+
+
+def test_failed_download_is_retried_resumed_and_never_visible_half(
+    store: tuple[str, SpyFileSystem], tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cache_module.time, "sleep", lambda _s: None)
+    base, spy = store
+    for name in ("saved_model.pb", "variables/a", "variables/b"):
+        put(spy, f"{base}/1/{name}", b"content")
+    version = remote_version(base, spy)
+    cache = ModelCache(str(tmp_path / "cache"))
+    spy.truncate_after = 1  # the second file breaks off midway
+    events: list[tuple[str, str, bool, int]] = []
+    path = cache.fetch(version, attempts=3, on_store_event=lambda *e: events.append(e))
+    assert [e[2] for e in events] == [False, True]
+    assert sorted(p.name for p in (tmp_path / "cache" / "m").iterdir()) == [
+        f"1-{version.fingerprint}"
+    ]
+    for name in ("saved_model.pb", "variables/a", "variables/b"):
+        assert (pathlib.Path(path) / name).read_bytes() == b"content"
+    first = spy.fs._strip_protocol(f"{base}/1/saved_model.pb")
+    assert spy.copied.count(first) == 1  # resumed: the complete file was not copied again
+    cache.close()
+
+
+def test_download_failing_every_attempt_leaves_nothing(
+    store: tuple[str, SpyFileSystem], tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cache_module.time, "sleep", lambda _s: None)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "the-secret-key")
+    base, spy = store
+    put(spy, f"{base}/1/saved_model.pb")
+    version = remote_version(base, spy)
+    cache = ModelCache(str(tmp_path / "cache"))
+    spy.fail_get = 5
+    with pytest.raises(Unavailable, match=r"Could not copy servable .* \(2 attempts\)"):
+        cache.fetch(version, attempts=2)
+    assert list((tmp_path / "cache" / "m").iterdir()) == []
+    cache.close()
+
+
+def test_content_changed_since_listing_is_refused(
+    store: tuple[str, SpyFileSystem], tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cache_module.time, "sleep", lambda _s: None)
+    base, spy = store
+    put(spy, f"{base}/1/saved_model.pb", b"old")
+    version = remote_version(base, spy)
+    put(spy, f"{base}/1/saved_model.pb", b"newer content")
+    cache = ModelCache(str(tmp_path / "cache"))
+    with pytest.raises(Unavailable, match="it changed in the store since"):
+        cache.fetch(version, attempts=1)
+    assert not os.path.exists(cache.path_for(version))
+    cache.close()
+
+
+def test_copies_no_longer_needed_are_deleted(
+    store: tuple[str, SpyFileSystem], tmp_path: pathlib.Path
+) -> None:
+    base, spy = store
+    put(spy, f"{base}/1/saved_model.pb")
+    put(spy, f"{base}/2/saved_model.pb")
+    cache = ModelCache(str(tmp_path / "cache"))
+    cache.open()
+    config = ServableSourceConfig("m", base, ServableVersionPolicy.all(), SAVED_MODEL_MARKERS)
+    source = RemoteStoragePathSource(
+        [config],
+        -1,
+        store_factory=lambda url: ObjectStore(url, spy),
+        on_aspired=cache.update_aspired,
+    )
+    recorder = Recorder()
+    source.set_aspired_versions_callback(recorder)
+    leftover = tmp_path / "cache" / "gone" / "3-abc"  # a model no longer configured
+    leftover.mkdir(parents=True)
+    stale = tmp_path / "cache" / "m" / ".partial-2-xyz"  # a copy an earlier run left half
+    stale.mkdir(parents=True)
+    source.poll_once()
+    v1, v2 = recorder.last()[1].value(), recorder.last()[2].value()
+    assert not leftover.exists() and not stale.exists()
+    cache.acquire(v1)
+    p1, p2 = cache.fetch(v1), cache.fetch(v2)
+    spy.fs.rm(spy.fs._strip_protocol(f"{base}/1"), recursive=True)
+    source.poll_once()  # 1 is no longer aspired, but in use: kept
+    assert os.path.isdir(p1) and os.path.isdir(p2)
+    cache.release(v1)  # unloaded: deleted
+    assert not os.path.exists(p1) and os.path.isdir(p2)
+    # A store that cannot be listed deletes nothing.
+    spy.fail_find = OSError("unreachable")
+    source.poll_once()
+    assert os.path.isdir(p2)
+    source.update_config([])
+    spy.fail_find = None
+    source.poll_once()
+    assert not os.path.exists(p2)
+    cache.close()
+
+
+def test_one_server_per_cache_directory(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = ModelCache(str(tmp_path / "cache"))
+    assert first.open() == str(tmp_path / "cache")
+    with pytest.raises(FailedPrecondition, match="in use by another pyserving process"):
+        ModelCache(str(tmp_path / "cache")).open()
+    first.close()
+    # The default directory falls back to one of the process's own, removed at close.
+    monkeypatch.setattr(cache_module.tempfile, "gettempdir", lambda: str(tmp_path))
+    a, b = ModelCache(), ModelCache()
+    assert a.open() == str(tmp_path / "pyserving-model-cache")
+    private = b.open()
+    assert private == str(tmp_path / f"pyserving-model-cache-{os.getpid()}")
+    b.close()
+    assert not os.path.exists(private)
+    a.close()
+
+
+class FakeLoader(Loader):
+    def __init__(self, path: str, fail: bool = False) -> None:
+        self.path, self.fail, self.loaded = path, fail, False
+
+    def estimate_resources(self) -> ResourceEstimate:
+        return ResourceEstimate(ram_bytes=10)
+
+    def load(self) -> None:
+        if self.fail:
+            raise NotFound("broken model")
+        self.loaded = True
+
+    def unload(self) -> None:
+        self.loaded = False
+
+    def servable(self) -> Any:
+        return self.path
+
+
+def test_cached_version_loader(store: tuple[str, SpyFileSystem], tmp_path: pathlib.Path) -> None:
+    base, spy = store
+    put(spy, f"{base}/1/saved_model.pb", b"x" * 1000)
+    version = remote_version(base, spy)
+    cache = ModelCache(str(tmp_path / "cache"))
+    built: list[FakeLoader] = []
+
+    def factory(path: str) -> Loader:
+        built.append(FakeLoader(path))
+        return built[-1]
+
+    loader = CachedVersionLoader(version, cache, factory, ResourceEstimate(ram_bytes=1200))
+    # The estimate comes from the listing: nothing downloaded, no inner loader yet.
+    assert loader.estimate_resources() == ResourceEstimate(ram_bytes=1200)
+    assert built == [] and "get" not in spy.calls
+    loader.load()
+    assert built[0].loaded and loader.servable() == cache.path_for(version)
+    assert loader.estimate_resources() == ResourceEstimate(ram_bytes=10)  # never grows
+    cache.update_aspired({"m": set()}, {"m"})
+    assert os.path.isdir(cache.path_for(version))  # in use
+    loader.unload()
+    assert not os.path.exists(cache.path_for(version))
+
+    failing = CachedVersionLoader(
+        version, cache, lambda path: FakeLoader(path, fail=True), ResourceEstimate()
+    )
+    with pytest.raises(NotFound):
+        failing.load()
+    assert not os.path.exists(cache.path_for(version))  # released; not aspired: deleted
+    with pytest.raises(FailedPrecondition):
+        failing.servable()
+    cache.close()
+
+
+def test_store_errors_are_store_errors(store: tuple[str, SpyFileSystem]) -> None:
+    base, spy = store
+    spy.fail_find = RuntimeError("boom")
+    with pytest.raises(StoreError, match="RuntimeError: boom"):
+        ObjectStore(base, spy).list_tree(base)
