@@ -514,16 +514,23 @@ def test_double_text() -> None:
     )
     assert out == b'{"outputs":[0.33333333333333331,2.0,1e+300,1e+06,123456789.0]}'
     rng = np.random.default_rng(3)
-    values = np.concatenate([rng.standard_normal(500) * 10.0 ** rng.integers(-30, 30, 500)])
-    out = format_predict_response({"y": values}, "columnar")
-    assert (
-        out
-        == (
-            '{"outputs":['
-            + ",".join(tf_float_text(v, single=False) for v in values.tolist())
-            + "]}"
-        ).encode()
+    special = [5e-324, 2.2250738585072014e-308, 1.7976931348623157e308, 1e23, 1e-300, 0.5]
+    values = np.concatenate(
+        [
+            rng.standard_normal(500) * 10.0 ** rng.integers(-300, 300, 500),
+            [  # short decimals: written with six digits
+                round(v, int(d))
+                for v, d in zip(
+                    rng.standard_normal(200) * 1e4, rng.integers(0, 6, 200), strict=True
+                )
+            ],
+            rng.integers(-(10**17), 10**17, 100).astype(np.float64),
+            [*special, -0.0, 0.0, np.nan, np.inf, -np.inf],
+        ]
     )
+    texts = ",".join(tf_float_text(v, single=False) for v in values.tolist())
+    out = format_predict_response({"y": values}, "columnar")
+    assert out == f'{{"outputs":[{texts}]}}'.encode()
 
 
 def test_float32_values_match_the_reference_formatter() -> None:
@@ -562,6 +569,42 @@ def test_float32_text_near_powers_of_ten_and_in_every_range() -> None:
     texts = [tf_float_text(v) for v in values.tolist()]
     printed = format_predict_response({"y": values}, "columnar")
     assert printed == ('{"outputs":[' + ",".join(texts) + "]}").encode()
+
+
+@pytest.mark.parametrize("tiny", [0, 3, 40, 400], ids=lambda n: f"{n}-tiny")
+@pytest.mark.parametrize("shape", [(1000,), (8, 125), (2, 5, 100)], ids=str)
+def test_float32_writer_paths(tiny: int, shape: tuple[int, ...]) -> None:
+    """orjson writes the elements TF writes in fixed notation; the others (values printed
+    with an exponent, NaN, infinities) are spliced in, or, when many, everything is written
+    by the vectorized writer. Every mix gives the reference text, whole and per batch item."""
+    rng = np.random.default_rng(tiny)
+    values = (rng.standard_normal(1000) * 10).astype(np.float32)
+    values[rng.choice(1000, tiny, replace=False)] = (rng.random(tiny) * 1e-6).astype(np.float32)
+    values[::97] = 0.0
+    if tiny:
+        values[1] = np.nan
+        values[2] = -np.inf
+        values[3] = 2e9
+    texts = [tf_float_text(v) for v in values.tolist()]
+    array = values.reshape(shape)
+
+    def nested(items: list[str], dims: tuple[int, ...]) -> str:
+        if not dims:
+            return items[0]
+        step = len(items) // dims[0]
+        parts = [nested(items[i * step : (i + 1) * step], dims[1:]) for i in range(dims[0])]
+        return "[" + ",".join(parts) + "]"
+
+    whole = nested(texts, shape)
+    assert format_predict_response({"y": array}, "columnar") == f'{{"outputs":{whole}}}'.encode()
+    assert format_predict_response({"y": array}, "row") == f'{{"predictions":{whole}}}'.encode()
+    step = 1000 // shape[0]
+    items = [nested(texts[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
+    marker = np.arange(shape[0])
+    expected = ",".join(f'{{"m":{m},"y":{item}}}' for m, item in zip(marker, items, strict=True))
+    assert format_predict_response({"y": array, "m": marker}, "row") == (
+        f'{{"predictions":[{expected}]}}'.encode()
+    )
 
 
 def test_float_outputs_nest_like_the_tensor() -> None:

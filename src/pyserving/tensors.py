@@ -38,9 +38,10 @@ from tensorflow_serving.apis import classification_pb2, input_pb2, regression_pb
 from pyserving.errors import InvalidArgument, ServingError, Unimplemented
 from pyserving.tfjson import (
     debug_text,
+    float_items,
     float_json,
-    float_json_items,
     float_texts,
+    float_value,
     json_type,
     loads,
     tf_float_text,
@@ -630,7 +631,7 @@ def _json_value(name: str, array: np.ndarray) -> Any:
     """
     dtype = array.dtype
     if dtype in _FLOAT_KINDS:
-        return orjson.Fragment(float_json(array))
+        return float_value(array)
     if dtype == np.bool_ or dtype in _JSON_INT_KINDS:
         if array.ndim == 0:
             return array.item()
@@ -649,7 +650,8 @@ def _json_value(name: str, array: np.ndarray) -> Any:
 def _json_items(name: str, array: np.ndarray) -> Sequence[Any]:
     """:func:`_json_value` of ``array[0]``, ``array[1]``, ... (``array.ndim >= 1``)."""
     if array.dtype in _FLOAT_KINDS:
-        return [orjson.Fragment(text) for text in float_json_items(array)]
+        items: Sequence[Any] = float_items(array)
+        return items
     if array.shape[0] == 0:
         return []
     value: Sequence[Any] = _json_value(name, array)
@@ -743,7 +745,7 @@ def format_regress_response(result: regression_pb2.RegressionResult) -> bytes:
     if not result.regressions:
         raise InvalidArgument("Cannot convert empty RegressionResults to JSON")
     values = np.array([r.value for r in result.regressions], dtype=np.float32)
-    return orjson.dumps({"results": orjson.Fragment(float_json(values))})
+    return orjson.dumps({"results": float_value(values)}, option=_ORJSON_OPTIONS)
 
 
 # --------------------------------------------------------------------------------------------

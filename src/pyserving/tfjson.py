@@ -55,9 +55,10 @@ from pyserving.errors import InvalidArgument
 
 __all__ = [
     "debug_text",
+    "float_items",
     "float_json",
-    "float_json_items",
     "float_texts",
+    "float_value",
     "json_type",
     "loads",
     "rapidjson_double",
@@ -813,11 +814,11 @@ def tf_float_text(value: float, *, single: bool = True) -> str:
 def _scale(x: np.ndarray, k: np.ndarray) -> np.ndarray:
     """``x * 10**k`` in doubles, for |k| <= 66: a first multiplication by at most 10**12
     (exact for float32 ``x``), then steps of at most 10**22 (one rounding each)."""
-    first = np.clip(k, 0, 12)
+    first = np.minimum(np.maximum(k, 0), 12)
     t = x * _EXACT_POW10[first]
     rest = k - first
     while True:
-        step = np.clip(rest, -22, 22)
+        step = np.minimum(np.maximum(rest, -22), 22)
         if not step.any():
             return t
         factor = _EXACT_POW10[np.abs(step)]
@@ -899,10 +900,17 @@ def _float32_digits(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x32 = x.astype(np.float32)
     # Decimal exponent by exact comparison with the nearest doubles to the powers of ten.
     e = np.searchsorted(_POW10, x, side="right") + (_POW10_MIN - 1)
-    if ((e >= -4) & (e <= 5)).all():
+    inside = (e >= -4) & (e <= 5)
+    if inside.all():
         n, e, nine = _digits_common(x, x32, e)
-    else:
+    elif not inside.any():
         n, e, nine = _digits_general(x, x32, e)
+    else:  # the shorter computation where it applies
+        n = np.empty_like(x)
+        nine = np.empty(x.shape, bool)
+        for part, digits in ((inside, _digits_common), (~inside, _digits_general)):
+            where = np.flatnonzero(part)
+            n[where], e[where], nine[where] = digits(x[where], x32[where], e[where])
     top = np.where(nine, 1e9, 1e6)
     carry = n == top  # 999999.5 rounds to 1e+06
     if carry.any():
@@ -911,102 +919,125 @@ def _float32_digits(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return n.astype(np.int64), e, nine
 
 
-# Columns of a number: 0 sign; 1-5 "0.000" before the digits of a number below 1; 6-23 nine
-# digits, each followed by a slot for the decimal point; 24 the "0" of "5.0"; 25-28 "e+NN";
-# 29-36 "NaN" or "Infinity".
-_NUMBER_COLUMNS = 37
-_DIGIT_DIVISORS = (10 ** np.arange(8, -1, -1)).astype(np.int64)
-_K9 = np.arange(9)
+# Writing a float32 array: every element's text is gathered from a row of source characters
+# by a layout, a row of indices chosen by the element's notation, decimal exponent,
+# significant digits and sign. A source row is nine 32-bit words (36 bytes): the nine digits
+# in three words of three (6-digit values padded with zeros), the exponent's two digits, then
+# constant characters; the fourth byte of each digit word is zero and stands for "nothing".
+_PAD, _E_DIGITS = 3, 12
+_POINT, _E, _PLUS, _MINUS, _ZERO, _NAN, _INFINITY = 16, 17, 18, 19, 20, 21, 24
+_CONSTANTS = np.frombuffer(b".e+-0NaNInfinity\x00\x00\x00\x00", np.uint32)
+_ROW_BYTES = 36
+_WIDTH = 15  # the longest text: -0.000123456789 or -1.23456789e-38
+_FIXED_LAYOUTS = 13 * 9  # decimal exponents -4..8 x significant digits 1..9
+_EXP_LAYOUTS = 2 * 9  # exponent sign x significant digits
+_NAN_LAYOUT = _FIXED_LAYOUTS + _EXP_LAYOUTS
+_INF_LAYOUT = _NAN_LAYOUT + 1
+_SIGNED = _INF_LAYOUT + 1  # layouts for negative numbers follow
+
+
+def _layouts() -> np.ndarray:
+    """The index rows of every layout (see the comment above)."""
+
+    def digit(k: int) -> int:
+        return k // 3 * 4 + k % 3
+
+    rows = []
+    for negative in (False, True):
+        sign = [_MINUS] if negative else []
+        for exponent in range(-4, 9):  # %g's fixed notation
+            for digits in range(1, 10):
+                if exponent >= 0:
+                    fraction = [digit(k) for k in range(exponent + 1, digits)] or [_ZERO]
+                    body = [*map(digit, range(exponent + 1)), _POINT, *fraction]
+                else:
+                    leading = [_ZERO, _POINT] + [_ZERO] * (-exponent - 1)
+                    body = leading + [digit(k) for k in range(digits)]
+                rows.append(sign + body)
+        for exponent_sign in (_PLUS, _MINUS):
+            for digits in range(1, 10):
+                point = [_POINT, *map(digit, range(1, digits))] if digits > 1 else []
+                rows.append([*sign, 0, *point, _E, exponent_sign, _E_DIGITS, _E_DIGITS + 1])
+        rows.append([_NAN, _NAN + 1, _NAN + 2])  # TF writes NaN without its sign
+        rows.append(sign + list(range(_INFINITY, _INFINITY + 8)))
+    return np.array([row + [_PAD] * (_WIDTH - len(row)) for row in rows], dtype=np.intp)
+
+
+def _words(texts: list[bytes]) -> np.ndarray:
+    return np.frombuffer(b"".join(t.ljust(4, b"\x00") for t in texts), np.uint32)
+
+
+_LAYOUTS = _layouts()
+_MIN_EXPONENT, _EXPONENTS = -46, 86  # float32's decimal exponents, with a margin
+
+
+def _layout_of() -> np.ndarray:
+    """The layout (for a positive number) of every ``(nine, exponent, digits)``, flattened as
+    ``nine * 86 * 9 + (exponent + 46) * 9 + digits - 1``; zero has exponent 0 and one digit."""
+    codes = []
+    for precision in (6, 9):
+        for exponent in range(_MIN_EXPONENT, _MIN_EXPONENT + _EXPONENTS):
+            for digits in range(1, 10):
+                if -4 <= exponent < precision:
+                    codes.append((exponent + 4) * 9 + digits - 1)
+                else:
+                    codes.append(_FIXED_LAYOUTS + (exponent < 0) * 9 + digits - 1)
+    return np.array(codes, dtype=np.intp)
+
+
+_LAYOUT_OF = _layout_of()
+_THREE_DIGITS = _words([f"{i:03d}".encode() for i in range(1000)])
+_TWO_DIGITS = _words([f"{i:02d}".encode() for i in range(100)])
+_TRAILING_ZEROS = np.array([3] + [len(str(i)) - len(str(i).rstrip("0")) for i in range(1, 1000)])
 _CHUNK = 1 << 15
+_ROW_OFFSETS = (np.arange(_CHUNK) * _ROW_BYTES)[:, None]
 
 
-def _float32_matrix(a32: np.ndarray, start: int, blocks: list[int], group: int) -> np.ndarray:
-    """The characters of flat float32 ``a32`` (elements ``start``...), one row per element,
-    zero bytes where a row has no character. Row layout: ``[`` for each block of ``blocks``
-    the element opens, the number, ``]`` for each block it closes, ``,`` unless it ends a
-    ``group``."""
+def _number_chars(a32: np.ndarray, digits: Any = None) -> np.ndarray:
+    """TF's text of each element of flat float32 ``a32`` (at most :data:`_CHUNK`): an
+    (n, 15) array of characters, zero bytes after the text (and none inside it). ``digits``:
+    the elements' :func:`_float32_digits`, if known (any value for zeros and non-finite
+    elements)."""
     count = a32.size
-    depth = len(blocks)
-    matrix = np.zeros((count, 2 * depth + _NUMBER_COLUMNS + 1), np.uint8)
-    with np.errstate(all="ignore"):  # NaN and infinity are handled explicitly
-        _write_numbers(a32, matrix[:, depth : depth + _NUMBER_COLUMNS])
-    index = np.arange(start, start + count)
-    for j, block in enumerate(blocks):
-        matrix[:, j] = (index % block == 0) * np.uint8(91)  # [
-        matrix[:, depth + _NUMBER_COLUMNS + j] = ((index + 1) % block == 0) * np.uint8(93)
-    matrix[:, -1] = ((index + 1) % group != 0) * np.uint8(44)  # ,
-    return matrix
-
-
-def _write_numbers(a32: np.ndarray, num: np.ndarray) -> None:
-    """Fill ``num`` (zeros, one row of :data:`_NUMBER_COLUMNS` per element) with the
-    characters of TF's text for each element of flat float32 ``a32``."""
     v = a32.astype(np.float64)
     x = np.abs(v)
     finite = np.isfinite(v)
     normal = finite & (x != 0)
     all_normal = bool(normal.all())
-    n, e, nine = _float32_digits(x if all_normal else np.where(normal, x, 1.0))
+    if digits is not None:
+        n, e, nine = digits
+    else:
+        n, e, nine = _float32_digits(x if all_normal else np.where(normal, x, 1.0))
     if not all_normal:
         n = np.where(normal, n, 0)
         e = np.where(normal, e, 0)
-    p = np.where(nine, 9, 6)
-    aligned = np.where(nine, n, n * 1000).astype(np.int64)
-    digits = (aligned[:, None] // _DIGIT_DIVISORS) % 10
-    nonzero = digits != 0
-    d = 9 - np.argmax(nonzero[:, ::-1], axis=1)  # significant digits
-    if not all_normal:
-        d = np.where(normal, d, 1)
-    fixed = (e >= -4) & (e < p)
-    expo = normal & ~fixed
-    fixed_pos = finite & fixed & (e >= 0)
-    num[:, 0] = (np.signbit(v) & ~np.isnan(v)) * np.uint8(45)  # -
-    fixed_neg = normal & fixed & (e < 0)
-    if fixed_neg.any():
-        num[:, 1] = fixed_neg * np.uint8(48)  # 0
-        num[:, 2] = fixed_neg * np.uint8(46)  # .
-        for j in range(3):
-            num[:, 3 + j] = (fixed_neg & (j < -e - 1)) * np.uint8(48)
-    shown = (d[:, None] > _K9) | (fixed_pos[:, None] & (e[:, None] >= _K9))
-    if not all_normal:
-        shown &= finite[:, None]
-    num[:, 6:23:2] = (digits + 48).astype(np.uint8) * shown
-    point = fixed_pos[:, None] & (e[:, None] == _K9)
-    if expo.any():
-        point[:, 0] |= expo & (d > 1)
-        magnitude = np.abs(e)
-        num[:, 25] = expo * np.uint8(101)  # e
-        num[:, 26] = np.where(expo, np.where(e < 0, 45, 43), 0)
-        num[:, 27] = np.where(expo, magnitude // 10 + 48, 0)
-        num[:, 28] = np.where(expo, magnitude % 10 + 48, 0)
-    num[:, 7:24:2] = point * np.uint8(46)
-    num[:, 24] = (fixed_pos & (d <= e + 1)) * np.uint8(48)
-    if not finite.all():
-        for i in np.flatnonzero(~finite).tolist():
-            token = b"NaN" if math.isnan(v[i]) else b"Infinity"
-            num[i, 29 : 29 + len(token)] = np.frombuffer(token, np.uint8)
-
-
-def _blocks(shape: tuple[int, ...]) -> list[int]:
-    """Elements per block at each level of ``shape`` (outermost first)."""
-    return [math.prod(shape[j:]) for j in range(len(shape))]
-
-
-def _float32_text(flat: np.ndarray, shape: tuple[int, ...], group: int) -> tuple[bytes, Any]:
-    """The text of ``flat`` laid out by ``shape`` (brackets) with groups of ``group``
-    elements left unseparated; also each element's end offset in it (``None`` unless
-    ``group`` is smaller than the array, when the caller splits the text)."""
-    blocks = _blocks(shape)
-    pieces = []
-    lengths = []
-    for start in range(0, flat.size, _CHUNK):
-        matrix = _float32_matrix(flat[start : start + _CHUNK], start, blocks, group)
-        row = matrix.ravel()
-        pieces.append(row[row != 0].tobytes())
-        if group < flat.size:
-            lengths.append(np.count_nonzero(matrix, axis=1))
-    ends = np.cumsum(np.concatenate(lengths)) if lengths else None
-    return b"".join(pieces), ends
+    # The digits as three groups of three.
+    aligned = n * np.where(nine, 1, 1000)
+    groups = np.empty((count, 3), np.intp)
+    groups[:, 0] = aligned // 1_000_000
+    groups[:, 1] = aligned // 1000 % 1000
+    groups[:, 2] = aligned % 1000
+    source = np.empty((count, _ROW_BYTES // 4), np.uint32)
+    source[:, :3] = _THREE_DIGITS[groups]
+    source[:, 3] = _TWO_DIGITS[np.abs(e)]
+    source[:, 4:] = _CONSTANTS
+    # Trailing zeros of the 9 digits: those of the last group holding digits of n (the middle
+    # one for 6-digit values) and, when that group is 000, of the groups before it.
+    last = np.where(nine, groups[:, 2], groups[:, 1])
+    trailing = _TRAILING_ZEROS[last] + np.where(nine, 0, 3)
+    if not last.all():
+        for i in np.flatnonzero(last == 0).tolist():
+            digits = f"{int(aligned[i]):09d}"
+            trailing[i] = min(9 - len(digits.rstrip("0")), 8)  # zero is written "0"
+    # The layout by notation, decimal exponent and significant digits (at least one: "0").
+    layout = _LAYOUT_OF[nine * (_EXPONENTS * 9) + (e - _MIN_EXPONENT) * 9 + (8 - trailing)]
+    if not all_normal and not finite.all():
+        layout = np.where(np.isnan(v), _NAN_LAYOUT, np.where(finite, layout, _INF_LAYOUT))
+    layout += np.signbit(v) * _SIGNED
+    index = np.take(_LAYOUTS, layout, axis=0)
+    index += _ROW_OFFSETS[:count]
+    chars: np.ndarray = source.view(np.uint8).ravel()[index]
+    return chars
 
 
 def _empty_json(shape: tuple[int, ...]) -> str:
@@ -1025,19 +1056,33 @@ def _nest(texts: list[str], shape: tuple[int, ...]) -> list[str]:
     return level
 
 
-def _double_texts(values: list[float]) -> list[str]:
-    """TF's text for each double, formatted by C code (``%`` on a tuple) in two passes."""
+def _double_texts(array: np.ndarray) -> list[str]:
+    """TF's text for each element of a flat float64 array, formatted by C code (``%`` on a
+    tuple). Six digits read back as the same double only for values with at most six
+    significant digits; a vectorized estimate picks those candidates, checked one by one."""
+    values = array.tolist()
     count = len(values)
-    texts = ("%g\x1f" * count % tuple(values)).split("\x1f")[:count]
-    array = np.array(values, dtype=np.float64)
+    texts = ("%.17g\x1f" * count % tuple(values)).split("\x1f")[:count]
+    with np.errstate(all="ignore"):
+        x = np.abs(array)
+        finite = np.isfinite(x)
+        magnitude = np.log10(np.where(finite & (x > 0), x, 1.0))
+        exponent = np.floor(magnitude)
+        scaled = x * 10.0 ** (5 - exponent)
+        short = finite & (
+            (np.abs(scaled - np.rint(scaled)) <= 1e-6 * scaled)
+            | (np.abs(magnitude - np.rint(magnitude)) < 1e-9)  # the exponent may be off by one
+            | (x < 1e-290)  # 10 ** (5 - exponent) overflows; subnormals
+        )
+    for i in np.flatnonzero(short).tolist():
+        text = f"{values[i]:g}"
+        if float(text) == values[i]:
+            texts[i] = text
+        else:
+            short[i] = False
     with np.errstate(invalid="ignore"):
-        back = np.array(texts, dtype=np.float64)
-        finite = np.isfinite(array)
-        long_form = finite & (back != array)
         integral = finite & (np.floor(array) == array)
-        needs_point = integral & (np.abs(array) < np.where(long_form, 1e17, 1e6))
-    for i in np.flatnonzero(long_form).tolist():
-        texts[i] = f"{values[i]:.17g}"
+        needs_point = integral & (x < np.where(short, 1e6, 1e17))
     for i in np.flatnonzero(needs_point).tolist():
         texts[i] += ".0"
     for i in np.flatnonzero(~finite).tolist():
@@ -1049,43 +1094,196 @@ def _double_texts(values: list[float]) -> list[str]:
 SMALL_ARRAY = 24
 
 
+def _common_values(x: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For magnitudes in [1e-4, 1e6) with decimal exponents ``e``: the doubles nearest TF's
+    decimals (the steps of :func:`_digits_common`), and which elements round up to 1e+06
+    (TF writes those in exponent notation)."""
+    x32 = x.astype(np.float32)
+    k6 = 5 - e
+    p6 = _EXACT_POW10[k6]
+    n6 = np.rint(x * p6)
+    values = n6 / p6
+    nine = values.astype(np.float32) != x32
+    if nine.any():
+        p9 = _EXACT_POW10[k6 + 3]
+        values = np.where(nine, np.rint(x * p9) / p9, values)
+    return values, ~nine & (n6 == 1e6)
+
+
+def _orjson_doubles(
+    flat32: np.ndarray,
+) -> tuple[np.ndarray | None, np.ndarray | None, Any]:
+    """``(values, others, digits)``: doubles whose orjson text is TF's text for the elements
+    of flat float32 ``flat32``; the indices of the elements that have none (``None`` if all
+    have one), whose ``values`` are NaN, so orjson writes ``null`` there and nowhere else;
+    and those elements' :func:`_float32_digits`. All ``None`` when more than an eighth of
+    the elements are nonzero and outside [1e-4, 1e6) (they would have to be spliced in).
+
+    An element has one when it is finite and TF writes it in fixed notation (1e-4 <= |x| <
+    1e6, or < 1e9 with nine digits): orjson's shortest digits of the double nearest TF's
+    decimal are that decimal's digits, and orjson lays them out the same in that range.
+    Elements in [1e-4, 1e6) (almost all, in most tensors) take a shorter computation.
+    """
+    with np.errstate(all="ignore"):
+        v = flat32.astype(np.float64)
+        x = np.abs(v)
+        e = np.searchsorted(_POW10, x, side="right") + (_POW10_MIN - 1)
+        inside = (e >= -4) & (e <= 5)
+        if inside.all():
+            values, carried = _common_values(x, e)
+            if not carried.any():
+                return np.copysign(values, v), None, None
+            rest = np.flatnonzero(carried)
+        else:
+            if np.count_nonzero(~inside & (x != 0)) * 8 > x.size:
+                return None, None, None  # many to splice: the caller writes all instead
+            # Computed for all elements, then redone for the rest.
+            values, carried = _common_values(x, np.clip(e, -4, 5))
+            rest = np.flatnonzero(~inside | carried)
+        values = np.copysign(values, v)
+        # The rest: zeros, non-finite values, and the decimal exponents outside -4..5.
+        xr = x[rest]
+        normal = np.isfinite(xr) & (xr != 0)
+        n, er, nine = _float32_digits(np.where(normal, xr, 1.0))
+        k = np.where(nine, 8, 5) - er  # the decimal is n / 10**k
+        fixed = normal & (er >= -4) & (k >= 0)
+        values[rest] = np.where(
+            normal, np.copysign(n / _EXACT_POW10[np.clip(k, 0, 22)], v[rest]), v[rest]
+        )
+        unusable = ~(fixed | (xr == 0))
+        if not unusable.any():
+            return values, None, None
+        others = rest[unusable]
+        values[others] = np.nan
+        return values, others, (n[unusable], er[unusable], nine[unusable])
+
+
+def _element_chars(flat32: np.ndarray, digits: Any = None) -> np.ndarray:
+    """:func:`_number_chars` of any number of elements."""
+    with np.errstate(all="ignore"):
+        if flat32.size <= _CHUNK:
+            return _number_chars(flat32, digits)
+        return np.concatenate(
+            [
+                _number_chars(
+                    flat32[i : i + _CHUNK],
+                    None if digits is None else [part[i : i + _CHUNK] for part in digits],
+                )
+                for i in range(0, flat32.size, _CHUNK)
+            ]
+        )
+
+
+def _spliced(document: bytes, texts: list[bytes]) -> bytes:
+    """``document`` (orjson's text of the values of :func:`_orjson_doubles`) with its
+    ``null`` tokens replaced by ``texts``, in order."""
+    pieces = document.split(b"null")
+    out = [pieces[0]]
+    for text, piece in zip(texts, pieces[1:], strict=True):
+        out.append(text)
+        out.append(piece)
+    return b"".join(out)
+
+
+def _float32_matrix(a32: np.ndarray, start: int, blocks: list[int]) -> np.ndarray:
+    """The characters of flat float32 ``a32`` (elements ``start``... of an array whose
+    nesting levels hold ``blocks`` elements each), one row per element, zero bytes where a
+    row has no character: ``[`` for each block the element opens, its number, ``]`` for each
+    block it closes, then a comma."""
+    depth = len(blocks)
+    matrix = np.zeros((a32.size, 2 * depth + _WIDTH + 1), np.uint8)
+    with np.errstate(all="ignore"):  # NaN and infinity are handled explicitly
+        matrix[:, depth : depth + _WIDTH] = _number_chars(a32)
+    # Element i opens block j when i % blocks[j] == 0 and closes it when (i + 1) % ... == 0:
+    # every blocks[j]-th row, from the first such row of this chunk.
+    for j, block in enumerate(blocks):
+        matrix[-start % block :: block, j] = 91  # [
+        matrix[(block - 1 - start) % block :: block, depth + _WIDTH + j] = 93  # ]
+    matrix[:, -1] = 44  # ,
+    return matrix
+
+
+def _float32_text(flat32: np.ndarray, shape: tuple[int, ...]) -> bytes:
+    """TF's text of flat float32 ``flat32`` laid out as an array of ``shape``, every element
+    written by :func:`_number_chars` (for arrays with many elements orjson cannot write)."""
+    blocks = [math.prod(shape[j:]) for j in range(len(shape))]
+    pieces = []
+    for start in range(0, flat32.size, _CHUNK):
+        row = _float32_matrix(flat32[start : start + _CHUNK], start, blocks).ravel()
+        pieces.append(row[row != 0].tobytes())
+    return b"".join(pieces)[:-1]  # the last comma
+
+
+def _float32_element_texts(flat32: np.ndarray, digits: Any = None) -> list[bytes]:
+    """TF's text of each element of a flat float32 array (vectorized, for many elements)."""
+    chars = _element_chars(flat32, digits)
+    text = chars.ravel()[chars.ravel() != 0].tobytes()
+    ends = np.cumsum(np.count_nonzero(chars, axis=1)).tolist()
+    return [text[s:t] for s, t in zip([0, *ends[:-1]], ends, strict=True)]
+
+
 def float_texts(array: np.ndarray) -> list[str]:
     """TF's text for every element of a float16/32/64 array, in C order."""
     if array.dtype == np.float64:
-        return _double_texts(array.ravel().tolist())
+        return _double_texts(array.ravel())
     flat = array.astype(np.float32, copy=False).ravel()
     if flat.size <= SMALL_ARRAY:
         return [tf_float_text(v) for v in flat.tolist()]
-    text, ends = _float32_text(flat, (), 1)
-    starts = np.concatenate(([0], ends[:-1])).tolist()
-    return [text[s:t].decode() for s, t in zip(starts, ends.tolist(), strict=True)]
+    return [t.decode() for t in _float32_element_texts(flat)]
 
 
 def float_json(array: np.ndarray) -> bytes:
     """The JSON text TF Serving writes for a float16/32/64 array (nested lists, or a bare
     number for a scalar), e.g. ``[[9e+06, ...]]`` without spaces."""
+    return orjson.dumps(float_value(array), option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _float32_document(flat32: np.ndarray, shape: tuple[int, ...]) -> Any:
+    """:func:`float_value` of a float32 array of more than :data:`SMALL_ARRAY` elements:
+    orjson's text with TF's text spliced in where they differ, or, when they would differ
+    for many elements (nonzero magnitudes outside [1e-4, 1e6)), all of TF's text."""
+    values, others, digits = _orjson_doubles(flat32)
+    if values is None:  # splicing many texts costs more than writing them all
+        return orjson.Fragment(_float32_text(flat32, shape))
+    if others is None:
+        return values.reshape(shape)
+    if others.size <= SMALL_ARRAY:
+        texts = [tf_float_text(v).encode() for v in flat32[others].tolist()]
+    else:
+        texts = _float32_element_texts(flat32[others], digits)
+    document = orjson.dumps(values.reshape(shape), option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.Fragment(_spliced(document, texts))
+
+
+def float_value(array: np.ndarray) -> Any:
+    """A value orjson writes as TF Serving's text for a float16/32/64 array: the array of
+    doubles whose shortest digits are TF's, when there is one (the common case, see
+    :func:`_orjson_doubles`), else an ``orjson.Fragment`` of the text."""
     shape = array.shape
     if array.size == 0:
-        return _empty_json(shape).encode()
+        return orjson.Fragment(_empty_json(shape))
     if array.dtype == np.float64 or array.size <= SMALL_ARRAY:
-        return _nest(float_texts(array), shape)[0].encode()
-    flat = array.astype(np.float32, copy=False).ravel()
-    return _float32_text(flat, shape, flat.size)[0]
+        return orjson.Fragment(_nest(float_texts(array), shape)[0])
+    return _float32_document(array.astype(np.float32, copy=False).ravel(), shape)
 
 
-def float_json_items(array: np.ndarray) -> list[bytes]:
-    """:func:`float_json` of ``array[0]``, ``array[1]``, ... (``array.ndim >= 1``)."""
+def float_items(array: np.ndarray) -> Any:
+    """:func:`float_value` of ``array[0]``, ``array[1]``, ... (``array.ndim >= 1``): an
+    array of doubles (iterated over its first dimension) or a list of fragments."""
     shape = array.shape
     items = shape[0]
     inner = shape[1:]
     if array.size == 0:
-        return [_empty_json(inner).encode() if inner else b"[]"] * items
+        return [orjson.Fragment(_empty_json(inner) if inner else "[]")] * items
     if array.dtype == np.float64 or array.size <= SMALL_ARRAY:
-        return [t.encode() for t in _nest(float_texts(array), inner)]
-    flat = array.astype(np.float32, copy=False).ravel()
-    per_item = flat.size // items
-    text, ends = _float32_text(flat, inner, per_item)
-    if ends is None:  # one item
-        return [text]
-    bounds = [0, *ends[per_item - 1 :: per_item].tolist()]
-    return [text[bounds[i] : bounds[i + 1]] for i in range(items)]
+        return [orjson.Fragment(t) for t in _nest(float_texts(array), inner)]
+    value = _float32_document(array.astype(np.float32, copy=False).ravel(), shape)
+    if isinstance(value, np.ndarray):
+        return value
+    # Split "[item,item,...]" at its top-level commas.
+    text = orjson.dumps(value)
+    chars = np.frombuffer(text, np.uint8)
+    depth = np.cumsum((chars == 0x5B).astype(np.int8) - (chars == 0x5D))
+    cuts = np.flatnonzero((chars == 0x2C) & (depth == 1)).tolist()
+    bounds = [0, *cuts, len(text) - 1]
+    return [orjson.Fragment(text[bounds[i] + 1 : bounds[i + 1]]) for i in range(items)]
