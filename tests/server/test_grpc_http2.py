@@ -42,7 +42,7 @@ from pyserving.server.grpc_h2 import (
     H2GrpcServer,
     parse_timeout,
     start_h2_grpc_server,
-    status_block,
+    status_trailers,
 )
 from pyserving.server.grpc_server import GrpcServerOptions, start_grpc_server, uses_grpcio
 from pyserving.server.http2 import (
@@ -115,6 +115,7 @@ class RawClient:
     def __init__(self, port: int, settings: bytes = b"", preface: bytes = PREFACE) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
         self.buffer = b""
+        self.last_headers: dict[str, str] = {}
         self.encoder = hpack.Encoder()
         self.decoder = hpack.Decoder()
         self.sock.sendall(preface + frame(SETTINGS, 0, 0, settings))
@@ -144,7 +145,9 @@ class RawClient:
         )
 
     def read_frame(self) -> tuple[int, int, int, bytes] | None:
-        """The next frame, or None when the server closed the connection."""
+        """The next frame, or None when the server closed the connection. Every header
+        block is decoded as it arrives (the server's answers use HPACK's dynamic table, so
+        blocks must be decoded in order): the last one is in ``last_headers``."""
         while len(self.buffer) < 9 or len(self.buffer) < 9 + _length(self.buffer):
             chunk = self.sock.recv(1 << 20)
             if not chunk:
@@ -155,6 +158,9 @@ class RawClient:
         stream = struct.unpack(">I", self.buffer[5:9])[0] & 0x7FFFFFFF
         payload = self.buffer[9 : 9 + length]
         self.buffer = self.buffer[9 + length :]
+        if kind == HEADERS:
+            assert flags & END_HEADERS, "the server's header blocks fit in one frame"
+            self.last_headers = dict(self.decoder.decode(payload, raw=False))
         return kind, flags, stream, payload
 
     def answer(self, stream_id: int) -> tuple[dict[str, str], bytes, dict[str, str], list[int]]:
@@ -175,7 +181,7 @@ class RawClient:
             if kind == RST_STREAM:
                 raise AssertionError(f"stream reset: {struct.unpack('>I', payload)[0]}")
             if kind == HEADERS:
-                block = dict(self.decoder.decode(payload, raw=False))
+                block = self.last_headers
                 if headers:
                     trailers = block
                 else:
@@ -208,10 +214,18 @@ def client(server: H2GrpcServer) -> Iterator[RawClient]:
     c.close()
 
 
+def data_frames(stream_id: int, body: bytes, size: int = 16384) -> list[bytes]:
+    """``body`` as DATA frames of at most ``size`` bytes (the server's frame size limit),
+    the last one ending the stream."""
+    chunks = [body[i : i + size] for i in range(0, len(body), size)] or [b""]
+    last = len(chunks) - 1
+    return [frame(DATA, END_STREAM if i == last else 0, stream_id, c) for i, c in enumerate(chunks)]
+
+
 def call(client: RawClient, stream_id: int, message: bytes, path: str = PREDICT) -> Any:
     client.send(
         frame(HEADERS, END_HEADERS, stream_id, client.headers_block(path)),
-        frame(DATA, END_STREAM, stream_id, message),
+        *data_frames(stream_id, message),
     )
     return client.answer(stream_id)
 
@@ -255,6 +269,9 @@ class _NoCalls:
 
     def body_received(self, connection: Http2Connection, stream: Any) -> bool:
         raise AssertionError("no body expected")
+
+    def request_rejected(self, connection: Http2Connection, stream: Any, *args: Any) -> None:
+        raise AssertionError("no request expected")
 
 
 def test_a_connection_without_preface_is_closed_in_time() -> None:
@@ -496,8 +513,35 @@ def test_content_type_other_than_grpc_is_415(client: RawClient) -> None:
         frame(HEADERS, END_HEADERS, 1, client.headers_block(content_type="application/json")),
         frame(DATA, END_STREAM, 1, b"{}"),
     )
-    headers, _, _, _ = client.answer(1)
+    headers, body, _, _ = client.answer(1)
     assert headers[":status"] == "415"
+    assert headers["content-type"].startswith("text/plain") and b"application/grpc" in body
+    block = client.encoder.encode([(":method", "GET"), (":scheme", "http"), (":path", "/")])
+    client.send(frame(HEADERS, END_HEADERS | END_STREAM, 3, block))
+    headers, body, _, _ = client.answer(3)
+    assert headers[":status"] == "405" and b"POST" in body
+
+
+def test_answers_announce_encodings_and_repeat_as_index_references(client: RawClient) -> None:
+    for stream_id in (1, 3, 5):
+        headers, _, trailers, _ = call(client, stream_id, predict_message([1.0]))
+        assert headers["grpc-accept-encoding"] == "identity,deflate,gzip"
+        assert trailers == {"grpc-status": "0"}
+    client.send(
+        frame(HEADERS, END_HEADERS, 7, client.headers_block()),
+        frame(DATA, END_STREAM, 7, predict_message([1.0])),
+    )
+    blocks = []
+    while True:
+        got = client.read_frame()
+        assert got is not None
+        kind, flags, stream, payload = got
+        if kind == HEADERS and stream == 7:
+            blocks.append(payload)
+            if flags & END_STREAM:
+                break
+    # :status, content-type and grpc-accept-encoding, then grpc-status: one byte each.
+    assert [len(b) for b in blocks] == [3, 1]
 
 
 def test_a_malformed_message_is_internal_and_names_the_type(client: RawClient) -> None:
@@ -547,7 +591,7 @@ def test_a_compressed_message_inflates_only_up_to_the_limit(core: ServerCore) ->
                 message = b"\x01" + struct.pack(">I", len(data)) + data
                 c.send(
                     frame(HEADERS, END_HEADERS, stream_id, c.headers_block(extra=gzip_header)),
-                    frame(DATA, END_STREAM, stream_id, message),
+                    *data_frames(stream_id, message),
                 )
                 _, _, trailers, _ = c.answer(stream_id)
                 assert trailers["grpc-status"] == str(grpc.StatusCode[code].value[0]), trailers
@@ -788,6 +832,215 @@ def test_call_costs_average_and_threshold() -> None:
         CallCosts(weight=0.0)
 
 
+# ---------------------------------------------------------------------------- abuse
+
+
+class Probe:
+    """A second client: Predicts on its own channel, one after another (paced, not timed),
+    until stopped; records every failure. Used as ``with Probe(port) as probe:``."""
+
+    def __init__(self, port: int) -> None:
+        self.channel = grpc.insecure_channel(f"localhost:{port}")
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.request = predict_pb2.PredictRequest()
+        self.request.ParseFromString(predict_message([2.0])[5:])
+        self.ok = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.stub.Predict(self.request, timeout=TIMEOUT)
+                self.ok += 1
+            except grpc.RpcError as exc:
+                self.failures.append(f"{exc.code()}: {exc.details()}")  # type: ignore[attr-defined]
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> Probe:
+        self._thread.start()
+        wait_until(lambda: self.ok > 0 or bool(self.failures), "the probe's first call")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # The server still answers after the abuse: one more call completes.
+        done = self.ok
+        try:
+            wait_until(lambda: self.ok > done or bool(self.failures), "a probe call after it")
+        finally:
+            self._stop.set()
+            self._thread.join(TIMEOUT)
+            self.channel.close()
+
+
+def read_until_closed(client: RawClient) -> list[tuple[int, int, int, bytes]]:
+    """Every frame until the server closes the connection."""
+    frames = []
+    try:
+        while (got := client.read_frame()) is not None:
+            frames.append(got)
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    return frames
+
+
+def goaway_code(frames: list[tuple[int, int, int, bytes]]) -> int | None:
+    for kind, _, _, payload in frames:
+        if kind == GOAWAY:
+            return int(struct.unpack(">II", payload[:8])[1])
+    return None
+
+
+def send_until_closed(client: RawClient, chunks: Iterator[bytes]) -> None:
+    """Send ``chunks`` until they run out or the server closes the connection."""
+    for chunk in chunks:
+        try:
+            client.sock.sendall(chunk)
+        except (ConnectionResetError, BrokenPipeError):
+            return
+
+
+def test_rapid_reset_with_real_work_ends_the_abusers_connection_only(
+    server: H2GrpcServer,
+) -> None:
+    """HEADERS, DATA with a Predict, RST_STREAM, repeated: requests reset in the read that
+    brought them never run; past the reset budget the connection gets GOAWAY
+    ENHANCE_YOUR_CALM; a second client sees no failure."""
+    with Probe(server.port) as probe:
+        abuser = RawClient(server.port)
+        try:
+            message = predict_message([1.0])
+            block = abuser.headers_block()
+
+            def batches() -> Iterator[bytes]:
+                stream_id = 1
+                for _ in range(60):  # at most 6000 calls
+                    batch = []
+                    for _ in range(100):
+                        batch += [
+                            frame(HEADERS, END_HEADERS, stream_id, block),
+                            frame(DATA, END_STREAM, stream_id, message),
+                            frame(RST_STREAM, 0, stream_id, struct.pack(">I", 0x8)),
+                        ]
+                        stream_id += 2
+                    yield b"".join(batch)
+
+            sender = threading.Thread(target=send_until_closed, args=(abuser, batches()))
+            sender.start()
+            frames = read_until_closed(abuser)
+            sender.join(TIMEOUT)
+            assert goaway_code(frames) == 0xB  # ENHANCE_YOUR_CALM
+        finally:
+            abuser.close()
+    assert probe.failures == []
+
+
+@pytest.mark.parametrize(
+    ("name", "frames", "code"),
+    [
+        # Ten blocks of 1 MiB of table size updates (the audit's): refused at once.
+        ("size updates", [frame(HEADERS, END_HEADERS, 1, b"\x20" * 16384)] * 10, 0x9),
+        (
+            "1 MiB header block",
+            [frame(HEADERS, 0, 1, b"\x20" * 16384)]
+            + [frame(CONTINUATION, 0, 1, b"\x20" * 16384)] * 63,
+            0xB,
+        ),
+        ("PING flood", [frame(PING, 0, 0, b"\x00" * 8)] * 5000, 0xB),
+        ("SETTINGS flood", [frame(SETTINGS, 0, 0, b"")] * 5000, 0xB),
+        (
+            "empty DATA flood",
+            [frame(HEADERS, END_HEADERS, 1, b"")] + [frame(DATA, 0, 1, b"")] * 5000,
+            0xB,
+        ),
+        (
+            "empty CONTINUATION flood",
+            [frame(HEADERS, 0, 1, b"")] + [frame(CONTINUATION, 0, 1, b"")] * 5000,
+            0xB,
+        ),
+    ],
+)
+def test_abusive_frames_end_the_abusers_connection_only(
+    server: H2GrpcServer, name: str, frames: list[bytes], code: int
+) -> None:
+    with Probe(server.port) as probe:
+        abuser = RawClient(server.port)
+        try:
+            if name == "empty DATA flood":  # a real request head first
+                frames = [frame(HEADERS, END_HEADERS, 1, abuser.headers_block()), *frames[1:]]
+            sender = threading.Thread(target=send_until_closed, args=(abuser, iter(frames)))
+            sender.start()
+            assert goaway_code(read_until_closed(abuser)) == code, name
+            sender.join(TIMEOUT)
+        finally:
+            abuser.close()
+    assert probe.failures == []
+
+
+def test_oversized_metadata_fails_only_its_call(server: H2GrpcServer) -> None:
+    """One call with 100 KB of metadata among 200 concurrent Predicts on one connection:
+    that call is RESOURCE_EXHAUSTED (as grpcio answers), the others succeed."""
+    c = RawClient(server.port, settings=struct.pack(">HI", 0x4, 1 << 24))
+    try:
+        c.send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", (1 << 24) - 65535)))
+        big = tuple((f"x-meta-{i}", "m" * 1000) for i in range(100))
+        out = []
+        for i in range(201):
+            stream_id = 2 * i + 1
+            block = c.headers_block(extra=big if i == 100 else ())
+            pieces = [block[j : j + 16384] for j in range(0, len(block), 16384)]
+            out.append(frame(HEADERS, END_HEADERS if len(pieces) == 1 else 0, stream_id, pieces[0]))
+            for k, piece in enumerate(pieces[1:], start=2):
+                last = END_HEADERS if k == len(pieces) else 0
+                out.append(frame(CONTINUATION, last, stream_id, piece))
+            out.append(frame(DATA, END_STREAM, stream_id, predict_message([float(i)])))
+        c.send(*out)
+        statuses: dict[int, str] = {}
+        bodies: dict[int, bytes] = {}
+        while len(statuses) < 201:  # answers come in any order
+            got = c.read_frame()
+            assert got is not None
+            kind, flags, stream_id, payload = got
+            if kind == DATA:
+                bodies[stream_id] = bodies.get(stream_id, b"") + payload
+            elif kind == HEADERS and flags & END_STREAM:
+                statuses[stream_id] = c.last_headers["grpc-status"]
+        for i in range(201):
+            if i != 100:
+                assert _answer_values(bodies[2 * i + 1]) == [0.5 * i + 2]
+        exhausted = str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+        assert statuses.pop(201) == exhausted
+        assert set(statuses.values()) == {"0"}
+    finally:
+        c.close()
+
+
+def test_a_stalled_request_is_answered_when_its_time_is_up(core: ServerCore) -> None:
+    """A request whose body stops coming (slowloris) holds its stream only until the
+    request timeout: it is then DEADLINE_EXCEEDED; other calls go on meanwhile."""
+    limits = Http2Settings(request_timeout_seconds=0.5)
+    s = start_h2_grpc_server(ModelServing(core), GrpcServerOptions(port=0), limits=limits)
+    try:
+        with Probe(s.port) as probe:
+            c = RawClient(s.port)
+            try:
+                message = predict_message([1.0])
+                c.send(
+                    frame(HEADERS, END_HEADERS, 1, c.headers_block()),
+                    frame(DATA, 0, 1, message[:3]),  # the rest never comes
+                )
+                assert call(c, 3, predict_message([2.0]))[2]["grpc-status"] == "0"
+                _, _, trailers, _ = c.answer(1)
+                assert trailers["grpc-status"] == str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0])
+                assert "not received within" in unquote(trailers["grpc-message"])
+            finally:
+                c.close()
+        assert probe.failures == []
+    finally:
+        s.stop(None)
+
+
 # ---------------------------------------------------------------------------- pieces
 
 
@@ -803,11 +1056,12 @@ def test_parse_timeout() -> None:
 
 def test_status_messages_are_percent_encoded() -> None:
     message = "bad input: 100% wrong, ünïcode\nnew line"
-    headers = dict(hpack.Decoder().decode(status_block(grpc.StatusCode.NOT_FOUND, message)))
-    assert headers["grpc-status"] == "5"
-    encoded = headers["grpc-message"]
-    assert encoded.isascii() and "%25" in encoded and "\n" not in encoded
+    headers = dict(status_trailers(grpc.StatusCode.NOT_FOUND, message))
+    assert headers[b"grpc-status"] == b"5"
+    encoded = headers[b"grpc-message"].decode("ascii")
+    assert "%25" in encoded and "\n" not in encoded
     assert unquote(encoded) == message
+    assert status_trailers(grpc.StatusCode.OK) == ((b"grpc-status", b"0"),)
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,13 @@ hundred grpcio's Python server spends per call, so gRPC answers sooner than REST
 
 What a call goes through:
 
-* The request's headers: ``:method`` must be POST and ``content-type`` ``application/grpc``
-  (else HTTP 415, as gRPC specifies); an unknown ``:path`` is ``UNIMPLEMENTED``;
-  ``grpc-timeout`` sets the deadline; ``grpc-encoding`` may be ``identity``, ``gzip`` or
-  ``deflate`` (others are ``UNIMPLEMENTED``).
+* The request's headers: ``:method`` must be POST (else HTTP 405) and ``content-type``
+  ``application/grpc`` (else HTTP 415, as gRPC specifies), both with a line of text; an
+  unknown ``:path`` is ``UNIMPLEMENTED``; ``grpc-timeout`` sets the deadline;
+  ``grpc-encoding`` may be ``identity``, ``gzip`` or ``deflate`` (others are
+  ``UNIMPLEMENTED``; answers list them in ``grpc-accept-encoding``). A header list over the
+  connection's limit is ``RESOURCE_EXHAUSTED`` for that call alone, a request not complete
+  within the connection's request timeout ``DEADLINE_EXCEEDED`` (see ``h2sansio.py``).
 * The body: exactly one length-prefixed message; one larger than the receive limit is
   ``RESOURCE_EXHAUSTED`` (``Received message larger than max (N vs. LIMIT)``), answered as
   soon as its length prefix arrives.
@@ -40,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import os
 import ssl
@@ -79,7 +83,8 @@ from pyserving.server.grpc_server import (
     remove_socket,
     server_channel_args,
 )
-from pyserving.server.http2 import Http2Connection, Http2Settings, Stream, hpack_literal
+from pyserving.server.h2sansio import Headers, Rejection
+from pyserving.server.http2 import Http2Connection, Http2Settings, Stream
 from pyserving.server.loop_server import LoopServer
 from pyserving.server.service import ModelServing, PredictResult
 
@@ -104,13 +109,19 @@ STATUS_WAIT_SECONDS = 1.0
 #: Weight of the newest call in the moving average of a model's call time.
 _COST_WEIGHT = 0.2
 
-# Answers' header blocks: static-table indices and literals without indexing (no state).
-_STATUS_200 = b"\x88"  # :status 200 (static index 8)
-_CONTENT_TYPE = hpack_literal(31, b"application/grpc")  # content-type (static index 31)
-RESPONSE_HEADERS = _STATUS_200 + _CONTENT_TYPE
+#: The compression algorithms requests may use, as answers announce them.
+ACCEPT_ENCODING = b"identity,deflate,gzip"
+#: An answer's headers (HPACK-encoded by the connection, in its dynamic table after the first).
+RESPONSE_HEADERS: Headers = (
+    (b":status", b"200"),
+    (b"content-type", b"application/grpc"),
+    (b"grpc-accept-encoding", ACCEPT_ENCODING),
+)
 _GRPC_STATUS = b"grpc-status"
 _GRPC_MESSAGE = b"grpc-message"
-TRAILERS_OK = hpack_literal(_GRPC_STATUS, b"0")
+TRAILERS_OK: Headers = ((_GRPC_STATUS, b"0"),)
+#: What a request that is not gRPC (wrong method or content-type) is told, with 405 or 415.
+NOT_GRPC_BODY = b"This is a gRPC server: requests are POST with content-type application/grpc.\n"
 
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 #: ``grpc-encoding`` values requests may use, with their ``compression.inflate`` format.
@@ -163,13 +174,13 @@ class CallCosts:
         return self._averages.get(model)
 
 
-def status_block(code: grpc.StatusCode, message: str = "") -> bytes:
-    """The HPACK block of ``grpc-status`` (and ``grpc-message``, percent-encoded)."""
-    block = hpack_literal(_GRPC_STATUS, str(code.value[0]).encode())
-    if message:
-        encoded = quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~", encoding="utf-8")
-        block += hpack_literal(_GRPC_MESSAGE, encoded.encode("ascii"))
-    return block
+def status_trailers(code: grpc.StatusCode, message: str = "") -> Headers:
+    """``grpc-status`` (and ``grpc-message``, percent-encoded) as trailer fields."""
+    status = (_GRPC_STATUS, str(code.value[0]).encode())
+    if not message:
+        return (status,)
+    encoded = quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~", encoding="utf-8")
+    return (status, (_GRPC_MESSAGE, encoded.encode("ascii")))
 
 
 def parse_timeout(value: str) -> float | None:
@@ -307,8 +318,12 @@ class GrpcHandler:
 
     # -- http2.StreamHandler -------------------------------------------------------------
 
-    def settings(self) -> Http2Settings:
-        return Http2Settings(
+    def settings(self, limits: Http2Settings | None = None) -> Http2Settings:
+        """The HTTP/2 limits of this front end's connections: ``limits`` (default: the
+        defaults of :class:`Http2Settings`) with the stream count and body size of the
+        channel arguments."""
+        return dataclasses.replace(
+            limits or Http2Settings(),
             max_concurrent_streams=self.max_streams,
             max_body_bytes=self.max_receive + 5,
         )
@@ -338,6 +353,17 @@ class GrpcHandler:
             f"{self.max_receive})",
         )
         return False
+
+    def request_rejected(
+        self, connection: Http2Connection, stream: Stream, reason: Rejection, message: str
+    ) -> None:
+        """The connection refused the request: an oversized header list is
+        ``RESOURCE_EXHAUSTED`` (as grpcio answers), a request not complete in time
+        ``DEADLINE_EXCEEDED``."""
+        if reason is Rejection.HEADER_LIST_TOO_LARGE:
+            self._fail(connection, stream, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        else:
+            self._fail(connection, stream, grpc.StatusCode.DEADLINE_EXCEEDED, message)
 
     def request_received(self, connection: Http2Connection, stream: Stream) -> None:
         try:
@@ -403,23 +429,18 @@ class GrpcHandler:
     # -- request checks ------------------------------------------------------------------
 
     def _check_headers(self, connection: Http2Connection, stream: Stream) -> str | None:
-        """The method path; None when the request was answered (not gRPC)."""
-        method = path = content_type = timeout = encoding = ""
-        for name, value in stream.headers:
-            if name == ":path":
-                path = value
-            elif name == ":method":
-                method = value
-            elif name == "content-type":
-                content_type = value
-            elif name == "grpc-timeout":
-                timeout = value
-            elif name == "grpc-encoding":
-                encoding = value
-        if method != "POST" or not content_type.startswith("application/grpc"):
+        """The method path; None when the request was answered (not gRPC: HTTP 405 or 415
+        with a short text)."""
+        fields = stream.fields
+        method = fields.get(":method", "")
+        if method != "POST" or not fields.get("content-type", "").startswith("application/grpc"):
             status = b"405" if method != "POST" else b"415"
-            connection.send_headers(stream, hpack_literal(8, status), end_stream=True)
+            headers = ((b":status", status), (b"content-type", b"text/plain; charset=utf-8"))
+            connection.respond(stream, headers, NOT_GRPC_BODY, ())
             return None
+        path = fields.get(":path", "")
+        timeout = fields.get("grpc-timeout", "")
+        encoding = fields.get("grpc-encoding", "")
         deadline = None
         if timeout:
             seconds = parse_timeout(timeout)
@@ -456,8 +477,7 @@ class GrpcHandler:
         self, connection: Http2Connection, stream: Stream, code: grpc.StatusCode, message: str
     ) -> None:
         """A trailers-only answer with ``code`` and ``message``."""
-        block = RESPONSE_HEADERS + status_block(code, message)
-        connection.send_headers(stream, block, end_stream=True)
+        connection.send_headers(stream, RESPONSE_HEADERS + status_trailers(code, message), True)
 
     def _answer(self, connection: Http2Connection, stream: Stream, response: Any) -> None:
         data = response.SerializeToString()
@@ -788,10 +808,16 @@ class H2GrpcServer(LoopServer):
 
 
 def start_h2_grpc_server(
-    serving: ModelServing, options: GrpcServerOptions, *, costs: CallCosts | None = None
+    serving: ModelServing,
+    options: GrpcServerOptions,
+    *,
+    costs: CallCosts | None = None,
+    limits: Http2Settings | None = None,
 ) -> H2GrpcServer:
     """Build, bind and start the HTTP/2 gRPC front end over ``serving``; ``costs`` decides
-    which Predicts run on the event loop (default: a real-time :class:`CallCosts`).
+    which Predicts run on the event loop (default: a real-time :class:`CallCosts`);
+    ``limits`` replaces the HTTP/2 limits' defaults (timeouts, abuse budgets; the stream
+    count and body size always follow the channel arguments).
 
     Raises as :func:`~pyserving.server.grpc_server.start_grpc_server`: ``InvalidArgument``
     for malformed channel arguments, ``RuntimeError`` when an address cannot be bound or the
@@ -811,7 +837,7 @@ def start_h2_grpc_server(
         loop.close()
         raise
     server = H2GrpcServer(loop, executor, handler)
-    settings = handler.settings()
+    settings = handler.settings(limits)
 
     def protocol() -> Http2Connection:
         return Http2Connection(handler, settings, server._connections)
@@ -851,5 +877,5 @@ __all__ = [
     "parse_timeout",
     "ssl_context",
     "start_h2_grpc_server",
-    "status_block",
+    "status_trailers",
 ]
