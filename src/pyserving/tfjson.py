@@ -19,18 +19,26 @@ Reading (:func:`loads`). TF Serving parses with RapidJSON's iterative parser and
 Errors are RapidJSON's texts and byte offsets: ``JSON Parse error: <reason> at offset: <n>``.
 Documents are parsed by orjson; only one orjson refuses is looked at again, by Python's ``json``
 (same results, with the dialect's numbers and tokens) and, where that fails too, by an exact
-emulation of RapidJSON's parser (errors, deep nesting, lone surrogates). Two differences remain:
-a key given twice keeps its last value (RapidJSON finds the first), and decimals are rounded
-correctly where RapidJSON's default parser can be one unit in the last place of a double off
-for numbers with more than 17 significant digits or exponents beyond +/-22.
+emulation of RapidJSON's parser (errors, deep nesting, lone surrogates), which runs at Python
+speed: above :data:`EXACT_PARSE_LIMIT` (2 MiB) a document Python's ``json`` cannot read gets
+that parser's error in RapidJSON's words (the offset may differ) and nesting too deep for it
+is refused, as is nesting beyond :data:`MAX_DEPTH` (a million levels) at any size. Two
+differences remain: a key given twice keeps its last value (RapidJSON finds the first), and
+decimals are rounded correctly where RapidJSON's default parser can be one unit in the last
+place of a double off for numbers with more than 17 significant digits or exponents beyond
++/-22.
 
-Writing numbers (:func:`float_json`). ``WriteDecimal``: a float32 value is printed with six
+Writing numbers (:func:`float_value`). ``WriteDecimal``: a float32 value is printed with six
 significant digits in ``printf("%g")`` style (``9e+06``, ``3e-05``, ``0.5``) when that text
 reads back as the same float32, else with nine (``%.9g``); a double with six digits or else
 17. Text without a decimal point or exponent gets ``.0`` (``3.0``, ``-0.0``); non-finite
-values are the bare tokens ``NaN``, ``Infinity`` and ``-Infinity``. Arrays of float32 (and
-float16, printed as float32) are formatted by vectorized numpy building the characters of all
-elements at once; doubles and tiny arrays element by element with C-level formatting.
+values are the bare tokens ``NaN``, ``Infinity`` and ``-Infinity``. For float32 (and float16,
+printed as float32) arrays, vectorized numpy computes the digits; where TF writes fixed
+notation (1e-4 <= |x| < 1e6, or < 1e9 with nine digits: most elements of most tensors) orjson
+writes the double nearest TF's decimal, which prints as that decimal; the other elements'
+text is spliced into orjson's, or when they are many, every element's characters are
+gathered from lookup tables by numpy. Doubles and tiny arrays are formatted element by
+element by C code (``%`` on a tuple).
 
 Error texts (:func:`debug_text`). ``JsonValueToDebugString``: RapidJSON's pretty writer with
 single-line arrays (``[1, 2]``; objects keep one member per line, indented by four spaces),
@@ -45,6 +53,7 @@ import itertools
 import json
 import math
 import re
+from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
 
@@ -241,6 +250,16 @@ def _replace_token(match: re.Match[str]) -> str:
     return "-Infinity" if match.group(1) else "Infinity"
 
 
+def _bom_length(data: bytes) -> int:
+    """How many bytes of a UTF-8 byte order mark RapidJSON skips (each of its three bytes
+    is skipped if it comes in its place)."""
+    skipped = 0
+    for byte in (0xEF, 0xBB, 0xBF):
+        if skipped < len(data) and data[skipped] == byte:
+            skipped += 1
+    return skipped
+
+
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
     """Parse a request body as TF Serving does (see the module docstring).
 
@@ -259,10 +278,13 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
     except orjson.JSONDecodeError:
         pass
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
-    if b"\x00" in raw or raw[:1] in (b"\xef", b"\xbb", b"\xbf"):
-        return _parse_exact(raw)
-    text = raw.decode("utf-8", "surrogateescape")
-    if _SURROGATE_ESCAPE.search(text):
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raw = raw[:nul]  # RapidJSON reads a NUL byte as the end of input
+    bom = _bom_length(raw)
+    exact = len(raw) <= EXACT_PARSE_LIMIT
+    text = raw[bom:].decode("utf-8", "surrogateescape")
+    if exact and (bom or _SURROGATE_ESCAPE.search(text)):
         return _parse_exact(raw)
     if "Inf" in text or "NaN" in text:
         text = _BARE_TOKENS.sub(_replace_token, text)
@@ -271,7 +293,7 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
         value, _end = _DECODER.raw_decode(text, start)  # what follows the value is ignored
         return value
     except (json.JSONDecodeError, RecursionError, _NumberTooBig, ValueError) as exc:
-        if len(raw) <= EXACT_PARSE_LIMIT:
+        if exact:
             return _parse_exact(raw)
         if isinstance(exc, json.JSONDecodeError):
             reason = exc.msg
@@ -279,7 +301,7 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
                 if reason.startswith(prefix):
                     reason = rapidjson_reason
                     break
-            offset = len(text[: exc.pos].encode("utf-8", "surrogateescape"))
+            offset = bom + len(text[: exc.pos].encode("utf-8", "surrogateescape"))
             raise _parse_error(reason, offset) from None
         if isinstance(exc, RecursionError):
             raise InvalidArgument("JSON Parse error: Document nesting is too deep.") from None
@@ -484,10 +506,7 @@ def _parse_exact(raw: bytes) -> Any:
     nul = raw.find(b"\x00")
     data = raw if nul < 0 else raw[:nul]  # RapidJSON reads a NUL byte as the end of input
     size = len(data)
-    pos = 0
-    for bom in (0xEF, 0xBB, 0xBF):
-        if pos < size and data[pos] == bom:
-            pos += 1
+    pos = _bom_length(data)
     # The open containers, innermost last, with the key of the member being read (objects)
     # and whether each is an object (1) or an array (0).
     containers: list[Any] = []
@@ -709,20 +728,31 @@ def _scalar_token(value: Any) -> str | None:
     return rapidjson_double(number) if math.isfinite(number) else None
 
 
+def _members(item: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    for key, child in item.items():
+        yield "key", key
+        yield "value", child
+
+
 def debug_text(value: Any) -> str:
     """``JsonValueToDebugString``: ``value`` as TF Serving quotes it in error messages (see
-    the module docstring). Never recurses, so any nesting depth is fine."""
+    the module docstring). Never recurses and only visits what it writes, so any size and
+    nesting depth is fine."""
     out: list[str] = []
     size = 0
-    # Open containers: [is_object, values written so far, iterator over children].
+    # Open containers: [is_object, values written so far, the events of its children].
     stack: list[list[Any]] = []
-    pending: list[tuple[str, Any]] = [("value", value)]
-    while pending:
-        if size >= DEBUG_TEXT_LIMIT:
-            break
-        kind, item = pending.pop()
+    event: tuple[str, Any] | None = ("value", value)
+    while size < DEBUG_TEXT_LIMIT:
+        if event is None:
+            if not stack:
+                break
+            event = next(stack[-1][2], ("end", None))
+        kind: str = event[0]
+        item: Any = event[1]
+        event = None
         prefix = ""
-        if kind in ("value", "key") and stack:
+        if kind != "end" and stack:
             frame = stack[-1]
             count = frame[1]
             if not frame[0]:
@@ -742,16 +772,10 @@ def debug_text(value: Any) -> str:
             token = _string_token(item)
         elif isinstance(item, dict):
             token = "{"
-            stack.append([True, 0])
-            pending.append(("end", None))
-            for key, child in reversed(list(item.items())):
-                pending.append(("value", child))
-                pending.append(("key", key))
+            stack.append([True, 0, _members(item)])
         elif isinstance(item, list):
             token = "["
-            stack.append([False, 0])
-            pending.append(("end", None))
-            pending.extend(("value", child) for child in reversed(item))
+            stack.append([False, 0, (("value", child) for child in item)])
         else:
             scalar = _scalar_token(item)
             if scalar is None:
