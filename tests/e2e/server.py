@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import httpx
 
@@ -21,18 +21,30 @@ def free_port() -> int:
 
 
 class RunningServer:
-    """A ``python -m pyserving`` subprocess with its ports, log file and an HTTP client."""
+    """A ``python -m pyserving`` subprocess with its ports, log file and an HTTP client.
 
-    def __init__(self, args: Sequence[str], log_path: pathlib.Path, rest: bool = True) -> None:
-        self.grpc_port = free_port()
-        self.rest_port = free_port() if rest else 0
+    ``env``: variables added to this process's environment; ``grpc_port``/``rest_port``:
+    fixed ports (default: free ones)."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        log_path: pathlib.Path,
+        rest: bool = True,
+        *,
+        env: Mapping[str, str] | None = None,
+        grpc_port: int | None = None,
+        rest_port: int | None = None,
+    ) -> None:
+        self.grpc_port = grpc_port or free_port()
+        self.rest_port = (rest_port or free_port()) if rest else 0
         self.log_path = log_path
         cmd = [sys.executable, "-m", "pyserving", f"--port={self.grpc_port}"]
         if rest:
             cmd.append(f"--rest_api_port={self.rest_port}")
         cmd.extend(args)
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, **(env or {}), PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         self.url = f"http://127.0.0.1:{self.rest_port}"
         self.client = httpx.Client(base_url=self.url, timeout=60)

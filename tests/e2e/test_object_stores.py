@@ -1,0 +1,299 @@
+"""Models in object stores, end to end: the real server reading S3 (moto's server), GCS
+(gcp-storage-emulator) and Azure Blob (Azurite), all started by these tests on loopback.
+
+Version 1 is half_plus_two (x=2 -> 3.0), version 2 half_plus_three (x=2 -> 4.0), so every
+answer tells which version gave it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.e2e.server import RunningServer
+from tests.stores import (
+    AWS_KEY_ID,
+    AWS_SECRET,
+    AZURITE_KEY,
+    AzuriteServer,
+    GcsServer,
+    S3Server,
+    Store,
+    files_of,
+)
+
+pytestmark = pytest.mark.e2e
+
+V1 = "saved_model_half_plus_two_cpu/00000123"
+V2 = "saved_model_half_plus_three/00000123"
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 90.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"condition not reached in {timeout}s: {what}")
+
+
+def predict(server: RunningServer, model: str = "hpt") -> float | None:
+    """The prediction for x=2, or None when the request failed."""
+    r = server.client.post(f"/v1/models/{model}:predict", content='{"instances": [[2.0]]}')
+    return float(r.json()["predictions"][0][0]) if r.status_code == 200 else None
+
+
+def status(server: RunningServer, model: str = "hpt") -> dict[str, dict[str, str]]:
+    """``{version: {"state": ..., "error_code": ..., "error_message": ...}}``."""
+    r = server.client.get(f"/v1/models/{model}")
+    if r.status_code != 200:
+        return {}
+    return {
+        v["version"]: {"state": v["state"], **v["status"]} for v in r.json()["model_version_status"]
+    }
+
+
+def metric(server: RunningServer, name: str, labels: str) -> float | None:
+    text = server.client.get("/monitoring/prometheus/metrics").text
+    match = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else None
+
+
+def start(
+    store: Store, base_url: str, tmp: pathlib.Path, testdata: pathlib.Path, *extra: str
+) -> RunningServer:
+    server = RunningServer(
+        [
+            "--model_name=hpt",
+            f"--model_base_path={base_url}",
+            "--file_system_poll_wait_seconds=1",
+            f"--model_cache_dir={tmp / 'cache'}",
+            f"--monitoring_config_file={testdata / 'monitoring_config.txt'}",
+            *extra,
+        ],
+        tmp / "server.log",
+        env=store.env,
+    )
+    server.wait_ready()
+    return server
+
+
+# ---------------------------------------------------------------------- S3
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    store = S3Server()
+    yield store
+    store.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_tmp(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    return tmp_path_factory.mktemp("s3")
+
+
+@pytest.fixture(scope="module")
+def s3_server(
+    s3: S3Server, s3_tmp: pathlib.Path, testdata: pathlib.Path
+) -> Iterator[RunningServer]:
+    s3.upload(testdata / V1, "models/hpt/1")
+    server = start(s3, "s3://models/hpt", s3_tmp, testdata)
+    yield server
+    assert server.stop() == 0, server.log()
+
+
+def cached(tmp: pathlib.Path, model: str = "hpt") -> list[str]:
+    """The versions in the server's cache: ``["1", ...]`` (fingerprints left out)."""
+    model_dir = tmp / "cache" / model
+    if not model_dir.is_dir():
+        return []
+    return sorted(p.name.split("-")[0] for p in model_dir.iterdir())
+
+
+def test_s3_serves_the_version_in_the_bucket(
+    s3_server: RunningServer, s3_tmp: pathlib.Path, testdata: pathlib.Path
+) -> None:
+    assert predict(s3_server) == 3.0
+    assert status(s3_server)["1"]["state"] == "AVAILABLE"
+    assert cached(s3_tmp) == ["1"]
+    size = sum((testdata / V1 / name).stat().st_size for name in files_of(testdata / V1))
+    assert metric(s3_server, "pyserving_model_store_downloaded_bytes", 'model_name="hpt"') == size
+    assert metric(s3_server, "pyserving_model_store_up", 'model_name="hpt"') == 1.0
+
+
+def test_s3_version_published_model_file_last_loads_only_once_complete(
+    s3: S3Server, s3_server: RunningServer, s3_tmp: pathlib.Path, testdata: pathlib.Path
+) -> None:
+    # Everything but saved_model.pb: reported (NOT_FOUND, never loaded) once it settles,
+    # while version 1 keeps serving.
+    names = files_of(testdata / V2)
+    s3.upload(testdata / V2, "models/hpt/2", [n for n in names if n != "saved_model.pb"])
+    wait_for(
+        lambda: (
+            "Could not find SavedModel" in status(s3_server).get("2", {}).get("error_message", "")
+        ),
+        what="version 2 reported incomplete",
+    )
+    assert status(s3_server)["1"]["state"] == "AVAILABLE"
+    assert predict(s3_server) == 3.0
+    assert cached(s3_tmp) == ["1"]  # nothing of version 2 was copied
+    s3.upload(testdata / V2, "models/hpt/2", ["saved_model.pb"])
+    wait_for(lambda: predict(s3_server) == 4.0, what="version 2 serving")
+    wait_for(lambda: status(s3_server)["1"]["state"] == "END", what="version 1 unloaded")
+    # The copy of version 1, no longer aspired nor loaded, is deleted.
+    wait_for(lambda: cached(s3_tmp) == ["2"], what="version 1's copy deleted")
+
+
+def test_s3_unreachable_store_keeps_the_loaded_version_serving(
+    s3: S3Server, s3_server: RunningServer
+) -> None:
+    assert predict(s3_server) == 4.0
+    errors_before = metric(
+        s3_server, "pyserving_model_store_errors", 'model_name="hpt",operation="list"'
+    )
+    s3.pause()
+    try:
+        wait_for(
+            lambda: metric(s3_server, "pyserving_model_store_up", 'model_name="hpt"') == 0.0,
+            what="store reported down",
+        )
+        wait_for(
+            lambda: (
+                (
+                    metric(
+                        s3_server,
+                        "pyserving_model_store_errors",
+                        'model_name="hpt",operation="list"',
+                    )
+                    or 0
+                )
+                >= (errors_before or 0) + 2
+            ),
+            what="two failed listings",
+        )
+        assert predict(s3_server) == 4.0
+        assert status(s3_server)["2"]["state"] == "AVAILABLE"
+        assert "Could not read base path s3://models/hpt for servable hpt" in s3_server.log()
+    finally:
+        s3.resume()
+    wait_for(
+        lambda: metric(s3_server, "pyserving_model_store_up", 'model_name="hpt"') == 1.0,
+        what="store back",
+    )
+    wait_for(lambda: "answers again for servable hpt" in s3_server.log(), what="recovery logged")
+    assert predict(s3_server) == 4.0
+
+
+def test_s3_credentials_never_shown(s3_server: RunningServer) -> None:
+    shown = [
+        s3_server.log(),
+        json.dumps(status(s3_server)),
+        s3_server.client.get("/monitoring/prometheus/metrics").text,
+    ]
+    for text in shown:
+        assert AWS_SECRET not in text
+        assert AWS_KEY_ID not in text
+
+
+def test_s3_version_over_the_memory_budget_is_never_downloaded(
+    s3: S3Server, testdata: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    s3.upload(testdata / V1, "models/big/1")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pyserving",
+            "--model_name=big",
+            "--model_base_path=s3://models/big",
+            f"--model_cache_dir={tmp_path / 'cache'}",
+            "--model_memory_budget_bytes=1000",
+            "--port=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, **s3.env},
+    )
+    assert result.returncode == 1, result.stderr
+    assert "1 model(s) did not become available" in result.stderr
+    # The estimate is 1.2 x the listed sizes, known before anything is copied.
+    size = sum((testdata / V1 / name).stat().st_size for name in files_of(testdata / V1))
+    assert (
+        "Insufficient resources to load servable big version 1: it needs "
+        f"{int(size * 1.2)} bytes of RAM"
+    ) in result.stderr
+    assert "copied" not in result.stderr
+    assert cached(tmp_path, "big") == []
+
+
+# ---------------------------------------------------------------------- GCS and Azure
+
+
+@pytest.mark.parametrize("kind", ["gcs", "azure"])
+def test_other_stores_serve_and_update(
+    kind: str, testdata: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    store: Store = GcsServer() if kind == "gcs" else AzuriteServer()
+    try:
+        store.upload(testdata / V1, f"{store.bucket}/hpt/1")
+        server = start(store, store.url(f"{store.bucket}/hpt"), tmp_path, testdata)
+        try:
+            assert predict(server) == 3.0
+            store.upload(testdata / V2, f"{store.bucket}/hpt/2")
+            wait_for(lambda: predict(server) == 4.0, what="version 2 serving")
+            wait_for(lambda: cached(tmp_path) == ["2"], what="version 1's copy deleted")
+            assert AZURITE_KEY not in server.log()
+        finally:
+            assert server.stop() == 0, server.log()
+    finally:
+        store.stop()
+
+
+def test_s3_one_listing_request_per_servable_per_poll(s3: S3Server, testdata: pathlib.Path) -> None:
+    """However many versions and files, a poll is one ListObjectsV2 request (pages aside)."""
+    import s3fs
+
+    from pyserving.sources.filesystem import (
+        SAVED_MODEL_MARKERS,
+        ServableSourceConfig,
+        ServableVersionPolicy,
+    )
+    from pyserving.sources.remote import ObjectStore, RemoteStoragePathSource
+
+    for version in (1, 2, 3):
+        s3.upload(testdata / V1, f"models/many/{version}")
+    fs = s3fs.S3FileSystem(
+        key=AWS_KEY_ID,
+        secret=AWS_SECRET,
+        endpoint_url=s3.endpoint,
+        client_kwargs={"region_name": "us-east-1"},
+        skip_instance_cache=True,
+        use_listings_cache=False,
+    )
+    fs.connect()
+    operations: list[str] = []
+    fs.s3.meta.events.register("before-call.s3", lambda model, **_: operations.append(model.name))
+    config = ServableSourceConfig(
+        "many", "s3://models/many", ServableVersionPolicy.all(), SAVED_MODEL_MARKERS
+    )
+    source = RemoteStoragePathSource(
+        [config], -1, require_stable=True, store_factory=lambda url: ObjectStore(url, fs)
+    )
+    emitted: list[list[int]] = []
+    source.set_aspired_versions_callback(
+        lambda name, versions: emitted.append([v.id.version for v in versions])
+    )
+    for _ in range(3):
+        source.poll_once()
+    assert emitted == [[1, 2, 3]] * 3
+    assert operations == ["ListObjectsV2"] * 3

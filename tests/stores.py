@@ -1,0 +1,246 @@
+"""Real object-store servers for the tests, started by them on loopback ports.
+
+- :class:`S3Server`: moto's S3 server (``moto[server]``'s ``ThreadedMotoServer``), in this
+  process; it can be stopped and started again on the same port (its buckets live in the
+  process, so they survive), to play an outage.
+- :class:`GcsServer`: ``gcp-storage-emulator``, in this process.
+- :class:`AzuriteServer`: Azurite's blob service (the npm package ``azurite``), a child
+  process; ``.ci/run`` installs it when missing.
+
+Each gives the environment a pyserving process needs to reach it (``env``), a base URL
+(``url(prefix)``) and an fsspec filesystem to publish models with, built from explicit
+options so this process's environment is never changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pytest
+
+#: Deliberately distinctive credentials: tests check they never show in logs or statuses.
+AWS_KEY_ID = "AKIAPYSERVINGTEST0001"
+AWS_SECRET = "pyserving-test-secret/Zm9vYmFyYmF6"
+#: Azurite's well-known development account (public, documented by Microsoft).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+
+
+def required_tool(name: str, *candidates: str) -> str:
+    """The path of an external program the tests need: skipped (with how to install it)
+    when absent, except in CI (``CI`` set), where ``.ci/run`` installs it and absence fails."""
+    for candidate in (*candidates, shutil.which(name)):
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    message = f"{name} not found (bash .ci/run installs it)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+class Store:
+    """What every store server offers the tests."""
+
+    scheme = ""
+    env: dict[str, str]
+    fs: Any
+
+    def url(self, path: str) -> str:
+        return f"{self.scheme}://{path}"
+
+    def upload(self, local: pathlib.Path, path: str, only: Iterable[str] | None = None) -> None:
+        """Copy the files under ``local`` to ``path`` in the store (``only``: those relative
+        names, in that order)."""
+        names = list(only) if only is not None else files_of(local)
+        for name in names:
+            self.fs.put_file(str(local / name), f"{path}/{name}")
+
+    def delete(self, path: str) -> None:
+        self.fs.rm(path, recursive=True)
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+def files_of(directory: pathlib.Path) -> list[str]:
+    """The relative names of every file under ``directory``, sorted."""
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+
+
+class S3Server(Store):
+    scheme = "s3"
+
+    def __init__(self, bucket: str = "models") -> None:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self.port = free_port()
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            "AWS_ACCESS_KEY_ID": AWS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": self.endpoint,
+        }
+        import s3fs
+
+        self.fs = s3fs.S3FileSystem(
+            key=AWS_KEY_ID,
+            secret=AWS_SECRET,
+            endpoint_url=self.endpoint,
+            client_kwargs={"region_name": "us-east-1"},
+            skip_instance_cache=True,
+            use_listings_cache=False,
+        )
+        import boto3
+
+        boto3.client(
+            "s3",
+            aws_access_key_id=AWS_KEY_ID,
+            aws_secret_access_key=AWS_SECRET,
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+        ).create_bucket(Bucket=bucket)
+        self.bucket = bucket
+
+    def pause(self) -> None:
+        """Stop answering (the port refuses connections) until :meth:`resume`."""
+        self._server.stop()
+
+    def resume(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+class GcsServer(Store):
+    scheme = "gs"
+
+    def __init__(self, bucket: str = "models") -> None:
+        from gcp_storage_emulator.server import create_server
+
+        self.port = free_port()
+        self._server = create_server("127.0.0.1", self.port, in_memory=True, default_bucket=bucket)
+        self._server.start()
+        wait_for_port(self.port)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.env = {"STORAGE_EMULATOR_HOST": self.endpoint}
+        from gcsfs.core import GCSFileSystem
+
+        self.fs = GCSFileSystem(
+            token="anon",
+            endpoint_url=self.endpoint,
+            skip_instance_cache=True,
+            use_listings_cache=False,
+        )
+        self.bucket = bucket
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+class AzuriteServer(Store):
+    scheme = "az"
+
+    def __init__(self, container: str = "models") -> None:
+        binary = required_tool(
+            "azurite-blob",
+            os.environ.get("AZURITE_BLOB", ""),
+            str(pathlib.Path(__file__).resolve().parents[1] / "node_modules/.bin/azurite-blob"),
+        )
+        self.port = free_port()
+        self._dir = tempfile.mkdtemp(prefix="azurite-")
+        self._process = subprocess.Popen(
+            [
+                binary,
+                "--blobHost=127.0.0.1",
+                f"--blobPort={self.port}",
+                f"--location={self._dir}",
+                "--silent",
+                "--skipApiVersionCheck",
+                "--loose",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port)
+        self.endpoint = f"http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT}"
+        connection = (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+            f"AccountKey={AZURITE_KEY};BlobEndpoint={self.endpoint};"
+        )
+        self.env = {"AZURE_STORAGE_CONNECTION_STRING": connection}
+        from adlfs import AzureBlobFileSystem
+
+        self.fs = AzureBlobFileSystem(
+            connection_string=connection, skip_instance_cache=True, use_listings_cache=False
+        )
+        self.fs.mkdir(container)
+        self.bucket = container
+
+    def stop(self) -> None:
+        self._process.terminate()
+        try:
+            self._process.wait(30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def publish(
+    store: Store,
+    local: pathlib.Path,
+    path: str,
+    *,
+    last: Sequence[str] = ("saved_model.pb",),
+    pause: float = 0.0,
+) -> None:
+    """Upload a version directory in an unhelpful order: ``variables/`` first, then the other
+    files, ``last`` at the very end, ``pause`` seconds between the three groups (the pause
+    plays a slow publisher; nothing waits on it)."""
+    names = files_of(local)
+    groups = [
+        [n for n in names if n.startswith("variables/")],
+        [n for n in names if not n.startswith("variables/") and n not in last],
+        [n for n in names if n in last],
+    ]
+    for index, group in enumerate(groups):
+        if index and pause:
+            time.sleep(pause)
+        store.upload(local, path, group)
