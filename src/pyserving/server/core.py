@@ -269,7 +269,7 @@ class ServerCore:
 
             def observe_batch(signature: str, rows: int, padded: int, queued: float) -> None:
                 if metrics is not None:
-                    metrics.observe_batch(id.name, signature, rows, padded, queued)
+                    metrics.observe_batch(id.name, signature, rows, padded, queued, id.version)
 
             loader = BatchingLoader(loader, batching, observe_batch)
         if self.options.enable_warmup:

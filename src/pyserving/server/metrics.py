@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import bisect
 import threading
+import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
@@ -92,6 +94,40 @@ class _Histogram:
 
 def _fmt(value: float) -> str:
     return repr(float(value))
+
+
+@dataclass
+class VersionStatistics:
+    """Inference counters of one model version (the V2 statistics extension reports them).
+
+    ``success_*`` / ``fail_*``: predict requests (V1 predict, V2 infer) that reached the
+    version, their count and total time in the server's request path (nanoseconds).
+    ``inference_count``: rows those successful requests carried (a request's batch size).
+    ``execution_count``: model runs: one per successful request without batching, one per
+    batch with it. ``batch_sizes``: model runs by their number of rows.
+    ``last_inference_ms``: when the last request finished (milliseconds since the epoch).
+    """
+
+    last_inference_ms: int = 0
+    inference_count: int = 0
+    execution_count: int = 0
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+
+    def copy(self) -> VersionStatistics:
+        return VersionStatistics(
+            self.last_inference_ms,
+            self.inference_count,
+            self.execution_count,
+            self.success_count,
+            self.success_ns,
+            self.fail_count,
+            self.fail_ns,
+            dict(self.batch_sizes),
+        )
 
 
 class ServerMetrics(Collector):
@@ -157,6 +193,7 @@ class ServerMetrics(Collector):
         )
         self._store_up: dict[str, bool] = {}
         self._states: dict[tuple[str, int], ManagerState] = {}
+        self._versions: dict[tuple[str, int], VersionStatistics] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -170,15 +207,62 @@ class ServerMetrics(Collector):
             self.request_count.inc((model_name, status))
             self.request_latency.observe((model_name, api, entrypoint), seconds * 1e6)
 
+    def observe_inference(
+        self,
+        model_name: str,
+        version: int,
+        ok: bool,
+        seconds: float,
+        rows: int = 1,
+        executed: bool = True,
+    ) -> None:
+        """One predict request that reached ``version``: its outcome, its time in the
+        server, its rows, and whether it ran the model by itself (False for a request
+        that joined a batch: :meth:`observe_batch` counts the run)."""
+        with self._lock:
+            stats = self._versions.get((model_name, version))
+            if stats is None:
+                stats = self._versions[(model_name, version)] = VersionStatistics()
+            stats.last_inference_ms = int(time.time() * 1000)
+            nanoseconds = int(seconds * 1e9)
+            if not ok:
+                stats.fail_count += 1
+                stats.fail_ns += nanoseconds
+                return
+            stats.success_count += 1
+            stats.success_ns += nanoseconds
+            stats.inference_count += rows
+            if executed:
+                stats.execution_count += 1
+                stats.batch_sizes[rows] = stats.batch_sizes.get(rows, 0) + 1
+
+    def version_statistics(self) -> dict[tuple[str, int], VersionStatistics]:
+        """A copy of every version's counters, by ``(model name, version)``."""
+        with self._lock:
+            return {key: stats.copy() for key, stats in self._versions.items()}
+
     def observe_warmup(self, model_path: str, seconds: float) -> None:
         with self._lock:
             self.warmup_latency.observe((model_path,), seconds * 1e6)
 
     def observe_batch(
-        self, model_name: str, signature: str, rows: int, padded: int, queued_seconds: float
+        self,
+        model_name: str,
+        signature: str,
+        rows: int,
+        padded: int,
+        queued_seconds: float,
+        version: int | None = None,
     ) -> None:
-        """One batch about to run: its rows, its padded size, its oldest request's wait."""
+        """One batch about to run: its rows, its padded size, its oldest request's wait
+        (with ``version``, also one model run of that version)."""
         with self._lock:
+            if version is not None:
+                stats = self._versions.get((model_name, version))
+                if stats is None:
+                    stats = self._versions[(model_name, version)] = VersionStatistics()
+                stats.execution_count += 1
+                stats.batch_sizes[rows] = stats.batch_sizes.get(rows, 0) + 1
             key = (model_name, signature)
             self.batch_size.observe(key, rows)
             self.padding_size.observe(key, padded - rows)

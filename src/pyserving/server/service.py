@@ -120,12 +120,13 @@ class ModelServing:
         start = time.perf_counter()
         result: concurrent.futures.Future[PredictResult] = concurrent.futures.Future()
         handle = None
+        rows = 1
 
         def finish(id: ServableId, name: str, inner: concurrent.futures.Future[Any]) -> None:
             assert handle is not None
             handle.release()
             error = inner.exception()
-            self._observe(spec.name, "predict", entrypoint, error, start)
+            self._observe(spec.name, "predict", entrypoint, error, start, id.version, rows, False)
             if not result.set_running_or_notify_cancel():
                 return  # the caller gave up waiting (cancelled the future)
             if error is not None:
@@ -141,6 +142,7 @@ class ModelServing:
                 servable, signature_name, rest=entrypoint == "REST"
             )
             inputs = decode(signature_def)
+            rows = _rows(inputs)
             run_future = getattr(servable, "run_future", None)
             if run_future is None:
                 # No batching: the model runs here; the future comes back done.
@@ -154,7 +156,7 @@ class ModelServing:
                 id = handle.id
                 handle.release()
                 handle = None
-                self._observe(spec.name, "predict", entrypoint, None, start)
+                self._observe(spec.name, "predict", entrypoint, None, start, id.version, rows)
                 result.set_result(PredictResult(id, resolved, outputs))
                 return result
             resolved = inference.predict_signature(
@@ -163,9 +165,11 @@ class ModelServing:
             keys = list(output_filter) if output_filter else None
             inner = run_future(resolved, dict(inputs), keys)
         except Exception as exc:
+            version = None
             if handle is not None:
+                version = handle.id.version
                 handle.release()
-            self._observe(spec.name, "predict", entrypoint, exc, start)
+            self._observe(spec.name, "predict", entrypoint, exc, start, version)
             result.set_exception(exc)
             return result
         id = handle.id
@@ -179,11 +183,25 @@ class ModelServing:
         entrypoint: str,
         error: BaseException | None,
         start: float,
+        version: int | None = None,
+        rows: int = 1,
+        executed: bool = True,
     ) -> None:
         """Count one request since ``start``: status ``OK``, the error code's name, or
-        ``INTERNAL`` for an error that is not a ``ServingError``."""
+        ``INTERNAL`` for an error that is not a ``ServingError``. With ``version`` (the
+        request reached that version) also the version's inference statistics: ``rows``
+        rows, and a model run of its own unless ``executed`` is false (it joined a batch)."""
         if self.metrics is None:
             return
+        if version is not None:
+            self.metrics.observe_inference(
+                model_name,
+                version,
+                error is None,
+                time.perf_counter() - start,
+                rows,
+                executed,
+            )
         if error is None:
             status = "OK"
         elif isinstance(error, ServingError):
@@ -277,6 +295,15 @@ class ModelServing:
         for state in self.core.model_status(spec.name, spec.version, spec.label):
             fill_version_status(response.model_version_status.add(), state)
         return response
+
+
+def _rows(inputs: Mapping[str, Any]) -> int:
+    """A request's batch size: the first dimension of its first input that has one."""
+    for array in inputs.values():
+        shape = getattr(array, "shape", ())
+        if shape:
+            return int(shape[0])
+    return 1
 
 
 def _status_or_empty(
