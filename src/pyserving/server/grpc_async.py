@@ -220,6 +220,10 @@ def start_async_grpc_server(serving: ModelServing, options: GrpcServerOptions) -
 
             # Synchronous handlers: grpc.aio runs them on the migration thread pool.
             aio_server.add_generic_rpc_handlers((ProfilerServicer().grpc_handler(),))
+        from pyserving.server.v2.grpc import V2Servicer
+
+        # V2 (ModelInfer included) as synchronous handlers, on the migration thread pool.
+        aio_server.add_generic_rpc_handlers((V2Servicer(serving).grpc_handler(),))
         credentials = options.tls.credentials() if options.tls is not None else None
         server.port = _bind(aio_server, f"0.0.0.0:{options.port}", credentials)
         if options.socket_path:

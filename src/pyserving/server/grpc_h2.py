@@ -86,7 +86,7 @@ from pyserving.server.grpc_server import (
 from pyserving.server.h2sansio import Headers, Rejection
 from pyserving.server.http2 import Http2Connection, Http2Settings, Stream
 from pyserving.server.loop_server import LoopServer
-from pyserving.server.service import ModelServing, PredictResult
+from pyserving.server.service import ModelServing
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,17 @@ class _Method:
     run: Callable[[Any, CallContext], Any]
 
 
+@dataclass(frozen=True)
+class _Fast:
+    """A method served as Predict is (Predict, V2's ModelInfer): its request type, the
+    servicer answering it (``start_predict``, ``predict_response``) and the model a request
+    names (the key of its call costs)."""
+
+    request_type: Any
+    servicer: Any
+    model: Callable[[Any], str]
+
+
 class _Health:
     """``grpc.health.v1.Health`` state: a status per service name, and open Watch calls.
     Used on the event loop only."""
@@ -310,7 +321,17 @@ class GrpcHandler:
 
             for path, (request_type, run) in ProfilerServicer().methods().items():
                 self._methods[path] = _Method(request_type, run)
-        self._predict_path = prediction + "Predict"
+        from pyserving.server.v2.grpc import INFER_PATH, V2Servicer
+
+        v2 = V2Servicer(serving)
+        for path, (request_type, run) in v2.methods().items():
+            self._methods[path] = _Method(request_type, run)
+        self._fast = {
+            prediction + "Predict": _Fast(
+                predict_pb2.PredictRequest, self._predictor, lambda r: r.model_spec.name
+            ),
+            INFER_PATH: _Fast(v2.infer_request_type, v2, v2.model_name),
+        }
         self.health: _Health | None = _Health() if options.enable_health else None
         self.costs = costs if costs is not None else CallCosts()
         self._jobs: dict[Http2Connection, int] = {}  # worker jobs per connection
@@ -386,8 +407,9 @@ class GrpcHandler:
         if stream.cancelled or connection.transport is None:
             return  # reset or disconnected while its message was inflated
         try:
-            if path == self._predict_path:
-                self._predict(connection, stream, message)
+            fast = self._fast.get(path)
+            if fast is not None:
+                self._predict(connection, stream, message, fast)
             elif path.startswith("/grpc.health.v1.Health/") and self.health is not None:
                 self._health(connection, stream, path, message)
             else:
@@ -548,45 +570,49 @@ class GrpcHandler:
 
     # -- Predict -------------------------------------------------------------------------
 
-    def _predict(self, connection: Http2Connection, stream: Stream, body: bytes) -> None:
+    def _predict(
+        self, connection: Http2Connection, stream: Stream, body: bytes, fast: _Fast
+    ) -> None:
         context: CallContext = stream.context
         if len(body) > INLINE_REQUEST_BYTES:
-            self._submit(connection, self._predict_on_worker, connection, stream, body, None)
+            work = self._predict_on_worker
+            self._submit(connection, work, connection, stream, body, None, fast)
             return
-        request = _parse(predict_pb2.PredictRequest, body)
-        if not self.costs.runs_inline(request.model_spec.name):
-            self._submit(connection, self._predict_on_worker, connection, stream, b"", request)
+        request = _parse(fast.request_type, body)
+        if not self.costs.runs_inline(fast.model(request)):
+            work = self._predict_on_worker
+            self._submit(connection, work, connection, stream, b"", request, fast)
             return
         if context.expired():
             raise CallAborted(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
-        future = self._start(request, context)
+        future = self._start(request, context, fast)
         if future.done():
-            self._finish(connection, stream, lambda: self._predict_response(future, context))
+            self._finish(connection, stream, lambda: self._predict_response(future, context, fast))
         else:
-            self._answer_when_done(connection, stream, future, context)
+            self._answer_when_done(connection, stream, future, context, fast)
 
     def _predict_on_worker(
-        self, connection: Http2Connection, stream: Stream, body: bytes, request: Any
+        self, connection: Http2Connection, stream: Stream, body: bytes, request: Any, fast: _Fast
     ) -> None:
         context: CallContext = stream.context
         if not context.is_active():
             return
         try:
             if request is None:
-                request = _parse(predict_pb2.PredictRequest, body)
+                request = _parse(fast.request_type, body)
             if context.expired():
                 raise CallAborted(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
-            future = self._start(request, context)
+            future = self._start(request, context, fast)
         except Exception as exc:
             error = exc
             self._later(connection, stream, lambda: _raise(error))
             return
         if future.done():
             self._answer_from_worker(
-                connection, stream, lambda: self._predict_response(future, context)
+                connection, stream, lambda: self._predict_response(future, context, fast)
             )
         else:
-            self._answer_when_done(connection, stream, future, context)
+            self._answer_when_done(connection, stream, future, context, fast)
 
     def _answer_from_worker(
         self, connection: Http2Connection, stream: Stream, build: Callable[[], Any]
@@ -605,25 +631,26 @@ class GrpcHandler:
         self,
         connection: Http2Connection,
         stream: Stream,
-        future: concurrent.futures.Future[PredictResult],
+        future: concurrent.futures.Future[Any],
         context: CallContext,
+        fast: _Fast,
     ) -> None:
         """Answer a queued Predict on the loop once its batch has run."""
 
-        def done(f: concurrent.futures.Future[PredictResult]) -> None:
-            self._later(connection, stream, lambda: self._predict_response(f, context))
+        def done(f: concurrent.futures.Future[Any]) -> None:
+            self._later(connection, stream, lambda: self._predict_response(f, context, fast))
 
         future.add_done_callback(done)
 
     def _start(
-        self, request: Any, context: CallContext
-    ) -> concurrent.futures.Future[PredictResult]:
+        self, request: Any, context: CallContext, fast: _Fast
+    ) -> concurrent.futures.Future[Any]:
         """Run (or queue) a Predict, recording how long a successful call took for its model
         (a call that only queued the request for its batch counts as free; failures are not
         recorded)."""
         timer = self.costs.timer
         start = timer()
-        future = self._predictor.start_predict(request)
+        future = fast.servicer.start_predict(request)
         context.future = future
         if not context.is_active():
             future.cancel()  # reset while it started: a queued request leaves its batch
@@ -633,18 +660,18 @@ class GrpcHandler:
             elapsed = timer() - start
         else:
             elapsed = 0.0  # only queued for its batch
-        self.costs.record(request.model_spec.name, elapsed)
+        self.costs.record(fast.model(request), elapsed)
         return future
 
     def _predict_response(
-        self, future: concurrent.futures.Future[PredictResult], context: CallContext
+        self, future: concurrent.futures.Future[Any], context: CallContext, fast: _Fast
     ) -> Any:
         if future.cancelled():
             raise CallAborted(grpc.StatusCode.CANCELLED, "Cancelled")
         result = future.result()
         if context.expired():
             raise CallAborted(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
-        return self._predictor.predict_response(result)
+        return fast.servicer.predict_response(result)
 
     # -- other methods -------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ UNIX socket (``unix:PATH``):
   GetModelMetadata.
 * ``tensorflow.serving.ModelService``: GetModelStatus, HandleReloadConfigRequest.
 * ``grpc.health.v1.Health`` when :attr:`GrpcServerOptions.enable_health`.
+* ``inference.GRPCInferenceService``, the Open Inference Protocol (``v2/grpc.py``).
 
 With :attr:`GrpcServerOptions.tls` (``--ssl_config_file``, TF Serving's ``SSLConfig``) both
 addresses use TLS with that key and certificate; with ``client_verify`` a client must present
@@ -610,6 +611,9 @@ def start_grpc_server(
             from pyserving.server.profiler_service import ProfilerServicer
 
             server.add_generic_rpc_handlers((ProfilerServicer().grpc_handler(),))
+        from pyserving.server.v2.grpc import V2Servicer
+
+        server.add_generic_rpc_handlers((V2Servicer(serving).grpc_handler(),))
         credentials = options.tls.credentials() if options.tls is not None else None
         address = f"0.0.0.0:{options.port}"
         port = _bind(server, address, credentials)

@@ -1,6 +1,7 @@
 """The TF-Serving-compatible REST API: a raw ASGI app over :class:`ModelServing`.
 
-Routes (TF Serving's, case-insensitive)::
+Routes (TF Serving's, case-insensitive; ``/v2/...``: the Open Inference Protocol, see
+``v2/rest.py``)::
 
     POST /v1/models/{name}[/versions/{v}|/labels/{l}]:(predict|classify|regress)
     GET  /v1/models/{name}[/versions/{v}|/labels/{l}]          model status
@@ -96,9 +97,12 @@ def _too_large(limit: int, what: str = "Request body") -> RequestTooLarge:
 
 @dataclass(frozen=True)
 class RestResponse:
+    """An answer: status, body, content type, and any further headers."""
+
     status: int
     body: bytes
     content_type: bytes = b"application/json"
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 def error_response(error: ServingError) -> RestResponse:
@@ -154,6 +158,11 @@ class RestHandler:
         self.serving = serving
         self.max_body_bytes = max_body_bytes
         self.extra_routes: dict[str, ExtraRoute] = {}
+        from pyserving.server.v2.rest import V2Routes
+        from pyserving.server.v2.service import V2Service
+
+        #: The Open Inference Protocol's routes (paths under ``/v2``; see ``v2/rest.py``).
+        self.v2 = V2Routes(V2Service(serving))
 
     def handle(
         self, method: str, path: str, headers: dict[bytes, bytes], body: bytes
@@ -177,6 +186,10 @@ class RestHandler:
         extra = self.extra_routes.get(path)
         if extra is not None and method == "GET":
             return extra()
+        if path == "/v2" or path.startswith("/v2/"):
+            if method == "POST":
+                body = _decode_body(headers, body, self.max_body_bytes)
+            return self.v2.handle(method, path, headers, body)
         if not path.lower().startswith("/v1/"):
             return RestResponse(404, orjson.dumps({"error": f"Not found: {method} {path}"}))
         if method == "POST":
@@ -372,6 +385,7 @@ class RestApp:
             (b"content-type", response.content_type),
             (b"content-length", str(len(response.body)).encode()),
         ]
+        out_headers.extend(response.headers)
         if self.enable_cors:
             out_headers.extend(_CORS_HEADERS)
         await send(
