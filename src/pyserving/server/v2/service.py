@@ -367,7 +367,17 @@ class V2Service:
         kept = [m for m in models if m.name != name]
         del models[:]
         models.extend([*kept, model])
+        monitor = self.core.monitor
+        stale = monitor.get_version_states(name)  # of an earlier time it was configured
         self.core.reload_config(config)
+        if current is None and stale:
+            # The reload saw those old END states as settled: wait for the new versions.
+            def settled(m: Any) -> bool:
+                fresh = [s for v, s in m.get_version_states(name).items() if stale.get(v) is not s]
+                done = (ManagerState.AVAILABLE, ManagerState.END)
+                return bool(fresh) and all(s.state in done for s in fresh)
+
+            monitor.wait_for(settled, timeout=self.core.options.settle_timeout)
         if not self.core.manager.available_versions(name):
             reasons = [
                 s.error.message
