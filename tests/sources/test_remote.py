@@ -492,3 +492,25 @@ def test_store_errors_are_store_errors(store: tuple[str, SpyFileSystem]) -> None
     spy.fail_find = RuntimeError("boom")
     with pytest.raises(StoreError, match="RuntimeError: boom"):
         ObjectStore(base, spy).list_tree(base)
+
+
+def test_a_servable_handed_over_to_another_source_is_not_emitted_empty(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A model whose base path moves from a directory to a store (or back) is emitted by its
+    new source only: an empty list from the old one would un-aspire the new one's versions."""
+    from pyserving.sources.filesystem import FileSystemStoragePathSource
+
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "saved_model.pb").write_bytes(b"x")
+    local = FileSystemStoragePathSource([ServableSourceConfig("m", str(tmp_path))], -1)
+    recorder = Recorder()
+    local.set_aspired_versions_callback(recorder)
+    local.poll_once()
+    local.update_config([], handed_over={"m"})
+    local.poll_once()
+    assert [name for name, _ in recorder.calls] == ["m"]
+    local.update_config([ServableSourceConfig("m", str(tmp_path))])
+    local.update_config([])  # dropped, not handed over: emitted empty
+    local.poll_once()
+    assert recorder.calls[-1] == ("m", [])
