@@ -280,7 +280,8 @@ def bodies_with_raw_bytes(draw: st.DrawFn, verb: str) -> bytes:
     """A JSON body for ``verb`` whose strings and keys hold raw bytes."""
     body = draw(raw_predict_bodies if verb == "predict" else raw_example_bodies)
     ascii_only = draw(st.booleans())
-    text = json.dumps(body, ensure_ascii=ascii_only).encode()
+    # (lone surrogates from the text strategy become more bytes that are not UTF-8)
+    text = json.dumps(body, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
     parts = text.split(b"\\ue000" if ascii_only else RAW.encode())
     fills = draw(st.lists(raw_bytes, min_size=len(parts) - 1, max_size=len(parts) - 1))
     out = parts[0]
@@ -321,6 +322,26 @@ def test_feature_names_that_are_not_utf8_are_400(env: Env, verb: str, body: byte
     assert message.startswith("Feature: \\x") and message.endswith(
         "has a name that is not valid UTF-8 (invalid encoding in string)"
     ), message
+
+
+@pytest.mark.parametrize("value", [b"\xff", b"\xff\xfe\x8d", b"\xed\xa0\x80"], ids=range(3))
+def test_model_errors_quoting_bytes_that_are_not_utf8(env: Env, value: bytes) -> None:
+    """A string that is not a tf.Example fed to a signature parsing one: TensorFlow's error
+    quotes the bytes, and as they are not UTF-8 it raises UnicodeDecodeError instead of its
+    error (this was a 500). A 400 / INVALID_ARGUMENT with the bytes written as \\xNN."""
+    body = b'{"signature_name": "classify_x_to_y", "instances": ["' + value + b'"]}'
+    r = env.server.client.post(f"/v1/models/{MODEL}:predict", content=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"].startswith("Could not parse example input, value: '\\x")
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    request.model_spec.signature_name = "classify_x_to_y"
+    request.inputs["inputs"].CopyFrom(tf.make_tensor_proto([value], dtype=tf.string))
+    with pytest.raises(grpc.RpcError) as info:
+        env.predict_stub.Predict(request, timeout=30)
+    error: Any = info.value
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.details().startswith("Could not parse example input, value: '\\x")
 
 
 @pytest.mark.parametrize(

@@ -263,6 +263,17 @@ def _translate(exc: tf.errors.OpError) -> ServingError:
     return ServingError.from_code(code, exc.message)
 
 
+def _undecodable_error(exc: UnicodeDecodeError) -> ServingError:
+    """TensorFlow raises ``UnicodeDecodeError`` instead of the op's error when that error's
+    message is not UTF-8: it quotes input bytes (``Could not parse example input, value:
+    '\\xff'`` from ParseExample fed a string that is not a tf.Example). The status code is
+    lost with it; such errors are about the input: ``InvalidArgument``, with the message's
+    undecodable bytes written as ``\\xNN``."""
+    raw = exc.object
+    message = bytes(raw).decode("utf-8", "backslashreplace") if raw else str(exc)
+    return InvalidArgument(message)
+
+
 def _as_string_feed(value: np.ndarray) -> np.ndarray:
     """``str`` arrays become object arrays of UTF-8 ``bytes``; other string forms pass."""
     if value.dtype.kind != "U":
@@ -372,6 +383,8 @@ class SavedModelServable:
             values = fn(*args)
         except tf.errors.OpError as exc:
             raise _translate(exc) from None
+        except UnicodeDecodeError as exc:
+            raise _undecodable_error(exc) from None
         fetches = info.output_aliases if key is None else key
         return {
             alias: v if type(v) is np.ndarray else np.asarray(v)
