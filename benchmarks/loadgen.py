@@ -1,6 +1,6 @@
 """Closed-loop load generator for REST (keep-alive HTTP/1.1) and gRPC, run as its own process.
 
-``python -m benchmarks.loadgen --protocol rest|grpc --port P --payload FILE
+``python -m benchmarks.loadgen --protocol rest|grpc|v2-rest|v2-grpc --port P --payload FILE
 --concurrency 1,8,32,64 --duration 10 --warmup 2 [--server-pid PID]`` runs one point per
 concurrency level, one after the other, and prints one JSON document on stdout.
 
@@ -18,6 +18,9 @@ bodies). gRPC (``--grpc-client raw``, the default): the same kind of client for 
 request serialized once; ``--grpc-client stub``: ``grpc.aio`` with the official
 ``PredictionService`` stub on one channel, as TF Serving clients do. The stub client costs
 ten times the CPU per call of the raw one, CPU the server then lacks on a shared machine.
+``v2-rest`` and ``v2-grpc``: the raw clients sending the Open Inference Protocol's requests
+instead (REST infer with binary tensor data both ways; gRPC ModelInfer with raw contents,
+as ``tritonclient`` sends them).
 
 Answers are checked against the payload's expected output: the first answer of each worker
 and every 64th one after it (a wrong answer counts as an error). Nothing here sleeps between
@@ -46,6 +49,9 @@ from benchmarks import procstat
 VALIDATE_EVERY = 64
 #: At most this many distinct error messages are kept per point.
 MAX_ERROR_SAMPLES = 5
+#: The Open Inference Protocol: REST infer with binary tensor data, gRPC ModelInfer (raw).
+V2_REST = "v2-rest"
+V2_GRPC = "v2-grpc"
 
 
 @dataclass
@@ -189,32 +195,44 @@ class HttpConnection(asyncio.Protocol):
             self._transport.close()
 
 
-def rest_request_bytes(host: str, port: int, path: str, body: bytes) -> bytes:
-    """A complete keep-alive HTTP/1.1 POST request."""
+def rest_request_bytes(
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    content_type: str = "application/json",
+    extra_headers: str = "",
+) -> bytes:
+    """A complete keep-alive HTTP/1.1 POST request (``extra_headers``: CRLF-ended lines)."""
     head = (
         f"POST {path} HTTP/1.1\r\n"
         f"Host: {host}:{port}\r\n"
-        "Content-Type: application/json\r\n"
+        f"Content-Type: {content_type}\r\n"
         f"Content-Length: {len(body)}\r\n"
+        f"{extra_headers}"
         "\r\n"
     )
     return head.encode("ascii") + body
 
 
 def rest_worker_factory(
-    host: str, port: int, payload: Payload, path: str
+    host: str, port: int, payload: Payload, path: str, v2: bool = False
 ) -> Callable[[PointState, float], Awaitable[None]]:
-    """Build the REST worker coroutine function for ``payload``."""
-    body = json.dumps({"instances": payload.rows}, separators=(",", ":")).encode()
-    data = rest_request_bytes(host, port, path, body)
+    """Build the REST worker coroutine function for ``payload``: V1 predict with JSON rows,
+    or (``v2``) a V2 infer with the binary tensor data extension both ways."""
+    if v2:
+        data, check = v2_rest_request(host, port, payload, path)
+    else:
+        body = json.dumps({"instances": payload.rows}, separators=(",", ":")).encode()
+        data = rest_request_bytes(host, port, path, body)
 
-    def check(raw: bytes) -> str | None:
-        try:
-            answer = json.loads(raw)
-            got = np.asarray(answer["predictions"], np.float32)
-        except (ValueError, KeyError, TypeError) as exc:
-            return f"bad answer ({exc}): {raw[:120]!r}"
-        return payload.check(got)
+        def check(raw: bytes) -> str | None:
+            try:
+                answer = json.loads(raw)
+                got = np.asarray(answer["predictions"], np.float32)
+            except (ValueError, KeyError, TypeError) as exc:
+                return f"bad answer ({exc}): {raw[:120]!r}"
+            return payload.check(got)
 
     async def worker(state: PointState, deadline: float) -> None:
         conn: HttpConnection | None = None
@@ -246,6 +264,49 @@ def rest_worker_factory(
                 conn.close()
 
     return worker
+
+
+def v2_rest_request(
+    host: str, port: int, payload: Payload, path: str
+) -> tuple[bytes, Callable[[bytes], str | None]]:
+    """A V2 infer request whose input and output travel as binary tensor data (as
+    ``tritonclient``'s defaults send them), and the check of its answer."""
+    rows = np.asarray(payload.rows, np.float32)
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": payload.input_name,
+                    "datatype": "FP32",
+                    "shape": list(rows.shape),
+                    "parameters": {"binary_data_size": rows.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        },
+        separators=(",", ":"),
+    ).encode()
+    data = rest_request_bytes(
+        host,
+        port,
+        path,
+        header + rows.tobytes(),
+        "application/octet-stream",
+        f"Inference-Header-Content-Length: {len(header)}\r\n",
+    )
+
+    def check(raw: bytes) -> str | None:
+        # The answer's JSON header is followed by the one output's bytes.
+        size = 4 * int(np.prod(np.shape(payload.expected))) if payload.expected else 0
+        try:
+            answer = json.loads(raw[: len(raw) - size])
+            output = answer["outputs"][0]
+            got = np.frombuffer(raw[len(raw) - size :], np.float32).reshape(output["shape"])
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            return f"bad answer ({exc}): {raw[:120]!r}"
+        return payload.check(got)
+
+    return data, check
 
 
 # ------------------------------------------------------------------------------------------
@@ -328,29 +389,57 @@ def grpc_stub_worker_factory(
     return worker, close
 
 
+def v2_grpc_request(payload: Payload) -> tuple[bytes, Callable[[bytes], str | None]]:
+    """A serialized V2 ``ModelInferRequest`` with ``raw_input_contents`` (as
+    ``tritonclient`` sends it), and the check of its serialized answer."""
+    from pyserving.server.v2.protos import MESSAGES
+
+    rows = np.asarray(payload.rows, np.float32)
+    request = MESSAGES["ModelInferRequest"](model_name=payload.model_name)
+    request.inputs.add(name=payload.input_name, datatype="FP32", shape=list(rows.shape))
+    request.raw_input_contents.append(rows.tobytes())
+    response_type = MESSAGES["ModelInferResponse"]
+
+    def check(answer: bytes) -> str | None:
+        try:
+            response = response_type.FromString(answer)
+            shape = list(response.outputs[0].shape)
+            got = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(shape)
+        except Exception as exc:  # a malformed answer is an error of the point
+            return f"bad answer ({exc})"
+        return payload.check(got)
+
+    return request.SerializeToString(), check
+
+
 def grpc_raw_worker_factory(
-    host: str, port: int, payload: Payload
+    host: str, port: int, payload: Payload, v2: bool = False
 ) -> tuple[Callable[[PointState, float], Awaitable[None]], Callable[[], Awaitable[None]]]:
     """Workers on one raw HTTP/2 connection (:mod:`benchmarks.h2grpc`), and a closer.
 
     All workers share the connection (one stream per call), as with the stub client's
-    channel; the request message is serialized once.
+    channel; the request message is serialized once. ``v2``: V2's ModelInfer with raw
+    contents instead of Predict.
     """
     from tensorflow_serving.apis import predict_pb2
 
     from benchmarks.h2grpc import GrpcCallError, GrpcConnection
 
-    message = grpc_request(payload).SerializeToString()
-    check = grpc_checker(payload)
+    if v2:
+        message, check_raw = v2_grpc_request(payload)
+        method = "/inference.GRPCInferenceService/ModelInfer"
+    else:
+        message = grpc_request(payload).SerializeToString()
+        check = grpc_checker(payload)
 
-    def check_raw(answer: bytes) -> str | None:
-        try:
-            response = predict_pb2.PredictResponse.FromString(answer)
-        except Exception as exc:  # a malformed answer is an error of the point
-            return f"bad answer ({exc})"
-        return check(response)
+        def check_raw(answer: bytes) -> str | None:
+            try:
+                response = predict_pb2.PredictResponse.FromString(answer)
+            except Exception as exc:  # a malformed answer is an error of the point
+                return f"bad answer ({exc})"
+            return check(response)
 
-    method = "/tensorflow.serving.PredictionService/Predict"
+        method = "/tensorflow.serving.PredictionService/Predict"
     lock = asyncio.Lock()
     conn: GrpcConnection | None = None
 
@@ -481,6 +570,11 @@ async def run_points(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.protocol == "rest":
         path = args.path or f"/v1/models/{payload.model_name}:predict"
         worker = rest_worker_factory(args.host, args.port, payload, path)
+    elif args.protocol == V2_REST:
+        path = args.path or f"/v2/models/{payload.model_name}/infer"
+        worker = rest_worker_factory(args.host, args.port, payload, path, v2=True)
+    elif args.protocol == V2_GRPC:
+        worker, close = grpc_raw_worker_factory(args.host, args.port, payload, v2=True)
     elif args.grpc_client == "stub":
         worker, close = grpc_stub_worker_factory(args.host, args.port, payload)
     else:
@@ -514,7 +608,7 @@ def _concurrency_list(text: str) -> list[int]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.loadgen", description=__doc__)
-    parser.add_argument("--protocol", choices=("rest", "grpc"), required=True)
+    parser.add_argument("--protocol", choices=("rest", "grpc", V2_REST, V2_GRPC), required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--path", default="", help="REST path (default: the model's :predict)")

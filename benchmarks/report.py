@@ -100,6 +100,69 @@ def _target(
     }
 
 
+#: How targets name the measured protocols.
+PROTOCOL_NAMES = {"rest": "REST", "grpc": "gRPC", "v2-rest": "V2 REST", "v2-grpc": "V2 gRPC"}
+#: Concurrencies at which V2 gRPC ModelInfer is held to TF Serving Predict's figures.
+V2_CONCURRENCY = (1, 32)
+
+
+def _server_us(point: dict[str, Any] | None) -> float | None:
+    if point is None or point.get("server_cpu_us_per_request") is None:
+        return None
+    return float(point["server_cpu_us_per_request"])
+
+
+def _v2_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Open Inference Protocol's targets: ModelInfer within 10% of Predict (half_plus_two,
+    p50 and QPS); REST infer with binary tensor data cheaper in server CPU than V1's JSON
+    predict (the MLP's 512-float row)."""
+    targets = []
+    for c in V2_CONCURRENCY:
+        predict = find_point(results, "half_plus_two", PYSERVING, "grpc", c)
+        infer = find_point(results, "half_plus_two", PYSERVING, "v2-grpc", c)
+        targets.append(
+            _target(
+                f"v2_grpc_p50_vs_predict_c{c}",
+                f"half_plus_two, concurrency {c}: V2 gRPC ModelInfer p50 / gRPC Predict p50",
+                _ratio(_p50(infer), _p50(predict)),
+                "<=",
+                1.1,
+                _p50(infer),
+                _p50(predict),
+                "ms",
+            )
+        )
+        targets.append(
+            _target(
+                f"v2_grpc_qps_vs_predict_c{c}",
+                f"half_plus_two, concurrency {c}: V2 gRPC ModelInfer QPS / gRPC Predict QPS",
+                _ratio(_qps(infer), _qps(predict)),
+                ">=",
+                0.9,
+                _qps(infer),
+                _qps(predict),
+                "QPS",
+            )
+        )
+    c1 = LATENCY_CONCURRENCY
+    binary = _server_us(find_point(results, "mlp", PYSERVING, "v2-rest", c1))
+    json_v1 = _server_us(find_point(results, "mlp", PYSERVING, "rest", c1))
+    targets.append(
+        _target(
+            "v2_rest_binary_cpu_vs_v1_json",
+            f"mlp, concurrency {c1}: server CPU per request, V2 REST infer with binary tensor "
+            "data / V1 REST predict (JSON)",
+            _ratio(binary, json_v1),
+            "<",
+            1.0,
+            binary,
+            json_v1,
+            "us/req",
+        )
+    )
+    return targets
+
+
 def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets as ratios measured in this run (``met`` is None when not measured)."""
     targets = []
@@ -131,12 +194,13 @@ def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "ms",
         )
     )
+    targets.extend(_v2_targets(results))
     cb = BATCHING_CONCURRENCY
     limit = inprocess_rows_per_s(results, "mlp", "function", INPROCESS_BATCH)
-    for protocol in ("rest", "grpc"):
+    for protocol in ("rest", "grpc", "v2-rest", "v2-grpc"):
         batched = _qps(find_point(results, "mlp", PYSERVING_BATCHING, protocol, cb))
         unbatched = _qps(find_point(results, "mlp", PYSERVING, protocol, cb))
-        name = "REST" if protocol == "rest" else "gRPC"
+        name = PROTOCOL_NAMES[protocol]
         targets.append(
             _target(
                 f"batched_vs_inprocess_{protocol}",

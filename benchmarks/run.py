@@ -6,7 +6,9 @@ One run, in this order (nothing heavy ever runs at the same time as a measuremen
 2. for each workload (``half_plus_two``, ``mlp``) and each server configuration, the server
    is started alone, the load generator runs every concurrency level over REST and then
    gRPC (raw HTTP/2 client; for ``half_plus_two`` also ``grpc-stub``, the official
-   stubs), and the server is stopped. Configurations: ``pyserving`` (default flags),
+   stubs), then the Open Inference Protocol's ``v2-rest`` (binary tensor data) and
+   ``v2-grpc`` (ModelInfer, raw contents), and the server is stopped. Configurations:
+   ``pyserving`` (default flags),
    ``pyserving-batching`` (``mlp`` only; see :data:`BATCHING_PARAMETERS`), each also as
    ``...-grpcio`` (gRPC only, ``--grpc_frontend=grpcio``), and ``fastapi`` (REST only);
 3. the in-process limit of each workload.
@@ -15,7 +17,7 @@ It prints a table and the targets' ratios and writes ``bench-<stamp>.json`` and
 ``bench-<stamp>.png`` (and the servers' logs) into the output directory. The MLP is exported
 once into ``<out>/models/mlp`` and reused; so is ``half_plus_two``'s equivalent into
 ``<out>/models/testdata`` when TF Serving's test models are absent. ``--quick`` is a smoke
-run: ``half_plus_two`` only, concurrency 1 and 2, one second per point, REST and gRPC, no
+run: ``half_plus_two`` only, concurrency 1 and 2, one second per point, every protocol, no
 baselines.
 """
 
@@ -48,6 +50,9 @@ num_batch_threads { value: 1 }
 
 #: The pseudo-protocol of gRPC measured with the official stubs instead of the raw client.
 GRPC_STUB = "grpc-stub"
+#: Protocols measured: TF Serving's REST and gRPC, and the Open Inference Protocol's (REST
+#: infer with binary tensor data, gRPC ModelInfer with raw contents).
+PROTOCOLS = ("rest", "grpc", "v2-rest", "v2-grpc")
 
 DEFAULT_CONCURRENCY = (1, 8, 32, 64)
 QUICK_CONCURRENCY = (1, 2)
@@ -104,7 +109,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=pathlib.Path, default=servers.ROOT / "benchmarks" / "results")
     parser.add_argument("--concurrency", default=None, help="comma list (default 1,8,32,64)")
     parser.add_argument("--workloads", default=None, help="half_plus_two,mlp")
-    parser.add_argument("--protocols", default="rest,grpc")
+    parser.add_argument(
+        "--protocols",
+        default=",".join(PROTOCOLS),
+        help="comma list of rest, grpc, v2-rest, v2-grpc (default: all)",
+    )
     parser.add_argument(
         "--retries",
         type=int,
@@ -156,8 +165,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.workloads) - {"half_plus_two", "mlp"}
     if unknown:
         parser.error(f"unknown workloads: {sorted(unknown)}")
-    if set(args.protocols) - {"rest", "grpc"} or not args.protocols:
-        parser.error("--protocols takes rest, grpc or both")
+    if set(args.protocols) - set(PROTOCOLS) or not args.protocols:
+        parser.error(f"--protocols takes some of {', '.join(PROTOCOLS)}")
     if args.duration <= 0 or args.warmup < 0 or not args.concurrency:
         parser.error("--duration must be positive, --warmup not negative")
     return args
@@ -393,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         trivial = dict(workloads[0].payload(), expected=None)
         trivial_payload.write_text(json.dumps(trivial))
         levels = sorted({1, max(args.concurrency)})
-        calibrated = list(args.protocols)
+        calibrated = [p for p in args.protocols if p in ("rest", "grpc")]
         if "grpc" in calibrated and args.stub_client:
             calibrated.append(GRPC_STUB)
         for protocol in calibrated:
@@ -433,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
             with servers.running(server, workload.name):
                 _say(f"{workload.name}: {config.label} ready in {server.startup_s:.1f} s")
                 for protocol in config.protocols:
-                    port = rest_port if protocol == "rest" else grpc_port  # grpc, grpc-stub
+                    rest = protocol in ("rest", "v2-rest")
+                    port = rest_port if rest else grpc_port  # grpc, grpc-stub, v2-grpc
                     _say(
                         f"{workload.name}: {config.label} {protocol} at concurrency "
                         f"{','.join(map(str, args.concurrency))}"

@@ -70,6 +70,8 @@ def test_quick_run_reports_every_field_and_no_errors(
     assert set(runs) == {
         ("half_plus_two", "pyserving", "rest"),
         ("half_plus_two", "pyserving", "grpc"),
+        ("half_plus_two", "pyserving", "v2-rest"),
+        ("half_plus_two", "pyserving", "v2-grpc"),
     }
     for key, run in runs.items():
         assert [p["concurrency"] for p in run["points"]] == [1, 2], key
@@ -85,4 +87,5 @@ def test_quick_run_reports_every_field_and_no_errors(
     targets = {t["id"]: t for t in results["targets"]}
     assert targets["zero_errors"]["met"] is True
     assert targets["grpc_p50_vs_rest"]["ratio"] is not None
+    assert targets["v2_grpc_p50_vs_predict_c1"]["ratio"] is not None
     assert targets["batched_vs_inprocess_rest"]["met"] is None  # not measured in a quick run
