@@ -1,5 +1,5 @@
 """inference.py on real SavedModels: predict, classify, regress, multi-inference, metadata,
-and the JSON round trip the REST front end makes through tensors.py."""
+and the JSON round trip the REST front end makes through pyserving.codec."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow_serving.apis import inference_pb2, input_pb2
 
-from pyserving import inference, tensors
+from pyserving import codec, inference
 from pyserving.errors import (
     FailedPrecondition,
     Internal,
@@ -87,7 +87,7 @@ def examples(*xs: float, context: dict[str, float] | None = None) -> input_pb2.I
     body: dict[str, object] = {"examples": [{"x": x} if x is not None else {} for x in xs]}
     if context is not None:
         body["context"] = context
-    _name, request_input = tensors.parse_examples_request(body)
+    _name, request_input = codec.parse_examples_request(body)
     return request_input
 
 
@@ -178,7 +178,7 @@ def test_classes_and_scores(custom: SavedModelServable) -> None:
     assert [[(c.label, c.score) for c in cs.classes] for cs in result.classifications] == [
         [("cat", 0.25), ("dog", 0.75)]
     ] * 2
-    assert tensors.format_classify_response(result) == (
+    assert codec.format_classify_response(result) == (
         b'{"results":[[["cat",0.25],["dog",0.75]],[["cat",0.25],["dog",0.75]]]}'
     )
 
@@ -372,34 +372,34 @@ def test_rest_predict_round_trip(
     model: str, body: bytes, expected: bytes, request: pytest.FixtureRequest
 ) -> None:
     servable = request.getfixturevalue(model)
-    parsed = tensors.loads(body)
-    signature = inference.find_signature(servable, tensors.get_signature_name(parsed), rest=True)
-    fmt, inputs = tensors.parse_predict_request(parsed, signature)
-    _name, outputs = inference.predict(servable, tensors.get_signature_name(parsed), inputs)
-    assert tensors.format_predict_response(outputs, fmt) == expected
+    parsed = codec.loads(body)
+    signature = inference.find_signature(servable, codec.get_signature_name(parsed), rest=True)
+    fmt, inputs = codec.parse_predict_request(parsed, signature)
+    _name, outputs = inference.predict(servable, codec.get_signature_name(parsed), inputs)
+    assert codec.format_predict_response(outputs, fmt) == expected
 
 
 @pytest.mark.parametrize("model", ["tf1", "tf2"])
 def test_rest_classify_and_regress_round_trip(model: str, request: pytest.FixtureRequest) -> None:
     servable = request.getfixturevalue(model)
-    body = tensors.loads(b'{"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]}')
-    name, request_input = tensors.parse_examples_request(body)
+    body = codec.loads(b'{"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]}')
+    name, request_input = codec.parse_examples_request(body)
     result = inference.classify(servable, name, request_input)
-    assert tensors.format_classify_response(result) == b'{"results":[[["",3.0]]]}'
-    body = tensors.loads(b'{"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}]}')
-    name, request_input = tensors.parse_examples_request(body)
+    assert codec.format_classify_response(result) == b'{"results":[[["",3.0]]]}'
+    body = codec.loads(b'{"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}]}')
+    name, request_input = codec.parse_examples_request(body)
     result = inference.regress(servable, name, request_input)
-    assert tensors.format_regress_response(result) == b'{"results":[3.0]}'
+    assert codec.format_regress_response(result) == b'{"results":[3.0]}'
 
 
 def test_grpc_style_round_trip(tf1: SavedModelServable) -> None:
     proto = tf.make_tensor_proto(np.array([[2.0], [4.0]], np.float32))
-    inputs = {"x": tensors.tensor_proto_to_ndarray(proto, name="x")}
+    inputs = {"x": codec.tensor_proto_to_ndarray(proto, name="x")}
     _name, outputs = inference.predict(tf1, "", inputs)
-    response = tensors.ndarray_to_tensor_proto(outputs["y"])
+    response = codec.ndarray_to_tensor_proto(outputs["y"])
     assert list(response.float_val) == [3.0, 4.0]
     assert [d.size for d in response.tensor_shape.dim] == [2, 1]
     wrong = tf.make_tensor_proto(np.array([[2.0]], np.float64))
     with pytest.raises(InvalidArgument) as info:
-        inference.predict(tf1, "", {"x": tensors.tensor_proto_to_ndarray(wrong)})
+        inference.predict(tf1, "", {"x": codec.tensor_proto_to_ndarray(wrong)})
     assert info.value.message == "Expects arg[0] to be float but double is provided"

@@ -15,15 +15,15 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.apis import classification_pb2, input_pb2, regression_pb2
 
-from pyserving.errors import InvalidArgument
-from pyserving.server.rest import error_response
-from pyserving.tensors import (
+from pyserving.codec import (
     format_classify_response,
     format_predict_response,
     format_regress_response,
     loads,
     parse_examples_request,
 )
+from pyserving.errors import InvalidArgument
+from pyserving.server.rest import error_response
 
 
 def parsed(body: str) -> tuple[str, input_pb2.Input]:

@@ -30,19 +30,19 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from pyserving.codec import (
+    DEFAULT_SIGNATURE_KEY,
+    datatype_for_numpy,
+    dtype_name,
+    format_classify_response,
+    format_regress_response,
+)
 from pyserving.errors import (
     FailedPrecondition,
     Internal,
     InvalidArgument,
     ServingError,
     Unimplemented,
-)
-from pyserving.tensors import (
-    DEFAULT_SIGNATURE_KEY,
-    datatype_for_numpy,
-    dtype_name,
-    format_classify_response,
-    format_regress_response,
 )
 
 __all__ = [

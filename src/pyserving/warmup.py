@@ -69,12 +69,12 @@ def load_warmup_records(version_path: str) -> list[Any]:
 
 def replay(servable: Any, record: Any) -> None:
     """Run one PredictionLog's request against ``servable`` (raises what the request raises)."""
-    from pyserving import inference, tensors
+    from pyserving import codec, inference
 
     kind = record.WhichOneof("log_type")
     if kind == "predict_log":
         request = record.predict_log.request
-        inputs = {k: tensors.tensor_proto_to_ndarray(v) for k, v in request.inputs.items()}
+        inputs = {k: codec.tensor_proto_to_ndarray(v) for k, v in request.inputs.items()}
         inference.predict(
             servable, request.model_spec.signature_name, inputs, list(request.output_filter)
         )

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from pyserving import tensors
+from pyserving import codec
 from tests.e2e.server import RunningServer
 
 pytestmark = pytest.mark.e2e
@@ -64,9 +64,9 @@ def grpc_predict(port: int, x: np.ndarray) -> np.ndarray:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "half_plus_two"
-        request.inputs["x"].CopyFrom(tensors.ndarray_to_tensor_proto(x))
+        request.inputs["x"].CopyFrom(codec.ndarray_to_tensor_proto(x))
         response = stub.Predict(request, timeout=60)
-        return tensors.tensor_proto_to_ndarray(response.outputs["y"])
+        return codec.tensor_proto_to_ndarray(response.outputs["y"])
 
 
 def test_concurrent_requests_get_their_own_answers(server: RunningServer) -> None:

@@ -34,7 +34,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from pyserving import tensors
+from pyserving import codec
 from tests.e2e.server import RunningServer, run_to_exit
 
 pytestmark = pytest.mark.e2e
@@ -263,11 +263,11 @@ def test_concurrent_requests_are_batched(mixed: RunningServer) -> None:
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "default"
         request.inputs["x"].CopyFrom(
-            tensors.ndarray_to_tensor_proto(np.array([[float(i)]], np.float32))
+            codec.ndarray_to_tensor_proto(np.array([[float(i)]], np.float32))
         )
         start.wait(TIMEOUT)
         response = stub.Predict(request, TIMEOUT)
-        return tensors.tensor_proto_to_ndarray(response.outputs["y"]).tolist()
+        return codec.tensor_proto_to_ndarray(response.outputs["y"]).tolist()
 
     def rest_call(i: int) -> list[list[float]]:
         start.wait(TIMEOUT)

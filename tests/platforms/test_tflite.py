@@ -21,7 +21,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from pyserving import inference, tensors
+from pyserving import codec, inference
 from pyserving.batching import BatchingLoader, BatchingOptions
 from pyserving.core.loader import DISK_SIZE_RAM_MULTIPLIER
 from pyserving.errors import (
@@ -292,7 +292,7 @@ def test_batching_and_warmup_work_on_tflite(testdata: pathlib.Path, tmp_path: pa
     (version / "assets.extra").mkdir()
     log = prediction_log_pb2.PredictionLog()
     request = log.predict_log.request
-    request.inputs["x"].CopyFrom(tensors.ndarray_to_tensor_proto(np.array([[1.0]], np.float32)))
+    request.inputs["x"].CopyFrom(codec.ndarray_to_tensor_proto(np.array([[1.0]], np.float32)))
     import tensorflow as tf
 
     with tf.io.TFRecordWriter(str(version / "assets.extra" / "tf_serving_warmup_requests")) as w:

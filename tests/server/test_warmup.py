@@ -12,7 +12,7 @@ import tensorflow as tf
 from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import prediction_log_pb2
 
-from pyserving import tensors
+from pyserving import codec
 from pyserving.config import ModelServerConfig, parse_text_proto
 from pyserving.core.manager import ManagerOptions
 from pyserving.core.monitor import ManagerState
@@ -26,7 +26,7 @@ def predict_log(signature: str = "serving_default", x: float = 2.0) -> bytes:
     request = log.predict_log.request
     request.model_spec.name = "m"
     request.model_spec.signature_name = signature
-    request.inputs["x"].CopyFrom(tensors.ndarray_to_tensor_proto(np.array([[x]], np.float32)))
+    request.inputs["x"].CopyFrom(codec.ndarray_to_tensor_proto(np.array([[x]], np.float32)))
     return log.SerializeToString()
 
 

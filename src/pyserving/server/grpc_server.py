@@ -60,7 +60,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from pyserving import tensors
+from pyserving import codec
 from pyserving.errors import Code, InvalidArgument, ServingError
 from pyserving.server.service import (
     ModelServing,
@@ -264,7 +264,7 @@ def decoded_size_bytes(proto: Any) -> int | None:
     if shape.unknown_rank or any(d.size < 0 for d in shape.dim):
         return None
     try:
-        dtype = tensors.numpy_dtype(proto.dtype)
+        dtype = codec.numpy_dtype(proto.dtype)
     except ServingError:
         return None
     itemsize = _STRING_ELEMENT_BYTES if dtype.kind == "O" else dtype.itemsize
@@ -290,7 +290,7 @@ def _decode_inputs(
                 log.debug("inputs would decode to over %d bytes at %s; refused", total, name)
                 raise InvalidArgument(f"tensor parsing error: {name}")
     return {
-        name: tensors.tensor_proto_to_ndarray(proto, name=name) for name, proto in inputs.items()
+        name: codec.tensor_proto_to_ndarray(proto, name=name) for name, proto in inputs.items()
     }
 
 
@@ -385,7 +385,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         set_model_spec(response.model_spec, result.id, result.signature_name)
         for name, array in result.outputs.items():
             response.outputs[name].CopyFrom(
-                tensors.ndarray_to_tensor_proto(array, use_tensor_content=self._tensor_content)
+                codec.ndarray_to_tensor_proto(array, use_tensor_content=self._tensor_content)
             )
         return response
 

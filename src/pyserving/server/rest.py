@@ -47,7 +47,7 @@ import orjson
 from google.protobuf import json_format
 from tensorflow_serving.apis import input_pb2
 
-from pyserving import tensors
+from pyserving import codec
 from pyserving.compression import GZIP, InflatedTooLarge, inflate
 from pyserving.errors import (
     DeadlineExceeded,
@@ -223,12 +223,12 @@ class RestHandler:
         formats: list[str] = []
 
         def decode(signature_def: Any) -> dict[str, Any]:
-            fmt, inputs = tensors.parse_predict_request(body, signature_def)
+            fmt, inputs = codec.parse_predict_request(body, signature_def)
             formats.append(fmt)
             return inputs
 
         def encode(result: PredictResult) -> RestResponse:
-            return RestResponse(200, tensors.format_predict_response(result.outputs, formats[0]))
+            return RestResponse(200, codec.format_predict_response(result.outputs, formats[0]))
 
         future = self.serving.predict_future(spec, decode, entrypoint="REST")
         if future.done():
@@ -237,14 +237,14 @@ class RestHandler:
 
     def _examples(self, spec: ModelSpec, payload: bytes, verb: str) -> RestResponse:
         body = _parse_json_object(payload)
-        signature_name, request_input = tensors.parse_examples_request(body)
+        signature_name, request_input = codec.parse_examples_request(body)
         spec = ModelSpec(spec.name, spec.version, spec.label, signature_name)
         assert isinstance(request_input, input_pb2.Input)
         if verb == "classify":
             _id, _sig, cresult = self.serving.classify(spec, request_input, entrypoint="REST")
-            return RestResponse(200, tensors.format_classify_response(cresult))
+            return RestResponse(200, codec.format_classify_response(cresult))
         _id, _sig, rresult = self.serving.regress(spec, request_input, entrypoint="REST")
-        return RestResponse(200, tensors.format_regress_response(rresult))
+        return RestResponse(200, codec.format_regress_response(rresult))
 
     def _list_models(self) -> RestResponse:
         models = [
@@ -319,11 +319,11 @@ def gunzip(data: bytes, limit: int | None = None) -> bytes:
 
 
 def _parse_json_object(payload: bytes) -> dict[str, Any]:
-    return tensors.parse_json_object(payload)
+    return codec.parse_json_object(payload)
 
 
 def _signature_name(body: dict[str, Any]) -> str:
-    return tensors.get_signature_name(body)
+    return codec.get_signature_name(body)
 
 
 class RestApp:

@@ -31,18 +31,18 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 
+from pyserving.codec import (
+    datatype_for_numpy,
+    dtype_name,
+    numpy_dtype,
+    tensor_proto_to_ndarray,
+)
 from pyserving.errors import (
     Code,
     FailedPrecondition,
     Internal,
     InvalidArgument,
     ServingError,
-)
-from pyserving.tensors import (
-    datatype_for_numpy,
-    dtype_name,
-    numpy_dtype,
-    tensor_proto_to_ndarray,
 )
 
 #: Signature key TF2 exports use for their initializer; it is not a servable signature.

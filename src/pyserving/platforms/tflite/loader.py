@@ -38,6 +38,7 @@ from typing import Any
 
 from tensorflow.core.protobuf import meta_graph_pb2
 
+from pyserving.codec import DEFAULT_SIGNATURE_KEY, datatype_for_numpy
 from pyserving.core.loader import DISK_SIZE_RAM_MULTIPLIER, Loader, ResourceEstimate
 from pyserving.errors import (
     AlreadyExists,
@@ -53,7 +54,6 @@ from pyserving.platforms.tflite.servable import (
     TfLiteServable,
     new_interpreter,
 )
-from pyserving.tensors import DEFAULT_SIGNATURE_KEY, datatype_for_numpy
 
 _log = logging.getLogger(__name__)
 

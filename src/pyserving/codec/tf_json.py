@@ -75,10 +75,6 @@ __all__ = [
     "utf8_bytes",
 ]
 
-# --------------------------------------------------------------------------------------------
-# Strings
-# --------------------------------------------------------------------------------------------
-
 
 def utf8_bytes(text: str) -> bytes:
     """The bytes a parsed JSON string stands for: its UTF-8 encoding, with ``surrogateescape``
@@ -91,11 +87,6 @@ def utf8_bytes(text: str) -> bytes:
             return text.encode("utf-8", errors="surrogateescape")
         except UnicodeEncodeError:
             return text.encode("utf-8", errors="surrogatepass")
-
-
-# --------------------------------------------------------------------------------------------
-# Reading: numbers with RapidJSON's rules
-# --------------------------------------------------------------------------------------------
 
 
 class _NumberTooBig(Exception):
@@ -210,10 +201,6 @@ def _json_float(text: str) -> float:
         return float(_number_from_text(text))
     return value
 
-
-# --------------------------------------------------------------------------------------------
-# Reading: documents
-# --------------------------------------------------------------------------------------------
 
 _DECODER = json.JSONDecoder(parse_int=_json_int, parse_float=_json_float)
 _JSON_WS = re.compile(r"[ \t\n\r]*")
@@ -640,11 +627,6 @@ def _parse_exact(raw: bytes) -> Any:
     raise _parse_error(_END_OF_INPUT_ERRORS[state], pos)
 
 
-# --------------------------------------------------------------------------------------------
-# Error texts: RapidJSON's writer
-# --------------------------------------------------------------------------------------------
-
-
 def json_type(value: Any) -> str:
     """RapidJSON's type name of a parsed value (``JsonTypeString``)."""
     if value is None:
@@ -787,10 +769,6 @@ def debug_text(value: Any) -> str:
         size += _byte_length(piece)
     return "".join(out)
 
-
-# --------------------------------------------------------------------------------------------
-# Writing numbers: WriteDecimal
-# --------------------------------------------------------------------------------------------
 
 _F32_INF = np.float32(np.inf)
 # Nearest doubles to 10**k (Python's float() parsing is correctly rounded).

@@ -18,9 +18,8 @@ from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import classification_pb2, regression_pb2
 
-from pyserving import tensors
-from pyserving.errors import InvalidArgument, ServingError, Unimplemented
-from pyserving.tensors import (
+from pyserving import codec
+from pyserving.codec import (
     format_classify_response,
     format_predict_response,
     format_regress_response,
@@ -31,7 +30,8 @@ from pyserving.tensors import (
     tensor_proto_to_ndarray,
     tf_float_text,
 )
-from pyserving.tfjson import utf8_bytes
+from pyserving.codec.tf_json import utf8_bytes
+from pyserving.errors import InvalidArgument, ServingError, Unimplemented
 
 
 def signature(**inputs: int) -> meta_graph_pb2.SignatureDef:
@@ -164,7 +164,7 @@ def test_loads_reads_what_tf_serving_reads() -> None:
     deep = loads(b'{"instances": [1], "nested": ' + b"[" * 500_000 + b"]" * 500_000 + b"}")
     assert deep["instances"] == [1]
     with pytest.raises(InvalidArgument) as info:
-        tensors.get_signature_name({"signature_name": deep["nested"]})
+        codec.get_signature_name({"signature_name": deep["nested"]})
     assert info.value.message.startswith('JSON Value: {\n    "signature_name": [[[[')
     assert info.value.message.endswith(
         "[[ not formatted correctly. 'signature_name' key must be a string value."
@@ -320,8 +320,8 @@ def test_body_and_signature_name_checks() -> None:
         'JSON Value: {\n    "signature_name": 5,\n    "inputs": [1.5,  '
         "not formatted correctly. 'signature_name' key must be a string value."
     )
-    assert tensors.get_signature_name({"inputs": 1}) == ""
-    assert tensors.get_signature_name({"signature_name": "s"}) == "s"
+    assert codec.get_signature_name({"inputs": 1}) == ""
+    assert codec.get_signature_name({"signature_name": "s"}) == "s"
     empty = meta_graph_pb2.SignatureDef()
     assert error({"inputs": []}, empty) == "Failed to get input map for signature: DEFAULT"
     assert error({"signature_name": "get", "inputs": []}, empty) == (
@@ -965,9 +965,9 @@ def test_tensor_proto_errors() -> None:
 
 
 def test_dtype_helpers() -> None:
-    assert tensors.dtype_name(types_pb2.DT_FLOAT) == "float"
-    assert tensors.dtype_name(types_pb2.DT_FLOAT_REF) == "float_ref"
-    assert tensors.dtype_name(types_pb2.DT_INVALID) == "INVALID"
-    assert tensors.numpy_dtype(types_pb2.DT_FLOAT_REF) == np.float32
-    assert tensors.datatype_for_numpy(np.dtype(">f4")) == types_pb2.DT_FLOAT
-    assert tensors.datatype_for_numpy(np.dtype("S3")) == types_pb2.DT_STRING
+    assert codec.dtype_name(types_pb2.DT_FLOAT) == "float"
+    assert codec.dtype_name(types_pb2.DT_FLOAT_REF) == "float_ref"
+    assert codec.dtype_name(types_pb2.DT_INVALID) == "INVALID"
+    assert codec.numpy_dtype(types_pb2.DT_FLOAT_REF) == np.float32
+    assert codec.datatype_for_numpy(np.dtype(">f4")) == types_pb2.DT_FLOAT
+    assert codec.datatype_for_numpy(np.dtype("S3")) == types_pb2.DT_STRING

@@ -1,0 +1,219 @@
+"""``TensorProto`` <-> NumPy, as TensorFlow's ``Tensor::FromProto`` / ``Tensor::AsProtoField``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+
+from pyserving.codec.dtypes import (
+    DT_BFLOAT16,
+    DT_BOOL,
+    DT_COMPLEX64,
+    DT_COMPLEX128,
+    DT_DOUBLE,
+    DT_FLOAT,
+    DT_HALF,
+    DT_INT8,
+    DT_INT16,
+    DT_INT32,
+    DT_INT64,
+    DT_STRING,
+    DT_UINT8,
+    DT_UINT16,
+    DT_UINT32,
+    DT_UINT64,
+    REF_OFFSET,
+    datatype_for_numpy,
+    dtype_name,
+    numpy_dtype,
+)
+from pyserving.codec.json_predict import (
+    shape_text,
+)
+from pyserving.codec.tf_json import (
+    utf8_bytes,
+)
+from pyserving.errors import InvalidArgument, ServingError
+
+# Packed fixed-width fields: (field number, little-endian numpy dtype of the payload).
+_PACKED_FIELDS: dict[int, tuple[int, str]] = {
+    DT_FLOAT: (5, "<f4"),
+    DT_DOUBLE: (6, "<f8"),
+    DT_COMPLEX64: (9, "<c8"),
+    DT_COMPLEX128: (12, "<c16"),
+    DT_BOOL: (11, "u1"),  # a 0/1 varint is one byte
+}
+_INT_VAL_TYPES = frozenset({DT_INT32, DT_INT16, DT_INT8, DT_UINT8, DT_UINT16})
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        if n:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def _shape_proto(shape: Iterable[int]) -> tensor_shape_pb2.TensorShapeProto:
+    proto = tensor_shape_pb2.TensorShapeProto()
+    for size in shape:
+        proto.dim.add(size=size)
+    return proto
+
+
+def ndarray_to_tensor_proto(
+    array: Any, *, use_tensor_content: bool = False
+) -> tensor_pb2.TensorProto:
+    """A TensorProto holding ``array``.
+
+    By default the values go into the typed ``*_val`` fields, as ``Tensor::AsProtoField``
+    does (TF Serving's Predict responses); ``use_tensor_content=True`` writes the raw bytes
+    into ``tensor_content`` instead (``AsProtoTensorContent``; strings always use
+    ``string_val``). Object / bytes / str arrays become ``DT_STRING`` (``str`` as UTF-8).
+    Fixed-width fields are filled from the raw bytes (no per-element Python work).
+
+    Raises:
+        InvalidArgument: a dtype with no TensorFlow equivalent.
+    """
+    array = np.asarray(array)
+    dtype = datatype_for_numpy(array.dtype)
+    proto = tensor_pb2.TensorProto(dtype=dtype)
+    proto.tensor_shape.CopyFrom(_shape_proto(array.shape))
+    if array.size == 0:
+        return proto
+    if dtype == DT_STRING:
+        flat = array.ravel().tolist()
+        proto.string_val.extend(utf8_bytes(v) if isinstance(v, str) else bytes(v) for v in flat)
+        return proto
+    if use_tensor_content:
+        little = array.dtype.newbyteorder("<")
+        proto.tensor_content = np.ascontiguousarray(array, dtype=little).tobytes()
+        return proto
+    packed = _PACKED_FIELDS.get(dtype)
+    if packed is not None:
+        field, layout = packed
+        raw = np.ascontiguousarray(array, dtype=layout).tobytes()
+        proto.MergeFromString(_varint((field << 3) | 2) + _varint(len(raw)) + raw)
+    elif dtype in _INT_VAL_TYPES:
+        proto.int_val.extend(array.ravel().tolist())
+    elif dtype == DT_INT64:
+        proto.int64_val.extend(array.ravel().tolist())
+    elif dtype == DT_UINT32:
+        proto.uint32_val.extend(array.ravel().tolist())
+    elif dtype == DT_UINT64:
+        proto.uint64_val.extend(array.ravel().tolist())
+    elif dtype in (DT_HALF, DT_BFLOAT16):
+        proto.half_val.extend(array.ravel().view(np.uint16).tolist())
+    else:  # pragma: no cover - every dtype datatype_for_numpy returns is handled above
+        raise InvalidArgument(f"Unsupported tensor data type: {dtype_name(dtype)}")
+    return proto
+
+
+def _parse_error(name: str | None, reason: str) -> InvalidArgument:
+    if name is not None:
+        return InvalidArgument(f"tensor parsing error: {name}")
+    return InvalidArgument(f"Cannot convert TensorProto to a tensor: {reason}")
+
+
+def _typed_values(proto: tensor_pb2.TensorProto, dtype: int, np_dtype: np.dtype[Any]) -> np.ndarray:
+    if dtype == DT_FLOAT:
+        return np.array(proto.float_val, dtype=np.float32)
+    if dtype == DT_DOUBLE:
+        return np.array(proto.double_val, dtype=np.float64)
+    if dtype in _INT_VAL_TYPES:
+        return np.array(proto.int_val, dtype=np.int64).astype(np_dtype)
+    if dtype == DT_INT64:
+        return np.array(proto.int64_val, dtype=np.int64)
+    if dtype == DT_BOOL:
+        return np.array(proto.bool_val, dtype=np.bool_)
+    if dtype == DT_UINT32:
+        return np.array(proto.uint32_val, dtype=np.uint32)
+    if dtype == DT_UINT64:
+        return np.array(proto.uint64_val, dtype=np.uint64)
+    if dtype in (DT_HALF, DT_BFLOAT16):
+        return np.array(proto.half_val, dtype=np.int64).astype(np.uint16).view(np_dtype)
+    if dtype == DT_COMPLEX64:
+        pairs = np.array(proto.scomplex_val, dtype=np.float32)
+        return pairs[: len(pairs) // 2 * 2].view(np.complex64)
+    if dtype == DT_COMPLEX128:
+        pairs = np.array(proto.dcomplex_val, dtype=np.float64)
+        return pairs[: len(pairs) // 2 * 2].view(np.complex128)
+    if dtype == DT_STRING:
+        values = np.empty(len(proto.string_val), dtype=object)
+        values[:] = list(proto.string_val)
+        return values
+    raise InvalidArgument(f"Unsupported tensor data type: {dtype_name(dtype)}")  # pragma: no cover
+
+
+#: The largest size NumPy can describe (``npy_intp``): a shape past it is refused.
+_MAX_ARRAY_BYTES = 2**63 - 1
+
+
+def tensor_proto_to_ndarray(
+    proto: tensor_pb2.TensorProto, *, name: str | None = None
+) -> np.ndarray:
+    """The array a TensorProto describes (``Tensor::FromProto`` semantics).
+
+    ``tensor_content`` must hold exactly the tensor's bytes. Typed ``*_val`` fields may hold
+    fewer values than the shape needs: none means all zeros (empty strings), otherwise the
+    last value is repeated to fill the tensor (a single value broadcasts). More values than
+    the shape holds is an error.
+
+    Args:
+        name: the input alias, if any; errors then read ``tensor parsing error: <name>``
+            exactly as TF Serving's Predict says.
+
+    Raises:
+        InvalidArgument: invalid shape or dtype, or values that do not fit the shape.
+    """
+    dtype = proto.dtype
+    try:
+        np_dtype = numpy_dtype(dtype)
+    except ServingError:
+        raise _parse_error(name, f"unsupported dtype {dtype_name(dtype)}") from None
+    if dtype > REF_OFFSET:
+        raise _parse_error(name, f"reference dtype {dtype_name(dtype)}")
+    shape_proto = proto.tensor_shape
+    if shape_proto.unknown_rank:
+        raise _parse_error(name, "unknown rank")
+    shape = [d.size for d in shape_proto.dim]
+    if any(d < 0 for d in shape):
+        raise _parse_error(name, f"invalid shape {shape_text(shape)}")
+    if math.prod(d for d in shape if d) * max(np_dtype.itemsize, 1) > _MAX_ARRAY_BYTES:
+        # No array can have this shape, even with no elements (a zero dimension beside
+        # dimensions whose product overflows): NumPy refuses it.
+        raise _parse_error(name, f"shape {shape_text(shape)} is too large")
+    count = math.prod(shape)
+    if proto.tensor_content and dtype != DT_STRING:
+        content = proto.tensor_content
+        little = np_dtype.newbyteorder("<") if np_dtype.byteorder not in "|" else np_dtype
+        if len(content) != count * np_dtype.itemsize:
+            raise _parse_error(
+                name,
+                f"tensor_content holds {len(content)} bytes, the shape "
+                f"{shape_text(shape)} of {dtype_name(dtype)} needs {count * np_dtype.itemsize}",
+            )
+        return np.frombuffer(content, dtype=little).astype(np_dtype).reshape(shape)
+    values = _typed_values(proto, dtype, np_dtype)
+    given = len(values)
+    if given == count:
+        return values.reshape(shape)
+    if given > count:
+        raise _parse_error(name, f"{given} values do not fit the shape {shape_text(shape)}")
+    if given == 0:
+        if dtype == DT_STRING:
+            filled = np.empty(count, dtype=object)
+            filled[:] = [b""] * count
+            return filled.reshape(shape)
+        return np.zeros(shape, dtype=np_dtype)
+    filled = np.empty(count, dtype=np_dtype)
+    filled[:given] = values
+    filled[given:] = values[-1]
+    return filled.reshape(shape)
