@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from pyserving.cli import FLAGS, UsageError, main, not_implemented_flags, parse_flags
+from pyserving.cli import main
+from pyserving.flags import FLAGS, UsageError, not_implemented_flags, parse_flags
 from pyserving.quiet_tensorflow import TF_LOG_VARIABLES, filter_noise, user_wants_tensorflow_logs
 
 

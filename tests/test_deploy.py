@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from pyserving.cli import parse_flags
+from pyserving.flags import parse_flags
 from pyserving.server.app import ServerOptions
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
-from pyserving.cli import FLAGS
+from pyserving.flags import FLAGS
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
 

@@ -14,11 +14,11 @@ import grpc
 import pytest
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
-from pyserving.cli import UsageError, parse_flags
 from pyserving.config import ConfigError, ModelServerConfig, parse_text_proto
 from pyserving.core.manager import ManagerOptions
 from pyserving.core.source import ServableId
 from pyserving.errors import InvalidArgument
+from pyserving.flags import UsageError, parse_flags
 from pyserving.server.app import server_options_from_flags
 from pyserving.server.core import ServerCore, ServerCoreOptions
 from pyserving.server.grpc_server import (

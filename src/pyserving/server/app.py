@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pyserving.cli import ParsedFlags, UsageError, not_implemented_flags
 from pyserving.config import (
     ConfigError,
     load_model_server_config,
@@ -29,6 +28,7 @@ from pyserving.config import (
 from pyserving.core.loader import ResourceEstimate
 from pyserving.core.manager import ManagerOptions
 from pyserving.errors import ServingError
+from pyserving.flags import ParsedFlags, UsageError, not_implemented_flags
 from pyserving.server.core import ServerCore, ServerCoreOptions
 from pyserving.server.health import install_health_routes, is_ready
 from pyserving.server.logs import configure_logging, log_transition
