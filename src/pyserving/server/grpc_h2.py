@@ -24,7 +24,8 @@ What a call goes through:
   request waiting for its batch holds no thread. The deadline is checked before and after
   the run; a client that resets the stream cancels its queued request. The durations are
   kept by :class:`CallCosts`, whose timer can be replaced (tests decide what counts as fast
-  without depending on the machine's speed).
+  without depending on the machine's speed). The Open Inference Protocol's ``ModelInfer``
+  (``v2/grpc.py``) is served the same way.
 * Every other method runs the synchronous servicer's method on a worker thread (the
   ``pyserving-grpc`` pool, ``max_threads``), with a context giving the deadline,
   cancellation and ``abort``.
