@@ -433,6 +433,69 @@ def render_text(results: dict[str, Any]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+#: How docs/benchmarks.md names each measured protocol.
+DOC_PROTOCOLS = {
+    "rest": "REST",
+    "grpc": "gRPC",
+    "grpc-stub": "gRPC, official stubs",
+    "v2-rest": "V2 REST, binary",
+    "v2-grpc": "V2 gRPC, raw",
+}
+
+
+def _thousands(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The per-workload point tables and the targets table as docs/benchmarks.md shows them."""
+    parts = []
+    workloads = list(dict.fromkeys(run["workload"] for run in results.get("runs", [])))
+    for workload in workloads:
+        lines = [
+            f"### {workload}",
+            "",
+            "| server | proto | conc | QPS | p50 ms | p90 ms | p99 ms | errors | srv CPU% "
+            "| srv CPU us/req | srv peak RSS MB | client CPU% |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for run in results["runs"]:
+            if run["workload"] != workload:
+                continue
+            for p in run["points"]:
+                lat = p["latency_ms"]
+                cells = [
+                    run["server"],
+                    DOC_PROTOCOLS.get(run["protocol"], run["protocol"]),
+                    str(p["concurrency"]),
+                    _thousands(p["qps"]),
+                    _fmt(lat["p50"], 3),
+                    _fmt(lat["p90"], 3),
+                    _fmt(lat["p99"], 3),
+                    str(p["errors"]),
+                    _fmt(p.get("server_cpu_percent"), 0),
+                    _thousands(p.get("server_cpu_us_per_request")),
+                    _fmt(p.get("server_peak_rss_mb"), 0),
+                    _fmt(p.get("client_cpu_percent"), 0),
+                ]
+                lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    lines = ["| target | measured | ratio | goal | met |", "|---|---|---|---|---|"]
+    for t in results.get("targets", []):
+        if t["id"] == "zero_errors":
+            measured = str(t["numerator"])
+        else:
+            measured = (
+                f"{_thousands(t['numerator'], 3 if t['unit'] == 'ms' else 0)} / "
+                f"{_thousands(t['denominator'], 3 if t['unit'] == 'ms' else 0)} {t['unit']}"
+            )
+        met = "n/a" if t["met"] is None else ("**yes**" if t["met"] else "**no**")
+        ratio = _fmt(t["ratio"])
+        lines.append(f"| {t['description']} | {measured} | {ratio} | {t['target']} | {met} |")
+    parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
 # ------------------------------------------------------------------------------------------
 # Chart
 # ------------------------------------------------------------------------------------------
@@ -507,11 +570,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report")
     parser.add_argument("results")
     parser.add_argument("--chart", default="")
+    parser.add_argument(
+        "--markdown", action="store_true", help="the tables as docs/benchmarks.md shows them"
+    )
     args = parser.parse_args(argv)
     with open(args.results) as f:
         results = json.load(f)
     results["targets"] = compute_targets(results)
-    sys.stdout.write(render_text(results))
+    sys.stdout.write(markdown(results) if args.markdown else render_text(results))
     if args.chart:
         write_chart(results, args.chart)
     return 0
