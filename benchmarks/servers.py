@@ -43,6 +43,7 @@ class ServerProcess:
     grpc_port: int = 0
     process: subprocess.Popen[bytes] | None = None
     startup_s: float = 0.0
+    env: dict[str, str] = field(default_factory=dict)  # added to ``child_env()``
     _log: object = field(default=None, repr=False)
 
     @property
@@ -55,7 +56,11 @@ class ServerProcess:
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self._log = log
         self.process = subprocess.Popen(
-            self.command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=child_env()
+            self.command,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**child_env(), **self.env},
         )
 
     def log_tail(self, lines: int = 30) -> str:

@@ -1,0 +1,214 @@
+"""Compare source trees of pyserving on the same gRPC points, measured in one run.
+
+``python -m benchmarks.compare --variant before=DIR --variant after=src [--rounds 2]
+[--workloads half_plus_two,mlp] [--concurrency 1,8,32,64] [--duration 10] [--no-batching]``
+
+Each variant is a directory holding the ``pyserving`` package (a ``src`` directory: a copy
+of an older commit's ``src``, or a prototype); its server runs with that directory first on
+``PYTHONPATH``, everything else (Python, TensorFlow, the load generator, the models) shared.
+For each workload and configuration (``pyserving``; for ``mlp`` also
+``pyserving-batching`` with ``benchmarks.run``'s batching parameters), every round starts
+each variant's server in turn, measures gRPC (the raw HTTP/2 client of
+``benchmarks/h2grpc.py``) at every concurrency level and stops it; the variants' order
+alternates between rounds, so a drift of the machine's speed falls on both. A measurement
+disturbed by other processes is repeated as in ``benchmarks.run``.
+
+It prints, per point, each variant's median QPS and server CPU per request over the rounds
+and the ratio of each variant to the first, and writes every figure to
+``<out>/compare-<stamp>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import os
+import pathlib
+import statistics
+import sys
+from typing import Any
+
+from benchmarks import models, run, servers
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__)
+    parser.add_argument(
+        "--variant",
+        action="append",
+        required=True,
+        help="NAME=DIR: DIR holds the pyserving package (repeat; the first is the reference)",
+    )
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--workloads", default="half_plus_two,mlp")
+    parser.add_argument("--concurrency", default="1,8,32,64")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--retries", type=int, default=2)
+    parser.add_argument("--out", type=pathlib.Path, default=servers.ROOT / "benchmarks/results")
+    parser.add_argument("--models-dir", type=pathlib.Path, default=None)
+    parser.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True)
+    args = parser.parse_args(argv)
+    variants: list[tuple[str, pathlib.Path]] = []
+    for item in args.variant:
+        name, sep, directory = item.partition("=")
+        path = pathlib.Path(directory).resolve()
+        if not sep or not (path / "pyserving" / "__init__.py").is_file():
+            parser.error(f"--variant {item}: expected NAME=DIR with DIR/pyserving/__init__.py")
+        variants.append((name, path))
+    args.variants = variants
+    args.workloads = [w for w in args.workloads.split(",") if w]
+    args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
+    args.protocols = ["grpc"]
+    return args
+
+
+def _configs(workload: str, args: argparse.Namespace, batching_file: str) -> list[run.ServerConfig]:
+    configs = [run.ServerConfig("pyserving", "pyserving", ("grpc",))]
+    if workload == "mlp" and args.batching:
+        flags = ("--enable_batching", f"--batching_parameters_file={batching_file}")
+        configs.append(run.ServerConfig("pyserving-batching", "pyserving", ("grpc",), flags))
+    return configs
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Every round of every variant; returns the JSON document."""
+    out: pathlib.Path = args.out.resolve()
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    work = out / f"compare-{stamp}"
+    work.mkdir(parents=True)
+    models_dir = (args.models_dir or out / "models").resolve()
+    batching_file = work / "batching_parameters.txt"
+    batching_file.write_text(run.BATCHING_PARAMETERS)
+    doc: dict[str, Any] = {
+        "meta": {
+            "command": ["python", "-m", "benchmarks.compare", *sys.argv[1:]],
+            "variants": {name: str(path) for name, path in args.variants},
+            "rounds": args.rounds,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "git_commit": run._git_commit(),
+        },
+        "runs": [],
+    }
+    for name in args.workloads:
+        workload = (
+            models.half_plus_two(models_dir)
+            if name == "half_plus_two"
+            else models.mlp(models_dir / "mlp")
+        )
+        payload = work / f"payload-{name}.json"
+        payload.write_text(json.dumps(workload.payload()))
+        for config in _configs(name, args, str(batching_file)):
+            for round_ in range(args.rounds):
+                order = args.variants if round_ % 2 == 0 else args.variants[::-1]
+                for variant, path in order:
+                    grpc_port, rest_port = servers.free_port(), servers.free_port()
+                    server = servers.ServerProcess(
+                        label=f"{config.label}@{variant}",
+                        command=servers.pyserving_command(
+                            name, workload.base_path, grpc_port, rest_port, config.flags
+                        ),
+                        log_path=work / f"server-{name}-{config.label}-{variant}-{round_}.log",
+                        rest_port=rest_port,
+                        grpc_port=grpc_port,
+                        env={"PYTHONPATH": os.pathsep.join([str(path), str(servers.ROOT)])},
+                    )
+                    run.wait_quiet()
+                    run._say(f"{name}: {config.label} {variant} round {round_ + 1}")
+                    with servers.running(server, name):
+                        result = run.measure_quietly(
+                            functools.partial(
+                                run.run_loadgen, "grpc", grpc_port, payload, args, server.pid
+                            ),
+                            args.retries,
+                        )
+                    doc["runs"].append(
+                        {
+                            "workload": name,
+                            "server": config.label,
+                            "variant": variant,
+                            "round": round_,
+                            "points": result["points"],
+                            "attempts": result["attempts"],
+                        }
+                    )
+    return doc
+
+
+def summary(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per workload, server and concurrency: each variant's median QPS and CPU per request."""
+    rows: dict[tuple[str, str, int], dict[str, dict[str, list[float]]]] = {}
+    for run_ in doc["runs"]:
+        for point in run_["points"]:
+            key = (run_["workload"], run_["server"], int(point["concurrency"]))
+            figures = rows.setdefault(key, {}).setdefault(run_["variant"], {"qps": [], "cpu": []})
+            figures["qps"].append(float(point["qps"]))
+            figures["cpu"].append(float(point.get("server_cpu_us_per_request") or 0.0))
+            figures.setdefault("errors", []).append(float(point.get("errors") or 0))
+    table = []
+    for (workload, server, concurrency), variants in rows.items():
+        table.append(
+            {
+                "workload": workload,
+                "server": server,
+                "concurrency": concurrency,
+                "variants": {
+                    name: {
+                        "qps": statistics.median(f["qps"]),
+                        "cpu_us_per_request": statistics.median(f["cpu"]),
+                        "errors": sum(f["errors"]),
+                    }
+                    for name, f in variants.items()
+                },
+            }
+        )
+    return table
+
+
+def render(doc: dict[str, Any]) -> str:
+    names = list(doc["meta"]["variants"])
+    reference = names[0]
+    header = ["workload", "server", "conc"]
+    for name in names:
+        header += [f"{name} QPS", f"{name} CPU us/req"]
+    for name in names[1:]:
+        header += [f"{name}/{reference} QPS", f"{name}/{reference} CPU"]
+    header.append("errors")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in doc["summary"]:
+        cells = [row["workload"], row["server"], str(row["concurrency"])]
+        figures = row["variants"]
+        for name in names:
+            f = figures.get(name, {})
+            cells += [f"{f.get('qps', 0):,.0f}", f"{f.get('cpu_us_per_request', 0):,.0f}"]
+        ref = figures.get(reference, {})
+        for name in names[1:]:
+            f = figures.get(name, {})
+            qps = f.get("qps", 0) / ref["qps"] if ref.get("qps") else 0
+            cpu = (
+                f.get("cpu_us_per_request", 0) / ref["cpu_us_per_request"]
+                if ref.get("cpu_us_per_request")
+                else 0
+            )
+            cells += [f"{qps:.3f}", f"{cpu:.3f}"]
+        cells.append(str(int(sum(f.get("errors", 0) for f in figures.values()))))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    doc = measure(args)
+    doc["summary"] = summary(doc)
+    path = args.out.resolve() / f"compare-{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(doc, indent=1))
+    sys.stdout.write(render(doc))
+    print(f"\nresults: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
