@@ -494,8 +494,10 @@ class HeaderEncoder:
     messages never churn the table). The table never exceeds what the decoder allows
     (:meth:`set_max_table_size`, from the peer's ``SETTINGS_HEADER_TABLE_SIZE``) nor
     :data:`DEFAULT_HEADER_TABLE`; a change is signalled at the start of the next block.
-    Encodings are cached while the table does not change, so a steady stream of identical
-    answers costs a dict lookup. Blocks must be written in the order they are encoded.
+    Encodings are cached while the table does not change, by the identity of the header
+    tuple (the encoder keeps a reference, so the identity stays unique), so a steady stream
+    of answers built from the same constant tuples costs a dict lookup. Blocks must be
+    written in the order they are encoded.
     """
 
     def __init__(self, indexed_names: frozenset[bytes] = INDEXED_NAMES) -> None:
@@ -506,7 +508,7 @@ class HeaderEncoder:
         self._index: dict[tuple[bytes, bytes], int] = {}  # field -> insertion number
         self._inserted = 0
         self._resize: list[int] = []  # size updates to signal
-        self._cache: dict[Headers, bytes] = {}
+        self._cache: dict[int, tuple[Headers, bytes]] = {}  # id(fields) -> (fields, block)
 
     @property
     def table_size(self) -> int:
@@ -526,9 +528,9 @@ class HeaderEncoder:
 
     def encode(self, fields: Headers) -> bytes:
         """The HPACK block of ``fields``; updates the dynamic table as the decoder will."""
-        cached = self._cache.get(fields)
-        if cached is not None:
-            return cached
+        cached = self._cache.get(id(fields))
+        if cached is not None and cached[0] is fields:
+            return cached[1]
         out = bytearray()
         if self._resize:
             smallest, last = min(self._resize), self._resize[-1]
@@ -565,7 +567,7 @@ class HeaderEncoder:
         if stable:
             if len(self._cache) >= 32:
                 self._cache.clear()
-            self._cache[fields] = block
+            self._cache[id(fields)] = (fields, block)
         return block
 
     def _add(self, field: tuple[bytes, bytes], size: int) -> None:
