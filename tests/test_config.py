@@ -57,8 +57,8 @@ def test_missing_file() -> None:
             "Expected model a to have an absolute path or URI; got base_path()=relative/x",
         ),
         (
-            'model_config_list { config { name: "a" base_path: "/x" model_platform: "pytorch" } }',
-            "model_platform 'pytorch'",
+            'model_config_list { config { name: "a" base_path: "/x" model_platform: "caffe" } }',
+            "model_platform 'caffe'",
         ),
         ('model_config_list { config { base_path: "/x" } }', "needs a name"),
     ],

@@ -15,12 +15,13 @@ from google.protobuf.message import Message
 from tensorflow_serving.config import model_server_config_pb2
 
 from pyserving.errors import InvalidArgument
+from pyserving.platforms.registry import platform_names
 
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
 ModelConfig = model_server_config_pb2.ModelConfig
 
-#: Platforms pyserving can serve.
-SUPPORTED_PLATFORMS = ("tensorflow",)
+#: Platforms pyserving can serve: the installed platform plugins (see ``platforms/registry.py``).
+SUPPORTED_PLATFORMS = tuple(platform_names())
 
 
 class ConfigError(InvalidArgument):
@@ -54,13 +55,16 @@ def load_model_server_config(path: str) -> model_server_config_pb2.ModelServerCo
     return config
 
 
-def single_model_config(name: str, base_path: str) -> model_server_config_pb2.ModelServerConfig:
-    """The config ``--model_name``/``--model_base_path`` stand for."""
+def single_model_config(
+    name: str, base_path: str, platform: str = "tensorflow"
+) -> model_server_config_pb2.ModelServerConfig:
+    """The config ``--model_name``/``--model_base_path``/``--model_platform`` stand for
+    (``platform`` "" = detected from each version directory's files)."""
     config = model_server_config_pb2.ModelServerConfig()
     model = config.model_config_list.config.add()
     model.name = name
     model.base_path = base_path
-    model.model_platform = "tensorflow"
+    model.model_platform = platform
     return config
 
 
@@ -85,11 +89,12 @@ def validate_model_server_config(config: model_server_config_pb2.ModelServerConf
                 f"Expected model {model.name} to have an absolute path or URI; "
                 f"got base_path()={model.base_path}"
             )
-        platform = model.model_platform or "tensorflow"
-        if platform not in SUPPORTED_PLATFORMS:
+        platform = model.model_platform
+        supported = platform_names()
+        if platform and platform not in supported:
             raise ConfigError(
                 f"Model {model.name} requests model_platform {platform!r}, which this server "
-                f"does not support (supported: {', '.join(SUPPORTED_PLATFORMS)})"
+                f"does not support (supported: {', '.join(supported)})"
             )
         policy = model.model_version_policy
         if policy.WhichOneof("policy_choice") == "latest" and policy.latest.num_versions < 0:

@@ -56,6 +56,13 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag("model_name", str, "default", "Name of the model"),
     Flag("model_base_path", str, "", "Path to export (the directory holding version dirs)"),
+    Flag(
+        "model_platform",
+        str,
+        "",
+        "pyserving: the model's platform (tensorflow, onnx, sklearn, python, ...; "
+        "empty = detected from each version directory's files)",
+    ),
     Flag("num_load_threads", int, 0, "Threads that load models (0 = load in the manager loop)"),
     Flag("num_unload_threads", int, 0, "Threads that unload models (0 = unload inline)"),
     Flag("max_num_load_retries", int, 5, "Retries of a failed model load"),

@@ -90,3 +90,25 @@ def directory_size_bytes(path: str | os.PathLike[str]) -> int:
 def estimate_from_disk(path: str | os.PathLike[str]) -> ResourceEstimate:
     """TF Serving's default estimate: RAM <= 1.2 x the size of the version's files."""
     return ResourceEstimate(ram_bytes=int(directory_size_bytes(path) * DISK_SIZE_RAM_MULTIPLIER))
+
+
+class FailingLoader(Loader):
+    """A loader whose ``load`` raises ``error``: stands for a version that cannot be loaded
+    for a reason known before loading (no platform recognizes its files), so that the reason
+    shows in the model's status like any load error. Its estimate is from disk."""
+
+    def __init__(self, path: str, error: Exception) -> None:
+        self.path = path
+        self.error = error
+
+    def estimate_resources(self) -> ResourceEstimate:
+        return estimate_from_disk(self.path)
+
+    def load(self) -> None:
+        raise self.error
+
+    def unload(self) -> None:
+        pass
+
+    def servable(self) -> Any:
+        raise self.error

@@ -32,11 +32,22 @@ from tensorflow_serving.config import model_server_config_pb2
 from pyserving.batching import BatchingLoader, BatchingOptions
 from pyserving.config import ConfigError, read_text_proto, validate_model_server_config
 from pyserving.core.handle import ServableHandle, ServableRequest
-from pyserving.core.loader import DISK_SIZE_RAM_MULTIPLIER, Loader, ResourceEstimate
+from pyserving.core.loader import (
+    DISK_SIZE_RAM_MULTIPLIER,
+    FailingLoader,
+    Loader,
+    ResourceEstimate,
+)
 from pyserving.core.manager import AspiredVersionsManager, ManagerOptions
 from pyserving.core.monitor import ManagerState, ServableState, ServableStateMonitor
 from pyserving.core.source import ServableId, connect
-from pyserving.errors import FailedPrecondition, InvalidArgument, NotFound
+from pyserving.errors import FailedPrecondition, InvalidArgument, NotFound, ServingError
+from pyserving.platforms.registry import (
+    PlatformOptions,
+    all_markers,
+    detect_platform,
+    get_platform,
+)
 from pyserving.protos import BatchingParameters
 from pyserving.server.metrics import ServerMetrics
 from pyserving.sources.adapter import PathToLoaderAdapter, RemoteVersionToLoaderAdapter
@@ -71,14 +82,17 @@ class ServerCoreOptions:
 
     ``file_system_poll_wait_seconds``: as the flag (>0 period, 0 once, <0 never).
     ``allow_version_labels_for_unavailable_models``: as the flag.
-    ``platforms``: loader factory per ``model_platform`` name (empty = the built-in ones).
+    ``platforms``: loader factory per ``model_platform`` name, replacing the platform
+    plugins (empty = the installed plugins, see ``platforms/registry.py``: the platform is
+    ``model_platform``, or without one, detected from each version directory's files).
     ``settle_timeout``: seconds :meth:`ServerCore.reload_config` waits for models (None =
     forever, as TF Serving).
     ``batching`` / ``per_model_batching``: see the fields.
     ``version_markers``: per ``model_platform``, the files one of which makes a version
     directory complete (see ``sources/filesystem.py``: with periodic polling, a version is
-    loaded only once complete and unchanged between two polls). Platforms not listed need
-    none.
+    loaded only once complete and unchanged between two polls). Platforms not listed here
+    take their plugin's markers; a model without ``model_platform`` is complete with any
+    platform's marker.
     ``prefer_tflite_model``: a ``tensorflow`` model's version directory holding
     ``model.tflite`` is served from that file by the TFLite platform (and ``model.tflite``
     also makes such a directory complete); ``num_tflite_pools`` x
@@ -131,7 +145,16 @@ class ServerCore:
         self.monitor = ServableStateMonitor(self.manager.bus)
         self._config = model_server_config_pb2.ModelServerConfig()
         self._models: dict[str, model_server_config_pb2.ModelConfig] = {}
-        self._platforms = dict(self.options.platforms) or {"tensorflow": self._tensorflow_loader}
+        self._platforms = dict(self.options.platforms)
+        self._platform_options = PlatformOptions(
+            saved_model_tags=self.options.saved_model_tags,
+            intra_op_threads=self.options.intra_op_threads,
+            inter_op_threads=self.options.inter_op_threads,
+            session_config=self.options.session_config,
+            prefer_tflite_model=self.options.prefer_tflite_model,
+            num_tflite_pools=self.options.num_tflite_pools,
+            num_tflite_interpreters_per_pool=self.options.num_tflite_interpreters_per_pool,
+        )
         self._adapter = PathToLoaderAdapter(self._make_loader)
         self._source = FileSystemStoragePathSource(
             poll_wait_seconds=self.options.file_system_poll_wait_seconds
@@ -169,7 +192,7 @@ class ServerCore:
         """Replace the model set with ``config`` and wait until it has settled."""
         validate_model_server_config(config)
         for model in config.model_config_list.config:
-            if (model.model_platform or "tensorflow") not in self._platforms:
+            if self._platforms and (model.model_platform or "tensorflow") not in self._platforms:
                 raise ConfigError(
                     f"Model {model.name} requests model_platform {model.model_platform!r}, "
                     "which this server does not support"
@@ -227,14 +250,24 @@ class ServerCore:
             version_policy = ServableVersionPolicy.latest(policy.latest.num_versions or 1)
         else:
             version_policy = ServableVersionPolicy.latest()
-        platform = model.model_platform or "tensorflow"
-        markers = self.options.version_markers.get(platform, ())
+        base_path = local_path(model.base_path)
+        return ServableSourceConfig(model.name, base_path, version_policy, self._markers(model))
+
+    def _markers(self, model: model_server_config_pb2.ModelConfig) -> tuple[str, ...]:
+        """The files one of which makes a version of ``model`` complete."""
+        platform = model.model_platform or ("tensorflow" if self._platforms else "")
+        if not platform:
+            return all_markers(self._platform_options)
+        if platform not in self.options.version_markers:
+            if self._platforms:
+                return ()
+            return get_platform(platform).version_markers(self._platform_options)
+        markers = self.options.version_markers[platform]
         if self.options.prefer_tflite_model and platform == "tensorflow" and markers:
             from pyserving.platforms.tflite.loader import TFLITE_MODEL_FILENAME
 
             markers = (*markers, TFLITE_MODEL_FILENAME)
-        base_path = local_path(model.base_path)
-        return ServableSourceConfig(model.name, base_path, version_policy, markers)
+        return markers
 
     def _wait_until_unloaded(self, name: str) -> None:
         def gone(m: ServableStateMonitor) -> bool:
@@ -261,8 +294,10 @@ class ServerCore:
         model = self._models.get(id.name)
         if model is None:
             raise NotFound(f"Model {id.name} is no longer configured")
-        factory = self._platforms[model.model_platform or "tensorflow"]
-        loader = factory(model, id, path)
+        if self._platforms:
+            loader = self._platforms[model.model_platform or "tensorflow"](model, id, path)
+        else:
+            loader = self._platform_loader(model, path)
         metrics = self.metrics
         batching = self._batching_options(path)
         if batching is not None:
@@ -336,29 +371,18 @@ class ServerCore:
                 return BatchingOptions.from_proto(params)
         return self.options.batching
 
-    def _tensorflow_loader(
-        self, model: model_server_config_pb2.ModelConfig, id: ServableId, path: str
-    ) -> Loader:
-        """A SavedModel loader, or with ``prefer_tflite_model`` and ``model.tflite`` in the
-        version directory, a TFLite loader."""
-        if self.options.prefer_tflite_model:
-            from pyserving.platforms.tflite.loader import TfLiteLoader, has_tflite_model
-
-            if has_tflite_model(path):
-                return TfLiteLoader(
-                    path,
-                    self.options.num_tflite_pools,
-                    self.options.num_tflite_interpreters_per_pool,
-                )
-        from pyserving.platforms.tensorflow.loader import SavedModelLoader
-
-        return SavedModelLoader(
-            path,
-            self.options.saved_model_tags,
-            intra_op_threads=self.options.intra_op_threads,
-            inter_op_threads=self.options.inter_op_threads,
-            session_config=self.options.session_config,
-        )
+    def _platform_loader(self, model: model_server_config_pb2.ModelConfig, path: str) -> Loader:
+        """The loader of ``model_platform``'s plugin, or of the platform the version's files
+        show; when that cannot be decided (or the plugin fails to build a loader), a loader
+        whose load fails with the reason, so that it shows in the model's status."""
+        try:
+            if model.model_platform:
+                platform = get_platform(model.model_platform)
+            else:
+                platform = detect_platform(path, self._platform_options)
+            return platform.loader(path, self._platform_options)
+        except ServingError as exc:
+            return FailingLoader(path, exc)
 
     # ------------------------------------------------------------------ requests
 

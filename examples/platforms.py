@@ -1,0 +1,60 @@
+"""Small models of every built-in platform, trained and exported in seconds (no downloads).
+
+Each ``export_*`` function writes version ``version`` of one model under ``base`` (the
+model's base path) and returns the version directory:
+
+* :func:`export_sklearn_iris`: a scikit-learn logistic regression on iris (``model.joblib``);
+* :func:`export_python_flowers`: ``examples/flowers_python/model.py`` beside a copy of the
+  bundled flowers SavedModel: a feature dict in, species names out.
+
+Run ``python examples/platforms.py DIR`` to write them all under ``DIR`` together with
+``DIR/models.config``, a config file serving them side by side.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def export_sklearn_iris(base: pathlib.Path, version: int = 1) -> pathlib.Path:
+    """A logistic regression on sklearn's bundled iris data, saved with joblib."""
+    import joblib
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    model = LogisticRegression(max_iter=500).fit(x, y)
+    out = base / str(version)
+    out.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, out / "model.joblib")
+    return out
+
+
+def export_python_flowers(base: pathlib.Path, version: int = 1) -> pathlib.Path:
+    """The flowers SavedModel (``examples/flowers/1``) with ``flowers_python/model.py``."""
+    out = base / str(version)
+    shutil.copytree(HERE / "flowers" / "1", out, dirs_exist_ok=True)
+    shutil.copy(HERE / "flowers_python" / "model.py", out / "model.py")
+    return out
+
+
+EXPORTS = {"iris_sklearn": export_sklearn_iris, "flowers_python": export_python_flowers}
+
+
+def write_all(root: pathlib.Path) -> pathlib.Path:
+    """Export every model under ``root/NAME`` and write ``root/models.config``."""
+    entries = []
+    for name, export in EXPORTS.items():
+        export(root / name)
+        entries.append(f'  config {{ name: "{name}" base_path: "{root / name}" }}')
+    config = root / "models.config"
+    config.write_text("model_config_list {\n" + "\n".join(entries) + "\n}\n")
+    return config
+
+
+if __name__ == "__main__":
+    print(write_all(pathlib.Path(sys.argv[1]).resolve()))

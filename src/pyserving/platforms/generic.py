@@ -1,0 +1,272 @@
+"""What the non-TensorFlow platforms share: signatures from names, dtypes and shapes, a
+servable around plain Python callables, and a loader around a load function.
+
+:class:`ModelServable` *is* a :class:`~pyserving.platforms.tensorflow.SavedModelServable`
+(as the TFLite servable is) whose runner calls ``fn(inputs) -> outputs`` on NumPy arrays: its
+``signature_defs`` and ``meta_graph`` are SignatureDef protos built from :class:`SignatureSpec`,
+and ``run`` does the same request checks (missing or extra inputs, dtypes, unknown outputs,
+with TF Serving's messages). Metadata, V1 and V2 predict, batching and warmup therefore work
+unchanged for every platform.
+
+Errors raised by a model's code: ``ServingError`` passes through; ``ValueError`` is
+``INVALID_ARGUMENT`` with its message; anything else is ``INTERNAL`` with its type and message,
+logged with its traceback. The server keeps serving either way.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tensorflow.core.protobuf import meta_graph_pb2
+
+from pyserving.codec import datatype_for_numpy
+from pyserving.core.loader import Loader, ResourceEstimate
+from pyserving.errors import FailedPrecondition, Internal, InvalidArgument, ServingError
+from pyserving.platforms.tensorflow.servable import RunFn, SavedModelServable
+
+log = logging.getLogger(__name__)
+
+PREDICT_METHOD_NAME = "tensorflow/serving/predict"
+DEFAULT_SIGNATURE_KEY = "serving_default"
+_DT_STRING = 7
+
+#: One signature's computation: input alias -> array in, output alias -> array(-like) out.
+ModelFn = Callable[[dict[str, np.ndarray]], Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of a signature: a NumPy dtype (``str``/``bytes``/``object`` = string) and a
+    shape (-1 for a dimension of any size; ``None`` = unknown rank)."""
+
+    dtype: Any
+    shape: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class SignatureSpec:
+    """A signature's inputs and outputs by alias, and its method name."""
+
+    inputs: Mapping[str, TensorSpec]
+    outputs: Mapping[str, TensorSpec]
+    method_name: str = PREDICT_METHOD_NAME
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def tensor_spec(value: Any) -> TensorSpec:
+    """A :class:`TensorSpec` from itself, ``{"dtype": ..., "shape": [...]}``, a
+    ``(dtype, shape)`` pair or a bare dtype. Raises ``ValueError`` for anything else."""
+    if isinstance(value, TensorSpec):
+        return value
+    if isinstance(value, Mapping):
+        shape = value.get("shape")
+        return TensorSpec(value["dtype"], None if shape is None else tuple(int(d) for d in shape))
+    if isinstance(value, tuple) and len(value) == 2:
+        dtype, shape = value
+        return TensorSpec(dtype, None if shape is None else tuple(int(d) for d in shape))
+    return TensorSpec(value)
+
+
+def signature_spec(value: Any) -> SignatureSpec:
+    """A :class:`SignatureSpec` from itself or ``{"inputs": {...}, "outputs": {...}}``."""
+    if isinstance(value, SignatureSpec):
+        return value
+    if not isinstance(value, Mapping) or "inputs" not in value or "outputs" not in value:
+        raise ValueError("a signature is a mapping with 'inputs' and 'outputs'")
+    return SignatureSpec(
+        {str(k): tensor_spec(v) for k, v in value["inputs"].items()},
+        {str(k): tensor_spec(v) for k, v in value["outputs"].items()},
+        str(value.get("method_name", PREDICT_METHOD_NAME)),
+    )
+
+
+def datatype(dtype: Any) -> int:
+    """TensorFlow's DataType enum for a NumPy dtype-like (strings -> DT_STRING)."""
+    if dtype in (str, bytes, object, "string"):
+        return _DT_STRING
+    np_dtype = np.dtype(dtype)
+    if np_dtype.kind in "OSU":
+        return _DT_STRING
+    return int(datatype_for_numpy(np_dtype))
+
+
+def tensor_info(name: str, spec: TensorSpec) -> meta_graph_pb2.TensorInfo:
+    """A TensorInfo named ``name`` with ``spec``'s dtype and shape."""
+    info = meta_graph_pb2.TensorInfo(name=name, dtype=datatype(spec.dtype))
+    if spec.shape is None:
+        info.tensor_shape.unknown_rank = True
+    else:
+        for size in spec.shape:
+            info.tensor_shape.dim.add().size = int(size)
+    return info
+
+
+def signature_def(spec: SignatureSpec) -> meta_graph_pb2.SignatureDef:
+    """The SignatureDef of ``spec`` (tensor names are the aliases)."""
+    signature = meta_graph_pb2.SignatureDef(method_name=spec.method_name)
+    for alias, tensor in spec.inputs.items():
+        signature.inputs[alias].CopyFrom(tensor_info(alias, tensor))
+    for alias, tensor in spec.outputs.items():
+        signature.outputs[alias].CopyFrom(tensor_info(alias, tensor))
+    return signature
+
+
+def as_output(value: Any) -> np.ndarray:
+    """An output value as the request path expects it: an ndarray, text as object arrays of
+    UTF-8 ``bytes`` (as TensorFlow returns strings)."""
+    array = value if type(value) is np.ndarray else np.asarray(value)
+    if array.dtype.kind == "U":
+        flat = np.empty(array.size, dtype=object)
+        flat[:] = [s.encode("utf-8") for s in array.ravel().tolist()]
+        return flat.reshape(array.shape)
+    return array
+
+
+def call_user_code(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call model code, mapping its exceptions (see the module docstring)."""
+    try:
+        return fn(*args)
+    except ServingError:
+        raise
+    except ValueError as exc:
+        raise InvalidArgument(str(exc) or type(exc).__name__) from None
+    except Exception as exc:
+        log.exception("Model code raised %s", type(exc).__name__)
+        raise Internal(f"{type(exc).__name__}: {exc}") from None
+
+
+class FunctionRunner:
+    """A :class:`~pyserving.platforms.tensorflow.servable.Runner` over one :data:`ModelFn`
+    per signature. ``on_close`` runs once at :meth:`close`."""
+
+    def __init__(
+        self, functions: Mapping[str, ModelFn], on_close: Callable[[], None] | None = None
+    ) -> None:
+        self._functions: dict[str, ModelFn] | None = dict(functions)
+        self._on_close = on_close
+
+    def make_callable(
+        self,
+        signature_name: str,
+        signature: meta_graph_pb2.SignatureDef,
+        feed_aliases: Sequence[str],
+        fetch_aliases: Sequence[str],
+    ) -> RunFn:
+        functions = self._functions
+        if functions is None:
+            raise FailedPrecondition("The servable has been unloaded.")
+        fn = functions.get(signature_name)
+        if fn is None:
+            raise Internal(f"Signature {signature_name!r} has no function")
+        feeds = tuple(feed_aliases)
+        fetches = tuple(fetch_aliases)
+
+        def run(*args: np.ndarray) -> list[np.ndarray]:
+            outputs = call_user_code(fn, dict(zip(feeds, args, strict=True)))
+            if not isinstance(outputs, Mapping):
+                raise Internal(
+                    f"The model returned {type(outputs).__name__}, not a mapping of outputs"
+                )
+            try:
+                return [as_output(outputs[a]) for a in fetches]
+            except KeyError as exc:
+                raise Internal(f"The model returned no output {exc}") from None
+
+        return run
+
+    def close(self) -> None:
+        self._functions = None
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
+
+
+class ModelServable(SavedModelServable):
+    """A loaded model of a non-TensorFlow platform (see the module docstring).
+
+    Args:
+        path: the version directory.
+        signatures: key -> :class:`SignatureSpec` or SignatureDef.
+        functions: key -> the function computing that signature.
+        backend: the platform's name (shown in ``repr``).
+        on_close: releases the model (called once, by ``close``).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        signatures: Mapping[str, SignatureSpec | meta_graph_pb2.SignatureDef],
+        functions: Mapping[str, ModelFn],
+        *,
+        backend: str,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        meta_graph = meta_graph_pb2.MetaGraphDef()
+        for key, spec in signatures.items():
+            proto = spec if isinstance(spec, meta_graph_pb2.SignatureDef) else signature_def(spec)
+            meta_graph.signature_def[key].CopyFrom(proto)
+        super().__init__(path, (), meta_graph, FunctionRunner(functions, on_close), backend=backend)
+
+    def __repr__(self) -> str:
+        return f"ModelServable(path={self.path!r}, backend={self.backend!r})"
+
+
+class ModelLoader(Loader):
+    """A loader around ``load_fn() -> servable`` (a :class:`ModelServable` or anything with
+    the servable interface and ``close``).
+
+    ``estimate`` is computed once, before loading. Exceptions of ``load_fn`` other than
+    ``ServingError`` become ``InvalidArgument`` errors naming the path,
+    their type and message (a corrupt or foreign file).
+    """
+
+    def __init__(self, path: str, load_fn: Callable[[], Any], estimate: ResourceEstimate) -> None:
+        self.path = path
+        self._load_fn = load_fn
+        self._estimate = estimate
+        self._servable: Any = None
+
+    def estimate_resources(self) -> ResourceEstimate:
+        return self._estimate
+
+    def load(self) -> None:
+        try:
+            self._servable = self._load_fn()
+        except ServingError:
+            raise
+        except Exception as exc:
+            log.exception("Loading %s failed", self.path)
+            raise InvalidArgument(
+                f"Could not load the model at {self.path}: {type(exc).__name__}: {exc}"
+            ) from None
+
+    def unload(self) -> None:
+        servable, self._servable = self._servable, None
+        if servable is not None:
+            try:
+                servable.close()
+            except Exception:
+                log.exception("Closing %s failed", self.path)
+        gc.collect()
+
+    def servable(self) -> Any:
+        if self._servable is None:
+            raise FailedPrecondition("The servable is not loaded")
+        return self._servable
+
+
+def require(module: str, extra: str) -> Any:
+    """Import ``module`` or raise ``FailedPrecondition`` naming the extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise FailedPrecondition(
+            f"{module} is not installed ({exc}); install it with pip install 'pyserving[{extra}]'"
+        ) from None

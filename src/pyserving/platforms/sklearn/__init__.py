@@ -1,0 +1,107 @@
+"""The ``sklearn`` platform: a fitted scikit-learn estimator in ``model.joblib`` (joblib) or
+``model.pkl`` (pickle).
+
+Loading a pickle runs code: only model directories the operator configured are read, and
+they must be trusted as much as the server's own code.
+
+Signature ``serving_default`` (method predict): input ``inputs``, float32 ``[-1, n]`` (``n``
+is the estimator's ``n_features_in_`` when it has one; values are converted to float64 for
+the estimator). Outputs: for a classifier, ``classes`` (``predict``: the class labels,
+strings as DT_STRING, numbers as int64 or float32) and, when it has ``predict_proba``,
+``scores`` (float32 ``[-1, n_classes]``, in the order of ``classes_``); for anything else,
+``outputs`` (``predict``, float32).
+
+RAM estimate: 1.2 x the file's size (TF Serving's default rule).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from pyserving.core.loader import Loader, estimate_from_disk
+from pyserving.platforms.registry import Platform, PlatformOptions
+
+MODEL_FILES = ("model.joblib", "model.pkl")
+
+
+def _classes_dtype(classes: np.ndarray) -> Any:
+    if classes.dtype.kind in "OSU":
+        return str
+    if classes.dtype.kind in "iub":
+        return np.int64
+    return np.float32
+
+
+def load_estimator(path: str) -> Any:
+    """Unpickle the estimator in the version directory ``path``."""
+    for name in MODEL_FILES:
+        file = os.path.join(path, name)
+        if os.path.isfile(file):
+            if name.endswith(".joblib"):
+                from pyserving.platforms.generic import require
+
+                joblib = require("joblib", "sklearn")
+                return joblib.load(file)
+            import pickle
+
+            with open(file, "rb") as f:
+                return pickle.load(f)
+    raise FileNotFoundError(f"none of {', '.join(MODEL_FILES)} in {path}")
+
+
+def estimator_servable(path: str, estimator: Any, backend: str = "sklearn") -> Any:
+    """A :class:`ModelServable` serving ``estimator`` (see the module docstring)."""
+    from pyserving.platforms.generic import ModelServable, SignatureSpec, TensorSpec
+
+    n = getattr(estimator, "n_features_in_", None)
+    inputs = {"inputs": TensorSpec(np.float32, (-1, int(n) if n is not None else -1))}
+    classes = getattr(estimator, "classes_", None)
+    if classes is not None:
+        classes = np.asarray(classes)
+        classes_dtype = _classes_dtype(classes)
+        outputs = {"classes": TensorSpec(classes_dtype, (-1,))}
+        has_proba = hasattr(estimator, "predict_proba")
+        if has_proba:
+            outputs["scores"] = TensorSpec(np.float32, (-1, len(classes)))
+
+        def predict(feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+            x = np.asarray(feeds["inputs"], dtype=np.float64)
+            labels = np.asarray(estimator.predict(x))
+            result: dict[str, Any] = {
+                "classes": labels if classes_dtype is str else labels.astype(classes_dtype)
+            }
+            if has_proba:
+                result["scores"] = np.asarray(estimator.predict_proba(x), dtype=np.float32)
+            return result
+
+    else:
+        outputs = {"outputs": TensorSpec(np.float32, (-1,))}
+
+        def predict(feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+            x = np.asarray(feeds["inputs"], dtype=np.float64)
+            return {"outputs": np.asarray(estimator.predict(x), dtype=np.float32)}
+
+    return ModelServable(
+        path,
+        {"serving_default": SignatureSpec(inputs, outputs)},
+        {"serving_default": predict},
+        backend=backend,
+    )
+
+
+class SklearnPlatform(Platform):
+    """scikit-learn estimators (and other picklable objects with ``predict``)."""
+
+    name = "sklearn"
+    markers = MODEL_FILES
+    priority = 60
+
+    def loader(self, path: str, options: PlatformOptions) -> Loader:
+        from pyserving.platforms.generic import ModelLoader
+
+        return ModelLoader(
+            path, lambda: estimator_servable(path, load_estimator(path)), estimate_from_disk(path)
+        )

@@ -1,0 +1,216 @@
+"""Models of the ``python`` and ``sklearn`` platforms through the real server, beside a
+SavedModel, with the platform detected from each version directory's files."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from pyserving import codec
+from tests.e2e.server import RunningServer
+
+pytestmark = pytest.mark.e2e
+
+pytest.importorskip("sklearn")
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
+
+
+def _examples() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "pyserving_examples", ROOT / "examples" / "platforms.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    root = tmp_path_factory.mktemp("platforms")
+    _examples().write_all(root)
+    # A standalone Python model, and models that fail to load.
+    standalone = root / "echo" / "1"
+    standalone.mkdir(parents=True)
+    (standalone / "model.py").write_text(
+        "import numpy as np\n"
+        "class Model:\n"
+        "    signature = {'inputs': {'x': ('float32', [-1])},\n"
+        "                 'outputs': {'y': ('float32', [-1])}}\n"
+        "    def load(self, path):\n"
+        "        self.scale = 2.0\n"
+        "    def predict(self, inputs):\n"
+        "        x = inputs['x']\n"
+        "        if (x < 0).any():\n"
+        "            raise ValueError('x must not be negative')\n"
+        "        if (x > 100).any():\n"
+        "            raise RuntimeError('too big')\n"
+        "        return {'y': x * self.scale}\n"
+    )
+    broken = root / "broken" / "1"
+    broken.mkdir(parents=True)
+    (broken / "model.py").write_text("import no_such_module_anywhere\n")
+    corrupt = root / "corrupt" / "1"
+    corrupt.mkdir(parents=True)
+    (corrupt / "model.joblib").write_bytes(b"this is not a pickle")
+    nothing = root / "nothing" / "1"
+    nothing.mkdir(parents=True)
+    (nothing / "README").write_text("no model here\n")
+    config = root / "models.config"
+    text = config.read_text().rstrip().removesuffix("}")
+    text += f'  config {{ name: "echo" base_path: "{root / "echo"}" }}\n'
+    config.write_text(text + "}\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repo: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    tmp = tmp_path_factory.mktemp("platforms_server")
+    srv = RunningServer(
+        [f"--model_config_file={repo / 'models.config'}", "--file_system_poll_wait_seconds=0"],
+        tmp / "server.log",
+    )
+    srv.wait_ready()
+    yield srv
+    assert srv.stop() == 0, srv.log()
+
+
+def _status(server: RunningServer, name: str) -> dict[str, Any]:
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = name
+        response = stub.GetModelStatus(request, timeout=30)
+    return {
+        str(s.version): {"state": s.state, "error": s.status.error_message}
+        for s in response.model_version_status
+    }
+
+
+def test_sklearn_predict_over_rest_row_and_columnar(server: RunningServer) -> None:
+    response = server.client.post("/v1/models/iris_sklearn:predict", json={"instances": IRIS_ROWS})
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert [p["classes"] for p in predictions] == [0, 2]
+    assert all(abs(sum(p["scores"]) - 1) < 1e-4 for p in predictions)
+    response = server.client.post("/v1/models/iris_sklearn:predict", json={"inputs": IRIS_ROWS})
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"]["classes"] == [0, 2]
+
+
+def test_sklearn_predict_over_grpc_and_metadata(server: RunningServer) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "iris_sklearn"
+        request.inputs["inputs"].CopyFrom(
+            codec.ndarray_to_tensor_proto(np.array(IRIS_ROWS, dtype=np.float32))
+        )
+        response = stub.Predict(request, timeout=30)
+        classes = codec.tensor_proto_to_ndarray(response.outputs["classes"])
+        assert classes.tolist() == [0, 2]
+        meta = get_model_metadata_pb2.GetModelMetadataRequest()
+        meta.model_spec.name = "iris_sklearn"
+        meta.metadata_field.append("signature_def")
+        answer = stub.GetModelMetadata(meta, timeout=30)
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    answer.metadata["signature_def"].Unpack(signatures)
+    signature = signatures.signature_def["serving_default"]
+    assert [d.size for d in signature.inputs["inputs"].tensor_shape.dim] == [-1, 4]
+    assert set(signature.outputs) == {"classes", "scores"}
+
+
+def test_python_model_wraps_the_flowers_saved_model(server: RunningServer) -> None:
+    body = {
+        "inputs": {
+            "sepal_length": [5.0, 6.6],
+            "sepal_width": [3.4, 3.0],
+            "petal_length": [1.5, 5.6],
+            "petal_width": [0.25, 2.0],
+        }
+    }
+    response = server.client.post("/v1/models/flowers_python:predict", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"]["species"] == ["setosa", "virginica"]
+    body["inputs"]["petal_width"] = [-1.0, 2.0]
+    response = server.client.post("/v1/models/flowers_python:predict", json=body)
+    assert response.status_code == 400
+    assert "must not be negative" in response.json()["error"]
+    meta = server.client.get("/v1/models/flowers_python/metadata").json()
+    inputs = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]
+    assert set(inputs) == {"sepal_length", "sepal_width", "petal_length", "petal_width"}
+
+
+def test_v2_infer_on_the_python_model(server: RunningServer) -> None:
+    body = {
+        "inputs": [
+            {"name": n, "shape": [1], "datatype": "FP32", "data": [v]}
+            for n, v in zip(
+                ("sepal_length", "sepal_width", "petal_length", "petal_width"),
+                (5.0, 3.4, 1.5, 0.25),
+                strict=True,
+            )
+        ]
+    }
+    response = server.client.post("/v2/models/flowers_python/infer", json=body)
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    assert outputs["species"]["data"] == ["setosa"]
+
+
+def test_python_model_errors(server: RunningServer) -> None:
+    ok = server.client.post("/v1/models/echo:predict", json={"inputs": {"x": [1.0, 2.0]}})
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["outputs"] == [2.0, 4.0]
+    bad = server.client.post("/v1/models/echo:predict", json={"inputs": {"x": [-1.0]}})
+    assert bad.status_code == 400 and "x must not be negative" in bad.json()["error"]
+    crash = server.client.post("/v1/models/echo:predict", json={"inputs": {"x": [1000.0]}})
+    assert crash.status_code == 500
+    assert "RuntimeError: too big" in crash.json()["error"]
+    again = server.client.post("/v1/models/echo:predict", json={"inputs": {"x": [3.0]}})
+    assert again.status_code == 200
+
+
+def test_load_errors_name_their_cause(repo: pathlib.Path) -> None:
+    # (A model that fails at start-up stops the server, so these are loaded in process.)
+    from pyserving.errors import InvalidArgument, NotFound
+    from pyserving.platforms.registry import PlatformOptions, detect_platform, get_platform
+
+    options = PlatformOptions()
+    broken = get_platform("python").loader(str(repo / "broken" / "1"), options)
+    with pytest.raises(InvalidArgument, match="No module named 'no_such_module_anywhere'"):
+        broken.load()
+    corrupt = get_platform("sklearn").loader(str(repo / "corrupt" / "1"), options)
+    with pytest.raises(InvalidArgument, match="Could not load the model"):
+        corrupt.load()
+    with pytest.raises(NotFound) as info:
+        detect_platform(str(repo / "nothing" / "1"), options)
+    assert "nor a model of any other installed platform" in info.value.message
+    assert "sklearn: model.joblib or model.pkl" in info.value.message
+
+
+def test_the_platform_is_detected_from_the_files(repo: pathlib.Path) -> None:
+    from pyserving.platforms.registry import PlatformOptions, detect_platform
+
+    options = PlatformOptions()
+    assert detect_platform(str(repo / "iris_sklearn" / "1"), options).name == "sklearn"
+    assert detect_platform(str(repo / "flowers_python" / "1"), options).name == "python"
+    flowers = detect_platform(str(repo / "flowers_python" / "1"), options, exclude=["python"])
+    assert flowers.name == "tensorflow"
