@@ -1,9 +1,11 @@
 """The Open Inference Protocol end to end: Triton's ``tritonclient`` (HTTP and gRPC) and
 KServe's clients against the real server, over REST and gRPC.
 
-One server for the module (started beside a second one with batching) serves TF Serving's
-test models (``half_plus_two``; ``two_versions`` with versions 123 and 124 and the label
-``stable``; the TF2 export) and the bundled example (``flowers``).
+One server for the module serves TF Serving's test models (``half_plus_two``;
+``two_versions`` with versions 123 and 124 and the label ``stable``; the TF2 export) and the
+bundled example (``flowers``). Two more, started beside it, serve ``half_plus_two`` with
+batching: one on pyserving's HTTP/2 gRPC front end, one on grpcio's (``grpc.aio``, as
+``--grpc_frontend=grpcio`` with batching runs).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ Y = X * 0.5 + 2
 class Servers:
     main: RunningServer
     batching: RunningServer
+    batching_grpcio: RunningServer
     models: pathlib.Path  # model directories the repository tests may load
     testdata: pathlib.Path
 
@@ -76,23 +79,26 @@ def servers(testdata: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) ->
     main = RunningServer(
         [f"--model_config_file={config}", "--max_num_load_retries=0"], tmp / "main.log"
     )
-    batching = RunningServer(
-        [
-            "--model_name=half_plus_two",
-            f"--model_base_path={testdata / 'saved_model_half_plus_two_cpu'}",
-            "--enable_batching",
-            f"--batching_parameters_file={params}",
-        ],
-        tmp / "batching.log",
+    batching_flags = [
+        "--model_name=half_plus_two",
+        f"--model_base_path={testdata / 'saved_model_half_plus_two_cpu'}",
+        "--enable_batching",
+        f"--batching_parameters_file={params}",
+    ]
+    batching = RunningServer(batching_flags, tmp / "batching.log")
+    batching_grpcio = RunningServer(
+        [*batching_flags, "--grpc_frontend=grpcio"], tmp / "batching-grpcio.log"
     )
     try:
         main.wait_ready()
         batching.wait_ready()
-        yield Servers(main, batching, models, testdata)
+        batching_grpcio.wait_ready()
+        yield Servers(main, batching, batching_grpcio, models, testdata)
     finally:
         assert main.stop() == 0, main.log()
         assert batching.stop() == 0, batching.log()
-    for server in (main, batching):
+        assert batching_grpcio.stop() == 0, batching_grpcio.log()
+    for server in (main, batching, batching_grpcio):
         assert "Traceback" not in server.log(), server.log()
 
 
@@ -445,12 +451,13 @@ def test_model_that_fails_to_load_is_unavailable(servers: Servers) -> None:
 # -- batching and KServe's clients ------------------------------------------------------
 
 
-def test_batching_applies_to_v2(servers: Servers) -> None:
-    address = f"127.0.0.1:{servers.batching.grpc_port}"
-    client = triton_grpc.InferenceServerClient(address)
-    http = triton_http.InferenceServerClient(
-        f"127.0.0.1:{servers.batching.rest_port}", concurrency=8
-    )
+@pytest.mark.parametrize("frontend", ["http2", "grpcio"])
+def test_batching_applies_to_v2(servers: Servers, frontend: str) -> None:
+    server = servers.batching if frontend == "http2" else servers.batching_grpcio
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    assert client.is_model_ready("half_plus_two")
+    assert client.get_model_metadata("half_plus_two").inputs[0].name == "x"
+    http = triton_http.InferenceServerClient(f"127.0.0.1:{server.rest_port}", concurrency=8)
     done = threading.Semaphore(0)
     answers: list[object] = []
 

@@ -146,6 +146,24 @@ class AsyncModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return await self._bridge.run(self._servicer.HandleReloadConfigRequest, request, context)
 
 
+def _v2_handler(serving: ModelServing, bridge: _Bridge) -> grpc.GenericRpcHandler:
+    """``inference.GRPCInferenceService`` on ``grpc.aio``: ModelInfer served as Predict (it
+    has Predict's ``start_predict`` / ``predict_response``), the other methods on workers."""
+    from pyserving.server.v2.grpc import V2Servicer
+
+    v2 = V2Servicer(serving)
+
+    def on_worker(method: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await bridge.run(method, request, context)
+
+        return run
+
+    replacements = {p.rsplit("/", 1)[1]: on_worker(m) for p, (_t, m) in v2.methods().items()}
+    replacements["ModelInfer"] = AsyncPredictionServicer(v2, bridge).Predict  # type: ignore[arg-type]
+    return v2.grpc_handler(replacements)
+
+
 class AsyncGrpcServer(LoopServer):
     """A running ``grpc.aio`` front end (see :func:`start_async_grpc_server`).
 
@@ -220,10 +238,7 @@ def start_async_grpc_server(serving: ModelServing, options: GrpcServerOptions) -
 
             # Synchronous handlers: grpc.aio runs them on the migration thread pool.
             aio_server.add_generic_rpc_handlers((ProfilerServicer().grpc_handler(),))
-        from pyserving.server.v2.grpc import V2Servicer
-
-        # V2 (ModelInfer included) as synchronous handlers, on the migration thread pool.
-        aio_server.add_generic_rpc_handlers((V2Servicer(serving).grpc_handler(),))
+        aio_server.add_generic_rpc_handlers((_v2_handler(serving, bridge),))
         credentials = options.tls.credentials() if options.tls is not None else None
         server.port = _bind(aio_server, f"0.0.0.0:{options.port}", credentials)
         if options.socket_path:

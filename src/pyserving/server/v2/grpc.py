@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -268,16 +268,21 @@ class V2Servicer:
             for name, request_type in _REQUESTS.items()
         }
 
-    def grpc_handler(self) -> grpc.GenericRpcHandler:
-        """The service as a grpcio generic handler (for grpcio's servers)."""
-        handlers = {
-            path.rsplit("/", 1)[1]: grpc.unary_unary_rpc_method_handler(
-                method,
+    def grpc_handler(
+        self, replacements: Mapping[str, Callable[[Any, Any], Any]] | None = None
+    ) -> grpc.GenericRpcHandler:
+        """The service as a grpcio generic handler (for grpcio's servers). ``replacements``:
+        behaviours by method name to serve instead of this servicer's (``grpc.aio``'s front
+        end passes coroutine functions, whose context has what these methods need)."""
+        replacements = replacements or {}
+        handlers = {}
+        for path, (request_type, method) in self.methods().items():
+            name = path.rsplit("/", 1)[1]
+            handlers[name] = grpc.unary_unary_rpc_method_handler(
+                replacements.get(name, method),
                 request_deserializer=request_type.FromString,
                 response_serializer=lambda message: message.SerializeToString(),
             )
-            for path, (request_type, method) in self.methods().items()
-        }
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 
