@@ -273,3 +273,29 @@ def _with_mixed_contents() -> Any:
     tensor.contents.fp32_contents.append(1.0)
     request.raw_input_contents.append(b"\0\0\0\0")
     return request
+
+
+@pytest.mark.parametrize("frontend", ["http2", "grpcio", "aio"])
+def test_every_grpc_front_end_serves_v2(serving: ModelServing, frontend: str) -> None:
+    """tritonclient's gRPC client against each front end, in this process (the server's
+    messages live in their own descriptor pool, tritonclient's in the default one)."""
+    triton_grpc = pytest.importorskip("tritonclient.grpc")
+    from pyserving.server.grpc_server import GrpcServerOptions, start_grpc_server
+
+    options = GrpcServerOptions(
+        port=0, grpcio=frontend != "http2", asyncio=frontend == "aio", enable_profiler=False
+    )
+    with start_grpc_server(serving, options) as server:
+        client = triton_grpc.InferenceServerClient(f"127.0.0.1:{server.port}")
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("m", "stable")
+        assert not client.is_model_ready("none")
+        assert client.get_model_metadata("m").versions == ["1", "2"]
+        x = triton_grpc.InferInput("x", [2, 1], "FP32")
+        x.set_data_from_numpy(np.float32([[1], [4]]))
+        result = client.infer("m", [x], model_version="1")
+        assert result.as_numpy("y").tolist() == [[2.5], [4.0]]
+        with pytest.raises(triton_grpc.InferenceServerException) as info:
+            client.infer("none", [x])
+        assert info.value.status() == "StatusCode.NOT_FOUND"
+        client.close()
