@@ -4,6 +4,7 @@ Each ``export_*`` function writes version ``version`` of one model under ``base`
 model's base path) and returns the version directory:
 
 * :func:`export_sklearn_iris`: a scikit-learn logistic regression on iris (``model.joblib``);
+* :func:`export_onnx_iris`: the same classifier converted with skl2onnx (``model.onnx``);
 * :func:`export_python_flowers`: ``examples/flowers_python/model.py`` beside a copy of the
   bundled flowers SavedModel: a feature dict in, species names out.
 
@@ -34,6 +35,27 @@ def export_sklearn_iris(base: pathlib.Path, version: int = 1) -> pathlib.Path:
     return out
 
 
+def export_onnx_iris(base: pathlib.Path, version: int = 1) -> pathlib.Path:
+    """The same iris classifier converted to ONNX with skl2onnx (probabilities as a tensor)."""
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    model = LogisticRegression(max_iter=500).fit(x, y)
+    onnx_model = to_onnx(
+        model,
+        initial_types=[("inputs", FloatTensorType([None, 4]))],
+        options={id(model): {"zipmap": False}},
+        target_opset=17,
+    )
+    out = base / str(version)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "model.onnx").write_bytes(onnx_model.SerializeToString())
+    return out
+
+
 def export_python_flowers(base: pathlib.Path, version: int = 1) -> pathlib.Path:
     """The flowers SavedModel (``examples/flowers/1``) with ``flowers_python/model.py``."""
     out = base / str(version)
@@ -42,7 +64,11 @@ def export_python_flowers(base: pathlib.Path, version: int = 1) -> pathlib.Path:
     return out
 
 
-EXPORTS = {"iris_sklearn": export_sklearn_iris, "flowers_python": export_python_flowers}
+EXPORTS = {
+    "iris_sklearn": export_sklearn_iris,
+    "iris_onnx": export_onnx_iris,
+    "flowers_python": export_python_flowers,
+}
 
 
 def write_all(root: pathlib.Path) -> pathlib.Path:

@@ -1,15 +1,18 @@
-"""Models of the ``python`` and ``sklearn`` platforms through the real server, beside a
+"""Models of the ``python``, ``sklearn`` and ``onnx`` platforms through the real server, beside a
 SavedModel, with the platform detected from each version directory's files."""
 
 from __future__ import annotations
 
 import importlib.util
 import pathlib
+import shutil
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 from tensorflow_serving.apis import (
@@ -21,11 +24,13 @@ from tensorflow_serving.apis import (
 )
 
 from pyserving import codec
-from tests.e2e.server import RunningServer
+from tests.e2e.server import RunningServer, run_to_exit
 
 pytestmark = pytest.mark.e2e
 
 pytest.importorskip("sklearn")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("skl2onnx")
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
@@ -214,3 +219,99 @@ def test_the_platform_is_detected_from_the_files(repo: pathlib.Path) -> None:
     assert detect_platform(str(repo / "flowers_python" / "1"), options).name == "python"
     flowers = detect_platform(str(repo / "flowers_python" / "1"), options, exclude=["python"])
     assert flowers.name == "tensorflow"
+
+
+def test_onnx_predict_over_rest_and_grpc(server: RunningServer) -> None:
+    response = server.client.post("/v1/models/iris_onnx:predict", json={"instances": IRIS_ROWS})
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert [p["label"] for p in predictions] == [0, 2]
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "iris_onnx"
+        request.inputs["inputs"].CopyFrom(
+            codec.ndarray_to_tensor_proto(np.array(IRIS_ROWS, dtype=np.float32))
+        )
+        request.output_filter.append("probabilities")
+        answer = stub.Predict(request, timeout=30)
+    assert set(answer.outputs) == {"probabilities"}
+    scores = codec.tensor_proto_to_ndarray(answer.outputs["probabilities"])
+    assert scores.shape == (2, 3) and scores.argmax(axis=1).tolist() == [0, 2]
+
+
+def test_onnx_request_errors_are_invalid_argument(server: RunningServer) -> None:
+    response = server.client.post("/v1/models/iris_onnx:predict", json={"inputs": [1.0, 2.0]})
+    assert response.status_code == 400, response.text
+    assert "Invalid rank" in response.json()["error"]
+    meta = server.client.get("/v1/models/iris_onnx/metadata").json()
+    signature = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    dims = signature["inputs"]["inputs"]["tensor_shape"]["dim"]
+    assert [int(d["size"]) for d in dims] == [-1, 4]
+
+
+def test_corrupt_onnx_file_is_a_load_error(tmp_path: pathlib.Path) -> None:
+    from pyserving.errors import InvalidArgument
+    from pyserving.platforms.registry import PlatformOptions, get_platform
+
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "model.onnx").write_bytes(b"\x08\x07truncated")
+    loader = get_platform("onnx").loader(str(tmp_path / "1"), PlatformOptions())
+    with pytest.raises(InvalidArgument, match="Could not load the model"):
+        loader.load()
+
+
+def test_a_new_onnx_version_swaps_in_under_load(server: RunningServer, repo: pathlib.Path) -> None:
+    """Version 2 (the same model) is added; requests sent throughout all succeed, and the
+    server ends up serving version 2."""
+    import threading
+
+    stop = threading.Event()
+    started = threading.Event()
+    failures: list[str] = []
+    count = [0]
+
+    def hammer() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            while not stop.is_set():
+                r = client.post("/v1/models/iris_onnx:predict", json={"instances": IRIS_ROWS})
+                count[0] += 1
+                if r.status_code != 200:
+                    failures.append(r.text)
+                started.set()
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        assert started.wait(60)
+        staging = repo / "staging_onnx"
+        shutil.copytree(repo / "iris_onnx" / "1", staging)
+        staging.rename(repo / "iris_onnx" / "2")
+        # Without periodic polling, a config reload polls the base paths.
+        response = server.client.post("/v2/repository/models/iris_onnx/load", json={})
+        assert response.status_code == 200, response.text
+        deadline = time.monotonic() + 60
+        available: list[str] = []
+        while time.monotonic() < deadline and available != ["2"]:
+            status = server.client.get("/v1/models/iris_onnx").json()["model_version_status"]
+            available = [s["version"] for s in status if s["state"] == "AVAILABLE"]
+            time.sleep(0.05)  # polling the status, not waiting for an event
+        assert available == ["2"], status
+    finally:
+        stop.set()
+        thread.join()
+    assert failures == []
+    assert count[0] > 0
+
+
+def test_a_model_above_the_memory_budget_is_not_loaded(repo: pathlib.Path) -> None:
+    result = run_to_exit(
+        [
+            "--model_name=iris",
+            f"--model_base_path={repo / 'iris_sklearn'}",
+            "--model_memory_budget_bytes=100",
+            "--port=0",
+        ]
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Insufficient resources to load servable iris version 1" in result.stderr

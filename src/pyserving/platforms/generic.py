@@ -117,9 +117,15 @@ def signature_def(spec: SignatureSpec) -> meta_graph_pb2.SignatureDef:
 
 
 def as_output(value: Any) -> np.ndarray:
-    """An output value as the request path expects it: an ndarray, text as object arrays of
-    UTF-8 ``bytes`` (as TensorFlow returns strings)."""
+    """An output value as the request path expects it: an ndarray of a canonical NumPy dtype,
+    text as object arrays of UTF-8 ``bytes`` (as TensorFlow returns strings)."""
     array = value if type(value) is np.ndarray else np.asarray(value)
+    if array.dtype.kind in "iuf":
+        # Some runtimes (onnxruntime) answer int64 as ``longlong``: the same layout as
+        # ``int64`` but a distinct scalar type that JSON encoders do not know.
+        canonical = np.dtype(array.dtype.str)
+        if canonical.type is not array.dtype.type:
+            array = array.view(canonical)
     if array.dtype.kind == "U":
         flat = np.empty(array.size, dtype=object)
         flat[:] = [s.encode("utf-8") for s in array.ravel().tolist()]

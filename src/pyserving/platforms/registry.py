@@ -45,6 +45,7 @@ BUILTIN_PLATFORMS: dict[str, str] = {
     "tensorflow": "pyserving.platforms.tensorflow.platform:TensorFlowPlatform",
     "python": "pyserving.platforms.python:PythonPlatform",
     "sklearn": "pyserving.platforms.sklearn:SklearnPlatform",
+    "onnx": "pyserving.platforms.onnx:OnnxPlatform",
 }
 
 

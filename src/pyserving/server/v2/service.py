@@ -363,7 +363,6 @@ class V2Service:
                 '(or a "config" parameter holding its ModelConfig as JSON)'
             )
         _check_base_path(model.base_path)
-        model.model_platform = model.model_platform or "tensorflow"
         kept = [m for m in models if m.name != name]
         del models[:]
         models.extend([*kept, model])
