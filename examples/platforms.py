@@ -5,6 +5,8 @@ model's base path) and returns the version directory:
 
 * :func:`export_sklearn_iris`: a scikit-learn logistic regression on iris (``model.joblib``);
 * :func:`export_onnx_iris`: the same classifier converted with skl2onnx (``model.onnx``);
+* :func:`export_xgboost_iris`, :func:`export_lightgbm_iris`: native boosters on iris
+  (``model.ubj``, ``model.txt``);
 * :func:`export_python_flowers`: ``examples/flowers_python/model.py`` beside a copy of the
   bundled flowers SavedModel: a feature dict in, species names out.
 
@@ -56,6 +58,34 @@ def export_onnx_iris(base: pathlib.Path, version: int = 1) -> pathlib.Path:
     return out
 
 
+def export_xgboost_iris(base: pathlib.Path, version: int = 1) -> pathlib.Path:
+    """An XGBoost booster (multi:softprob) on iris, saved as UBJSON."""
+    import xgboost as xgb
+    from sklearn.datasets import load_iris
+
+    x, y = load_iris(return_X_y=True)
+    params = {"objective": "multi:softprob", "num_class": 3, "max_depth": 3, "nthread": 1}
+    booster = xgb.train(params, xgb.DMatrix(x, label=y), num_boost_round=10)
+    out = base / str(version)
+    out.mkdir(parents=True, exist_ok=True)
+    booster.save_model(str(out / "model.ubj"))
+    return out
+
+
+def export_lightgbm_iris(base: pathlib.Path, version: int = 1) -> pathlib.Path:
+    """A LightGBM booster (multiclass) on iris, saved as text."""
+    import lightgbm as lgb
+    from sklearn.datasets import load_iris
+
+    x, y = load_iris(return_X_y=True)
+    params = {"objective": "multiclass", "num_class": 3, "verbose": -1, "num_threads": 1}
+    booster = lgb.train(params, lgb.Dataset(x, label=y), num_boost_round=10)
+    out = base / str(version)
+    out.mkdir(parents=True, exist_ok=True)
+    booster.save_model(str(out / "model.txt"))
+    return out
+
+
 def export_python_flowers(base: pathlib.Path, version: int = 1) -> pathlib.Path:
     """The flowers SavedModel (``examples/flowers/1``) with ``flowers_python/model.py``."""
     out = base / str(version)
@@ -67,6 +97,8 @@ def export_python_flowers(base: pathlib.Path, version: int = 1) -> pathlib.Path:
 EXPORTS = {
     "iris_sklearn": export_sklearn_iris,
     "iris_onnx": export_onnx_iris,
+    "iris_xgboost": export_xgboost_iris,
+    "iris_lightgbm": export_lightgbm_iris,
     "flowers_python": export_python_flowers,
 }
 

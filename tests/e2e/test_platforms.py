@@ -1,4 +1,4 @@
-"""Models of the ``python``, ``sklearn`` and ``onnx`` platforms through the real server, beside a
+"""Models of the ``python``, ``sklearn``, ``onnx``, ``xgboost`` and ``lightgbm`` platforms through the real server, beside a
 SavedModel, with the platform detected from each version directory's files."""
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ pytestmark = pytest.mark.e2e
 pytest.importorskip("sklearn")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("skl2onnx")
+pytest.importorskip("xgboost")
+pytest.importorskip("lightgbm")
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
@@ -315,3 +317,40 @@ def test_a_model_above_the_memory_budget_is_not_loaded(repo: pathlib.Path) -> No
     )
     assert result.returncode == 1, result.stderr
     assert "Insufficient resources to load servable iris version 1" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["iris_xgboost", "iris_lightgbm"])
+def test_booster_predict_over_rest_and_grpc(server: RunningServer, name: str) -> None:
+    response = server.client.post(f"/v1/models/{name}:predict", json={"instances": IRIS_ROWS})
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert [p["classes"] for p in predictions] == [0, 2]
+    assert all(abs(sum(p["scores"]) - 1) < 1e-4 for p in predictions)
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = name
+        request.inputs["inputs"].CopyFrom(
+            codec.ndarray_to_tensor_proto(np.array(IRIS_ROWS, dtype=np.float32))
+        )
+        answer = stub.Predict(request, timeout=30)
+    assert codec.tensor_proto_to_ndarray(answer.outputs["classes"]).tolist() == [0, 2]
+    bad = server.client.post(f"/v1/models/{name}:predict", json={"instances": [[1.0, 2.0]]})
+    assert bad.status_code == 400 and "[-1, 4]" in bad.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("platform", "file"), [("xgboost", "model.ubj"), ("lightgbm", "model.txt")]
+)
+def test_corrupt_booster_file_is_a_load_error(
+    tmp_path: pathlib.Path, platform: str, file: str
+) -> None:
+    from pyserving.errors import InvalidArgument
+    from pyserving.platforms.registry import PlatformOptions, detect_platform
+
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / file).write_bytes(b"\x00\x01 not a booster")
+    found = detect_platform(str(tmp_path / "1"), PlatformOptions())
+    assert found.name == platform
+    with pytest.raises(InvalidArgument, match="Could not load the model"):
+        found.loader(str(tmp_path / "1"), PlatformOptions()).load()

@@ -46,6 +46,8 @@ BUILTIN_PLATFORMS: dict[str, str] = {
     "python": "pyserving.platforms.python:PythonPlatform",
     "sklearn": "pyserving.platforms.sklearn:SklearnPlatform",
     "onnx": "pyserving.platforms.onnx:OnnxPlatform",
+    "xgboost": "pyserving.platforms.boosters:XGBoostPlatform",
+    "lightgbm": "pyserving.platforms.boosters:LightGBMPlatform",
 }
 
 

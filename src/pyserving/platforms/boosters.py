@@ -1,0 +1,153 @@
+"""The ``xgboost`` and ``lightgbm`` platforms: native gradient-boosted tree boosters.
+
+* ``xgboost`` (extra ``[xgboost]``): ``model.ubj`` or ``model.json`` (``Booster.save_model``),
+  loaded into an ``xgboost.Booster``;
+* ``lightgbm`` (extra ``[lightgbm]``): ``model.txt`` (``Booster.save_model``), loaded into a
+  ``lightgbm.Booster``.
+
+Signature ``serving_default`` (method predict): input ``inputs``, float32 ``[-1, n]`` (``n``
+is the booster's number of features). Classifiers (objectives ``binary:*``/``multi:*``,
+``binary``/``multiclass*``) answer ``classes`` (int64 ``[-1]``, the most probable class) and
+``scores`` (float32 ``[-1, n_classes]``; a binary model's ``[1 - p, p]``); anything else
+answers ``outputs`` (float32 ``[-1]``, the raw prediction).
+
+RAM estimate: 1.2 x the model file's size (TF Serving's default rule).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from pyserving.core.loader import Loader, estimate_from_disk
+from pyserving.platforms.registry import Platform, PlatformOptions
+
+XGBOOST_FILES = ("model.ubj", "model.json")
+LIGHTGBM_FILES = ("model.txt",)
+
+
+def booster_servable(
+    path: str,
+    backend: str,
+    n_features: int,
+    n_classes: int,
+    predict: Callable[[np.ndarray], np.ndarray],
+) -> Any:
+    """A :class:`ModelServable` over ``predict(x) -> raw predictions``. ``n_classes`` is 0
+    for regression (and ranking), 2 for binary, more for multi-class models."""
+    from pyserving.platforms.generic import ModelServable, SignatureSpec, TensorSpec
+
+    inputs = {"inputs": TensorSpec(np.float32, (-1, n_features))}
+    if n_classes >= 2:
+        outputs = {
+            "classes": TensorSpec(np.int64, (-1,)),
+            "scores": TensorSpec(np.float32, (-1, n_classes)),
+        }
+
+        def run(feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+            x = np.asarray(feeds["inputs"], dtype=np.float32)
+            if x.ndim != 2 or x.shape[1] != n_features:
+                raise ValueError(f"inputs must have shape [-1, {n_features}], not {list(x.shape)}")
+            raw = np.asarray(predict(x), dtype=np.float32)
+            scores = raw.reshape(len(x), -1)
+            if scores.shape[1] == 1:
+                scores = np.concatenate([1 - scores, scores], axis=1)
+            return {"classes": scores.argmax(axis=1).astype(np.int64), "scores": scores}
+
+    else:
+        outputs = {"outputs": TensorSpec(np.float32, (-1,))}
+
+        def run(feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+            x = np.asarray(feeds["inputs"], dtype=np.float32)
+            if x.ndim != 2 or x.shape[1] != n_features:
+                raise ValueError(f"inputs must have shape [-1, {n_features}], not {list(x.shape)}")
+            return {"outputs": np.asarray(predict(x), dtype=np.float32).reshape(len(x))}
+
+    return ModelServable(
+        path,
+        {"serving_default": SignatureSpec(inputs, outputs)},
+        {"serving_default": run},
+        backend=backend,
+    )
+
+
+def _first(path: str, names: tuple[str, ...]) -> str:
+    for name in names:
+        file = os.path.join(path, name)
+        if os.path.isfile(file):
+            return file
+    raise FileNotFoundError(f"none of {', '.join(names)} in {path}")
+
+
+def xgboost_servable(path: str, options: PlatformOptions) -> Any:
+    """Load an XGBoost booster from ``path``."""
+    from pyserving.platforms.generic import require
+
+    xgb = require("xgboost", "xgboost")
+    booster = xgb.Booster(model_file=_first(path, XGBOOST_FILES))
+    if options.intra_op_threads > 0:
+        booster.set_param({"nthread": options.intra_op_threads})
+    learner = json.loads(booster.save_config())["learner"]
+    objective = str(learner["objective"]["name"])
+    n_classes = 0
+    if objective.startswith("multi:"):
+        n_classes = int(learner["learner_model_param"]["num_class"])
+    elif objective.startswith("binary:"):
+        n_classes = 2
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return np.asarray(booster.inplace_predict(x))
+
+    return booster_servable(path, "xgboost", int(booster.num_features()), n_classes, predict)
+
+
+def lightgbm_servable(path: str, options: PlatformOptions) -> Any:
+    """Load a LightGBM booster from ``path``."""
+    from pyserving.platforms.generic import require
+
+    lgb = require("lightgbm", "lightgbm")
+    booster = lgb.Booster(model_file=_first(path, LIGHTGBM_FILES))
+    objective = str(booster.dump_model(num_iteration=0).get("objective", "")).split()[0]
+    n_classes = 0
+    if objective.startswith("multiclass"):
+        n_classes = int(booster.num_model_per_iteration())
+    elif objective in ("binary", "cross_entropy"):
+        n_classes = 2
+    kwargs: dict[str, Any] = {}
+    if options.intra_op_threads > 0:
+        kwargs["num_threads"] = options.intra_op_threads
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return np.asarray(booster.predict(x, **kwargs))
+
+    return booster_servable(path, "lightgbm", int(booster.num_feature()), n_classes, predict)
+
+
+class XGBoostPlatform(Platform):
+    """XGBoost boosters."""
+
+    name = "xgboost"
+    markers = XGBOOST_FILES
+    priority = 40
+
+    def loader(self, path: str, options: PlatformOptions) -> Loader:
+        from pyserving.platforms.generic import ModelLoader
+
+        return ModelLoader(path, lambda: xgboost_servable(path, options), estimate_from_disk(path))
+
+
+class LightGBMPlatform(Platform):
+    """LightGBM boosters."""
+
+    name = "lightgbm"
+    markers = LIGHTGBM_FILES
+    priority = 50
+
+    def loader(self, path: str, options: PlatformOptions) -> Loader:
+        from pyserving.platforms.generic import ModelLoader
+
+        return ModelLoader(path, lambda: lightgbm_servable(path, options), estimate_from_disk(path))
