@@ -1,5 +1,6 @@
-"""Models of the ``python``, ``sklearn``, ``onnx``, ``xgboost`` and ``lightgbm`` platforms through the real server, beside a
-SavedModel, with the platform detected from each version directory's files."""
+"""Models of the ``python``, ``sklearn``, ``onnx``, ``xgboost`` and ``lightgbm`` platforms
+through one real server, beside a SavedModel, each platform detected from the version
+directory's files."""
 
 from __future__ import annotations
 
