@@ -142,6 +142,17 @@ def test_servingruntime_takes_kserve_arguments_for_tf_serving() -> None:
     flags = flags_of(main["args"])
     formats = {(f["name"], f.get("version")) for f in runtime["spec"]["supportedModelFormats"]}
     assert {("tensorflow", "1"), ("tensorflow", "2")} <= formats
+    # Every platform pyserving ships (its plugins, in pyproject.toml) is a model format.
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    platforms = set(project["entry-points"]["pyserving.platforms"])
+    missing = platforms - {name for name, _ in formats}
+    assert "tensorflow" in platforms
+    assert not missing, (
+        f"platforms {sorted(missing)} are not in deploy/kserve/servingruntime.yaml's "
+        "supportedModelFormats (add them, with autoSelect: false unless KServe's own layout "
+        "for that format has version directories)"
+    )
     # Metrics where the annotations say.
     monitoring = (ROOT / "docker" / "monitoring.config").read_text()
     assert flags.monitoring_config_file == "/etc/pyserving/monitoring.config"
