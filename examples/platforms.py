@@ -7,6 +7,7 @@ model's base path) and returns the version directory:
 * :func:`export_onnx_iris`: the same classifier converted with skl2onnx (``model.onnx``);
 * :func:`export_xgboost_iris`, :func:`export_lightgbm_iris`: native boosters on iris
   (``model.ubj``, ``model.txt``);
+* :func:`export_torch_iris`: a small MLP exported with ``torch.export`` (``model.pt2``);
 * :func:`export_python_flowers`: ``examples/flowers_python/model.py`` beside a copy of the
   bundled flowers SavedModel: a feature dict in, species names out.
 
@@ -86,6 +87,47 @@ def export_lightgbm_iris(base: pathlib.Path, version: int = 1) -> pathlib.Path:
     return out
 
 
+def export_torch_iris(base: pathlib.Path, version: int = 1) -> pathlib.Path:
+    """A tiny MLP trained on iris in a few hundred full-batch steps, exported with
+    ``torch.export`` (batch dimension dynamic) to ``model.pt2``."""
+    import torch
+    from sklearn.datasets import load_iris
+
+    torch.manual_seed(0)
+    x_np, y_np = load_iris(return_X_y=True)
+    x = torch.tensor(x_np, dtype=torch.float32)
+    y = torch.tensor(y_np)
+    mean, std = x.mean(0), x.std(0)
+
+    class Mlp(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("mean", mean)
+            self.register_buffer("std", std)
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)
+            )
+
+        def forward(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+            logits = self.net((inputs - self.mean) / self.std)
+            return {"classes": logits.argmax(dim=1), "scores": logits.softmax(dim=1)}
+
+    model = Mlp()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(200):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model.net((x - mean) / std), y)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(model, (x[:8],), dynamic_shapes={"inputs": {0: batch}})
+    out = base / str(version)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, str(out / "model.pt2"))
+    return out
+
+
 def export_python_flowers(base: pathlib.Path, version: int = 1) -> pathlib.Path:
     """The flowers SavedModel (``examples/flowers/1``) with ``flowers_python/model.py``."""
     out = base / str(version)
@@ -99,6 +141,7 @@ EXPORTS = {
     "iris_onnx": export_onnx_iris,
     "iris_xgboost": export_xgboost_iris,
     "iris_lightgbm": export_lightgbm_iris,
+    "iris_torch": export_torch_iris,
     "flowers_python": export_python_flowers,
 }
 

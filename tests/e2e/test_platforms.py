@@ -1,5 +1,5 @@
-"""Models of the ``python``, ``sklearn``, ``onnx``, ``xgboost`` and ``lightgbm`` platforms
-through one real server, beside a SavedModel, each platform detected from the version
+"""Models of the ``python``, ``sklearn``, ``onnx``, ``xgboost``, ``lightgbm`` and ``pytorch``
+platforms through one real server, beside a SavedModel, each platform detected from the version
 directory's files."""
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("skl2onnx")
 pytest.importorskip("xgboost")
 pytest.importorskip("lightgbm")
+pytest.importorskip("torch")
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
@@ -355,3 +356,27 @@ def test_corrupt_booster_file_is_a_load_error(
     assert found.name == platform
     with pytest.raises(InvalidArgument, match="Could not load the model"):
         found.loader(str(tmp_path / "1"), PlatformOptions()).load()
+
+
+def test_torch_export_predict_over_rest_and_grpc(server: RunningServer) -> None:
+    response = server.client.post("/v1/models/iris_torch:predict", json={"instances": IRIS_ROWS})
+    assert response.status_code == 200, response.text
+    assert [p["classes"] for p in response.json()["predictions"]] == [0, 2]
+    one = server.client.post("/v1/models/iris_torch:predict", json={"inputs": IRIS_ROWS[:1]})
+    assert one.status_code == 200, one.text
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "iris_torch"
+        request.inputs["inputs"].CopyFrom(
+            codec.ndarray_to_tensor_proto(np.array(IRIS_ROWS, dtype=np.float32))
+        )
+        answer = stub.Predict(request, timeout=30)
+    scores = codec.tensor_proto_to_ndarray(answer.outputs["scores"])
+    assert scores.shape == (2, 3) and scores.argmax(axis=1).tolist() == [0, 2]
+    bad = server.client.post("/v1/models/iris_torch:predict", json={"instances": [[1.0, 2.0]]})
+    assert bad.status_code == 400, bad.text
+    meta = server.client.get("/v1/models/iris_torch/metadata").json()
+    signature = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert set(signature["outputs"]) == {"classes", "scores"}
+    assert signature["outputs"]["classes"]["dtype"] == "DT_INT64"

@@ -48,6 +48,7 @@ BUILTIN_PLATFORMS: dict[str, str] = {
     "onnx": "pyserving.platforms.onnx:OnnxPlatform",
     "xgboost": "pyserving.platforms.boosters:XGBoostPlatform",
     "lightgbm": "pyserving.platforms.boosters:LightGBMPlatform",
+    "pytorch": "pyserving.platforms.pytorch:PyTorchPlatform",
 }
 
 
