@@ -8,6 +8,7 @@ model's base path) and returns the version directory:
 * :func:`export_xgboost_iris`, :func:`export_lightgbm_iris`: native boosters on iris
   (``model.ubj``, ``model.txt``);
 * :func:`export_torch_iris`: a small MLP exported with ``torch.export`` (``model.pt2``);
+* :func:`export_keras_iris`: a small Keras 3 classifier (``model.keras``);
 * :func:`export_python_flowers`: ``examples/flowers_python/model.py`` beside a copy of the
   bundled flowers SavedModel: a feature dict in, species names out.
 
@@ -128,6 +129,29 @@ def export_torch_iris(base: pathlib.Path, version: int = 1) -> pathlib.Path:
     return out
 
 
+def export_keras_iris(base: pathlib.Path, version: int = 1) -> pathlib.Path:
+    """A small Keras 3 classifier on iris, saved as ``model.keras``."""
+    import keras
+    import numpy as np
+    from sklearn.datasets import load_iris
+
+    keras.utils.set_random_seed(0)
+    x, y = load_iris(return_X_y=True)
+    x = x.astype("float32")
+    inputs = keras.Input(shape=(4,), name="inputs")
+    normalized = keras.layers.Normalization()
+    normalized.adapt(x)
+    hidden = keras.layers.Dense(16, activation="relu")(normalized(inputs))
+    scores = keras.layers.Dense(3, activation="softmax", name="scores")(hidden)
+    model = keras.Model(inputs, scores)
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
+    model.fit(x, np.asarray(y), epochs=30, batch_size=150, verbose=0)
+    out = base / str(version)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / "model.keras")
+    return out
+
+
 def export_python_flowers(base: pathlib.Path, version: int = 1) -> pathlib.Path:
     """The flowers SavedModel (``examples/flowers/1``) with ``flowers_python/model.py``."""
     out = base / str(version)
@@ -142,6 +166,7 @@ EXPORTS = {
     "iris_xgboost": export_xgboost_iris,
     "iris_lightgbm": export_lightgbm_iris,
     "iris_torch": export_torch_iris,
+    "iris_keras": export_keras_iris,
     "flowers_python": export_python_flowers,
 }
 

@@ -1,5 +1,5 @@
-"""Models of the ``python``, ``sklearn``, ``onnx``, ``xgboost``, ``lightgbm`` and ``pytorch``
-platforms through one real server, beside a SavedModel, each platform detected from the version
+"""Models of the ``python``, ``sklearn``, ``onnx``, ``xgboost``, ``lightgbm``, ``pytorch``
+and ``keras`` platforms through one real server, beside a SavedModel, each platform detected from the version
 directory's files."""
 
 from __future__ import annotations
@@ -380,3 +380,21 @@ def test_torch_export_predict_over_rest_and_grpc(server: RunningServer) -> None:
     signature = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
     assert set(signature["outputs"]) == {"classes", "scores"}
     assert signature["outputs"]["classes"]["dtype"] == "DT_INT64"
+
+
+def test_keras_predict_over_rest_and_grpc(server: RunningServer) -> None:
+    response = server.client.post("/v1/models/iris_keras:predict", json={"instances": IRIS_ROWS})
+    assert response.status_code == 200, response.text
+    scores = np.array(response.json()["predictions"])
+    assert scores.shape == (2, 3) and scores.argmax(axis=1).tolist() == [0, 2]
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "iris_keras"
+        request.inputs["inputs"].CopyFrom(
+            codec.ndarray_to_tensor_proto(np.array(IRIS_ROWS, dtype=np.float32))
+        )
+        answer = stub.Predict(request, timeout=30)
+    assert codec.tensor_proto_to_ndarray(answer.outputs["scores"]).shape == (2, 3)
+    bad = server.client.post("/v1/models/iris_keras:predict", json={"instances": [[1.0, 2.0]]})
+    assert bad.status_code == 400 and "incompatible" in bad.json()["error"]

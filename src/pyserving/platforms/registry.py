@@ -49,6 +49,7 @@ BUILTIN_PLATFORMS: dict[str, str] = {
     "xgboost": "pyserving.platforms.boosters:XGBoostPlatform",
     "lightgbm": "pyserving.platforms.boosters:LightGBMPlatform",
     "pytorch": "pyserving.platforms.pytorch:PyTorchPlatform",
+    "keras": "pyserving.platforms.keras:KerasPlatform",
 }
 
 

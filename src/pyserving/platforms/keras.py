@@ -1,0 +1,85 @@
+"""The ``keras`` platform: a Keras 3 model saved as ``model.keras``, served with Keras's own
+backend (``KERAS_BACKEND``; TensorFlow's by default, which the base install has): no
+SavedModel export needed.
+
+Signature ``serving_default`` (method predict): the model's inputs by their names (the
+``keras.Input(name=...)`` given), with their dtypes and shapes (``None`` dimensions as -1);
+outputs by the model's ``output_names`` (a dict-returning model: its keys). A model with one
+input takes it as an array, with several a dict by name. Requests the model cannot take
+(shapes, dtypes) are INVALID_ARGUMENT with Keras's message.
+
+RAM estimate: 1.2 x the size of ``model.keras`` (TF Serving's default rule; the backend's own
+runtime, already loaded for TensorFlow models, is not counted).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from pyserving.core.loader import Loader, estimate_from_disk
+from pyserving.platforms.registry import Platform, PlatformOptions
+
+MODEL_FILE = "model.keras"
+
+
+def _spec(tensor: Any) -> Any:
+    from pyserving.platforms.generic import TensorSpec
+
+    shape = tuple(-1 if d is None else int(d) for d in tensor.shape)
+    return TensorSpec(np.dtype(str(tensor.dtype)), shape)
+
+
+def keras_servable(path: str, options: PlatformOptions) -> Any:
+    """Load ``path``/model.keras (see the module docstring)."""
+    from pyserving.errors import InvalidArgument
+    from pyserving.platforms.generic import ModelServable, SignatureSpec, TensorSpec, require
+
+    keras = require("keras", "keras")
+    model = keras.saving.load_model(os.path.join(path, MODEL_FILE), compile=False)
+    model_inputs = list(model.inputs)
+    names = [str(getattr(t, "name", f"input_{i}")) for i, t in enumerate(model_inputs)]
+    inputs = {name: _spec(t) for name, t in zip(names, model_inputs, strict=True)}
+    output_names = [str(n) for n in getattr(model, "output_names", [])] or ["output"]
+    model_outputs = list(getattr(model, "outputs", []) or [])
+    outputs = {
+        name: _spec(model_outputs[i]) if i < len(model_outputs) else TensorSpec(np.float32)
+        for i, name in enumerate(output_names)
+    }
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+        args: Any = feeds[names[0]] if len(names) == 1 else {n: feeds[n] for n in names}
+        try:
+            result = model(args, training=False)
+        except (ValueError, TypeError) as exc:
+            raise InvalidArgument(" ".join(str(exc).split())) from None
+        if isinstance(result, Mapping):
+            items = list(result.items())
+        elif isinstance(result, (list, tuple)):
+            items = list(zip(output_names, result, strict=False))
+        else:
+            items = [(output_names[0], result)]
+        return {str(k): keras.ops.convert_to_numpy(v) for k, v in items}
+
+    return ModelServable(
+        path,
+        {"serving_default": SignatureSpec(inputs, outputs)},
+        {"serving_default": run},
+        backend="keras",
+    )
+
+
+class KerasPlatform(Platform):
+    """Keras 3 ``.keras`` models."""
+
+    name = "keras"
+    markers = (MODEL_FILE,)
+    priority = 25
+
+    def loader(self, path: str, options: PlatformOptions) -> Loader:
+        from pyserving.platforms.generic import ModelLoader
+
+        return ModelLoader(path, lambda: keras_servable(path, options), estimate_from_disk(path))
