@@ -1,6 +1,6 @@
 """Models of the ``python``, ``sklearn``, ``onnx``, ``xgboost``, ``lightgbm``, ``pytorch``
-and ``keras`` platforms through one real server, beside a SavedModel, each platform detected from the version
-directory's files."""
+and ``keras`` platforms through one real server, beside a SavedModel, each platform
+detected from the version directory's files."""
 
 from __future__ import annotations
 
