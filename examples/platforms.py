@@ -13,7 +13,8 @@ model's base path) and returns the version directory:
   bundled flowers SavedModel: a feature dict in, species names out.
 
 Run ``python examples/platforms.py DIR`` to write them all under ``DIR`` together with
-``DIR/models.config``, a config file serving them side by side.
+``DIR/models.config``: ``examples/models.config`` (every model side by side, each platform
+named; the same file is in the README) with its ``/models`` base paths under ``DIR``.
 """
 
 from __future__ import annotations
@@ -171,14 +172,22 @@ EXPORTS = {
 }
 
 
+#: ``examples/models.config``: every example model side by side, under ``/models``.
+CONFIG = HERE / "models.config"
+
+
+def config_text(root: pathlib.Path) -> str:
+    """``examples/models.config`` with its ``/models`` base paths moved under ``root``."""
+    return CONFIG.read_text().replace('base_path: "/models/', f'base_path: "{root}/')
+
+
 def write_all(root: pathlib.Path) -> pathlib.Path:
-    """Export every model under ``root/NAME`` and write ``root/models.config``."""
-    entries = []
+    """Export every model under ``root/NAME`` and write ``root/models.config``
+    (``examples/models.config`` with base paths under ``root``)."""
     for name, export in EXPORTS.items():
         export(root / name)
-        entries.append(f'  config {{ name: "{name}" base_path: "{root / name}" }}')
     config = root / "models.config"
-    config.write_text("model_config_list {\n" + "\n".join(entries) + "\n}\n")
+    config.write_text(config_text(root))
     return config
 
 

@@ -398,3 +398,9 @@ def test_keras_predict_over_rest_and_grpc(server: RunningServer) -> None:
     assert codec.tensor_proto_to_ndarray(answer.outputs["scores"]).shape == (2, 3)
     bad = server.client.post("/v1/models/iris_keras:predict", json={"instances": [[1.0, 2.0]]})
     assert bad.status_code == 400 and "incompatible" in bad.json()["error"]
+
+
+def test_the_readme_shows_the_examples_config() -> None:
+    config = (ROOT / "examples" / "models.config").read_text()
+    body = "\n".join(line for line in config.splitlines() if not line.startswith("#"))
+    assert body in (ROOT / "README.md").read_text()
