@@ -404,3 +404,28 @@ def test_the_readme_shows_the_examples_config() -> None:
     config = (ROOT / "examples" / "models.config").read_text()
     body = "\n".join(line for line in config.splitlines() if not line.startswith("#"))
     assert body in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("name", "labels"),
+    [("iris_sklearn", ["0", "1", "2"]), ("iris_xgboost", ["0", "1", "2"]), ("iris_lightgbm", None)],
+)
+def test_classify_api_on_examples(server: RunningServer, name: str, labels: Any) -> None:
+    if name == "iris_lightgbm":
+        # LightGBM names the features it was trained without names Column_0..Column_3.
+        examples = [{f"Column_{i}": v for i, v in enumerate(row)} for row in IRIS_ROWS]
+    else:
+        examples = [{"inputs": row} for row in IRIS_ROWS]
+    body = {"signature_name": "classify", "examples": examples}
+    response = server.client.post(f"/v1/models/{name}:classify", json=body)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    best = [max(result, key=lambda pair: pair[1])[0] for result in results]
+    assert best == ["0", "2"]
+    if labels is not None:
+        assert [pair[0] for pair in results[0]] == labels
+    bad = server.client.post(
+        f"/v1/models/{name}:classify",
+        json={"signature_name": "classify", "examples": [{"inputs": [1.0]}]},
+    )
+    assert bad.status_code == 400, bad.text

@@ -11,6 +11,11 @@ is the booster's number of features). Classifiers (objectives ``binary:*``/``mul
 ``scores`` (float32 ``[-1, n_classes]``; a binary model's ``[1 - p, p]``); anything else
 answers ``outputs`` (float32 ``[-1]``, the raw prediction).
 
+TF Serving's Classify API (signature ``classify``: ``classes`` are the class indices as
+strings, ``scores`` their probabilities) and Regress API (signature ``regress``, for other
+objectives) take ``tf.Example``s holding one value per feature name the booster was trained
+with, or a feature ``inputs`` with all values in order.
+
 RAM estimate: 1.2 x the model file's size (TF Serving's default rule).
 """
 
@@ -36,10 +41,16 @@ def booster_servable(
     n_features: int,
     n_classes: int,
     predict: Callable[[np.ndarray], np.ndarray],
+    feature_names: list[str] | None = None,
 ) -> Any:
     """A :class:`ModelServable` over ``predict(x) -> raw predictions``. ``n_classes`` is 0
     for regression (and ranking), 2 for binary, more for multi-class models."""
-    from pyserving.platforms.generic import ModelServable, SignatureSpec, TensorSpec
+    from pyserving.platforms.generic import (
+        ModelServable,
+        SignatureSpec,
+        TensorSpec,
+        example_signatures,
+    )
 
     inputs = {"inputs": TensorSpec(np.float32, (-1, n_features))}
     if n_classes >= 2:
@@ -67,12 +78,22 @@ def booster_servable(
                 raise ValueError(f"inputs must have shape [-1, {n_features}], not {list(x.shape)}")
             return {"outputs": np.asarray(predict(x), dtype=np.float32).reshape(len(x))}
 
-    return ModelServable(
-        path,
-        {"serving_default": SignatureSpec(inputs, outputs)},
-        {"serving_default": run},
-        backend=backend,
-    )
+    signatures: dict[str, Any] = {"serving_default": SignatureSpec(inputs, outputs)}
+    functions: dict[str, Any] = {"serving_default": run}
+    if n_classes >= 2:
+
+        def class_scores(x: np.ndarray) -> np.ndarray:
+            raw = np.asarray(predict(x), dtype=np.float32).reshape(len(x), -1)
+            return np.concatenate([1 - raw, raw], axis=1) if raw.shape[1] == 1 else raw
+
+        extra, fns = example_signatures(
+            n_features, feature_names, [str(i) for i in range(n_classes)], class_scores, None
+        )
+    else:
+        extra, fns = example_signatures(n_features, feature_names, None, None, predict)
+    signatures.update(extra)
+    functions.update(fns)
+    return ModelServable(path, signatures, functions, backend=backend)
 
 
 def _first(path: str, names: tuple[str, ...]) -> str:
@@ -102,7 +123,10 @@ def xgboost_servable(path: str, options: PlatformOptions) -> Any:
     def predict(x: np.ndarray) -> np.ndarray:
         return np.asarray(booster.inplace_predict(x))
 
-    return booster_servable(path, "xgboost", int(booster.num_features()), n_classes, predict)
+    names = booster.feature_names
+    return booster_servable(
+        path, "xgboost", int(booster.num_features()), n_classes, predict, names and list(names)
+    )
 
 
 def lightgbm_servable(path: str, options: PlatformOptions) -> Any:
@@ -124,7 +148,8 @@ def lightgbm_servable(path: str, options: PlatformOptions) -> Any:
     def predict(x: np.ndarray) -> np.ndarray:
         return np.asarray(booster.predict(x, **kwargs))
 
-    return booster_servable(path, "lightgbm", int(booster.num_feature()), n_classes, predict)
+    names = [str(n) for n in booster.feature_name()]
+    return booster_servable(path, "lightgbm", int(booster.num_feature()), n_classes, predict, names)
 
 
 class XGBoostPlatform(Platform):

@@ -276,3 +276,104 @@ def require(module: str, extra: str) -> Any:
         raise FailedPrecondition(
             f"{module} is not installed ({exc}); install it with pip install 'pyserving[{extra}]'"
         ) from None
+
+
+CLASSIFY_METHOD_NAME = "tensorflow/serving/classify"
+REGRESS_METHOD_NAME = "tensorflow/serving/regress"
+
+
+def examples_to_matrix(
+    serialized: np.ndarray, n_features: int, feature_names: Sequence[str] | None
+) -> np.ndarray:
+    """Serialized ``tf.Example`` protos -> a float32 ``[len, n_features]`` matrix.
+
+    An example gives its features either as one float (or int64) feature per name of
+    ``feature_names`` (one value each), or as a feature ``inputs`` holding all
+    ``n_features`` values in order. Raises ``InvalidArgument`` for anything else.
+    """
+    from tensorflow.core.example import example_pb2
+
+    rows = np.zeros((len(serialized), n_features), dtype=np.float32)
+    for i, data in enumerate(serialized.ravel().tolist()):
+        example = example_pb2.Example()
+        try:
+            example.ParseFromString(bytes(data))
+        except Exception:
+            raise InvalidArgument(f"Could not parse example input {i}") from None
+        features = example.features.feature
+        if "inputs" in features:
+            values = _feature_values(features["inputs"])
+        elif feature_names and all(name in features for name in feature_names):
+            values = []
+            for name in feature_names:
+                value = _feature_values(features[name])
+                if len(value) != 1:
+                    raise InvalidArgument(f"Feature {name} of example {i} must hold one value")
+                values.extend(value)
+        else:
+            names = ", ".join(feature_names or ())
+            raise InvalidArgument(
+                f"Example {i} must hold a feature 'inputs' with {n_features} values"
+                + (f", or one value for each of {names}" if names else "")
+            )
+        if len(values) != n_features:
+            raise InvalidArgument(
+                f"Example {i} holds {len(values)} feature values; the model takes {n_features}"
+            )
+        rows[i] = values
+    return rows
+
+
+def _feature_values(feature: Any) -> list[float]:
+    kind = feature.WhichOneof("kind")
+    if kind == "float_list":
+        return list(feature.float_list.value)
+    if kind == "int64_list":
+        return [float(v) for v in feature.int64_list.value]
+    raise InvalidArgument("Example features must be float or int64 lists")
+
+
+def example_signatures(
+    n_features: int,
+    feature_names: Sequence[str] | None,
+    labels: Sequence[str] | None,
+    scores: Callable[[np.ndarray], np.ndarray] | None,
+    values: Callable[[np.ndarray], np.ndarray] | None,
+) -> tuple[dict[str, SignatureSpec], dict[str, ModelFn]]:
+    """TF Serving's Classify and Regress APIs for a model over a feature matrix: signature
+    ``classify`` (when ``scores`` is given: ``classes`` = ``labels`` per example, ``scores``
+    = ``scores(x)``, float32 ``[-1, n_classes]``) and ``regress`` (when ``values`` is given:
+    ``outputs`` = ``values(x)``, float32 ``[-1]``), both taking serialized ``tf.Example``s
+    (see :func:`examples_to_matrix`)."""
+    signatures: dict[str, SignatureSpec] = {}
+    functions: dict[str, ModelFn] = {}
+    examples = {"inputs": TensorSpec(str, (-1,))}
+    if scores is not None and labels is not None:
+        names = np.array([str(label).encode() for label in labels], dtype=object)
+        n_classes = len(names)
+        signatures["classify"] = SignatureSpec(
+            examples,
+            {
+                "classes": TensorSpec(str, (-1, n_classes)),
+                "scores": TensorSpec(np.float32, (-1, n_classes)),
+            },
+            CLASSIFY_METHOD_NAME,
+        )
+
+        def classify(feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+            x = examples_to_matrix(feeds["inputs"], n_features, feature_names)
+            result = np.asarray(scores(x), dtype=np.float32).reshape(len(x), n_classes)
+            return {"classes": np.tile(names, (len(x), 1)), "scores": result}
+
+        functions["classify"] = classify
+    if values is not None:
+        signatures["regress"] = SignatureSpec(
+            examples, {"outputs": TensorSpec(np.float32, (-1,))}, REGRESS_METHOD_NAME
+        )
+
+        def regress(feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+            x = examples_to_matrix(feeds["inputs"], n_features, feature_names)
+            return {"outputs": np.asarray(values(x), dtype=np.float32).reshape(len(x))}
+
+        functions["regress"] = regress
+    return signatures, functions

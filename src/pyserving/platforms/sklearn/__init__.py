@@ -11,6 +11,12 @@ strings as DT_STRING, numbers as int64 or float32) and, when it has ``predict_pr
 ``scores`` (float32 ``[-1, n_classes]``, in the order of ``classes_``); for anything else,
 ``outputs`` (``predict``, float32).
 
+TF Serving's Classify and Regress APIs (signatures ``classify``, for classifiers with
+``predict_proba``: ``classes`` are the class labels as strings, ``scores`` their
+probabilities; ``regress``, for other estimators) take ``tf.Example``s holding either one
+value per feature name (``feature_names_in_``, for estimators fitted on a DataFrame) or a
+feature ``inputs`` with all values in order.
+
 RAM estimate: 1.2 x the file's size (TF Serving's default rule).
 """
 
@@ -54,7 +60,12 @@ def load_estimator(path: str) -> Any:
 
 def estimator_servable(path: str, estimator: Any, backend: str = "sklearn") -> Any:
     """A :class:`ModelServable` serving ``estimator`` (see the module docstring)."""
-    from pyserving.platforms.generic import ModelServable, SignatureSpec, TensorSpec
+    from pyserving.platforms.generic import (
+        ModelServable,
+        SignatureSpec,
+        TensorSpec,
+        example_signatures,
+    )
 
     n = getattr(estimator, "n_features_in_", None)
     inputs = {"inputs": TensorSpec(np.float32, (-1, int(n) if n is not None else -1))}
@@ -84,12 +95,31 @@ def estimator_servable(path: str, estimator: Any, backend: str = "sklearn") -> A
             x = np.asarray(feeds["inputs"], dtype=np.float64)
             return {"outputs": np.asarray(estimator.predict(x), dtype=np.float32)}
 
-    return ModelServable(
-        path,
-        {"serving_default": SignatureSpec(inputs, outputs)},
-        {"serving_default": predict},
-        backend=backend,
-    )
+    signatures: dict[str, Any] = {"serving_default": SignatureSpec(inputs, outputs)}
+    functions: dict[str, Any] = {"serving_default": predict}
+    if n is not None:
+        names = getattr(estimator, "feature_names_in_", None)
+        if classes is not None and hasattr(estimator, "predict_proba"):
+            extra, fns = example_signatures(
+                int(n),
+                None if names is None else [str(v) for v in names],
+                [str(c) for c in classes],
+                lambda x: estimator.predict_proba(np.asarray(x, dtype=np.float64)),
+                None,
+            )
+        elif classes is None:
+            extra, fns = example_signatures(
+                int(n),
+                None if names is None else [str(v) for v in names],
+                None,
+                None,
+                lambda x: estimator.predict(np.asarray(x, dtype=np.float64)),
+            )
+        else:
+            extra, fns = {}, {}
+        signatures.update(extra)
+        functions.update(fns)
+    return ModelServable(path, signatures, functions, backend=backend)
 
 
 class SklearnPlatform(Platform):
