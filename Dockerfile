@@ -7,7 +7,7 @@
 #   docker run -p 8501:8501 -v /path/to/flowers:/models/flowers -e MODEL_NAME=flowers pyserving
 #
 # The wheels are those pinned in docker/requirements.lock (every package, exact versions):
-# every model store (S3, GCS, Azure) and every model platform.
+# every model store (S3, GCS, Azure) and every model platform but PyTorch (docs/deploy.md).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS wheels
