@@ -85,6 +85,14 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     config = root / "models.config"
     text = config.read_text().rstrip().removesuffix("}")
     text += f'  config {{ name: "echo" base_path: "{root / "echo"}" }}\n'
+    # A Python model without a signature: inputs and outputs by the names used.
+    (root / "open" / "1").mkdir(parents=True)
+    (root / "open" / "1" / "model.py").write_text(
+        "class Model:\n"
+        "    def predict(self, inputs):\n"
+        "        return {'doubled': inputs['x'] * 2, 'count': inputs['x'].size}\n"
+    )
+    text += f'  config {{ name: "open" base_path: "{root / "open"}" }}\n'
     config.write_text(text + "}\n")
     return root
 
@@ -429,3 +437,18 @@ def test_classify_api_on_examples(server: RunningServer, name: str, labels: Any)
         json={"signature_name": "classify", "examples": [{"inputs": [1.0]}]},
     )
     assert bad.status_code == 400, bad.text
+
+
+def test_python_model_without_a_signature_over_grpc(server: RunningServer) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "open"
+        request.inputs["x"].CopyFrom(codec.ndarray_to_tensor_proto(np.array([1.0, 2.5])))
+        answer = stub.Predict(request, timeout=30)
+        assert codec.tensor_proto_to_ndarray(answer.outputs["doubled"]).tolist() == [2.0, 5.0]
+        assert codec.tensor_proto_to_ndarray(answer.outputs["count"]).tolist() == 2
+        request.output_filter.append("nope")
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Predict(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
