@@ -779,6 +779,20 @@ def test_oversized_header_lists_are_bounded_in_total() -> None:
     assert 8 <= rejected <= 20  # 8 x 2000 bytes of blocks of ~1600 bytes
 
 
+def test_oversized_trailers_count_against_the_same_budget() -> None:
+    settings = Http2Settings(max_header_list_bytes=1000, max_header_block_bytes=2000)
+    client = Client(settings)
+    big = [("x-big", "v" * 1500)]
+    stream_id = 1
+    while client.goaway() is None:
+        client.send(frame(HEADERS, END_HEADERS, stream_id, client.block()))
+        client.send(frame(HEADERS, END_HEADERS | END_STREAM, stream_id, client.block(big)))
+        stream_id += 2
+        assert stream_id < 100
+    terminated(client, ENHANCE_YOUR_CALM)
+    assert client.resets()[1] == PROTOCOL_ERROR  # each such stream is reset
+
+
 def test_the_decoded_header_cache_is_bounded() -> None:
     """Distinct blocks that leave the dynamic table alone are cached, but never more than
     HEADER_CACHE_ENTRIES blocks of HEADER_CACHE_BYTES together per connection."""

@@ -1075,6 +1075,8 @@ class ServerConnection:
 
     def _header_block(self, stream_id: int, flags: int, block: bytes, dependency: int) -> None:
         head, size = self._decode(block)
+        if head is None and not self._refused_headers.take(max(len(block), size)):
+            raise ProtocolViolation(ENHANCE_YOUR_CALM, "too many oversized header lists")
         stream = self.streams.get(stream_id)
         if stream is not None or stream_id <= self._last_stream_id:
             self._trailers(stream_id, flags, head, dependency)
@@ -1089,8 +1091,6 @@ class ServerConnection:
             self._stream_error(stream_id, REFUSED_STREAM)
             return
         if head is None:
-            if not self._refused_headers.take(max(len(block), size)):
-                raise ProtocolViolation(ENHANCE_YOUR_CALM, "too many oversized header lists")
             stream = self._new_stream(stream_id, flags, None)
             message = (
                 f"Header list of {size} bytes is larger than the limit "
