@@ -16,7 +16,7 @@ strings, ``scores`` their probabilities) and Regress API (signature ``regress``,
 objectives) take ``tf.Example``s holding one value per feature name the booster was trained
 with, or a feature ``inputs`` with all values in order.
 
-RAM estimate: 1.2 x the model file's size (TF Serving's default rule).
+RAM estimate: 1.2 x the model file's size plus a fixed overhead measured on the example model.
 """
 
 from __future__ import annotations
@@ -28,8 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from pyserving.core.loader import Loader, estimate_from_disk
+from pyserving.core.loader import Loader
+from pyserving.platforms.generic_estimate import MIB, estimate
 from pyserving.platforms.registry import Platform, PlatformOptions
+
+#: RAM a loaded version takes beyond its files' size (the example models' loads grew
+#: the process by 1.5 MB and 2.0 MB; see docs/configuration.md, Model platforms).
+XGBOOST_OVERHEAD = int(1.6 * MIB)
+LIGHTGBM_OVERHEAD = int(2.2 * MIB)
 
 XGBOOST_FILES = ("model.ubj", "model.json")
 LIGHTGBM_FILES = ("model.txt",)
@@ -162,7 +168,9 @@ class XGBoostPlatform(Platform):
     def loader(self, path: str, options: PlatformOptions) -> Loader:
         from pyserving.platforms.generic import ModelLoader
 
-        return ModelLoader(path, lambda: xgboost_servable(path, options), estimate_from_disk(path))
+        return ModelLoader(
+            path, lambda: xgboost_servable(path, options), estimate(path, XGBOOST_OVERHEAD)
+        )
 
 
 class LightGBMPlatform(Platform):
@@ -175,4 +183,6 @@ class LightGBMPlatform(Platform):
     def loader(self, path: str, options: PlatformOptions) -> Loader:
         from pyserving.platforms.generic import ModelLoader
 
-        return ModelLoader(path, lambda: lightgbm_servable(path, options), estimate_from_disk(path))
+        return ModelLoader(
+            path, lambda: lightgbm_servable(path, options), estimate(path, LIGHTGBM_OVERHEAD)
+        )

@@ -8,8 +8,8 @@ outputs by the model's ``output_names`` (a dict-returning model: its keys). A mo
 input takes it as an array, with several a dict by name. Requests the model cannot take
 (shapes, dtypes) are INVALID_ARGUMENT with Keras's message.
 
-RAM estimate: 1.2 x the size of ``model.keras`` (TF Serving's default rule; the backend's own
-runtime, already loaded for TensorFlow models, is not counted).
+RAM estimate: 1.2 x the size of ``model.keras`` plus a fixed overhead measured on the example
+model (the backend's runtime itself, loaded for TensorFlow models anyway, is not counted).
 """
 
 from __future__ import annotations
@@ -20,8 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from pyserving.core.loader import Loader, estimate_from_disk
+from pyserving.core.loader import Loader
+from pyserving.platforms.generic_estimate import MIB, estimate
 from pyserving.platforms.registry import Platform, PlatformOptions
+
+#: RAM a loaded version takes beyond its files' size (the example model's load grew
+#: the process by 3.2 MB; see docs/configuration.md, Model platforms).
+OVERHEAD = int(3.6 * MIB)
 
 MODEL_FILE = "model.keras"
 
@@ -82,4 +87,4 @@ class KerasPlatform(Platform):
     def loader(self, path: str, options: PlatformOptions) -> Loader:
         from pyserving.platforms.generic import ModelLoader
 
-        return ModelLoader(path, lambda: keras_servable(path, options), estimate_from_disk(path))
+        return ModelLoader(path, lambda: keras_servable(path, options), estimate(path, OVERHEAD))

@@ -10,7 +10,7 @@ Threads: ``--tensorflow_intra_op_parallelism`` / ``--tensorflow_inter_op_paralle
 (0 = onnxruntime's default). onnxruntime errors about the request (wrong rank or shape, a
 bad value) are INVALID_ARGUMENT; others INTERNAL.
 
-RAM estimate: 1.2 x the size of ``model.onnx`` (TF Serving's default rule).
+RAM estimate: 1.2 x the size of ``model.onnx`` plus a fixed overhead measured on the example model.
 """
 
 from __future__ import annotations
@@ -20,8 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from pyserving.core.loader import Loader, estimate_from_disk
+from pyserving.core.loader import Loader
+from pyserving.platforms.generic_estimate import MIB, estimate
 from pyserving.platforms.registry import Platform, PlatformOptions
+
+#: RAM a loaded version takes beyond its files' size (the example model's load grew
+#: the process by 7.4-7.7 MB; see docs/configuration.md, Model platforms).
+OVERHEAD = 8 * MIB
 
 MODEL_FILE = "model.onnx"
 
@@ -112,4 +117,4 @@ class OnnxPlatform(Platform):
     def loader(self, path: str, options: PlatformOptions) -> Loader:
         from pyserving.platforms.generic import ModelLoader
 
-        return ModelLoader(path, lambda: onnx_servable(path, options), estimate_from_disk(path))
+        return ModelLoader(path, lambda: onnx_servable(path, options), estimate(path, OVERHEAD))

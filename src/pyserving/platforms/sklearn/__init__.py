@@ -17,7 +17,7 @@ probabilities; ``regress``, for other estimators) take ``tf.Example``s holding e
 value per feature name (``feature_names_in_``, for estimators fitted on a DataFrame) or a
 feature ``inputs`` with all values in order.
 
-RAM estimate: 1.2 x the file's size (TF Serving's default rule).
+RAM estimate: 1.2 x the file's size plus a fixed overhead measured on the example model.
 """
 
 from __future__ import annotations
@@ -27,8 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from pyserving.core.loader import Loader, estimate_from_disk
+from pyserving.core.loader import Loader
+from pyserving.platforms.generic_estimate import MIB, estimate
 from pyserving.platforms.registry import Platform, PlatformOptions
+
+#: RAM a loaded version takes beyond its files' size (the example model's load grew
+#: the process by 7.1-7.3 MB; see docs/configuration.md, Model platforms).
+OVERHEAD = 8 * MIB
 
 MODEL_FILES = ("model.joblib", "model.pkl")
 
@@ -133,5 +138,5 @@ class SklearnPlatform(Platform):
         from pyserving.platforms.generic import ModelLoader
 
         return ModelLoader(
-            path, lambda: estimator_servable(path, load_estimator(path)), estimate_from_disk(path)
+            path, lambda: estimator_servable(path, load_estimator(path)), estimate(path, OVERHEAD)
         )
