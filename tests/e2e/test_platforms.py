@@ -88,9 +88,11 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     # A Python model without a signature: inputs and outputs by the names used.
     (root / "open" / "1").mkdir(parents=True)
     (root / "open" / "1" / "model.py").write_text(
+        "import numpy as np\n"
         "class Model:\n"
         "    def predict(self, inputs):\n"
-        "        return {'doubled': inputs['x'] * 2, 'count': inputs['x'].size}\n"
+        "        x = inputs['x']\n"
+        "        return {'doubled': x * 2, 'count': np.full(x.shape[:1], x.size)}\n"
     )
     text += f'  config {{ name: "open" base_path: "{root / "open"}" }}\n'
     config.write_text(text + "}\n")
@@ -447,8 +449,19 @@ def test_python_model_without_a_signature_over_grpc(server: RunningServer) -> No
         request.inputs["x"].CopyFrom(codec.ndarray_to_tensor_proto(np.array([1.0, 2.5])))
         answer = stub.Predict(request, timeout=30)
         assert codec.tensor_proto_to_ndarray(answer.outputs["doubled"]).tolist() == [2.0, 5.0]
-        assert codec.tensor_proto_to_ndarray(answer.outputs["count"]).tolist() == 2
+        assert codec.tensor_proto_to_ndarray(answer.outputs["count"]).tolist() == [2, 2]
         request.output_filter.append("nope")
         with pytest.raises(grpc.RpcError) as info:
             stub.Predict(request, timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_python_model_without_a_signature_over_rest(server: RunningServer) -> None:
+    columnar = server.client.post("/v1/models/open:predict", json={"inputs": {"x": [1.0, 2.5]}})
+    assert columnar.status_code == 200, columnar.text
+    assert columnar.json()["outputs"] == {"doubled": [2.0, 5.0], "count": [2, 2]}
+    rows = server.client.post("/v1/models/open:predict", json={"instances": [{"x": 1}, {"x": 2}]})
+    assert rows.status_code == 200, rows.text
+    assert [p["doubled"] for p in rows.json()["predictions"]] == [2, 4]
+    missing = server.client.post("/v1/models/open:predict", json={"inputs": {"y": [1.0]}})
+    assert missing.status_code == 500 and "KeyError" in missing.json()["error"]

@@ -377,3 +377,70 @@ def example_signatures(
 
         functions["regress"] = regress
     return signatures, functions
+
+
+def _json_dtype(value: Any) -> int | None:
+    """The DataType JSON ``value`` reads as (None for no leaves): strings and ``{"b64": ...}``
+    are DT_STRING, any float DT_FLOAT, only booleans DT_BOOL, integers DT_INT64."""
+    kinds: set[str] = set()
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            kinds.add("str")
+        elif isinstance(item, bool):
+            kinds.add("bool")
+        elif isinstance(item, int):
+            kinds.add("int")
+        elif isinstance(item, float):
+            kinds.add("float")
+        elif isinstance(item, str):
+            kinds.add("str")
+    if not kinds:
+        return None
+    if "str" in kinds:
+        return _DT_STRING
+    if "float" in kinds:
+        return int(datatype_for_numpy(np.dtype(np.float32)))
+    if kinds == {"bool"}:
+        return int(datatype_for_numpy(np.dtype(np.bool_)))
+    return int(datatype_for_numpy(np.dtype(np.int64)))
+
+
+def is_open_signature(signature: meta_graph_pb2.SignatureDef) -> bool:
+    """True for the signature of a model that declares no inputs or outputs (a Python model
+    without ``signature``): it takes inputs by the names a request gives."""
+    return not signature.inputs and not signature.outputs
+
+
+def request_signature(body: Any) -> meta_graph_pb2.SignatureDef:
+    """A predict SignatureDef for a REST predict ``body`` sent to an open signature: one
+    input per name the body gives (``inputs`` for an unnamed value), its dtype read from the
+    JSON values (see :func:`_json_dtype`; float32 when there are none)."""
+    columns: dict[str, list[Any]] = {}
+    if (
+        isinstance(body, dict)
+        and isinstance(body.get("inputs"), dict)
+        and ("b64" not in body["inputs"])
+    ):
+        columns = {str(k): [v] for k, v in body["inputs"].items()}
+    elif isinstance(body, dict) and "inputs" in body:
+        columns = {"inputs": [body["inputs"]]}
+    elif isinstance(body, dict) and isinstance(body.get("instances"), list):
+        for row in body["instances"]:
+            if isinstance(row, dict) and "b64" not in row:
+                for k, v in row.items():
+                    columns.setdefault(str(k), []).append(v)
+            else:
+                columns.setdefault("inputs", []).append(row)
+    signature = meta_graph_pb2.SignatureDef(method_name=PREDICT_METHOD_NAME)
+    for name, values in columns.items():
+        dtype = _json_dtype(values)
+        signature.inputs[name].name = name
+        signature.inputs[name].dtype = (
+            dtype if dtype is not None else int(datatype_for_numpy(np.dtype(np.float32)))
+        )
+        signature.inputs[name].tensor_shape.unknown_rank = True
+    return signature

@@ -56,6 +56,7 @@ from pyserving.errors import (
     ResourceExhausted,
     ServingError,
 )
+from pyserving.platforms.generic import is_open_signature, request_signature
 from pyserving.server.service import ModelServing, ModelSpec, PredictResult
 
 log = logging.getLogger(__name__)
@@ -223,6 +224,9 @@ class RestHandler:
         formats: list[str] = []
 
         def decode(signature_def: Any) -> dict[str, Any]:
+            if is_open_signature(signature_def):
+                # A model that declares no signature: its inputs are the request's.
+                signature_def = request_signature(body)
             fmt, inputs = codec.parse_predict_request(body, signature_def)
             formats.append(fmt)
             return inputs
