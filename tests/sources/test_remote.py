@@ -514,3 +514,68 @@ def test_a_servable_handed_over_to_another_source_is_not_emitted_empty(
     local.update_config([])  # dropped, not handed over: emitted empty
     local.poll_once()
     assert recorder.calls[-1] == ("m", [])
+
+
+def test_sparse_mirror_has_the_listed_names_and_sizes() -> None:
+    files = (("saved_model.pb", 10), ("variables/variables.data-00000-of-00001", 5 << 30))
+    with cache_module.sparse_mirror(files) as mirror:
+        big = os.stat(os.path.join(mirror, "variables", "variables.data-00000-of-00001"))
+        assert big.st_size == 5 << 30
+        assert big.st_blocks * 512 < 1 << 20  # no data written
+        assert os.path.getsize(os.path.join(mirror, "saved_model.pb")) == 10
+    assert not os.path.exists(mirror)
+
+
+def test_estimate_from_the_listing_is_the_platforms_own(tmp_path: pathlib.Path) -> None:
+    """Before anything is copied, a remote version is estimated as its platform's loader
+    would estimate the local copy: SavedModel 1.2 x the files; TFLite per interpreter;
+    sklearn with its overhead."""
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from pyserving.core.source import ServableId
+    from pyserving.platforms.registry import PlatformOptions, get_platform
+    from pyserving.server.core import ServerCore, ServerCoreOptions
+
+    def version(files: tuple[tuple[str, int], ...]) -> RemoteVersion:
+        return RemoteVersion("m", 1, "memory://b/m/1", files, "fp", ObjectStore("memory://b/m"))
+
+    def model(platform: str = "") -> Any:
+        return model_server_config_pb2.ModelConfig(
+            name="m", base_path="memory://b/m", model_platform=platform
+        )
+
+    id = ServableId("m", 1)
+    saved = version((("saved_model.pb", 1000), ("variables/variables.index", 24)))
+    tflite = version((("model.tflite", 1000), ("saved_model.pb", 5000)))
+    sklearn = version((("model.joblib", 4096),))
+    with ServerCore(ServerCoreOptions(prefer_tflite_model=True, num_tflite_pools=2)) as core:
+        assert core._remote_estimate(model(), id, saved) == ResourceEstimate(ram_bytes=1228)
+        assert core._remote_estimate(model("tensorflow"), id, tflite) == ResourceEstimate(
+            ram_bytes=2400
+        )
+        (tmp_path / "model.joblib").write_bytes(b"x" * 4096)
+        expected = get_platform("sklearn").loader(str(tmp_path), PlatformOptions())
+        assert core._remote_estimate(model(), id, sklearn) == expected.estimate_resources()
+        assert expected.estimate_resources().ram_bytes > int(4096 * 1.2)  # its overhead
+        # No platform takes the files: 1.2 x the listed bytes.
+        assert core._remote_estimate(model(), id, version((("notes.txt", 100),))) == (
+            ResourceEstimate(ram_bytes=120)
+        )
+
+
+def test_the_loader_asks_for_its_estimate_once(
+    store: tuple[str, SpyFileSystem], tmp_path: pathlib.Path
+) -> None:
+    base, spy = store
+    put(spy, f"{base}/1/saved_model.pb")
+    version = remote_version(base, spy)
+    calls: list[int] = []
+
+    def estimate() -> ResourceEstimate:
+        calls.append(1)
+        return ResourceEstimate(ram_bytes=7)
+
+    loader = CachedVersionLoader(version, ModelCache(str(tmp_path)), FakeLoader, estimate)
+    assert calls == []  # built every poll: nothing computed until asked
+    assert loader.estimate_resources() == loader.estimate_resources() == ResourceEstimate(7)
+    assert calls == [1]

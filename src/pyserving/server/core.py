@@ -51,7 +51,7 @@ from pyserving.platforms.registry import (
 from pyserving.protos import BatchingParameters
 from pyserving.server.metrics import ServerMetrics
 from pyserving.sources.adapter import PathToLoaderAdapter, RemoteVersionToLoaderAdapter
-from pyserving.sources.cache import CachedVersionLoader, ModelCache
+from pyserving.sources.cache import CachedVersionLoader, ModelCache, sparse_mirror
 from pyserving.sources.filesystem import (
     SAVED_MODEL_MARKERS,
     FileSystemStoragePathSource,
@@ -306,7 +306,14 @@ class ServerCore:
                 if metrics is not None:
                     metrics.observe_batch(id.name, signature, rows, padded, queued, id.version)
 
-            loader = BatchingLoader(loader, batching, observe_batch)
+            # A loader wrapping another model (a Python model's pre/post-processing) batches
+            # that model, so that batches merge preprocessed tensors.
+            wrap_inner = getattr(loader, "wrap_inner", None)
+            if not (
+                callable(wrap_inner)
+                and wrap_inner(lambda inner: BatchingLoader(inner, batching, observe_batch))
+            ):
+                loader = BatchingLoader(loader, batching, observe_batch)
         if self.options.enable_warmup:
 
             def observe_warmup(seconds: float) -> None:
@@ -318,7 +325,8 @@ class ServerCore:
 
     def _make_remote_loader(self, id: ServableId, version: RemoteVersion) -> Loader:
         """A loader that copies ``version`` into the cache on ``load``, then loads the local
-        copy with :meth:`_make_loader`; its estimate comes from the listed sizes."""
+        copy with :meth:`_make_loader`; its estimate comes from the listing (computed when
+        the manager first asks, before anything is copied)."""
         model = self._models.get(id.name)
         if model is None:
             raise NotFound(f"Model {id.name} is no longer configured")
@@ -326,32 +334,39 @@ class ServerCore:
             version,
             self.cache,
             lambda path: self._make_loader(id, path),
-            self._remote_estimate(model, version),
+            lambda: self._remote_estimate(model, id, version),
             attempts=self.options.download_attempts,
             backoff=self.options.download_backoff,
             on_store_event=self._on_store_event,
         )
 
     def _remote_estimate(
-        self, model: model_server_config_pb2.ModelConfig, version: RemoteVersion
+        self, model: model_server_config_pb2.ModelConfig, id: ServableId, version: RemoteVersion
     ) -> ResourceEstimate:
-        """The estimate the local copy's loader would make, from the listing's sizes: 1.2 x
-        the version's bytes, or for a TFLite-served version 1.2 x ``model.tflite`` per
-        interpreter."""
-        if self.options.prefer_tflite_model and (model.model_platform or "tensorflow") == (
-            "tensorflow"
-        ):
-            from pyserving.platforms.tflite.loader import TFLITE_MODEL_FILENAME
-
-            size = version.file_size(TFLITE_MODEL_FILENAME)
-            if size is not None:
-                interpreters = self.options.num_tflite_pools * (
-                    self.options.num_tflite_interpreters_per_pool
-                )
-                return ResourceEstimate(
-                    ram_bytes=int(size * DISK_SIZE_RAM_MULTIPLIER * max(1, interpreters))
-                )
-        return ResourceEstimate(ram_bytes=int(version.total_bytes * DISK_SIZE_RAM_MULTIPLIER))
+        """The estimate the local copy's loader will make, from the listing alone: that
+        loader (its platform's: SavedModel, TFLite with ``--prefer_tflite_model``, sklearn
+        ...) is built on a sparse mirror of the listing, every file at its listed size and
+        holding no data, and asked. Platforms estimate from names and sizes, so this is
+        their own rule (1.2 x the files, per interpreter for TFLite, plus a platform's
+        overhead). Falls back to 1.2 x the listed bytes when no platform takes the mirror."""
+        fallback = ResourceEstimate(ram_bytes=int(version.total_bytes * DISK_SIZE_RAM_MULTIPLIER))
+        try:
+            with sparse_mirror(version.files) as mirror:
+                if self._platforms:
+                    factory = self._platforms[model.model_platform or "tensorflow"]
+                    loader = factory(model, id, mirror)
+                else:
+                    loader = self._platform_loader(model, mirror)
+                if isinstance(loader, FailingLoader):
+                    return fallback
+                return loader.estimate_resources()
+        except Exception as exc:
+            log.warning(
+                "Servable %s: estimating from the listing failed (%s); using 1.2 x its size",
+                id,
+                exc,
+            )
+            return fallback
 
     def _on_store_event(self, name: str, operation: str, ok: bool, nbytes: int) -> None:
         if self.metrics is not None:

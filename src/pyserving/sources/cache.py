@@ -22,10 +22,12 @@
   default (``<temp dir>/pyserving-model-cache``) falls back to a directory of this process's
   own (removed when it closes) when another server holds it.
 
-:class:`CachedVersionLoader` estimates a version's memory from the listed sizes (before
-anything is downloaded, so a version over the memory budget is never downloaded), then on
-``load`` downloads it into the cache and hands the local copy to the ordinary path->Loader
-factory (SavedModel or TFLite, with batching and warmup) and loads that.
+:class:`CachedVersionLoader` estimates a version's memory from its listing (before
+anything is downloaded, so a version over the memory budget is never downloaded; the server
+asks the version's platform, whose loader it builds on a :func:`sparse_mirror` of the
+listing), then on ``load`` downloads it into the cache and hands the local copy to the
+ordinary path->Loader factory (the platform's loader, with batching and warmup) and loads
+that.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from pyserving.core.loader import Loader, ResourceEstimate
@@ -303,6 +305,20 @@ class ModelCache:
                 os.rmdir(path)  # only when empty
 
 
+@contextlib.contextmanager
+def sparse_mirror(files: Sequence[tuple[str, int]]) -> Iterator[str]:
+    """A temporary directory holding ``files`` (relative names, sizes) at their sizes but with
+    no data (sparse: no disk blocks), removed on exit: what a loader sees of a version's
+    names and sizes, for estimates made before the version is downloaded."""
+    with tempfile.TemporaryDirectory(prefix="pyserving-listing-") as directory:
+        for name, size in files:
+            path = os.path.join(directory, *name.split("/"))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.truncate(size)
+        yield directory
+
+
 def _matches(path: str, version: RemoteVersion) -> bool:
     for name, size in version.files:
         try:
@@ -324,8 +340,9 @@ def _notify(callback: StoreEventCallback | None, name: str, ok: bool, nbytes: in
 class CachedVersionLoader(Loader):
     """Loads a :class:`RemoteVersion` from its local copy.
 
-    ``estimate``: the version's resource estimate from its listing (before downloading);
-    after ``load``, the lower of it and the inner loader's. ``factory(local_path)`` builds
+    ``estimate``: the version's resource estimate from its listing (before downloading), or
+    a function computing it (called once, when first needed); after ``load``, the lower of
+    it and the inner loader's. ``factory(local_path)`` builds
     the Loader of the local copy (it is called only after the copy is complete). Download
     retries: ``attempts`` and ``backoff`` as :meth:`ModelCache.fetch`.
     """
@@ -335,7 +352,7 @@ class CachedVersionLoader(Loader):
         version: RemoteVersion,
         cache: ModelCache,
         factory: Callable[[str], Loader],
-        estimate: ResourceEstimate,
+        estimate: ResourceEstimate | Callable[[], ResourceEstimate],
         *,
         attempts: int = 3,
         backoff: float = 1.0,
@@ -344,7 +361,8 @@ class CachedVersionLoader(Loader):
         self.version = version
         self._cache = cache
         self._factory = factory
-        self._estimate = estimate
+        self._estimate_source = estimate
+        self._estimate: ResourceEstimate | None = None
         self._attempts = attempts
         self._backoff = backoff
         self._on_store_event = on_store_event
@@ -352,6 +370,9 @@ class CachedVersionLoader(Loader):
         self.local_path: str | None = None
 
     def estimate_resources(self) -> ResourceEstimate:
+        if self._estimate is None:
+            source = self._estimate_source
+            self._estimate = source if isinstance(source, ResourceEstimate) else source()
         if self._inner is None:
             return self._estimate
         inner = self._inner.estimate_resources()
