@@ -69,3 +69,33 @@ def test_concurrent_requests_are_merged(tmp_path: pathlib.Path, export: str, out
         loader.unload()
     assert [r.tolist() for r in results] == [[0], [2], [0], [2]]
     assert batches == [len(ROWS)]
+
+
+def test_a_python_model_batches_the_tensors_preprocess_produced(tmp_path: pathlib.Path) -> None:
+    """Batching wraps the SavedModel inside a Python model: each request is preprocessed on
+    its own (named measurements -> a features tensor), the batch merges those tensors, and
+    each request gets its own species back."""
+    path = str(_examples().export_python_flowers(tmp_path / "flowers"))
+    loader = detect_platform(path, PlatformOptions()).loader(path, PlatformOptions())
+    batches: list[int] = []
+    options = BatchingOptions(max_batch_size=len(ROWS), batch_timeout_micros=60_000_000)
+    assert loader.wrap_inner(  # type: ignore[attr-defined]
+        lambda inner: BatchingLoader(inner, options, lambda s, rows, p, q: batches.append(rows))
+    )
+    loader.load()
+    try:
+        servable = loader.servable()
+        start = threading.Barrier(len(ROWS))
+        names = ("sepal_length", "sepal_width", "petal_length", "petal_width")
+
+        def call(i: int) -> Any:
+            start.wait()
+            inputs = {n: ROWS[i, j : j + 1] for j, n in enumerate(names)}
+            return servable.run("serving_default", inputs)["species"]
+
+        with concurrent.futures.ThreadPoolExecutor(len(ROWS)) as pool:
+            species = [r.tolist() for r in pool.map(call, range(len(ROWS)))]
+    finally:
+        loader.unload()
+    assert species == [[b"setosa"], [b"virginica"], [b"setosa"], [b"virginica"]]
+    assert batches == [len(ROWS)]

@@ -15,7 +15,9 @@ When the directory also holds a model of another platform (a SavedModel, ``model
 that model is loaded by its own platform, ``predict`` is not needed, and ``preprocess(self,
 inputs) -> inputs`` and ``postprocess(self, outputs) -> outputs`` (each optional) run around
 its ``run``. Without ``signature`` and without pre/post-processing, the inner model's
-signatures are served as they are.
+signatures are served as they are. With server-side batching, the wrapped model is the one
+batched: each request is preprocessed on its own, and batches merge the tensors
+``preprocess`` produced (postprocess then sees that request's rows).
 
 Errors: a ``ValueError`` raised by the model's code is INVALID_ARGUMENT with its message, any
 other exception INTERNAL with its type and message (logged with its traceback); an error
@@ -32,7 +34,7 @@ import importlib.util
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -152,6 +154,15 @@ class PythonLoader(Loader):
         except NotFound:
             self._inner = None
         self._servable: Any = None
+
+    def wrap_inner(self, wrap: Callable[[Loader], Loader]) -> bool:
+        """Replace the wrapped model's loader with ``wrap(loader)`` (the server wraps it in
+        batching, so that batches merge the tensors ``preprocess`` produced). False, and
+        nothing done, when there is no wrapped model. Only before ``load``."""
+        if self._inner is None:
+            return False
+        self._inner = wrap(self._inner)
+        return True
 
     def estimate_resources(self) -> ResourceEstimate:
         if self._inner is not None:
