@@ -192,6 +192,10 @@ def test_v2_infer_on_the_python_model(server: RunningServer) -> None:
     assert response.status_code == 200, response.text
     outputs = {o["name"]: o for o in response.json()["outputs"]}
     assert outputs["species"]["data"] == ["setosa"]
+    meta = server.client.get("/v2/models/flowers_python").json()
+    assert meta["platform"] == "python"
+    assert server.client.get("/v2/models/iris_onnx").json()["platform"] == "onnxruntime_onnx"
+    assert server.client.get("/v2/models/iris_sklearn").json()["platform"] == "sklearn"
 
 
 def test_python_model_errors(server: RunningServer) -> None:

@@ -53,6 +53,15 @@ SERVER_NAME = "pyserving"
 EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics")
 #: The platform V2 metadata reports for a SavedModel.
 PLATFORM = "tensorflow_savedmodel"
+#: The platform V2 metadata reports per servable ``backend`` (Triton's names where it has
+#: them); backends not listed report their own name.
+BACKEND_PLATFORMS = {
+    "session": PLATFORM,
+    "function": PLATFORM,
+    "tflite": "tensorflow_tflite",
+    "onnx": "onnxruntime_onnx",
+    "pytorch": "pytorch_torch",
+}
 
 #: How an input's elements arrived.
 RAW, JSON, CONTENTS = "raw", "json", "contents"
@@ -224,10 +233,12 @@ class V2Service:
                 if signature is not None:
                     inputs = _tensors(signature.inputs)
                     outputs = _tensors(signature.outputs)
+                backend = str(getattr(handle.servable, "backend", "session"))
+                platform = BACKEND_PLATFORMS.get(backend, backend)
         except ServingError as exc:
             raise self.error(exc, name, version) from None
         versions = [str(v) for v in sorted(self.core.manager.available_versions(name))]
-        return ModelMetadata(name, versions, PLATFORM, inputs, outputs)
+        return ModelMetadata(name, versions, platform, inputs, outputs)
 
     # -- inference -----------------------------------------------------------------------
 
