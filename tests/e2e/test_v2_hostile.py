@@ -172,7 +172,10 @@ def test_random_infer_bodies(server: RunningServer, body: Any, version: str) -> 
     body=infer_bodies,
     tail=st.binary(max_size=64),
     declared=st.one_of(
-        st.none(), st.integers(-2, 300), st.text(alphabet="0123456789abcx -+.", max_size=5)
+        st.none(),
+        st.integers(-2, 300),
+        # A header value with blanks at either end is one no HTTP client sends.
+        st.text(alphabet="0123456789abcx -+.", max_size=5).filter(lambda t: t == t.strip()),
     ),
     exact=st.booleans(),
 )
