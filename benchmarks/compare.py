@@ -13,9 +13,10 @@ each variant's server in turn, measures gRPC (the raw HTTP/2 client of
 alternates between rounds, so a drift of the machine's speed falls on both. A measurement
 disturbed by other processes is repeated as in ``benchmarks.run``.
 
-It prints, per point, each variant's median QPS and server CPU per request over the rounds
-and the ratio of each variant to the first, and writes every figure to
-``<out>/compare-<stamp>.json``.
+It prints, per point, each variant's median QPS and server CPU per request over the rounds,
+and for each variant against the first the median over rounds of the ratio within a round
+(the two measured minutes apart, so a drift of the machine's speed between rounds cancels
+out), and writes every figure to ``<out>/compare-<stamp>.json``.
 """
 
 from __future__ import annotations
@@ -139,30 +140,46 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summary(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per workload, server and concurrency: each variant's median QPS and CPU per request."""
-    rows: dict[tuple[str, str, int], dict[str, dict[str, list[float]]]] = {}
+    """Per workload, server and concurrency: each variant's median QPS and CPU per request,
+    and the median over rounds of each variant's ratios to the first variant's figures of
+    the same round (``paired``)."""
+    reference = next(iter(doc["meta"]["variants"]))
+    rows: dict[tuple[str, str, int], dict[str, dict[int, tuple[float, float, float]]]] = {}
     for run_ in doc["runs"]:
         for point in run_["points"]:
             key = (run_["workload"], run_["server"], int(point["concurrency"]))
-            figures = rows.setdefault(key, {}).setdefault(run_["variant"], {"qps": [], "cpu": []})
-            figures["qps"].append(float(point["qps"]))
-            figures["cpu"].append(float(point.get("server_cpu_us_per_request") or 0.0))
-            figures.setdefault("errors", []).append(float(point.get("errors") or 0))
+            rows.setdefault(key, {}).setdefault(run_["variant"], {})[run_["round"]] = (
+                float(point["qps"]),
+                float(point.get("server_cpu_us_per_request") or 0.0),
+                float(point.get("errors") or 0),
+            )
     table = []
     for (workload, server, concurrency), variants in rows.items():
+        figures: dict[str, dict[str, Any]] = {}
+        base = variants.get(reference, {})
+        for name, rounds in variants.items():
+            qps = [r[0] for r in rounds.values()]
+            cpu = [r[1] for r in rounds.values()]
+            entry: dict[str, Any] = {
+                "qps": statistics.median(qps),
+                "cpu_us_per_request": statistics.median(cpu),
+                "errors": sum(r[2] for r in rounds.values()),
+            }
+            same = [k for k in rounds if k in base and base[k][0] and base[k][1]]
+            if name != reference and same:
+                entry["paired"] = {
+                    "qps": statistics.median(rounds[k][0] / base[k][0] for k in same),
+                    "cpu_us_per_request": statistics.median(
+                        rounds[k][1] / base[k][1] for k in same
+                    ),
+                }
+            figures[name] = entry
         table.append(
             {
                 "workload": workload,
                 "server": server,
                 "concurrency": concurrency,
-                "variants": {
-                    name: {
-                        "qps": statistics.median(f["qps"]),
-                        "cpu_us_per_request": statistics.median(f["cpu"]),
-                        "errors": sum(f["errors"]),
-                    }
-                    for name, f in variants.items()
-                },
+                "variants": figures,
             }
         )
     return table
@@ -175,7 +192,7 @@ def render(doc: dict[str, Any]) -> str:
     for name in names:
         header += [f"{name} QPS", f"{name} CPU us/req"]
     for name in names[1:]:
-        header += [f"{name}/{reference} QPS", f"{name}/{reference} CPU"]
+        header += [f"{name}/{reference} QPS (paired)", f"{name}/{reference} CPU (paired)"]
     header.append("errors")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in doc["summary"]:
@@ -184,16 +201,12 @@ def render(doc: dict[str, Any]) -> str:
         for name in names:
             f = figures.get(name, {})
             cells += [f"{f.get('qps', 0):,.0f}", f"{f.get('cpu_us_per_request', 0):,.0f}"]
-        ref = figures.get(reference, {})
         for name in names[1:]:
-            f = figures.get(name, {})
-            qps = f.get("qps", 0) / ref["qps"] if ref.get("qps") else 0
-            cpu = (
-                f.get("cpu_us_per_request", 0) / ref["cpu_us_per_request"]
-                if ref.get("cpu_us_per_request")
-                else 0
-            )
-            cells += [f"{qps:.3f}", f"{cpu:.3f}"]
+            paired = figures.get(name, {}).get("paired", {})
+            cells += [
+                f"{paired.get('qps', 0):.3f}",
+                f"{paired.get('cpu_us_per_request', 0):.3f}",
+            ]
         cells.append(str(int(sum(f.get("errors", 0) for f in figures.values()))))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
