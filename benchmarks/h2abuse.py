@@ -165,8 +165,8 @@ class Probe:
 class Raw:
     """A raw HTTP/2 client connection; a thread reads (and counts) what the server sends."""
 
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    def __init__(self, port: int, timeout: float | None = 30) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.encoder = hpack.Encoder()
         self.frames: dict[int, int] = {}
         self.answers = 0  # DATA frames carrying answers
@@ -434,7 +434,7 @@ def flood(port: int, pid: int, make: Callable[[Raw], list[bytes]]) -> dict[str, 
 
 
 def slowloris(port: int, pid: int, wait: float) -> dict[str, Any]:
-    raw = Raw(port)
+    raw = Raw(port, timeout=None)  # the answers come after a minute of silence
     message = grpc_message(predict_request())
     chunks = []
     for i in range(100):
