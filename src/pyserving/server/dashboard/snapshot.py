@@ -1,0 +1,276 @@
+"""The dashboard's state: one JSON document of what the server holds and how it is doing.
+
+:class:`Dashboard` gathers it from the same sources the APIs and the metrics endpoint use,
+nothing of its own but two small recorders: the :class:`ServableStateMonitor` (version
+states, errors, the transition history), the manager's labels and resource reservations,
+the model config, :class:`LoadRecorder` (load time and measured memory growth per version)
+and :class:`RequestSeries` (per-model request rate, errors, p50/p99 latency and batch sizes,
+sampled from :class:`ServerMetrics`' counters).
+
+:meth:`Dashboard.state` builds the document (see ``docs/dashboard.md`` for its fields);
+``since`` is the last series sequence number the caller has, so each chart point is sent
+once. It reads everything without blocking model loads or requests (the monitor and
+metrics locks are held only to copy).
+
+Construct it before the first model loads (the load recorder subscribes to the event bus),
+:meth:`start` it once serving, :meth:`close` it on shutdown (idempotent).
+"""
+
+from __future__ import annotations
+
+import os
+import platform as platform_module
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyserving
+from pyserving.core.monitor import ManagerState, ServableState
+from pyserving.core.source import ServableId
+from pyserving.errors import ServingError
+from pyserving.server.core import ServerCore
+from pyserving.server.dashboard.examples import example_request
+from pyserving.server.dashboard.loads import LoadRecorder, process_rss_bytes
+from pyserving.server.dashboard.series import RequestSeries, SeriesOptions
+from pyserving.server.metrics import ServerMetrics
+
+#: Transitions sent, newest first.
+MAX_TRANSITIONS = 50
+#: Ended versions listed per model beside those not ended (the newest by number).
+MAX_ENDED_VERSIONS = 3
+
+#: What the page calls a platform, per servable ``backend``.
+_BACKEND_PLATFORMS = {"session": "tensorflow", "function": "tensorflow"}
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What the dashboard shows of the process itself: ports, and the flags in force as
+    ``(name, value)`` pairs (those given on the command line)."""
+
+    grpc_port: int = 0
+    rest_port: int = 0
+    grpc_socket_path: str = ""
+    flags: tuple[tuple[str, str], ...] = ()
+    batching: bool = False
+
+
+class Dashboard:
+    """The state behind ``/dashboard``; thread-safe."""
+
+    def __init__(
+        self,
+        core: ServerCore,
+        metrics: ServerMetrics,
+        info: ServerInfo | None = None,
+        *,
+        series: SeriesOptions | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        rss: Callable[[], int] = process_rss_bytes,
+    ) -> None:
+        self.core = core
+        self.metrics = metrics
+        self.info = info or ServerInfo()
+        self._wall = wall_clock
+        self._rss = rss
+        self._started = wall_clock()
+        self.loads = LoadRecorder(rss)
+        self._unsubscribe = core.manager.bus.subscribe(self.loads.on_state)
+        self.series = RequestSeries(metrics.model_totals, series)
+        self._platforms: dict[ServableId, str] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start sampling the request series."""
+        self.series.start()
+
+    def close(self) -> None:
+        """Stop sampling and listening (idempotent)."""
+        self.series.close()
+        self._unsubscribe()
+
+    # ------------------------------------------------------------------ the document
+
+    def state(self, since: int = 0) -> dict[str, Any]:
+        """The whole state; chart points after sequence number ``since`` only."""
+        wall = self._wall()
+        mono = self.core.manager.options.clock.monotonic()
+
+        def wall_time(state_time: float) -> float:
+            return round(wall - (mono - state_time), 3)
+
+        seq, points = self.series.since(since)
+        config = self.core.config
+        tracker = self.core.manager.resources
+        models = []
+        for model in sorted(config.model_config_list.config, key=lambda m: m.name):
+            models.append(self._model(model, wall_time, mono, points.get(model.name, [])))
+        history = self.core.monitor.history()[-MAX_TRANSITIONS:]
+        transitions = [_transition(s, wall_time) for s in reversed(history)]
+        used = tracker.used()
+        total = tracker.total
+        return {
+            "server": {
+                "name": "pyserving",
+                "version": pyserving.__version__,
+                "python": platform_module.python_version(),
+                "tensorflow": _module_version("tensorflow"),
+                "pid": os.getpid(),
+                "started": round(self._started, 3),
+                "now": round(wall, 3),
+                "uptime_s": round(wall - self._started, 1),
+                "ports": {
+                    "grpc": self.info.grpc_port,
+                    "rest": self.info.rest_port,
+                    "grpc_socket": self.info.grpc_socket_path,
+                },
+                "flags": [list(pair) for pair in self.info.flags],
+                "batching": self.info.batching,
+                "memory": {
+                    "rss_bytes": self._rss(),
+                    "reserved_bytes": used.ram_bytes,
+                    "budget_bytes": None if total is None else total.ram_bytes,
+                },
+            },
+            "series": {
+                "seq": seq,
+                "step_s": self.series.options.step,
+                "points": self.series.options.points,
+                "columns": ["seq", "requests", "errors", "p50_ms", "p99_ms", "batch"],
+            },
+            "models": models,
+            "transitions": transitions,
+        }
+
+    def _model(
+        self,
+        model: Any,
+        wall_time: Callable[[float], float],
+        mono: float,
+        points: list[Any],
+    ) -> dict[str, Any]:
+        name = model.name
+        states = self.core.monitor.get_version_states(name)
+        shown = [s for s in states.values() if s.state is not ManagerState.END]
+        ended = sorted(
+            (s for s in states.values() if s.state is ManagerState.END),
+            key=lambda s: s.id.version,
+            reverse=True,
+        )
+        shown.extend(ended[:MAX_ENDED_VERSIONS])
+        shown.sort(key=lambda s: s.id.version, reverse=True)
+        versions = [self._version(s, wall_time, mono) for s in shown]
+        available = [s.id.version for s in states.values() if s.state is ManagerState.AVAILABLE]
+        policy = model.model_version_policy.WhichOneof("policy_choice") or "latest"
+        return {
+            "name": name,
+            "base_path": model.base_path,
+            "platform": model.model_platform or self._platform(name, available),
+            "version_policy": policy,
+            "status": _model_status(states.values()),
+            "labels": dict(sorted(self.core.manager.version_labels(name).items())),
+            "versions": versions,
+            "hidden_versions": len(states) - len(shown),
+            "points": points,
+        }
+
+    def _version(
+        self, state: ServableState, wall_time: Callable[[float], float], mono: float
+    ) -> dict[str, Any]:
+        reservation = self.core.manager.resources.reservation(state.id)
+        record = self.loads.get(state.id)
+        out: dict[str, Any] = {
+            "version": state.id.version,
+            "state": state.state.value,
+            "since": wall_time(state.time),
+            "cause": state.cause,
+            "error": None,
+            "ram_estimate_bytes": None if reservation is None else reservation.ram_bytes,
+            "ram_growth_bytes": None,
+            "load_s": None,
+        }
+        if state.error is not None:
+            out["error"] = f"{state.error.code.name}: {state.error.message}"
+        if record is not None:
+            out["ram_growth_bytes"] = record.growth_bytes
+            out["load_s"] = None if record.load_seconds is None else round(record.load_seconds, 3)
+        if state.state is ManagerState.LOADING:
+            out["loading_s"] = round(max(0.0, mono - state.time), 1)
+            progress = self._download_progress(state.id)
+            if progress is not None:
+                out["progress"] = {"done_bytes": progress[0], "total_bytes": progress[1]}
+        return out
+
+    def _download_progress(self, id: ServableId) -> tuple[int, int] | None:
+        progress = getattr(self.core.cache, "progress", None)
+        if progress is None:
+            return None
+        result: tuple[int, int] | None = progress(id.name, id.version)
+        return result
+
+    def _platform(self, name: str, available: list[int]) -> str:
+        """The platform serving the newest AVAILABLE version (from its servable's backend),
+        remembered per version; "" when nothing is available."""
+        if not available:
+            return ""
+        id = ServableId(name, max(available))
+        with self._lock:
+            known = self._platforms.get(id)
+        if known is not None:
+            return known
+        try:
+            with self.core.handle(name, id.version) as handle:
+                backend = str(getattr(handle.servable, "backend", "session"))
+        except ServingError:
+            return ""
+        found = _BACKEND_PLATFORMS.get(backend, backend)
+        with self._lock:
+            if len(self._platforms) > 10_000:
+                self._platforms.clear()
+            self._platforms[id] = found
+        return found
+
+    # ------------------------------------------------------------------ try it
+
+    def example(self, name: str) -> dict[str, Any]:
+        """A predict body for ``name``'s newest AVAILABLE version (see ``examples.py``);
+        ``NotFound`` when none is available."""
+        with self.core.handle(name) as handle:
+            out = example_request(handle.servable)
+            out["model"] = name
+            out["version"] = handle.id.version
+            return out
+
+
+def _transition(state: ServableState, wall_time: Callable[[float], float]) -> dict[str, Any]:
+    return {
+        "time": wall_time(state.time),
+        "model": state.id.name,
+        "version": state.id.version,
+        "state": state.state.value,
+        "cause": state.cause,
+        "duration_s": None if state.duration is None else round(state.duration, 3),
+        "error": None if state.error is None else state.error.message,
+    }
+
+
+def _model_status(states: Any) -> str:
+    """AVAILABLE when a version serves; else LOADING while one is on its way; else ERROR
+    when the newest version failed; else END (or UNKNOWN before any version is seen)."""
+    values = list(states)
+    if not values:
+        return "UNKNOWN"
+    if any(s.state is ManagerState.AVAILABLE for s in values):
+        return "AVAILABLE"
+    if any(s.state in (ManagerState.START, ManagerState.LOADING) for s in values):
+        return "LOADING"
+    newest = max(values, key=lambda s: s.id.version)
+    return "ERROR" if newest.error is not None else newest.state.value
+
+
+def _module_version(name: str) -> str:
+    module = sys.modules.get(name)
+    return str(getattr(module, "__version__", "")) if module is not None else ""
