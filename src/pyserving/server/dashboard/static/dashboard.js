@@ -393,7 +393,7 @@
     if (total === 0) {
       card.summary.textContent = "No requests in the last " + windowText + ".";
     } else {
-      let text = total + " requests in the last " + windowText + ", errors " +
+      let text = total + (total === 1 ? " request" : " requests") + " in the last " + windowText + ", errors " +
         ((100 * errors) / total).toFixed(1) + "%";
       if (last && last[0] === view.seq) {
         text += " \u00b7 now " + (last[1] / view.step).toFixed(1) + " req/s, p50 " + ms(last[3]) +
