@@ -366,14 +366,29 @@ def test_state_endpoint_sends_each_chart_point_once(
     first = orjson.loads(handler.handle("GET", "/dashboard/api/state", {}, b"").body)
     seq = first["series"]["seq"]
     (two,) = [m for m in first["models"] if m["name"] == "two"]
-    assert two["points"][-1][0] == seq
-    assert two["points"][-1][1] == 3
+    assert first["points"]["two"][-1][0] == seq
+    assert first["points"]["two"][-1][1] == 3
     assert two["versions"][0]["state"] == "AVAILABLE"
     assert two["versions"][0]["load_s"] > 0
     assert two["platform"] == "tensorflow"
     again = orjson.loads(handler.handle("GET", f"/dashboard/api/state/{seq}", {}, b"").body)
-    assert all(m["points"] == [] for m in again["models"])
+    assert again["points"] == {}
+    assert again["models"] == first["models"]
     assert handler.handle("GET", "/dashboard/api/state/x1", {}, b"").status == 400
+
+
+def test_state_endpoint_omits_models_the_caller_already_has(
+    served: tuple[RestHandler, Dashboard, pathlib.Path],
+) -> None:
+    handler, _, _ = served
+    first = orjson.loads(handler.handle("GET", "/dashboard/api/state", {}, b"").body)
+    seq, tag = first["series"]["seq"], first["tag"]
+    same = orjson.loads(handler.handle("GET", f"/dashboard/api/state/{seq}/{tag}", {}, b"").body)
+    assert same["tag"] == tag
+    assert same["models"] is None and same["transitions"] is None
+    assert same["server"]["ports"] == first["server"]["ports"]
+    other = orjson.loads(handler.handle("GET", f"/dashboard/api/state/{seq}/0", {}, b"").body)
+    assert other["models"] == first["models"]
 
 
 def test_try_it_request_from_the_signature_is_answered(

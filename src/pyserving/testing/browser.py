@@ -74,7 +74,7 @@ def start_chromium(width: int = 1280, height: int = 900) -> Any:
     except Exception:
         shutil.rmtree(profile, ignore_errors=True)
         raise
-    driver.pyserving_profile = profile
+    setattr(driver, "pyserving_profile", profile)  # noqa: B010 - removed by stop_chromium
     return driver
 
 

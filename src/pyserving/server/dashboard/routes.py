@@ -7,7 +7,8 @@ on whatever transport serves REST, like the health endpoints).
     GET /dashboard/                       the page (static/index.html)
     GET /dashboard/static/dashboard.js    its script
     GET /dashboard/static/dashboard.css   its style sheet
-    GET /dashboard/api/state[/SINCE]      the state document (chart points after SINCE)
+    GET /dashboard/api/state[/SINCE[/TAG]]  the state document (chart points after SINCE;
+                                          models and transitions null when still TAG)
     GET /dashboard/api/example/NAME       a "try it" predict body for model NAME
 
 Every answer carries a Content-Security-Policy allowing only the server's own script, style
@@ -22,10 +23,8 @@ import importlib.resources
 import logging
 from typing import Any
 
-import orjson
-
 from pyserving.errors import NotFound, ServingError
-from pyserving.server.dashboard.snapshot import Dashboard
+from pyserving.server.dashboard.snapshot import Dashboard, to_json
 from pyserving.server.rest import RestHandler, RestResponse, error_response
 
 log = logging.getLogger(__name__)
@@ -65,22 +64,8 @@ def read_static(name: str) -> bytes:
     )
 
 
-def _json(status: int, value: Any, headers: tuple[tuple[bytes, bytes], ...] = ()) -> RestResponse:
-    try:
-        body = orjson.dumps(value)
-    except TypeError:  # a string that is not valid UTF-8 (lone surrogates)
-        body = orjson.dumps(_clean(value))
-    return RestResponse(status, body, b"application/json", SECURITY_HEADERS + _NO_STORE + headers)
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(value, dict):
-        return {_clean(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
+def _json(status: int, value: Any) -> RestResponse:
+    return RestResponse(status, to_json(value), b"application/json", SECURITY_HEADERS + _NO_STORE)
 
 
 def install_dashboard_routes(handler: RestHandler, dashboard: Dashboard) -> None:
@@ -104,13 +89,16 @@ def install_dashboard_routes(handler: RestHandler, dashboard: Dashboard) -> None
         return RestResponse(200, files[rest], content_type, SECURITY_HEADERS + _NO_CACHE)
 
     def state(rest: str) -> RestResponse:
+        since_text, _, tag = rest.lstrip("/").partition("/")
         since = 0
-        text = rest.lstrip("/")
-        if text:
-            if not text.isdigit() or len(text) > 18:
-                return _json(400, {"error": f"Bad sequence number: {text[:40]}"})
-            since = int(text)
-        return _json(200, dashboard.state(since))
+        if since_text:
+            if not since_text.isdigit() or len(since_text) > 18:
+                return _json(400, {"error": f"Bad sequence number: {since_text[:40]}"})
+            since = int(since_text)
+        if len(tag) > 64:
+            return _json(400, {"error": "Bad tag"})
+        body = dashboard.state_json(since, tag)
+        return RestResponse(200, body, b"application/json", SECURITY_HEADERS + _NO_STORE)
 
     def example(name: str) -> RestResponse:
         try:

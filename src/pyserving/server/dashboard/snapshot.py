@@ -23,9 +23,12 @@ import platform as platform_module
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 import pyserving
 from pyserving.core.monitor import ManagerState, ServableState
@@ -94,8 +97,17 @@ class Dashboard:
 
     # ------------------------------------------------------------------ the document
 
-    def state(self, since: int = 0) -> dict[str, Any]:
-        """The whole state; chart points after sequence number ``since`` only."""
+    def state(self, since: int = 0, tag: str = "") -> dict[str, Any]:
+        """The state document as a dict (see :meth:`state_json`)."""
+        result: dict[str, Any] = orjson.loads(self.state_json(since, tag))
+        return result
+
+    def state_json(self, since: int = 0, tag: str = "") -> bytes:
+        """The state document, JSON: ``server``, ``series``, ``points`` (per model, the
+        chart points after sequence number ``since``), ``tag``, ``models`` and
+        ``transitions``. ``tag`` identifies the content of the last two; when the caller
+        already has that content (it sends the tag it got), both are ``null``, so a page
+        polling an unchanged server receives only the server facts and new chart points."""
         wall = self._wall()
         mono = self.core.manager.options.clock.monotonic()
 
@@ -104,45 +116,60 @@ class Dashboard:
 
         seq, points = self.series.since(since)
         config = self.core.config
-        tracker = self.core.manager.resources
-        models = []
-        for model in sorted(config.model_config_list.config, key=lambda m: m.name):
-            models.append(self._model(model, wall_time, mono, points.get(model.name, [])))
+        models = [
+            self._model(model, wall_time, mono)
+            for model in sorted(config.model_config_list.config, key=lambda m: m.name)
+        ]
         history = self.core.monitor.history()[-MAX_TRANSITIONS:]
-        transitions = [_transition(s, wall_time) for s in reversed(history)]
+        content = to_json(
+            {
+                "models": models,
+                "transitions": [_transition(s, wall_time) for s in reversed(history)],
+            }
+        )
+        current_tag = f"{zlib.crc32(content):08x}{len(content):x}"
+        head = to_json(
+            {
+                "server": self._server(wall),
+                "series": {
+                    "seq": seq,
+                    "step_s": self.series.options.step,
+                    "points": self.series.options.points,
+                    "columns": ["seq", "requests", "errors", "p50_ms", "p99_ms", "batch"],
+                },
+                "points": points,
+                "tag": current_tag,
+            }
+        )
+        if tag == current_tag:
+            return head[:-1] + b',"models":null,"transitions":null}'
+        return head[:-1] + b"," + content[1:]
+
+    def _server(self, wall: float) -> dict[str, Any]:
+        tracker = self.core.manager.resources
         used = tracker.used()
         total = tracker.total
         return {
-            "server": {
-                "name": "pyserving",
-                "version": pyserving.__version__,
-                "python": platform_module.python_version(),
-                "tensorflow": _module_version("tensorflow"),
-                "pid": os.getpid(),
-                "started": round(self._started, 3),
-                "now": round(wall, 3),
-                "uptime_s": round(wall - self._started, 1),
-                "ports": {
-                    "grpc": self.info.grpc_port,
-                    "rest": self.info.rest_port,
-                    "grpc_socket": self.info.grpc_socket_path,
-                },
-                "flags": [list(pair) for pair in self.info.flags],
-                "batching": self.info.batching,
-                "memory": {
-                    "rss_bytes": self._rss(),
-                    "reserved_bytes": used.ram_bytes,
-                    "budget_bytes": None if total is None else total.ram_bytes,
-                },
+            "name": "pyserving",
+            "version": pyserving.__version__,
+            "python": platform_module.python_version(),
+            "tensorflow": _module_version("tensorflow"),
+            "pid": os.getpid(),
+            "started": round(self._started, 3),
+            "now": round(wall, 3),
+            "uptime_s": round(wall - self._started, 1),
+            "ports": {
+                "grpc": self.info.grpc_port,
+                "rest": self.info.rest_port,
+                "grpc_socket": self.info.grpc_socket_path,
             },
-            "series": {
-                "seq": seq,
-                "step_s": self.series.options.step,
-                "points": self.series.options.points,
-                "columns": ["seq", "requests", "errors", "p50_ms", "p99_ms", "batch"],
+            "flags": [list(pair) for pair in self.info.flags],
+            "batching": self.info.batching,
+            "memory": {
+                "rss_bytes": self._rss(),
+                "reserved_bytes": used.ram_bytes,
+                "budget_bytes": None if total is None else total.ram_bytes,
             },
-            "models": models,
-            "transitions": transitions,
         }
 
     def _model(
@@ -150,7 +177,6 @@ class Dashboard:
         model: Any,
         wall_time: Callable[[float], float],
         mono: float,
-        points: list[Any],
     ) -> dict[str, Any]:
         name = model.name
         states = self.core.monitor.get_version_states(name)
@@ -174,7 +200,6 @@ class Dashboard:
             "labels": dict(sorted(self.core.manager.version_labels(name).items())),
             "versions": versions,
             "hidden_versions": len(states) - len(shown),
-            "points": points,
         }
 
     def _version(
@@ -274,3 +299,22 @@ def _model_status(states: Any) -> str:
 def _module_version(name: str) -> str:
     module = sys.modules.get(name)
     return str(getattr(module, "__version__", "")) if module is not None else ""
+
+
+def to_json(value: Any) -> bytes:
+    """JSON; a string that is not valid UTF-8 (lone surrogates, e.g. in an error quoting a
+    file name) is written with backslash escapes instead of failing the whole document."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return orjson.dumps(_clean(value))
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value

@@ -12,6 +12,9 @@
 
   const view = {
     since: 0,
+    tag: "",
+    models: [],
+    transitions: [],
     started: null,
     series: new Map(), // model name -> array of points [seq, requests, errors, p50, p99, batch]
     cards: new Map(), // model name -> card elements
@@ -88,7 +91,8 @@
   async function poll() {
     let delay = POLL_MS;
     try {
-      const response = await fetch("api/state/" + view.since, { cache: "no-store" });
+      const url = "api/state/" + view.since + (view.tag ? "/" + view.tag : "");
+      const response = await fetch(url, { cache: "no-store" });
       if (!response.ok) throw new Error("HTTP " + response.status);
       const doc = await response.json();
       render(doc);
@@ -109,19 +113,30 @@
   // ------------------------------------------------------------------ rendering
 
   function render(doc) {
+    const began = performance.now();
     if (view.started !== null && view.started !== doc.server.started) {
       // The server restarted: its sequence numbers start again.
       view.series.clear();
+      view.since = 0;
     }
     view.started = doc.server.started;
     view.seq = doc.series.seq;
     view.step = doc.series.step_s;
     view.points = doc.series.points;
     view.since = doc.series.seq;
-    renderServer(doc.server, doc.models.length);
-    renderModels(doc.models);
-    renderTransitions(doc.transitions);
+    // models and transitions are null when unchanged since the tag this page sent.
+    if (doc.models !== null) {
+      view.models = doc.models;
+      view.transitions = doc.transitions;
+    }
+    view.tag = doc.tag;
+    renderServer(doc.server, view.models.length);
+    renderModels(view.models, doc.points || {});
+    renderTransitions(view.transitions);
     document.body.dataset.seq = String(doc.series.seq);
+    // How long this update took the page (read by benchmarks/dashboard.py).
+    document.body.dataset.renderMs = (performance.now() - began).toFixed(2);
+    document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
   }
 
   function fact(list, name, value) {
@@ -177,7 +192,7 @@
     }
   }
 
-  function renderModels(models) {
+  function renderModels(models, points) {
     const container = document.getElementById("models");
     const seen = new Set();
     models.forEach((model, index) => {
@@ -190,7 +205,7 @@
       if (container.children[index] !== card.root) {
         container.insertBefore(card.root, container.children[index] || null);
       }
-      mergePoints(model.name, model.points);
+      mergePoints(model.name, points[model.name]);
       updateCard(card, model);
     });
     for (const [name, card] of view.cards) {
