@@ -114,7 +114,7 @@ class Traffic(threading.Thread):
 
 
 class Viewer(threading.Thread):
-    """Polls ``api/state/SINCE`` once a second, as the page does."""
+    """Polls ``api/state/SINCE/TAG`` once a second, as the page does."""
 
     def __init__(self, url: str, seconds: float) -> None:
         super().__init__(name="viewer", daemon=True)
@@ -124,7 +124,7 @@ class Viewer(threading.Thread):
         self.latencies: list[float] = []
 
     def run(self) -> None:
-        since = 0
+        since, tag = 0, ""
         with httpx.Client(base_url=self.url, timeout=30) as client:
             start = time.monotonic()
             polls = 0
@@ -134,11 +134,12 @@ class Viewer(threading.Thread):
                     break
                 time.sleep(max(0.0, due - time.monotonic()))
                 began = time.perf_counter()
-                response = client.get(f"/dashboard/api/state/{since}")
+                response = client.get(f"/dashboard/api/state/{since}/{tag}")
                 self.latencies.append(time.perf_counter() - began)
                 response.raise_for_status()
                 self.sizes.append(len(response.content))
-                since = response.json()["series"]["seq"]
+                doc = response.json()
+                since, tag = doc["series"]["seq"], doc["tag"]
                 polls += 1
 
 
@@ -244,9 +245,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         with httpx.Client(base_url=url, timeout=30) as client:
             full = client.get("/dashboard/api/state")
         full_doc = full.json()
-        point_count = sum(len(m["points"]) for m in full_doc["models"])
-        without_points = dict(full_doc, models=[dict(m, points=[]) for m in full_doc["models"]])
-        points_bytes = len(full.content) - len(json.dumps(without_points, separators=(",", ":")))
+        point_count = sum(len(p) for p in full_doc["points"].values())
+        points_bytes = len(json.dumps(full_doc["points"], separators=(",", ":")))
         per_point = points_bytes / point_count if point_count else 0.0
         window = full_doc["series"]["points"]
         doc["state_first_poll_bytes"] = len(full.content)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
+import threading
 from collections.abc import Iterator
 
 import orjson
 import pytest
 
 from pyserving.config import ModelServerConfig, parse_text_proto
+from pyserving.core.clock import ManualClock
 from pyserving.core.loader import ResourceEstimate
 from pyserving.core.manager import ManagerOptions
 from pyserving.core.monitor import ManagerState, ServableState
@@ -289,6 +291,61 @@ def test_state_reports_versions_errors_memory_and_transitions(
     assert {t["model"] for t in state["transitions"]} == {"alpha", HOSTILE}
     assert any(t["error"] and HOSTILE in t["error"] for t in state["transitions"])
     assert newest["time"] <= 1_000_000.0
+
+
+def test_a_loading_version_shows_how_long_and_its_copy_progress(tmp_path: pathlib.Path) -> None:
+    gate, created = threading.Event(), threading.Event()
+    loaders: list[FakeLoader] = []
+
+    def factory(model: object, id: ServableId, path: str) -> FakeLoader:
+        loaders.append(FakeLoader(id.name, id.version, gate=gate))
+        created.set()
+        return loaders[-1]
+
+    (tmp_path / "m" / "4").mkdir(parents=True)
+    options = ServerCoreOptions(
+        manager=ManagerOptions(num_load_threads=1, clock=ManualClock()),
+        file_system_poll_wait_seconds=0,
+        platforms={"tensorflow": factory},
+        settle_timeout=30,
+    )
+
+    class Copying:
+        """The model cache's progress, as while version 4 is being copied."""
+
+        def progress(self, name: str, version: int) -> tuple[int, int] | None:
+            return (250, 1000) if (name, version) == ("m", 4) else None
+
+        def close(self) -> None:
+            pass
+
+    with ServerCore(options) as core:
+        core.cache = Copying()  # type: ignore[assignment]
+        clock = core.manager.options.clock
+        assert isinstance(clock, ManualClock)
+        dashboard = Dashboard(core, ServerMetrics())
+        config = make_config(
+            f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path / "m"}" }} }}'
+        )
+        reload = threading.Thread(target=core.reload_config, args=(config,))
+        reload.start()
+        try:
+            assert created.wait(30)
+            assert loaders[0].started.wait(30)
+            clock.advance(2.5)
+            (model,) = dashboard.state()["models"]
+            (version,) = model["versions"]
+            assert model["status"] == "LOADING"
+            assert version["state"] == "LOADING"
+            assert version["loading_s"] == 2.5
+            assert version["progress"] == {"done_bytes": 250, "total_bytes": 1000}
+        finally:
+            gate.set()
+            reload.join(30)
+        (version,) = dashboard.state()["models"][0]["versions"]
+        assert version["state"] == "AVAILABLE"
+        assert "progress" not in version
+        dashboard.close()
 
 
 @pytest.fixture(scope="module")

@@ -230,11 +230,8 @@ class Dashboard:
         return out
 
     def _download_progress(self, id: ServableId) -> tuple[int, int] | None:
-        progress = getattr(self.core.cache, "progress", None)
-        if progress is None:
-            return None
-        result: tuple[int, int] | None = progress(id.name, id.version)
-        return result
+        """Bytes copied and listed, while a version from an object store is being copied."""
+        return self.core.cache.progress(id.name, id.version)
 
     def _platform(self, name: str, available: list[int]) -> str:
         """The platform serving the newest AVAILABLE version (from its servable's backend),
