@@ -121,10 +121,14 @@ def version_states(driver: Any, name: str) -> dict[int, str]:
     return {int(v): s for v, s in rows or []}
 
 
-def screenshot(driver: Any, name: str) -> None:
+def screenshot(driver: Any, name: str, show: Any = None) -> None:
+    """Save the page as ``$PYSERVING_SCREENSHOTS/name`` (when set), scrolled to ``show``."""
     directory = os.environ.get("PYSERVING_SCREENSHOTS")
     if directory:
+        if show is not None:
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", show)
         driver.save_screenshot(str(pathlib.Path(directory) / name))
+        driver.execute_script("window.scrollTo(0, 0);")
 
 
 def test_page_shows_the_models_versions_and_states(browser: Any, server: RunningServer) -> None:
@@ -175,9 +179,8 @@ def test_chart_has_data_after_traffic(browser: Any, server: RunningServer) -> No
     )
     chart = card(browser, "two").find_element("css selector", ".chart")
     assert chart.find_elements("css selector", "svg.rate rect.bar-ok")
-    assert chart.find_elements("css selector", "svg.latency polyline.line-p99")
+    assert chart.find_elements("css selector", "svg.latency rect.bar-p99")
     assert "requests in the last" in chart.find_element("css selector", ".chart-summary").text
-    screenshot(browser, "dashboard.png")
 
 
 def test_version_swap_is_followed_without_a_reload(
@@ -218,7 +221,7 @@ def test_load_error_appears_with_its_message(
     assert message in shown
     # The version serving before keeps serving, and the page says so.
     assert version_states(browser, "flaky")[123] == "AVAILABLE"
-    screenshot(browser, "dashboard-error.png")
+    screenshot(browser, "dashboard.png")
 
 
 def test_try_it_sends_a_predict_and_shows_answer_and_latency(browser: Any) -> None:
@@ -250,7 +253,7 @@ def test_try_it_sends_a_predict_and_shows_answer_and_latency(browser: Any) -> No
     assert result == {"outputs": [[2.5]]}
     latency = tryit.find_element("css selector", ".tryit-latency").text
     assert re.fullmatch(r"HTTP 200 in \d+\.\d ms", latency), latency
-    screenshot(browser, "dashboard-try-it.png")
+    screenshot(browser, "dashboard-try-it.png", tryit)
 
 
 def test_model_provided_strings_are_shown_as_text(browser: Any) -> None:

@@ -393,15 +393,19 @@
         }));
       }
     }
-    const line = (index, className) => {
-      const pts = series.filter((p) => p[index] !== null && p[index] !== undefined)
-        .map((p) => x(p[0]).toFixed(1) + "," +
-          (height - 1 - (p[index] / (maxLatency || 1)) * (height - 3)).toFixed(1));
-      if (pts.length === 1) pts.push((parseFloat(pts[0]) + 1).toFixed(1) + "," + pts[0].split(",")[1]);
-      if (pts.length) card.latSvg.appendChild(svg("polyline", { points: pts.join(" "), class: className }));
+    // Latency per interval: the p99 bar, the p50 bar drawn over it.
+    const latencyBar = (p, index, className) => {
+      const value = p[index];
+      if (value === null || value === undefined) return;
+      const h = Math.max(1, (value / (maxLatency || 1)) * (height - 2));
+      card.latSvg.appendChild(svg("rect", {
+        x: x(p[0]) - barWidth / 2, y: height - h, width: barWidth, height: h, class: className,
+      }));
     };
-    line(4, "line-p99");
-    line(3, "line-p50");
+    for (const p of series) {
+      latencyBar(p, 4, "bar-p99");
+      latencyBar(p, 3, "bar-p50");
+    }
 
     const last = series.length ? series[series.length - 1] : null;
     const windowText = duration(view.step * view.points);
@@ -418,8 +422,8 @@
       if (batchMax !== null) text += " \u00b7 largest mean batch " + batchMax;
       card.summary.textContent = text;
     }
-    card.rateLabel.textContent = "requests/s (max " + maxRate.toFixed(1) + "), errors in red";
-    card.latLabel.textContent = "latency p50 / p99 (max " + ms(maxLatency) + ")";
+    card.rateLabel.textContent = "requests/s, max " + maxRate.toFixed(1) + " (errors in red)";
+    card.latLabel.textContent = "latency p50 (green) / p99 (orange), max " + ms(maxLatency);
   }
 
   function renderTransitions(transitions) {
@@ -483,7 +487,8 @@
         const response = await fetch("api/example/" + encodeURIComponent(name), { cache: "no-store" });
         const example = await response.json();
         if (!response.ok) throw new Error(example.error || "HTTP " + response.status);
-        body.value = JSON.stringify(example.body, null, 1);
+        const compact = JSON.stringify(example.body);
+        body.value = compact.length <= 200 ? compact : JSON.stringify(example.body, null, 1);
         note.textContent = example.note + " Version " + example.version +
           (example.signature_name ? ", signature " + example.signature_name : "") + ".";
         root.dataset.ready = "true";
