@@ -27,6 +27,7 @@ from pyserving.server.dashboard import Dashboard, ServerInfo, install_dashboard_
 from pyserving.server.dashboard.loads import LoadRecorder
 from pyserving.server.dashboard.routes import CONTENT_SECURITY_POLICY, STATIC_FILES, read_static
 from pyserving.server.dashboard.series import RequestSeries, SeriesOptions, quantile_us
+from pyserving.server.dashboard.snapshot import CONTENT_TTL
 from pyserving.server.metrics import LATENCY_BUCKETS_US, ModelTotals, ServerMetrics
 from pyserving.server.rest import RestHandler
 from pyserving.server.service import ModelServing
@@ -291,6 +292,32 @@ def test_state_reports_versions_errors_memory_and_transitions(
     assert {t["model"] for t in state["transitions"]} == {"alpha", HOSTILE}
     assert any(t["error"] and HOSTILE in t["error"] for t in state["transitions"])
     assert newest["time"] <= 1_000_000.0
+
+
+def test_viewers_share_a_build_until_a_version_changes_or_it_ages(
+    fake_core: ServerCore, tmp_path: pathlib.Path
+) -> None:
+    now = [1000.0]
+    dashboard = Dashboard(fake_core, ServerMetrics(), wall_clock=lambda: now[0])
+    fake_core.reload_config(fake_config(tmp_path))
+    first = dashboard.state()
+    alpha = next(m for m in first["models"] if m["name"] == "alpha")
+    assert alpha["labels"] == {}
+    # Labels change without a version changing state: seen once the build is CONTENT_TTL old.
+    fake_core.manager.set_version_labels("alpha", {"stable": 1})
+    now[0] += CONTENT_TTL / 2
+    assert dashboard.state()["tag"] == first["tag"]
+    now[0] += CONTENT_TTL / 2
+    second = dashboard.state()
+    alpha = next(m for m in second["models"] if m["name"] == "alpha")
+    assert alpha["labels"] == {"stable": 1}
+    # A version changing state is seen at once.
+    (tmp_path / "repo" / str(abs(hash("alpha"))) / "3").mkdir()
+    fake_core.reload_config(fake_config(tmp_path))
+    third = dashboard.state()
+    alpha = next(m for m in third["models"] if m["name"] == "alpha")
+    assert [v["version"] for v in alpha["versions"]] == [3, 2, 1]
+    dashboard.close()
 
 
 def test_a_loading_version_shows_how_long_and_its_copy_progress(tmp_path: pathlib.Path) -> None:

@@ -42,6 +42,9 @@ from pyserving.server.metrics import ServerMetrics
 
 #: Transitions sent, newest first.
 MAX_TRANSITIONS = 50
+#: Seconds one build of the models' part of the state serves further polls (when no
+#: version changed state meanwhile).
+CONTENT_TTL = 0.5
 #: Ended versions listed per model beside those not ended (the newest by number).
 MAX_ENDED_VERSIONS = 3
 
@@ -81,10 +84,18 @@ class Dashboard:
         self._rss = rss
         self._started = wall_clock()
         self.loads = LoadRecorder(rss)
-        self._unsubscribe = core.manager.bus.subscribe(self.loads.on_state)
+        self._revision = 0
+        self._content: tuple[int, float, bytes, str] | None = None
+        self._content_lock = threading.Lock()
+        self._unsubscribe = core.manager.bus.subscribe(self._on_state)
         self.series = RequestSeries(metrics.model_totals, series)
         self._platforms: dict[ServableId, str] = {}
         self._lock = threading.Lock()
+
+    def _on_state(self, state: ServableState) -> None:
+        self.loads.on_state(state)
+        with self._content_lock:
+            self._revision += 1
 
     def start(self) -> None:
         """Start sampling the request series."""
@@ -109,25 +120,8 @@ class Dashboard:
         already has that content (it sends the tag it got), both are ``null``, so a page
         polling an unchanged server receives only the server facts and new chart points."""
         wall = self._wall()
-        mono = self.core.manager.options.clock.monotonic()
-
-        def wall_time(state_time: float) -> float:
-            return round(wall - (mono - state_time), 3)
-
+        content, current_tag = self._models_json(wall)
         seq, points = self.series.since(since)
-        config = self.core.config
-        models = [
-            self._model(model, wall_time, mono)
-            for model in sorted(config.model_config_list.config, key=lambda m: m.name)
-        ]
-        history = self.core.monitor.history()[-MAX_TRANSITIONS:]
-        content = to_json(
-            {
-                "models": models,
-                "transitions": [_transition(s, wall_time) for s in reversed(history)],
-            }
-        )
-        current_tag = f"{zlib.crc32(content):08x}{len(content):x}"
         head = to_json(
             {
                 "server": self._server(wall),
@@ -144,6 +138,38 @@ class Dashboard:
         if tag == current_tag:
             return head[:-1] + b',"models":null,"transitions":null}'
         return head[:-1] + b"," + content[1:]
+
+    def _models_json(self, wall: float) -> tuple[bytes, str]:
+        """``{"models": ..., "transitions": ...}`` as JSON, and its tag. Viewers polling
+        together share one build: it is reused while no version changed state and it is
+        younger than :data:`CONTENT_TTL` (labels, config and loading times are then at most
+        that much behind)."""
+        with self._content_lock:
+            revision = self._revision
+            cached = self._content
+            if cached is not None and cached[0] == revision and 0 <= wall - cached[1] < CONTENT_TTL:
+                return cached[2], cached[3]
+        mono = self.core.manager.options.clock.monotonic()
+
+        def wall_time(state_time: float) -> float:
+            return round(wall - (mono - state_time), 3)
+
+        config = self.core.config
+        models = [
+            self._model(model, wall_time, mono)
+            for model in sorted(config.model_config_list.config, key=lambda m: m.name)
+        ]
+        history = self.core.monitor.history()[-MAX_TRANSITIONS:]
+        content = to_json(
+            {
+                "models": models,
+                "transitions": [_transition(s, wall_time) for s in reversed(history)],
+            }
+        )
+        tag = f"{zlib.crc32(content):08x}{len(content):x}"
+        with self._content_lock:
+            self._content = (revision, wall, content, tag)
+        return content, tag
 
     def _server(self, wall: float) -> dict[str, Any]:
         tracker = self.core.manager.resources
