@@ -178,8 +178,8 @@ def test_chart_has_data_after_traffic(browser: Any, server: RunningServer) -> No
         "the 20 requests to two in its chart",
     )
     chart = card(browser, "two").find_element("css selector", ".chart")
-    assert chart.find_elements("css selector", "svg.rate rect.bar-ok")
-    assert chart.find_elements("css selector", "svg.latency rect.bar-p99")
+    for bars in ("svg.rate path.bar-ok", "svg.latency path.bar-p99", "svg.latency path.bar-p50"):
+        assert chart.find_element("css selector", bars).get_attribute("d").startswith("M"), bars
     assert "requests in the last" in chart.find_element("css selector", ".chart-summary").text
 
 

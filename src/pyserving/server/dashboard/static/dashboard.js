@@ -262,6 +262,17 @@
     const summary = el("div", "chart-summary");
     const rateSvg = svg("svg", { class: "spark rate", viewBox: "0 0 300 40", preserveAspectRatio: "none" });
     const latSvg = svg("svg", { class: "spark latency", viewBox: "0 0 300 40", preserveAspectRatio: "none" });
+    const paths = {};
+    for (const [target, name, className] of [
+      [rateSvg, "ok", "bar-ok"], [rateSvg, "err", "bar-err"],
+      [latSvg, "p99", "bar-p99"], [latSvg, "p50", "bar-p50"],
+    ]) {
+      if (!target.firstChild) {
+        target.appendChild(svg("rect", { x: 0, y: 0, width: 300, height: 40, class: "spark-bg" }));
+      }
+      paths[name] = svg("path", { d: "", class: className });
+      target.appendChild(paths[name]);
+    }
     const rateLabel = el("div", "spark-label");
     const latLabel = el("div", "spark-label");
     chart.appendChild(summary);
@@ -275,7 +286,7 @@
     root.appendChild(tryit.root);
     return {
       root, status, meta, tbody, hidden, chart, summary, rateSvg, latSvg, rateLabel, latLabel,
-      tryit, versionsKey: "", chartKey: "",
+      tryit, paths, versionsKey: "", chartKey: "",
     };
   }
 
@@ -375,37 +386,30 @@
     card.chart.dataset.requests = String(total);
     card.chart.dataset.points = String(series.length);
 
-    clear(card.rateSvg);
-    clear(card.latSvg);
-    card.rateSvg.appendChild(svg("rect", { x: 0, y: 0, width, height, class: "spark-bg" }));
-    card.latSvg.appendChild(svg("rect", { x: 0, y: 0, width, height, class: "spark-bg" }));
+    // Each chart is a few <path> elements (one per colour) whatever the number of points:
+    // with 50 models, an update rewrites 200 attributes rather than thousands of nodes.
     const barWidth = Math.max(1, width / view.points - 0.3);
+    const bar = (p, h) => {
+      if (h <= 0) return "";
+      const left = (x(p[0]) - barWidth / 2).toFixed(2);
+      return "M" + left + "," + height + "V" + (height - h).toFixed(2) + "h" + barWidth.toFixed(2) +
+        "V" + height + "Z";
+    };
+    const paths = { ok: "", err: "", p99: "", p50: "" };
+    const latency = (value) => value === null || value === undefined
+      ? 0 : Math.max(1, (value / (maxLatency || 1)) * (height - 2));
     for (const p of series) {
       const rate = p[1] / view.step;
       const h = maxRate > 0 ? (rate / maxRate) * (height - 2) : 0;
-      card.rateSvg.appendChild(svg("rect", {
-        x: x(p[0]) - barWidth / 2, y: height - h, width: barWidth, height: h, class: "bar-ok",
-      }));
-      if (p[2] > 0) {
-        const eh = (p[2] / p[1]) * h;
-        card.rateSvg.appendChild(svg("rect", {
-          x: x(p[0]) - barWidth / 2, y: height - eh, width: barWidth, height: eh, class: "bar-err",
-        }));
-      }
+      paths.ok += bar(p, h);
+      if (p[2] > 0) paths.err += bar(p, (p[2] / p[1]) * h);
+      paths.p99 += bar(p, latency(p[4]));
+      paths.p50 += bar(p, latency(p[3]));
     }
-    // Latency per interval: the p99 bar, the p50 bar drawn over it.
-    const latencyBar = (p, index, className) => {
-      const value = p[index];
-      if (value === null || value === undefined) return;
-      const h = Math.max(1, (value / (maxLatency || 1)) * (height - 2));
-      card.latSvg.appendChild(svg("rect", {
-        x: x(p[0]) - barWidth / 2, y: height - h, width: barWidth, height: h, class: className,
-      }));
-    };
-    for (const p of series) {
-      latencyBar(p, 4, "bar-p99");
-      latencyBar(p, 3, "bar-p50");
-    }
+    card.paths.ok.setAttribute("d", paths.ok);
+    card.paths.err.setAttribute("d", paths.err);
+    card.paths.p99.setAttribute("d", paths.p99);
+    card.paths.p50.setAttribute("d", paths.p50);
 
     const last = series.length ? series[series.length - 1] : null;
     const windowText = duration(view.step * view.points);
