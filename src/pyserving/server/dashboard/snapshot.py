@@ -83,6 +83,8 @@ class Dashboard:
         self._wall = wall_clock
         self._rss = rss
         self._started = wall_clock()
+        #: wall time = monotonic time + this (fixed, so equal states encode equally)
+        self._wall_offset = self._started - core.manager.options.clock.monotonic()
         self.loads = LoadRecorder(rss)
         self._revision = 0
         self._content: tuple[int, float, bytes, str] | None = None
@@ -150,9 +152,10 @@ class Dashboard:
             if cached is not None and cached[0] == revision and 0 <= wall - cached[1] < CONTENT_TTL:
                 return cached[2], cached[3]
         mono = self.core.manager.options.clock.monotonic()
+        offset = self._wall_offset
 
         def wall_time(state_time: float) -> float:
-            return round(wall - (mono - state_time), 3)
+            return round(state_time + offset, 3)
 
         config = self.core.config
         models = [
