@@ -255,7 +255,11 @@ def test_state_reports_versions_errors_memory_and_transitions(
     dashboard = Dashboard(
         fake_core,
         metrics,
-        ServerInfo(grpc_port=1, rest_port=2, flags=(("port", "1"),)),
+        ServerInfo(
+            grpc_port=1,
+            rest_port=2,
+            flags=(("port", "1"), ("model_base_path", "s3://key:secret@bucket/m")),
+        ),
         wall_clock=lambda: 1_000_000.0,
         rss=lambda: 123,
     )
@@ -265,7 +269,7 @@ def test_state_reports_versions_errors_memory_and_transitions(
     dashboard.close()
     orjson.dumps(state)  # JSON as it is
     assert state["server"]["ports"] == {"grpc": 1, "rest": 2, "grpc_socket": ""}
-    assert state["server"]["flags"] == [["port", "1"]]
+    assert state["server"]["flags"] == [["port", "1"], ["model_base_path", "s3://***@bucket/m"]]
     assert state["server"]["memory"] == {
         "rss_bytes": 123,
         "reserved_bytes": 3000,

@@ -39,6 +39,7 @@ from pyserving.server.dashboard.examples import example_request
 from pyserving.server.dashboard.loads import LoadRecorder, process_rss_bytes
 from pyserving.server.dashboard.series import RequestSeries, SeriesOptions
 from pyserving.server.metrics import ServerMetrics
+from pyserving.sources.remote import display_url, is_remote, redact
 
 #: Transitions sent, newest first.
 MAX_TRANSITIONS = 50
@@ -85,6 +86,8 @@ class Dashboard:
         self._started = wall_clock()
         #: wall time = monotonic time + this (fixed, so equal states encode equally)
         self._wall_offset = self._started - core.manager.options.clock.monotonic()
+        #: flag values as shown: credentials in them (URLs, keys) replaced with ***
+        self._flags = [[name, redact(value)] for name, value in self.info.flags]
         self.loads = LoadRecorder(rss)
         self._revision = 0
         self._content: tuple[int, float, bytes, str] | None = None
@@ -192,7 +195,7 @@ class Dashboard:
                 "rest": self.info.rest_port,
                 "grpc_socket": self.info.grpc_socket_path,
             },
-            "flags": [list(pair) for pair in self.info.flags],
+            "flags": self._flags,
             "batching": self.info.batching,
             "memory": {
                 "rss_bytes": self._rss(),
@@ -222,7 +225,7 @@ class Dashboard:
         policy = model.model_version_policy.WhichOneof("policy_choice") or "latest"
         return {
             "name": name,
-            "base_path": model.base_path,
+            "base_path": _shown_path(model.base_path),
             "platform": model.model_platform or self._platform(name, available),
             "version_policy": policy,
             "status": _model_status(states.values()),
@@ -320,6 +323,12 @@ def _model_status(states: Any) -> str:
         return "LOADING"
     newest = max(values, key=lambda s: s.id.version)
     return "ERROR" if newest.error is not None else newest.state.value
+
+
+def _shown_path(base_path: str) -> str:
+    """A base path as the page shows it: an object store URL without credentials, query
+    string or fragment (as logs and statuses show it)."""
+    return display_url(base_path) if is_remote(base_path) else base_path
 
 
 def _module_version(name: str) -> str:
