@@ -72,6 +72,7 @@ def server(repo: pathlib.Path) -> Iterator[RunningServer]:
             f"--model_config_file={config}",
             "--file_system_poll_wait_seconds=1",
             "--max_num_load_retries=0",
+            "--model_memory_budget_bytes=200000000",
         ],
         repo / "server.log",
     )
@@ -145,6 +146,12 @@ def test_page_shows_the_models_versions_and_states(browser: Any, server: Running
     facts = browser.find_element("id", "server-facts").text
     assert f"REST port\n{server.rest_port}" in facts or f"REST port {server.rest_port}" in facts
     assert "Models" in facts
+    memory = browser.find_element("id", "memory-label").text
+    assert "of a budget of 191 MiB" in memory, memory
+    meta = card(browser, "two").find_element("css selector", ".model-meta").text
+    assert re.search(
+        r"RAM est\. [\d.]+ KiB, measured \+[\d.]+ [KM]iB \([\d.]+% of the budget\)", meta
+    ), meta
     browser.find_element("css selector", "#flags summary").click()
     flags = browser.find_element("id", "flag-rows").text
     assert "--max_num_load_retries" in flags

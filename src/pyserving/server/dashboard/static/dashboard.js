@@ -20,6 +20,7 @@
     cards: new Map(), // model name -> card elements
     transitionsKey: "",
     flagsKey: "",
+    budget: null,
     seq: 0,
     step: 2,
     points: 150,
@@ -130,7 +131,7 @@
       view.transitions = doc.transitions;
     }
     view.tag = doc.tag;
-    renderServer(doc.server, view.models.length);
+    renderServer(doc.server, view.models);
     renderModels(view.models, doc.points || {});
     renderTransitions(view.transitions);
     document.body.dataset.seq = String(doc.series.seq);
@@ -144,7 +145,12 @@
     list.appendChild(el("dd", null, value));
   }
 
-  function renderServer(server, modelCount) {
+  function renderServer(server, models) {
+    const modelCount = models.length;
+    let grown = 0;
+    for (const model of models) {
+      for (const v of model.versions) if (v.state === "AVAILABLE") grown += v.ram_growth_bytes || 0;
+    }
     document.getElementById("server-version").textContent =
       server.version + " \u00b7 Python " + server.python +
       (server.tensorflow ? " \u00b7 TensorFlow " + server.tensorflow : "");
@@ -160,18 +166,24 @@
     fact(facts, "Batching", server.batching ? "on" : "off");
 
     const memory = server.memory;
+    view.budget = memory.budget_bytes;
     const label = document.getElementById("memory-label");
     let text = "Memory in use (RSS) " + bytes(memory.rss_bytes) + " \u00b7 reserved by models " +
       bytes(memory.reserved_bytes);
     text += memory.budget_bytes === null ? " \u00b7 no budget" : " of a budget of " +
       bytes(memory.budget_bytes);
+    text += " \u00b7 loading the versions now AVAILABLE grew memory by " + bytes(grown) +
+      " (bar: measured in orange, reserved in blue, of the " +
+      (memory.budget_bytes === null ? "largest" : "budget") + ")";
     label.textContent = text;
     const bar = document.getElementById("memory-bar");
     clear(bar);
     bar.appendChild(svg("rect", { x: 0, y: 0, width: 100, height: 6, class: "bar-bg" }));
-    const limit = memory.budget_bytes || Math.max(memory.rss_bytes, memory.reserved_bytes, 1);
+    const limit = memory.budget_bytes || Math.max(memory.rss_bytes, memory.reserved_bytes, grown, 1);
     const reserved = Math.min(100, (100 * memory.reserved_bytes) / limit);
-    bar.appendChild(svg("rect", { x: 0, y: 0, width: reserved, height: 6, class: "bar-fill" }));
+    const measured = Math.min(100, (100 * Math.max(0, grown)) / limit);
+    bar.appendChild(svg("rect", { x: 0, y: 0, width: measured, height: 6, class: "bar-growth" }));
+    bar.appendChild(svg("rect", { x: 0, y: 2, width: reserved, height: 2, class: "bar-fill" }));
 
     const key = JSON.stringify(server.flags);
     if (key !== view.flagsKey) {
@@ -295,10 +307,19 @@
     card.status.textContent = model.status;
     card.root.dataset.status = model.status;
     const labels = Object.keys(model.labels).map((k) => k + "\u2192" + model.labels[k]);
+    let reserved = 0;
+    let growth = 0;
+    for (const v of model.versions) {
+      reserved += v.ram_estimate_bytes || 0;
+      if (v.state === "AVAILABLE") growth += v.ram_growth_bytes || 0;
+    }
+    let memory = "RAM est. " + bytes(reserved) + ", measured +" + bytes(growth);
+    if (view.budget) memory += " (" + ((100 * reserved) / view.budget).toFixed(1) + "% of the budget)";
     const parts = [
       "platform " + (model.platform || "\u2013"),
       "policy " + model.version_policy,
       labels.length ? "labels " + labels.join(", ") : "no labels",
+      memory,
     ];
     card.meta.textContent = parts.join(" \u00b7 ");
     card.meta.title = model.base_path;
