@@ -36,6 +36,7 @@ from pyserving.server.metrics import CONTENT_TYPE, ServerMetrics
 from pyserving.server.service import ModelServing
 
 if TYPE_CHECKING:  # grpc is imported only when the gRPC server starts
+    from pyserving.server.dashboard import Dashboard
     from pyserving.server.grpc_server import GrpcTls
 
 log = logging.getLogger("pyserving")
@@ -98,7 +99,9 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         except ConfigError as exc:
             raise UsageError(exc.message) from None
     elif flags.model_base_path:
-        config = single_model_config(flags.model_name, flags.model_base_path, flags.model_platform)
+        config = single_model_config(
+            flags.model_name, flags.model_base_path, flags.model_platform
+        )
     else:
         raise UsageError(
             "Both server_options.model_base_path and server_options.model_config_file are "
@@ -364,7 +367,9 @@ def run_server(options: ServerOptions) -> int:
         core.close()
 
 
-def _dashboard(options: ServerOptions, core: ServerCore, metrics: ServerMetrics) -> Any:
+def _dashboard(
+    options: ServerOptions, core: ServerCore, metrics: ServerMetrics
+) -> Dashboard | None:
     """The dashboard's state (None when off or without a REST port). Made before models
     load: it records each load's memory growth from the event bus."""
     if not options.dashboard or not options.rest_port or options.rest_port == options.grpc_port:
@@ -405,7 +410,10 @@ def _start_grpc(serving: ModelServing, options: ServerOptions) -> Any:
 
 
 def _serve(
-    options: ServerOptions, core: ServerCore, metrics: ServerMetrics, dashboard: Any = None
+    options: ServerOptions,
+    core: ServerCore,
+    metrics: ServerMetrics,
+    dashboard: Dashboard | None = None,
 ) -> int:
     serving = ModelServing(core, check_method_name=options.check_method_name, metrics=metrics)
     try:
@@ -444,7 +452,10 @@ def _serve(
 
 
 def _serve_rest(
-    options: ServerOptions, serving: ModelServing, metrics: ServerMetrics, dashboard: Any = None
+    options: ServerOptions,
+    serving: ModelServing,
+    metrics: ServerMetrics,
+    dashboard: Dashboard | None = None,
 ) -> None:
 
     from pyserving.server.rest import RestApp, RestHandler, RestResponse
