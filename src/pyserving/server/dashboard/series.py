@@ -16,12 +16,15 @@ Thread-safe: sampling and reading may run on different threads.
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pyserving.server.metrics import LATENCY_BUCKETS_US, ModelTotals
+
+log = logging.getLogger(__name__)
 
 #: One interval of one model: ``[seq, requests, errors, p50_ms, p99_ms, mean_batch]``
 #: (``mean_batch`` is None when no batch ran in the interval).
@@ -143,7 +146,10 @@ class RequestSeries:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.options.step):
-            self.sample()
+            try:
+                self.sample()
+            except Exception:  # a bug here must not stop the charts for good, nor serving
+                log.exception("dashboard: sampling the request counters failed")
 
     def close(self) -> None:
         """Stop sampling (idempotent)."""
