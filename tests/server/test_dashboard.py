@@ -263,8 +263,21 @@ def test_state_reports_versions_errors_memory_and_transitions(
         wall_clock=lambda: 1_000_000.0,
         rss=lambda: 123,
     )
+    # Subscribed after the dashboard, so called after it for each event: once it has seen
+    # every version settle, so has the dashboard's load recorder.
+    settled: list[ServableState] = []
+    all_seen = threading.Event()
+
+    def after_dashboard(state: ServableState) -> None:
+        if state.state in (ManagerState.AVAILABLE, ManagerState.END):
+            settled.append(state)
+            if len(settled) == 3:
+                all_seen.set()
+
+    fake_core.manager.bus.subscribe(after_dashboard)
     (tmp_path / "repo" / str(abs(hash(HOSTILE))) / "3" / "BROKEN").touch()
     fake_core.reload_config(fake_config(tmp_path))
+    assert all_seen.wait(30)
     state = dashboard.state()
     dashboard.close()
     orjson.dumps(state)  # JSON as it is
@@ -318,6 +331,7 @@ def test_viewers_share_a_build_until_a_version_changes_or_it_ages(
     # A version changing state is seen at once.
     (tmp_path / "repo" / str(abs(hash("alpha"))) / "3").mkdir()
     fake_core.reload_config(fake_config(tmp_path))
+    fake_core.monitor.wait_until_available(ServableId("alpha", 3), timeout=30)
     third = dashboard.state()
     alpha = next(m for m in third["models"] if m["name"] == "alpha")
     assert [v["version"] for v in alpha["versions"]] == [3, 2, 1]
@@ -394,12 +408,17 @@ def served(
     with ServerCore(options, metrics) as core:
         metrics_sub = core.manager.bus.subscribe(metrics.on_state)
         dashboard = Dashboard(core, metrics, ServerInfo(rest_port=8501))
+        available = threading.Semaphore(0)  # released after the dashboard saw each AVAILABLE
+        core.manager.bus.subscribe(
+            lambda s: available.release() if s.state is ManagerState.AVAILABLE else None
+        )
         core.reload_config(
             make_config(
                 f'model_config_list {{ config {{ name: "two" base_path: "{tmp / "two"}" }} '
                 f'config {{ name: "warm" base_path: "{tmp / "warm"}" }} }}'
             )
         )
+        assert available.acquire(timeout=30) and available.acquire(timeout=30)
         handler = RestHandler(ModelServing(core, metrics=metrics))
         install_dashboard_routes(handler, dashboard)
         yield handler, dashboard, tmp

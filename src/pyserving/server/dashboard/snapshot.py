@@ -89,18 +89,12 @@ class Dashboard:
         #: flag values as shown: credentials in them (URLs, keys) replaced with ***
         self._flags = [[name, redact(value)] for name, value in self.info.flags]
         self.loads = LoadRecorder(rss)
-        self._revision = 0
-        self._content: tuple[int, float, bytes, str] | None = None
+        self._content: tuple[ServableState | None, float, bytes, str] | None = None
         self._content_lock = threading.Lock()
-        self._unsubscribe = core.manager.bus.subscribe(self._on_state)
+        self._unsubscribe = core.manager.bus.subscribe(self.loads.on_state)
         self.series = RequestSeries(metrics.model_totals, series)
         self._platforms: dict[ServableId, str] = {}
         self._lock = threading.Lock()
-
-    def _on_state(self, state: ServableState) -> None:
-        self.loads.on_state(state)
-        with self._content_lock:
-            self._revision += 1
 
     def start(self) -> None:
         """Start sampling the request series."""
@@ -149,10 +143,11 @@ class Dashboard:
         together share one build: it is reused while no version changed state and it is
         younger than :data:`CONTENT_TTL` (labels, config and loading times are then at most
         that much behind)."""
+        history = self.core.monitor.history()
+        last = history[-1] if history else None  # the newest transition, kept: no id reuse
         with self._content_lock:
-            revision = self._revision
             cached = self._content
-            if cached is not None and cached[0] == revision and 0 <= wall - cached[1] < CONTENT_TTL:
+            if cached is not None and cached[0] is last and 0 <= wall - cached[1] < CONTENT_TTL:
                 return cached[2], cached[3]
         mono = self.core.manager.options.clock.monotonic()
         offset = self._wall_offset
@@ -165,7 +160,7 @@ class Dashboard:
             self._model(model, wall_time, mono)
             for model in sorted(config.model_config_list.config, key=lambda m: m.name)
         ]
-        history = self.core.monitor.history()[-MAX_TRANSITIONS:]
+        history = history[-MAX_TRANSITIONS:]
         content = to_json(
             {
                 "models": models,
@@ -174,7 +169,7 @@ class Dashboard:
         )
         tag = f"{zlib.crc32(content):08x}{len(content):x}"
         with self._content_lock:
-            self._content = (revision, wall, content, tag)
+            self._content = (last, wall, content, tag)
         return content, tag
 
     def _server(self, wall: float) -> dict[str, Any]:

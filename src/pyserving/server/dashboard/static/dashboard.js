@@ -118,7 +118,6 @@
     if (view.started !== null && view.started !== doc.server.started) {
       // The server restarted: its sequence numbers start again.
       view.series.clear();
-      view.since = 0;
     }
     view.started = doc.server.started;
     view.seq = doc.series.seq;
