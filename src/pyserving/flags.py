@@ -204,6 +204,12 @@ FLAGS: tuple[Flag, ...] = (
         "pyserving: where versions of models in object stores (s3://, gs://, az://) are "
         "copied before loading (default: <temp dir>/pyserving-model-cache)",
     ),
+    Flag(
+        "dashboard",
+        bool,
+        True,
+        "pyserving: serve the live dashboard at /dashboard on the REST port",
+    ),
 )
 
 _BY_NAME = {f.name: f for f in FLAGS}

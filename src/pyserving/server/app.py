@@ -36,6 +36,7 @@ from pyserving.server.metrics import CONTENT_TYPE, ServerMetrics
 from pyserving.server.service import ModelServing
 
 if TYPE_CHECKING:  # grpc is imported only when the gRPC server starts
+    from pyserving.server.dashboard import Dashboard
     from pyserving.server.grpc_server import GrpcTls
 
 log = logging.getLogger("pyserving")
@@ -84,6 +85,10 @@ class ServerOptions:
     rest_ssl_client_ca_file: str = ""
     #: TLS for gRPC (``--ssl_config_file``); None = plaintext.
     grpc_tls: GrpcTls | None = None
+    #: ``--dashboard``: the live dashboard at ``/dashboard`` on the REST port.
+    dashboard: bool = True
+    #: The flags given on the command line, ``(name, value)``, as the dashboard shows them.
+    flags_in_force: tuple[tuple[str, str], ...] = ()
 
 
 def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
@@ -232,7 +237,15 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         rest_ssl_keyfile=flags.rest_api_ssl_keyfile,
         rest_ssl_client_ca_file=flags.rest_api_ssl_client_ca_file,
         grpc_tls=grpc_tls,
+        dashboard=flags.dashboard,
+        flags_in_force=tuple(
+            (name, _flag_text(flags.values[name])) for name in sorted(flags.given)
+        ),
     )
+
+
+def _flag_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _session_config(path: str) -> bytes:
@@ -327,6 +340,7 @@ def run_server(options: ServerOptions) -> int:
     core = ServerCore(options.core, metrics)
     core.manager.bus.subscribe(log_transition)
     core.manager.bus.subscribe(metrics.on_state)
+    dashboard = _dashboard(options, core, metrics)
     try:
         try:
             core.reload_config(options.model_config)
@@ -346,9 +360,33 @@ def run_server(options: ServerOptions) -> int:
                         )
             sys.stderr.write(f"{len(failed)} model(s) did not become available\n")
             return 1
-        return _serve(options, core, metrics)
+        return _serve(options, core, metrics, dashboard)
     finally:
+        if dashboard is not None:
+            dashboard.close()
         core.close()
+
+
+def _dashboard(
+    options: ServerOptions, core: ServerCore, metrics: ServerMetrics
+) -> Dashboard | None:
+    """The dashboard's state (None when off or without a REST port). Made before models
+    load: it records each load's memory growth from the event bus."""
+    if not options.dashboard or not options.rest_port or options.rest_port == options.grpc_port:
+        return None
+    from pyserving.server.dashboard import Dashboard, ServerInfo
+
+    return Dashboard(
+        core,
+        metrics,
+        ServerInfo(
+            grpc_port=options.grpc_port,
+            rest_port=options.rest_port,
+            grpc_socket_path=options.grpc_socket_path,
+            flags=options.flags_in_force,
+            batching=options.core.batching is not None,
+        ),
+    )
 
 
 def _start_grpc(serving: ModelServing, options: ServerOptions) -> Any:
@@ -371,7 +409,12 @@ def _start_grpc(serving: ModelServing, options: ServerOptions) -> Any:
     )
 
 
-def _serve(options: ServerOptions, core: ServerCore, metrics: ServerMetrics) -> int:
+def _serve(
+    options: ServerOptions,
+    core: ServerCore,
+    metrics: ServerMetrics,
+    dashboard: Dashboard | None = None,
+) -> int:
     serving = ModelServing(core, check_method_name=options.check_method_name, metrics=metrics)
     try:
         grpc_server = _start_grpc(serving, options)
@@ -391,7 +434,7 @@ def _serve(options: ServerOptions, core: ServerCore, metrics: ServerMetrics) -> 
     poller.start()
     try:
         if options.rest_port and options.rest_port != options.grpc_port:
-            _serve_rest(options, serving, metrics)
+            _serve_rest(options, serving, metrics, dashboard)
         else:
             if options.rest_port:
                 log.error(
@@ -408,7 +451,12 @@ def _serve(options: ServerOptions, core: ServerCore, metrics: ServerMetrics) -> 
     return 0
 
 
-def _serve_rest(options: ServerOptions, serving: ModelServing, metrics: ServerMetrics) -> None:
+def _serve_rest(
+    options: ServerOptions,
+    serving: ModelServing,
+    metrics: ServerMetrics,
+    dashboard: Dashboard | None = None,
+) -> None:
 
     from pyserving.server.rest import RestApp, RestHandler, RestResponse
 
@@ -417,6 +465,12 @@ def _serve_rest(options: ServerOptions, serving: ModelServing, metrics: ServerMe
     )
     handler = RestHandler(serving, max_body_bytes=options.rest_max_body_bytes)
     install_health_routes(handler, serving.core)
+    if dashboard is not None:
+        from pyserving.server.dashboard import install_dashboard_routes
+
+        install_dashboard_routes(handler, dashboard)
+        dashboard.start()
+        log.info("Dashboard at http://localhost:%d/dashboard/", options.rest_port)
     if options.metrics_path:
         handler.extra_routes[options.metrics_path] = lambda: RestResponse(
             200, metrics.render(), CONTENT_TYPE.encode()

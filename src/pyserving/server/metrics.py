@@ -130,6 +130,23 @@ class VersionStatistics:
         )
 
 
+@dataclass(frozen=True)
+class ModelTotals:
+    """One model's request counters since start, summed over APIs and entrypoints.
+
+    ``latency_counts``: requests per bucket of :data:`LATENCY_BUCKETS_US` (one more for
+    those above the last bound), the ``request_latency`` histogram's own counts.
+    ``batches`` / ``batch_rows``: batches run and the rows they held (before padding), over
+    every batched signature (0 without batching).
+    """
+
+    requests: int
+    errors: int
+    latency_counts: tuple[int, ...]
+    batches: int = 0
+    batch_rows: float = 0.0
+
+
 class ServerMetrics(Collector):
     """All metrics of one server. Subscribe :meth:`on_state` to the manager's event bus."""
 
@@ -240,6 +257,41 @@ class ServerMetrics(Collector):
         """A copy of every version's counters, by ``(model name, version)``."""
         with self._lock:
             return {key: stats.copy() for key, stats in self._versions.items()}
+
+    def model_totals(self) -> dict[str, ModelTotals]:
+        """Every model's :class:`ModelTotals`, from the same counters the metrics endpoint
+        renders (a consistent copy, taken under the recording lock)."""
+        requests: dict[str, list[int]] = {}
+        latency: dict[str, list[int]] = {}
+        batches: dict[str, list[float]] = {}
+        with self._lock:
+            for (name, status), value in self.request_count.values.items():
+                entry = requests.setdefault(name, [0, 0])
+                entry[0] += int(value)
+                if status != "OK":
+                    entry[1] += int(value)
+            for (name, _api, _entrypoint), (counts, _sum) in self.request_latency.values.items():
+                into = latency.get(name)
+                if into is None:
+                    latency[name] = list(counts)
+                else:
+                    for i, count in enumerate(counts):
+                        into[i] += count
+            for (name, _signature), (counts, total) in self.batch_size.values.items():
+                entry_b = batches.setdefault(name, [0.0, 0.0])
+                entry_b[0] += sum(counts)
+                entry_b[1] += total[0]
+        empty = (0,) * (len(LATENCY_BUCKETS_US) + 1)
+        return {
+            name: ModelTotals(
+                requests=count[0],
+                errors=count[1],
+                latency_counts=tuple(latency[name]) if name in latency else empty,
+                batches=int(batches.get(name, (0.0, 0.0))[0]),
+                batch_rows=batches.get(name, (0.0, 0.0))[1],
+            )
+            for name, count in requests.items()
+        }
 
     def observe_warmup(self, model_path: str, seconds: float) -> None:
         with self._lock:

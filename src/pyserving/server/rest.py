@@ -135,6 +135,8 @@ class PendingResponse:
 
 #: Extra handlers on the REST port (metrics, health), by exact path, for GET.
 ExtraRoute = Callable[[], RestResponse]
+#: Extra handlers by path prefix, for GET (the dashboard): called with the rest of the path.
+PrefixRoute = Callable[[str], RestResponse]
 
 
 def _guarded(method: str, path: str, work: Callable[[], T]) -> T | RestResponse:
@@ -159,6 +161,7 @@ class RestHandler:
         self.serving = serving
         self.max_body_bytes = max_body_bytes
         self.extra_routes: dict[str, ExtraRoute] = {}
+        self.prefix_routes: dict[str, PrefixRoute] = {}
         from pyserving.server.v2.rest import V2Routes
         from pyserving.server.v2.service import V2Service
 
@@ -187,6 +190,10 @@ class RestHandler:
         extra = self.extra_routes.get(path)
         if extra is not None and method == "GET":
             return extra()
+        if self.prefix_routes and method == "GET":
+            for prefix, route in self.prefix_routes.items():
+                if path.startswith(prefix):
+                    return route(path[len(prefix) :])
         if path == "/v2" or path.startswith("/v2/"):
             if method == "POST":
                 body = _decode_body(headers, body, self.max_body_bytes)
