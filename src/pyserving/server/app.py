@@ -34,6 +34,12 @@ from pyserving.server.health import install_health_routes, is_ready
 from pyserving.server.logs import configure_logging, log_transition
 from pyserving.server.metrics import CONTENT_TYPE, ServerMetrics
 from pyserving.server.service import ModelServing
+from pyserving.server.workers import (
+    multiprocess_dir,
+    notify_ready,
+    reuse_port_socket,
+    worker_index,
+)
 
 if TYPE_CHECKING:  # grpc is imported only when the gRPC server starts
     from pyserving.server.grpc_server import GrpcTls
@@ -84,6 +90,14 @@ class ServerOptions:
     rest_ssl_client_ca_file: str = ""
     #: TLS for gRPC (``--ssl_config_file``); None = plaintext.
     grpc_tls: GrpcTls | None = None
+    #: Bind the gRPC and REST ports with ``SO_REUSEPORT``, sharing them with the other
+    #: workers of ``--num_workers`` (see ``server/workers.py``).
+    reuse_port: bool = False
+    #: prometheus-client's multiprocess directory this worker writes its metrics to and
+    #: aggregates every worker's from ("" = metrics of this process only).
+    metrics_multiprocess_dir: str = ""
+    #: This process's index among ``--num_workers`` workers (None = not a worker).
+    worker_index: int | None = None
 
 
 def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
@@ -94,9 +108,7 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         except ConfigError as exc:
             raise UsageError(exc.message) from None
     elif flags.model_base_path:
-        config = single_model_config(
-            flags.model_name, flags.model_base_path, flags.model_platform
-        )
+        config = single_model_config(flags.model_name, flags.model_base_path, flags.model_platform)
     else:
         raise UsageError(
             "Both server_options.model_base_path and server_options.model_config_file are "
@@ -135,8 +147,11 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
                 "or NAME:resource_preserving"
             )
         policy_per_model[name] = policy
+    if flags.num_workers < 1:
+        raise UsageError(f"--num_workers must be at least 1, not {flags.num_workers}")
+    # Each of the N workers loads every model: it gets an N-th of the budget.
     budget = (
-        ResourceEstimate(ram_bytes=flags.model_memory_budget_bytes)
+        ResourceEstimate(ram_bytes=flags.model_memory_budget_bytes // flags.num_workers)
         if flags.model_memory_budget_bytes > 0
         else None
     )
@@ -202,7 +217,15 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         num_tflite_pools=max(1, flags.num_tflite_pools),
         num_tflite_interpreters_per_pool=max(1, flags.num_tflite_interpreters_per_pool),
         model_cache_dir=flags.model_cache_dir,
+        fixed_model_set=(
+            f"--num_workers={flags.num_workers}: each worker serves the model set of the "
+            "command line or --model_config_file (change it by editing the file, with "
+            "--model_config_file_poll_wait_seconds), so it cannot be changed by a request"
+            if flags.num_workers > 1
+            else ""
+        ),
     )
+    worker = worker_index()
     return ServerOptions(
         core=core,
         model_config=config,
@@ -232,6 +255,9 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         rest_ssl_keyfile=flags.rest_api_ssl_keyfile,
         rest_ssl_client_ca_file=flags.rest_api_ssl_client_ca_file,
         grpc_tls=grpc_tls,
+        reuse_port=flags.num_workers > 1,
+        metrics_multiprocess_dir=multiprocess_dir() if worker is not None else "",
+        worker_index=worker,
     )
 
 
@@ -319,17 +345,17 @@ def freeze_startup_objects() -> None:
 
 def run_server(options: ServerOptions) -> int:
     """Serve until SIGTERM/SIGINT; return the process exit status."""
-    configure_logging(options.log_format)
+    configure_logging(options.log_format, options.worker_index)
     freeze_startup_objects()
     for name in options.ignored_flags:
         log.warning("Flag --%s is accepted but not implemented by pyserving yet; ignored", name)
-    metrics = ServerMetrics()
+    metrics = ServerMetrics(options.metrics_multiprocess_dir, options.worker_index)
     core = ServerCore(options.core, metrics)
     core.manager.bus.subscribe(log_transition)
     core.manager.bus.subscribe(metrics.on_state)
     try:
         try:
-            core.reload_config(options.model_config)
+            core.reload_config(options.model_config, from_config_file=True)
         except ServingError as exc:
             sys.stderr.write(f"{exc.message}\n")
             return 1
@@ -349,6 +375,7 @@ def run_server(options: ServerOptions) -> int:
         return _serve(options, core, metrics)
     finally:
         core.close()
+        metrics.close()
 
 
 def _start_grpc(serving: ModelServing, options: ServerOptions) -> Any:
@@ -367,6 +394,7 @@ def _start_grpc(serving: ModelServing, options: ServerOptions) -> Any:
             grpcio=options.grpc_grpcio,
             asyncio=options.grpc_asyncio,
             tls=options.grpc_tls,
+            reuse_port=options.reuse_port,
         ),
     )
 
@@ -398,6 +426,7 @@ def _serve(options: ServerOptions, core: ServerCore, metrics: ServerMetrics) -> 
                     "--rest_api_port cannot be same as --port. Please use a different port "
                     "for HTTP/REST API. Skipped exporting HTTP/REST API."
                 )
+            notify_ready()
             _wait_for_signal()
     finally:
         log.info("Shutting down: finishing requests in flight")
@@ -436,8 +465,11 @@ def _serve_rest(options: ServerOptions, serving: ModelServing, metrics: ServerMe
         options.rest_port,
         " (HTTPS)" if options.rest_ssl_certfile else "",
     )
+    # Workers share the port: each binds its own SO_REUSEPORT socket, handed to uvicorn.
+    sockets = [reuse_port_socket(options.rest_port, 2048)] if options.reuse_port else None
+    notify_ready()
     try:
-        server.run()
+        server.run(sockets=sockets)
     finally:
         executor.shutdown(wait=True)
 
@@ -557,7 +589,7 @@ class ConfigFilePoller:
         try:
             config = load_model_server_config(self._path)
             log.info("Model config file %s changed; reloading", self._path)
-            self._core.reload_config(config)
+            self._core.reload_config(config, from_config_file=True)
             log.info("Model config reloaded: %s", ", ".join(self._core.model_names()))
         except ServingError as exc:
             log.error("Not applying model config file %s: %s", self._path, exc.message)
