@@ -112,8 +112,9 @@ def test_version_state_counts_live_workers(
         'pyserving_model_version_state{model_name="m",state="AVAILABLE",version="1"} 1.0'
         in families["pyserving_model_version_state"]
     )
-    assert ':tensorflow:serving:request_count{model_name="m",status="OK"} 1.0' in (
-        families[":tensorflow:serving:request_count"]
+    assert (
+        ':tensorflow:serving:request_count{model_name="m",status="OK"} 1.0'
+        in (families[":tensorflow:serving:request_count"])
     )
 
 
