@@ -20,8 +20,8 @@ budget is set). It:
    exits 1 when a model does not load);
 4. on SIGTERM or SIGINT, sends SIGTERM to every worker (each drains as a single server does:
    requests in flight finish within the grace period, models unload), waits for all, and
-   exits 0 when every worker exited 0, else 1. Workers still running
-   ``2 x grace + 60`` seconds later are killed.
+   exits 0 when every worker exited 0 (or, still starting, died of that SIGTERM), else 1.
+   Workers still running ``2 x grace + 60`` seconds later are killed.
 
 A **worker** is a complete server (``server/app.py``) with a few differences, all driven by
 its options: it binds both ports with ``SO_REUSEPORT``, so the kernel spreads new
@@ -277,7 +277,6 @@ class _Slot:
     ever_ready: bool = False
     early_deaths: int = 0
     restart_at: float | None = None
-    exit_code: int | None = None
 
 
 class Supervisor:
@@ -301,6 +300,7 @@ class Supervisor:
         self._stopping_since: float | None = None
         self._exit_code = 0
         self._all_ready_logged = False
+        self._failed_stops = 0
 
     # -------------------------------------------------------------- processes
 
@@ -351,7 +351,6 @@ class Supervisor:
             return
         self._close_ready_fd(slot)
         slot.process = None
-        slot.exit_code = process.returncode
         if self.options.metrics_dir:
             from prometheus_client.multiprocess import mark_process_dead
 
@@ -360,7 +359,12 @@ class Supervisor:
         how = describe_exit(process.returncode)
         now = self._clock()
         if self._stopping_since is not None:
-            level = logging.INFO if process.returncode == 0 else logging.WARNING
+            # Ended by the SIGTERM it was sent before it could install its handler (still
+            # starting): stopped as asked.
+            clean = process.returncode in (0, -signal.SIGTERM)
+            if not clean:
+                self._failed_stops += 1
+            level = logging.INFO if clean else logging.WARNING
             log.log(level, "Worker %d (pid %d) %s", slot.index, process.pid, how)
             return
         if not slot.ever_ready and not self._all_ready_logged:
@@ -443,8 +447,7 @@ class Supervisor:
             now = self._clock()
             if self._stopping_since is not None:
                 if all(slot.process is None for slot in self._slots):
-                    failed = [s.index for s in self._slots if s.exit_code not in (0, None)]
-                    if self._exit_code == 0 and failed:
+                    if self._exit_code == 0 and self._failed_stops:
                         return 1
                     return self._exit_code
                 if now - self._stopping_since >= self._stop_timeout():
