@@ -108,7 +108,9 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         except ConfigError as exc:
             raise UsageError(exc.message) from None
     elif flags.model_base_path:
-        config = single_model_config(flags.model_name, flags.model_base_path, flags.model_platform)
+        config = single_model_config(
+            flags.model_name, flags.model_base_path, flags.model_platform
+        )
     else:
         raise UsageError(
             "Both server_options.model_base_path and server_options.model_config_file are "
