@@ -1,10 +1,12 @@
 """``--num_workers=2``, end to end: the real command (a supervisor and two worker processes)
 on real ports, called with real clients over fresh connections.
 
-One server serves ``half`` (half_plus_two, version 1, polled every second) for the module;
-the tests run in file order and the last one stops it with SIGTERM. Which worker answered
-is seen through ``pyserving_worker_request_count{worker}`` (the scrape, whichever worker
-answers it, aggregates both), the workers' pids through the supervisor's log.
+One server serves ``half`` (half_plus_two, version 1, polled every second) and ``slow`` (a
+model as slow as asked, see ``test_operations.export_slow_model``) for the module; the tests
+run in file order and the last one stops it with SIGTERM while a request is in flight.
+Which worker answered is seen through ``pyserving_worker_request_count{worker}`` (the
+scrape, whichever worker answers it, aggregates both), the workers' pids through the
+supervisor's log.
 
 What a killed worker costs clients (asserted below): requests on its open connections fail
 with a connection error; a client that retries such a request on a new connection gets its
@@ -37,6 +39,7 @@ from tensorflow_serving.apis import (
 )
 
 from tests.e2e.server import RunningServer, free_port, run_to_exit
+from tests.e2e.test_operations import export_slow_model
 
 pytestmark = pytest.mark.e2e
 
@@ -72,6 +75,7 @@ class Served:
     server: RunningServer
     base: pathlib.Path
     source: pathlib.Path
+    started: pathlib.Path  # written by each call of the slow model
     metrics_path: str = "/monitoring/prometheus/metrics"
 
     def scrape(self) -> dict[str, float]:
@@ -107,19 +111,27 @@ def served(testdata: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> 
     base = tmp / MODEL
     base.mkdir()
     copy_version(source, base, 1)
+    started = tmp / "started"
+    export_slow_model(tmp / "slow", started)
+    models = tmp / "models.config"
+    models.write_text(
+        "model_config_list {\n"
+        f'  config {{ name: "{MODEL}" base_path: "{base}" model_platform: "tensorflow" }}\n'
+        f'  config {{ name: "slow" base_path: "{tmp / "slow"}" model_platform: "tensorflow" }}\n'
+        "}\n"
+    )
     monitoring = tmp / "monitoring.config"
     monitoring.write_text("prometheus_config { enable: true }\n")
     server = RunningServer(
         [
             f"--num_workers={WORKERS}",
-            f"--model_name={MODEL}",
-            f"--model_base_path={base}",
+            f"--model_config_file={models}",
             "--file_system_poll_wait_seconds=1",
             f"--monitoring_config_file={monitoring}",
         ],
         tmp / "server.log",
     )
-    env = Served(server, base, source)
+    env = Served(server, base, source, started)
     try:
         wait_until(
             "every worker serving", lambda: f"All {WORKERS} workers serving" in server.log(), server
@@ -335,9 +347,30 @@ def test_killed_worker_is_restarted_while_the_other_serves(served: Served, clien
     wait_until("the restarted worker answering", restarted_worker_answered, served.server)
 
 
-def test_sigterm_drains_every_worker_and_exits_0(served: Served) -> None:
+def test_sigterm_lets_a_request_in_flight_finish_and_exits_0(served: Served) -> None:
+    url = served.server.url
+
+    def slow(n: int) -> int:
+        with httpx.Client(timeout=TIMEOUT) as http:  # a fresh connection
+            return http.post(f"{url}/v1/models/slow:predict", json={"instances": [n]}).status_code
+
+    # A request that runs long enough for SIGTERM to find it in flight (about a second).
+    n = 200
+    while True:
+        start = time.monotonic()
+        assert slow(n) == 200
+        if time.monotonic() - start > 1.0 or n > 200_000:
+            break
+        n *= 4
     pids = served.pids()
+    served.started.unlink()
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(slow(n)), name="in-flight")
+    thread.start()
+    wait_until("the slow request running", served.started.exists, served.server)
     served.server.process.send_signal(signal.SIGTERM)
+    thread.join(TIMEOUT)
+    assert result == [200]
     assert served.server.process.wait(TIMEOUT) == 0
     log = served.server.log()
     for index, pid in pids.items():
