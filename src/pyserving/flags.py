@@ -198,6 +198,14 @@ FLAGS: tuple[Flag, ...] = (
         "pyserving: PEM CA certificates; REST clients must present a certificate they signed",
     ),
     Flag(
+        "num_workers",
+        int,
+        1,
+        "pyserving: serving processes sharing the gRPC and REST ports (SO_REUSEPORT), each "
+        "loading every model, restarted by the parent when one dies; the memory budget "
+        "counts N copies",
+    ),
+    Flag(
         "model_cache_dir",
         str,
         "",

@@ -34,6 +34,12 @@ from pyserving.server.health import install_health_routes, is_ready
 from pyserving.server.logs import configure_logging, log_transition
 from pyserving.server.metrics import CONTENT_TYPE, ServerMetrics
 from pyserving.server.service import ModelServing
+from pyserving.server.workers import (
+    multiprocess_dir,
+    notify_ready,
+    reuse_port_socket,
+    worker_index,
+)
 
 if TYPE_CHECKING:  # grpc is imported only when the gRPC server starts
     from pyserving.server.dashboard import Dashboard
@@ -89,6 +95,14 @@ class ServerOptions:
     dashboard: bool = True
     #: The flags given on the command line, ``(name, value)``, as the dashboard shows them.
     flags_in_force: tuple[tuple[str, str], ...] = ()
+    #: Bind the gRPC and REST ports with ``SO_REUSEPORT``, sharing them with the other
+    #: workers of ``--num_workers`` (see ``server/workers.py``).
+    reuse_port: bool = False
+    #: prometheus-client's multiprocess directory this worker writes its metrics to and
+    #: aggregates every worker's from ("" = metrics of this process only).
+    metrics_multiprocess_dir: str = ""
+    #: This process's index among ``--num_workers`` workers (None = not a worker).
+    worker_index: int | None = None
 
 
 def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
@@ -140,8 +154,11 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
                 "or NAME:resource_preserving"
             )
         policy_per_model[name] = policy
+    if flags.num_workers < 1:
+        raise UsageError(f"--num_workers must be at least 1, not {flags.num_workers}")
+    # Each of the N workers loads every model: it gets an N-th of the budget.
     budget = (
-        ResourceEstimate(ram_bytes=flags.model_memory_budget_bytes)
+        ResourceEstimate(ram_bytes=flags.model_memory_budget_bytes // flags.num_workers)
         if flags.model_memory_budget_bytes > 0
         else None
     )
@@ -207,7 +224,15 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         num_tflite_pools=max(1, flags.num_tflite_pools),
         num_tflite_interpreters_per_pool=max(1, flags.num_tflite_interpreters_per_pool),
         model_cache_dir=flags.model_cache_dir,
+        fixed_model_set=(
+            f"--num_workers={flags.num_workers}: each worker serves the model set of the "
+            "command line or --model_config_file (change it by editing the file, with "
+            "--model_config_file_poll_wait_seconds), so it cannot be changed by a request"
+            if flags.num_workers > 1
+            else ""
+        ),
     )
+    worker = worker_index()
     return ServerOptions(
         core=core,
         model_config=config,
@@ -241,6 +266,9 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         flags_in_force=tuple(
             (name, _flag_text(flags.values[name])) for name in sorted(flags.given)
         ),
+        reuse_port=flags.num_workers > 1,
+        metrics_multiprocess_dir=multiprocess_dir() if worker is not None else "",
+        worker_index=worker,
     )
 
 
@@ -332,18 +360,18 @@ def freeze_startup_objects() -> None:
 
 def run_server(options: ServerOptions) -> int:
     """Serve until SIGTERM/SIGINT; return the process exit status."""
-    configure_logging(options.log_format)
+    configure_logging(options.log_format, options.worker_index)
     freeze_startup_objects()
     for name in options.ignored_flags:
         log.warning("Flag --%s is accepted but not implemented by pyserving yet; ignored", name)
-    metrics = ServerMetrics()
+    metrics = ServerMetrics(options.metrics_multiprocess_dir, options.worker_index)
     core = ServerCore(options.core, metrics)
     core.manager.bus.subscribe(log_transition)
     core.manager.bus.subscribe(metrics.on_state)
     dashboard = _dashboard(options, core, metrics)
     try:
         try:
-            core.reload_config(options.model_config)
+            core.reload_config(options.model_config, from_config_file=True)
         except ServingError as exc:
             sys.stderr.write(f"{exc.message}\n")
             return 1
@@ -365,6 +393,7 @@ def run_server(options: ServerOptions) -> int:
         if dashboard is not None:
             dashboard.close()
         core.close()
+        metrics.close()
 
 
 def _dashboard(
@@ -405,6 +434,7 @@ def _start_grpc(serving: ModelServing, options: ServerOptions) -> Any:
             grpcio=options.grpc_grpcio,
             asyncio=options.grpc_asyncio,
             tls=options.grpc_tls,
+            reuse_port=options.reuse_port,
         ),
     )
 
@@ -441,6 +471,7 @@ def _serve(
                     "--rest_api_port cannot be same as --port. Please use a different port "
                     "for HTTP/REST API. Skipped exporting HTTP/REST API."
                 )
+            notify_ready()
             _wait_for_signal()
     finally:
         log.info("Shutting down: finishing requests in flight")
@@ -490,8 +521,11 @@ def _serve_rest(
         options.rest_port,
         " (HTTPS)" if options.rest_ssl_certfile else "",
     )
+    # Workers share the port: each binds its own SO_REUSEPORT socket, handed to uvicorn.
+    sockets = [reuse_port_socket(options.rest_port, 2048)] if options.reuse_port else None
+    notify_ready()
     try:
-        server.run()
+        server.run(sockets=sockets)
     finally:
         executor.shutdown(wait=True)
 
@@ -611,7 +645,7 @@ class ConfigFilePoller:
         try:
             config = load_model_server_config(self._path)
             log.info("Model config file %s changed; reloading", self._path)
-            self._core.reload_config(config)
+            self._core.reload_config(config, from_config_file=True)
             log.info("Model config reloaded: %s", ", ".join(self._core.model_names()))
         except ServingError as exc:
             log.error("Not applying model config file %s: %s", self._path, exc.message)

@@ -874,7 +874,13 @@ def start_h2_grpc_server(
         address = f"0.0.0.0:{options.port}"
         try:
             tcp: asyncio.Server = await loop.create_server(  # type: ignore[assignment]
-                protocol, "0.0.0.0", options.port, ssl=tls, backlog=1024, reuse_address=True
+                protocol,
+                "0.0.0.0",
+                options.port,
+                ssl=tls,
+                backlog=1024,
+                reuse_address=True,
+                reuse_port=options.reuse_port,
             )
         except OSError as exc:
             raise RuntimeError(f"Failed to bind gRPC server to {address}: {exc}") from None
