@@ -469,3 +469,55 @@ def test_python_model_without_a_signature_over_rest(server: RunningServer) -> No
     assert [p["doubled"] for p in rows.json()["predictions"]] == [2, 4]
     missing = server.client.post("/v1/models/open:predict", json={"inputs": {"y": [1.0]}})
     assert missing.status_code == 500 and "KeyError" in missing.json()["error"]
+
+
+def test_v2_infer_on_a_python_model_without_a_signature(server: RunningServer) -> None:
+    """V2 inputs are taken by the names and datatypes the request gives, outputs are the
+    names ``predict`` returns (all of them, or those the request asks for)."""
+    body = {"inputs": [{"name": "x", "shape": [2], "datatype": "FP64", "data": [1.0, 2.5]}]}
+    response = server.client.post("/v2/models/open/infer", json=body)
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    assert outputs["doubled"]["data"] == [2.0, 5.0]
+    assert outputs["doubled"]["datatype"] == "FP64"
+    assert outputs["count"] == {"name": "count", "datatype": "INT64", "shape": [2], "data": [2, 2]}
+    body["outputs"] = [{"name": "count"}]
+    only = server.client.post("/v2/models/open/infer", json=body)
+    assert only.status_code == 200, only.text
+    assert [o["name"] for o in only.json()["outputs"]] == ["count"]
+    body["outputs"] = [{"name": "nope"}]
+    unknown = server.client.post("/v2/models/open/infer", json=body)
+    assert unknown.status_code == 400 and "nope" in unknown.json()["error"], unknown.text
+    missing = server.client.post(
+        "/v2/models/open/infer",
+        json={"inputs": [{"name": "y", "shape": [1], "datatype": "INT32", "data": [1]}]},
+    )
+    assert missing.status_code == 500 and "KeyError" in missing.json()["error"], missing.text
+    meta = server.client.get("/v2/models/open")
+    assert meta.status_code == 200, meta.text
+    assert meta.json()["inputs"] == [] and meta.json()["platform"] == "python"
+
+    from pyserving.server.v2.protos import MESSAGES
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=MESSAGES["ModelInferResponse"].FromString,
+        )
+        request = MESSAGES["ModelInferRequest"](model_name="open", id="o")
+        x = np.array([[1, 2, 3]], dtype=np.int32)
+        request.inputs.add(name="x", datatype="INT32", shape=[1, 3])
+        request.raw_input_contents.append(x.tobytes())
+        answer = call(request, timeout=30)
+        outputs = {o.name: i for i, o in enumerate(answer.outputs)}
+        doubled = answer.outputs[outputs["doubled"]]
+        assert doubled.datatype == "INT32" and list(doubled.shape) == [1, 3]
+        raw = answer.raw_output_contents[outputs["doubled"]]
+        assert np.frombuffer(raw, dtype=np.int32).tolist() == [2, 4, 6]
+        count = np.frombuffer(answer.raw_output_contents[outputs["count"]], dtype=np.int64)
+        assert count.tolist() == [3]
+        text = MESSAGES["ModelInferRequest"](model_name="open")
+        text.inputs.add(name="x", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"ab")
+        answer = call(text, timeout=30)
+        assert answer.outputs[0].name == "doubled"
