@@ -10,6 +10,7 @@ import shutil
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -101,8 +102,30 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
         "        return {'doubled': x * 2, 'count': np.full(x.shape[:1], x.size)}\n"
     )
     text += f'  config {{ name: "open" base_path: "{root / "open"}" }}\n'
+    # A TorchScript module taking integer token ids and a boolean mask, no declared dtypes.
+    _write_lookup_module(root / "lookup_ts" / "1")
+    text += f'  config {{ name: "lookup_ts" base_path: "{root / "lookup_ts"}" }}\n'
     config.write_text(text + "}\n")
     return root
+
+
+def _write_lookup_module(version: pathlib.Path) -> None:
+    import torch
+
+    class Lookup(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = torch.nn.Embedding(10, 2)
+            with torch.no_grad():
+                self.table.weight.copy_(torch.arange(20, dtype=torch.float32).reshape(10, 2))
+
+        def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return (self.table(ids) * mask.unsqueeze(-1).to(torch.float32)).sum(dim=1)
+
+    version.mkdir(parents=True)
+    with warnings.catch_warnings():  # TorchScript is deprecated; its modules are served
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(Lookup()), str(version / "model.pt"))
 
 
 @pytest.fixture(scope="module")
@@ -786,3 +809,47 @@ def test_version_lifecycle_under_load(
     # Answers switched from version 1 to version 2 once, never back.
     assert hammer.versions == sorted(hammer.versions) and hammer.versions[-1] == 2
     assert f"Loading servable version {{name: {case.model} version: 4}}" not in server.log()
+
+
+def test_torchscript_inputs_take_the_request_dtypes(server: RunningServer) -> None:
+    """A TorchScript module declares no dtypes: JSON integers are int64 and booleans bool over
+    REST, gRPC and V2 requests give theirs (int32 here); float ids are the module's error."""
+    ids, mask = [[1, 2, 3], [4, 5, 6]], [[True, True, False], [True, False, False]]
+    expected = [[6.0, 8.0], [8.0, 9.0]]
+    flat = {"ids": np.ravel(ids).tolist(), "mask": np.ravel(mask).tolist()}
+    rest = server.client.post(
+        "/v1/models/lookup_ts:predict", json={"inputs": {"ids": ids, "mask": mask}}
+    )
+    assert rest.status_code == 200, rest.text
+    assert rest.json()["outputs"] == expected
+    rows = [{"ids": i, "mask": m} for i, m in zip(ids, mask, strict=True)]
+    by_row = server.client.post("/v1/models/lookup_ts:predict", json={"instances": rows})
+    assert by_row.status_code == 200, by_row.text
+    assert by_row.json()["predictions"] == expected
+    floats = server.client.post(
+        "/v1/models/lookup_ts:predict", json={"inputs": {"ids": [[1.5]], "mask": [[True]]}}
+    )
+    assert floats.status_code == 400 and "Long, Int" in floats.json()["error"], floats.text
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "lookup_ts"
+        request.inputs["ids"].CopyFrom(codec.ndarray_to_tensor_proto(np.array(ids, np.int32)))
+        request.inputs["mask"].CopyFrom(codec.ndarray_to_tensor_proto(np.array(mask)))
+        answer = stub.Predict(request, timeout=30)
+    assert codec.tensor_proto_to_ndarray(answer.outputs["output"]).tolist() == expected
+    v2 = server.client.post(
+        "/v2/models/lookup_ts/infer",
+        json={
+            "inputs": [
+                {"name": "ids", "shape": [2, 3], "datatype": "INT64", "data": flat["ids"]},
+                {"name": "mask", "shape": [2, 3], "datatype": "BOOL", "data": flat["mask"]},
+            ]
+        },
+    )
+    assert v2.status_code == 200, v2.text
+    (output,) = v2.json()["outputs"]
+    assert output["datatype"] == "FP32" and output["data"] == np.ravel(expected).tolist()
+    meta = server.client.get("/v1/models/lookup_ts/metadata").json()
+    inputs = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]
+    assert inputs["ids"]["dtype"] == "DT_INVALID"
