@@ -1,7 +1,7 @@
 """The ONNX and PyTorch targets, measured in interleaved rounds.
 
 ``python -m benchmarks.platform_targets [--workloads iris_onnx,iris_torch,mlp_onnx,mlp_torch]
-[--rounds 3] [--duration 5] [--warmup 1] [--out DIR]``
+[--rounds 3] [--duration 5] [--warmup 1] [--flag=--pyserving_flag=value ...] [--out DIR]``
 
 For each workload (see :mod:`benchmarks.models`) and round, three servers are started in
 turn, alone, and measured, then stopped; the order of the three alternates between rounds so
@@ -48,6 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--out", type=pathlib.Path, default=servers.ROOT / "benchmarks/results")
     parser.add_argument("--models-dir", type=pathlib.Path, default=None)
+    parser.add_argument(
+        "--flag",
+        action="append",
+        default=[],
+        help="a flag added to both pyserving servers' command lines (repeat)",
+    )
     args = parser.parse_args(argv)
     args.workloads = [w for w in args.workloads.split(",") if w]
     unknown = set(args.workloads) - set(models.PLATFORM_WORKLOADS)
@@ -82,6 +88,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "rounds": args.rounds,
             "duration_s": args.duration,
             "warmup_s": args.warmup,
+            "pyserving_flags": args.flag,
         },
         "runs": [],
     }
@@ -95,7 +102,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             for label in order:
                 kind, points = CONFIGS[label]
                 rest, grpc = servers.free_port(), servers.free_port()
-                flags = batching if label == report.PYSERVING_BATCHING else ()
+                flags = (*(batching if label == report.PYSERVING_BATCHING else ()), *args.flag)
                 server = servers.ServerProcess(
                     label=label,
                     command=_command(kind, workload, rest, grpc, flags),
