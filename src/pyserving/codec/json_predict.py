@@ -411,6 +411,7 @@ def _instances_fast(
 
 
 _DT_INVALID = 0
+_DT_FLOAT = 1
 
 
 def _dtypes_from_values(body: Any, dtypes: dict[str, int]) -> dict[str, int]:
@@ -422,7 +423,9 @@ def _dtypes_from_values(body: Any, dtypes: dict[str, int]) -> dict[str, int]:
     if len(dtypes) == 1 and "inputs" in found and len(found) == 1:
         found = {next(iter(dtypes)): found["inputs"]}
     return {
-        alias: (found[alias].dtype if alias in found else 1) if dtype == _DT_INVALID else dtype
+        alias: (found[alias].dtype if alias in found else _DT_FLOAT)
+        if dtype == _DT_INVALID
+        else dtype
         for alias, dtype in dtypes.items()
     }
 
