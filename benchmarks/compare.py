@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _configs(workload: str, args: argparse.Namespace, batching_file: str) -> list[run.ServerConfig]:
     configs = [run.ServerConfig("pyserving", "pyserving", ("grpc",))]
-    if workload == "mlp" and args.batching:
+    if workload in run.BATCHED_WORKLOADS and args.batching:
         flags = ("--enable_batching", f"--batching_parameters_file={batching_file}")
         configs.append(run.ServerConfig("pyserving-batching", "pyserving", ("grpc",), flags))
     return configs
@@ -95,11 +95,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "runs": [],
     }
     for name in args.workloads:
-        workload = (
-            models.half_plus_two(models_dir)
-            if name == "half_plus_two"
-            else models.mlp(models_dir / "mlp")
-        )
+        workload = models.workload(name, models_dir)
         payload = work / f"payload-{name}.json"
         payload.write_text(json.dumps(workload.payload()))
         for config in _configs(name, args, str(batching_file)):

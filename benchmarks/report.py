@@ -163,6 +163,66 @@ def _v2_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return targets
 
 
+#: The other platforms' workloads held to the platform targets (see :func:`_platform_targets`).
+PLATFORM_WORKLOADS = ("iris_onnx", "iris_torch", "mlp_onnx", "mlp_torch")
+#: pyserving's REST p50 at concurrency 1 at most this fraction of the FastAPI baseline's.
+PLATFORM_P50_BOUND = 0.7
+
+
+def _platform_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ONNX and PyTorch workloads' targets, for those measured in this run: REST p50 at
+    concurrency 1 at most 0.7 x FastAPI's, gRPC p50 below REST's, and QPS at concurrency 32
+    with batching at least 2 x without (REST and gRPC)."""
+    measured = {run["workload"] for run in results.get("runs", [])}
+    targets = []
+    c1, cb = LATENCY_CONCURRENCY, BATCHING_CONCURRENCY
+    for workload in (w for w in PLATFORM_WORKLOADS if w in measured):
+        rest = _p50(find_point(results, workload, PYSERVING, "rest", c1))
+        fastapi = _p50(find_point(results, workload, FASTAPI, "rest", c1))
+        grpc = _p50(find_point(results, workload, PYSERVING, "grpc", c1))
+        targets.append(
+            _target(
+                f"{workload}_rest_p50_vs_fastapi",
+                f"{workload}, concurrency {c1}: pyserving REST p50 / FastAPI baseline p50",
+                _ratio(rest, fastapi),
+                "<=",
+                PLATFORM_P50_BOUND,
+                rest,
+                fastapi,
+                "ms",
+            )
+        )
+        targets.append(
+            _target(
+                f"{workload}_grpc_p50_vs_rest",
+                f"{workload}, concurrency {c1}: pyserving gRPC p50 / pyserving REST p50",
+                _ratio(grpc, rest),
+                "<",
+                1.0,
+                grpc,
+                rest,
+                "ms",
+            )
+        )
+        for protocol in ("rest", "grpc"):
+            batched = _qps(find_point(results, workload, PYSERVING_BATCHING, protocol, cb))
+            unbatched = _qps(find_point(results, workload, PYSERVING, protocol, cb))
+            targets.append(
+                _target(
+                    f"{workload}_batched_vs_unbatched_{protocol}",
+                    f"{workload}, concurrency {cb}, {PROTOCOL_NAMES[protocol]}: pyserving "
+                    "with batching QPS / without",
+                    _ratio(batched, unbatched),
+                    ">=",
+                    2.0,
+                    batched,
+                    unbatched,
+                    "rows/s",
+                )
+            )
+    return targets
+
+
 def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets as ratios measured in this run (``met`` is None when not measured)."""
     targets = []
@@ -226,6 +286,7 @@ def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "rows/s",
             )
         )
+    targets.extend(_platform_targets(results))
     failing = [
         f"{run['workload']}/{run['server']}/{run['protocol']}@{point['concurrency']}: "
         f"{point['errors']}"
