@@ -8,14 +8,12 @@ accepting, let requests in flight finish within a grace period, unload models, e
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import gc
 import importlib
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -297,6 +295,7 @@ _SERVING_MODULES = (
     "pyserving.platforms.tensorflow.servable",
     "pyserving.server.grpc_server",
     "pyserving.server.rest",
+    "pyserving.server.http1",
 )
 
 
@@ -389,9 +388,10 @@ def _serve(options: ServerOptions, core: ServerCore, metrics: ServerMetrics) -> 
     grpc_server.set_serving_status(is_ready(core))
     poller = ConfigFilePoller(options, core)
     poller.start()
+    status = 0
     try:
         if options.rest_port and options.rest_port != options.grpc_port:
-            _serve_rest(options, serving, metrics)
+            status = _serve_rest(options, serving, metrics)
         else:
             if options.rest_port:
                 log.error(
@@ -405,12 +405,15 @@ def _serve(options: ServerOptions, core: ServerCore, metrics: ServerMetrics) -> 
         unsubscribe()
         grpc_server.set_serving_status(False)
         grpc_server.stop(options.shutdown_grace_seconds)
-    return 0
+    return status
 
 
-def _serve_rest(options: ServerOptions, serving: ModelServing, metrics: ServerMetrics) -> None:
-
-    from pyserving.server.rest import RestApp, RestHandler, RestResponse
+def _serve_rest(options: ServerOptions, serving: ModelServing, metrics: ServerMetrics) -> int:
+    """Serve REST (``http1.py``) until SIGTERM/SIGINT, then let requests in flight finish
+    within the grace period; the process's exit status (1 when the port cannot be bound or
+    its TLS files cannot be used)."""
+    from pyserving.server.http1 import start_rest_server
+    from pyserving.server.rest import RestHandler, RestResponse
 
     executor = concurrent.futures.ThreadPoolExecutor(
         max_workers=options.rest_num_threads, thread_name_prefix="pyserving-rest"
@@ -422,81 +425,40 @@ def _serve_rest(options: ServerOptions, serving: ModelServing, metrics: ServerMe
             200, metrics.render(), CONTENT_TYPE.encode()
         )
         log.info("Prometheus metrics at :%d%s", options.rest_port, options.metrics_path)
-    app = RestApp(
-        handler,
-        executor,
-        timeout_ms=options.rest_timeout_ms,
-        enable_cors=options.rest_enable_cors,
-        max_body_bytes=options.rest_max_body_bytes,
-    )
-    config = uvicorn_config(app, options)
-    server = _make_uvicorn_server(config)
+    try:
+        server = start_rest_server(handler, executor, rest_server_options(options))
+    except RuntimeError as exc:
+        executor.shutdown(wait=False)
+        sys.stderr.write(f"{exc}\n")
+        return 1
     log.info(
         "Exporting HTTP/REST API at:localhost:%d%s ...",
-        options.rest_port,
+        server.port,
         " (HTTPS)" if options.rest_ssl_certfile else "",
     )
     try:
-        server.run()
+        _wait_for_signal()
     finally:
+        server.stop(options.shutdown_grace_seconds)
         executor.shutdown(wait=True)
+    return 0
 
 
-def uvicorn_config(app: Any, options: ServerOptions) -> Any:
-    """uvicorn's configuration for the REST port (HTTPS when a certificate is given)."""
-    import uvicorn
+def rest_server_options(options: ServerOptions, *, reuse_port: bool = False) -> Any:
+    """The REST port's :class:`~pyserving.server.http1.RestServerOptions` (HTTPS when a
+    certificate is given; ``reuse_port``: ``SO_REUSEPORT`` on its socket)."""
+    from pyserving.server.http1 import RestServerOptions
 
-    return uvicorn.Config(
-        app,
-        host="0.0.0.0",
+    return RestServerOptions(
         port=options.rest_port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-        timeout_graceful_shutdown=int(options.shutdown_grace_seconds),
-        limit_concurrency=None,
-        backlog=2048,
-        ssl_certfile=options.rest_ssl_certfile or None,
-        ssl_keyfile=options.rest_ssl_keyfile or None,
-        **_client_verification(options.rest_ssl_client_ca_file),
+        timeout_ms=options.rest_timeout_ms,
+        enable_cors=options.rest_enable_cors,
+        max_body_bytes=options.rest_max_body_bytes,
+        ssl_certfile=options.rest_ssl_certfile,
+        ssl_keyfile=options.rest_ssl_keyfile,
+        ssl_client_ca_file=options.rest_ssl_client_ca_file,
+        reuse_port=reuse_port,
     )
-
-
-def _client_verification(client_ca_file: str) -> dict[str, Any]:
-    """uvicorn's settings requiring a client certificate signed by ``client_ca_file``."""
-    if not client_ca_file:
-        return {}
-    import ssl
-
-    return {"ssl_ca_certs": client_ca_file, "ssl_cert_reqs": ssl.CERT_REQUIRED}
-
-
-def _uvicorn_server_class() -> type:
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """uvicorn's server, shutting down gracefully on SIGTERM/SIGINT without re-raising
-        the signal afterwards, so the process exits 0 once models are unloaded."""
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            previous = {
-                sig: signal.signal(sig, lambda signum, frame: self.handle_exit(signum, frame))
-                for sig in (signal.SIGTERM, signal.SIGINT)
-            }
-            try:
-                yield
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-
-    return Server
-
-
-def _make_uvicorn_server(config: Any) -> Any:
-    return _uvicorn_server_class()(config)
 
 
 def _wait_for_signal() -> None:
