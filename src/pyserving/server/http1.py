@@ -9,7 +9,7 @@ event or message dicts. Where a request runs:
 * A POST ``:predict`` (``/v1``) or ``/infer`` (``/v2``) with a body up to
   :data:`INLINE_REQUEST_BYTES` and no ``Content-Encoding`` runs on the event loop when its
   model's recent calls (JSON decoding, the model, JSON encoding) took under
-  :data:`~pyserving.server.call_costs.INLINE_RUN_SECONDS` on average; it is answered within
+  :data:`INLINE_RUN_SECONDS` (0.4 ms) on average; it is answered within
   the read that completed it, as the gRPC front end answers a small Predict. The durations
   are kept by a :class:`~pyserving.server.call_costs.CallCosts` (injectable: tests decide
   what counts as fast). A model not measured yet, or a slow one, runs on a worker.
@@ -75,6 +75,7 @@ from urllib.parse import unquote
 import httptools
 
 from pyserving.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from pyserving.server import call_costs
 from pyserving.server.call_costs import CallCosts
 from pyserving.server.rest import (
     PendingResponse,
@@ -88,6 +89,13 @@ log = logging.getLogger(__name__)
 
 #: Predict bodies up to this size may run on the event loop; larger ones run on a worker.
 INLINE_REQUEST_BYTES = 64 * 1024
+#: A model whose recent REST calls took less than this (seconds, moving average) runs on the
+#: event loop. A REST call's measured time includes decoding and encoding its JSON, which
+#: costs the same on either thread: this leaves the model the gRPC front end's
+#: :data:`~pyserving.server.call_costs.INLINE_RUN_SECONDS` and as much again for the JSON (at
+#: the gRPC threshold, a fast model's calls measured while other processes take the CPU
+#: crossed it now and then and went to workers for a while).
+INLINE_RUN_SECONDS = 2 * call_costs.INLINE_RUN_SECONDS
 #: Name of the thread running the REST server's event loop.
 LOOP_THREAD_NAME = "pyserving-rest-loop"
 #: While the transport holds more unsent bytes than this, the connection is not read.
@@ -191,7 +199,6 @@ class _Request:
         "answered",
         "body",
         "chunks",
-        "close",
         "complete",
         "continued",
         "error",
@@ -223,8 +230,6 @@ class _Request:
         self.answered = False
         #: The answer it gets without being run (413, 400).
         self.error: RestResponse | None = None
-        #: Close the connection after its answer.
-        self.close = False
         self.timer: asyncio.TimerHandle | None = None
 
 
@@ -549,7 +554,6 @@ class Http1Connection(asyncio.Protocol):
             return
         close = (
             not request.keep_alive
-            or request.close
             or self._closing
             or (not request.complete and request.expect_continue and not request.continued)
         )
@@ -644,7 +648,7 @@ class RestServer:
         self.handler = handler
         self.executor = executor
         self.options = options
-        self.costs = costs if costs is not None else CallCosts()
+        self.costs = costs if costs is not None else CallCosts(threshold=INLINE_RUN_SECONDS)
         self.limits = limits if limits is not None else Http1Limits()
         self.timeout = options.timeout_ms / 1000.0 if options.timeout_ms > 0 else None
         self.enable_cors = options.enable_cors
@@ -768,7 +772,8 @@ def start_rest_server(
     limits: Http1Limits | None = None,
 ) -> RestServer:
     """Bind and start the REST port (see :class:`RestServer`); ``costs`` decides which
-    predicts run on the event loop (default: a real-time :class:`CallCosts`), ``limits``
+    predicts run on the event loop (default: a real-time :class:`CallCosts` with the
+    threshold :data:`INLINE_RUN_SECONDS`), ``limits``
     replaces :class:`Http1Limits`' defaults. ``RuntimeError`` when it cannot start."""
     server = RestServer(handler, executor, options, costs=costs, limits=limits)
     server.start()
@@ -777,6 +782,7 @@ def start_rest_server(
 
 __all__ = [
     "INLINE_REQUEST_BYTES",
+    "INLINE_RUN_SECONDS",
     "Http1Connection",
     "Http1Limits",
     "RestServer",
