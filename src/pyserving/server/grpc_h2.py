@@ -3,7 +3,7 @@
 The same services, error mapping, limits, TLS, UNIX socket and health service as
 ``grpc_server.py`` (grpcio), served on a uvloop event loop that speaks gRPC's HTTP/2
 mapping directly: a small Predict costs tens of microseconds of Python instead of the few
-hundred grpcio's Python server spends per call, so gRPC answers sooner than REST.
+hundred grpcio's Python server spends per call (REST does the same on ``http1.py``).
 
 What a call goes through:
 
