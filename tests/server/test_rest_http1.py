@@ -525,3 +525,21 @@ def test_reuse_port_lets_two_sockets_bind_one_port() -> None:
             listening_socket("127.0.0.1", port).close()  # without it: in use
     finally:
         first.close()
+
+
+def test_a_port_in_use_is_an_error_naming_it(core: ServerCore) -> None:
+    taken = listening_socket("127.0.0.1", 0)
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        port = taken.getsockname()[1]
+        with pytest.raises(
+            RuntimeError, match=f"Failed to start the REST server at 127.0.0.1:{port}"
+        ):
+            start_rest_server(
+                RestHandler(ModelServing(core)),
+                pool,
+                RestServerOptions(port=port, host="127.0.0.1"),
+            )
+    finally:
+        taken.close()
+        pool.shutdown()
