@@ -40,7 +40,7 @@ HTTP behaviour:
   are not HTTP/1.1 get ``400 {"error": ...}`` and the connection closes;
 * ``rest_api_timeout_in_ms``: a request not answered in time gets ``504 {"error": "Request
   timed out after N ms"}`` (its work runs on, its answer is dropped);
-* HEAD answers carry the headers of the GET answer without its body; with
+* the handler's answer to a HEAD request is written without its body; with
   ``--rest_api_enable_cors_support``, ``OPTIONS`` is answered 200 and every answer carries
   the CORS headers;
 * TLS (``--rest_api_ssl_certfile``/``keyfile``, client certificates required with
