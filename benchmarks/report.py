@@ -16,6 +16,8 @@ from typing import Any
 
 #: Concurrency at which the latency targets are checked.
 LATENCY_CONCURRENCY = 1
+#: Concurrency at which REST's server CPU per request is held to gRPC's.
+REST_CPU_CONCURRENCY = 32
 #: Concurrency at which the batching targets are checked.
 BATCHING_CONCURRENCY = 32
 #: In-process batch size the batched throughput is compared with.
@@ -242,16 +244,37 @@ def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "ms",
         )
     )
+    # REST as cheap as gRPC: REST's latency and server CPU per request held to gRPC's,
+    # measured in the same server.
     targets.append(
         _target(
-            "grpc_p50_vs_rest",
-            f"half_plus_two, concurrency {c1}: pyserving gRPC p50 / pyserving REST p50",
-            _ratio(grpc, rest),
-            "<",
-            1.0,
-            grpc,
+            "rest_p50_vs_grpc",
+            f"half_plus_two, concurrency {c1}: pyserving REST p50 / pyserving gRPC p50",
+            _ratio(rest, grpc),
+            "<=",
+            1.2,
             rest,
+            grpc,
             "ms",
+        )
+    )
+    rest_cpu = _server_us(
+        find_point(results, "half_plus_two", PYSERVING, "rest", REST_CPU_CONCURRENCY)
+    )
+    grpc_cpu = _server_us(
+        find_point(results, "half_plus_two", PYSERVING, "grpc", REST_CPU_CONCURRENCY)
+    )
+    targets.append(
+        _target(
+            "rest_cpu_vs_grpc",
+            f"half_plus_two, concurrency {REST_CPU_CONCURRENCY}: pyserving REST server CPU per "
+            "request / gRPC's",
+            _ratio(rest_cpu, grpc_cpu),
+            "<=",
+            1.3,
+            rest_cpu,
+            grpc_cpu,
+            "us",
         )
     )
     targets.extend(_v2_targets(results))

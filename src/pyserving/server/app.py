@@ -8,14 +8,12 @@ accepting, let requests in flight finish within a grace period, unload models, e
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import gc
 import importlib
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +35,6 @@ from pyserving.server.service import ModelServing
 from pyserving.server.workers import (
     multiprocess_dir,
     notify_ready,
-    reuse_port_socket,
     worker_index,
 )
 
@@ -338,6 +335,7 @@ _SERVING_MODULES = (
     "pyserving.platforms.tensorflow.servable",
     "pyserving.server.grpc_server",
     "pyserving.server.rest",
+    "pyserving.server.http1",
 )
 
 
@@ -462,9 +460,10 @@ def _serve(
     grpc_server.set_serving_status(is_ready(core))
     poller = ConfigFilePoller(options, core)
     poller.start()
+    status = 0
     try:
         if options.rest_port and options.rest_port != options.grpc_port:
-            _serve_rest(options, serving, metrics, dashboard)
+            status = _serve_rest(options, serving, metrics, dashboard)
         else:
             if options.rest_port:
                 log.error(
@@ -479,7 +478,7 @@ def _serve(
         unsubscribe()
         grpc_server.set_serving_status(False)
         grpc_server.stop(options.shutdown_grace_seconds)
-    return 0
+    return status
 
 
 def _serve_rest(
@@ -487,9 +486,12 @@ def _serve_rest(
     serving: ModelServing,
     metrics: ServerMetrics,
     dashboard: Dashboard | None = None,
-) -> None:
-
-    from pyserving.server.rest import RestApp, RestHandler, RestResponse
+) -> int:
+    """Serve REST (``http1.py``) until SIGTERM/SIGINT, then let requests in flight finish
+    within the grace period; the process's exit status (1 when the port cannot be bound or
+    its TLS files cannot be used)."""
+    from pyserving.server.http1 import start_rest_server
+    from pyserving.server.rest import RestHandler, RestResponse
 
     executor = concurrent.futures.ThreadPoolExecutor(
         max_workers=options.rest_num_threads, thread_name_prefix="pyserving-rest"
@@ -507,84 +509,44 @@ def _serve_rest(
             200, metrics.render(), CONTENT_TYPE.encode()
         )
         log.info("Prometheus metrics at :%d%s", options.rest_port, options.metrics_path)
-    app = RestApp(
-        handler,
-        executor,
+    try:
+        # With --num_workers, each worker binds the port with SO_REUSEPORT.
+        server = start_rest_server(
+            handler, executor, rest_server_options(options, reuse_port=options.reuse_port)
+        )
+    except RuntimeError as exc:
+        executor.shutdown(wait=False)
+        sys.stderr.write(f"{exc}\n")
+        return 1
+    log.info(
+        "Exporting HTTP/REST API at:localhost:%d%s ...",
+        server.port,
+        " (HTTPS)" if options.rest_ssl_certfile else "",
+    )
+    notify_ready()
+    try:
+        _wait_for_signal()
+    finally:
+        server.stop(options.shutdown_grace_seconds)
+        executor.shutdown(wait=True)
+    return 0
+
+
+def rest_server_options(options: ServerOptions, *, reuse_port: bool = False) -> Any:
+    """The REST port's :class:`~pyserving.server.http1.RestServerOptions` (HTTPS when a
+    certificate is given; ``reuse_port``: ``SO_REUSEPORT`` on its socket)."""
+    from pyserving.server.http1 import RestServerOptions
+
+    return RestServerOptions(
+        port=options.rest_port,
         timeout_ms=options.rest_timeout_ms,
         enable_cors=options.rest_enable_cors,
         max_body_bytes=options.rest_max_body_bytes,
+        ssl_certfile=options.rest_ssl_certfile,
+        ssl_keyfile=options.rest_ssl_keyfile,
+        ssl_client_ca_file=options.rest_ssl_client_ca_file,
+        reuse_port=reuse_port,
     )
-    config = uvicorn_config(app, options)
-    server = _make_uvicorn_server(config)
-    log.info(
-        "Exporting HTTP/REST API at:localhost:%d%s ...",
-        options.rest_port,
-        " (HTTPS)" if options.rest_ssl_certfile else "",
-    )
-    # Workers share the port: each binds its own SO_REUSEPORT socket, handed to uvicorn.
-    sockets = [reuse_port_socket(options.rest_port, 2048)] if options.reuse_port else None
-    notify_ready()
-    try:
-        server.run(sockets=sockets)
-    finally:
-        executor.shutdown(wait=True)
-
-
-def uvicorn_config(app: Any, options: ServerOptions) -> Any:
-    """uvicorn's configuration for the REST port (HTTPS when a certificate is given)."""
-    import uvicorn
-
-    return uvicorn.Config(
-        app,
-        host="0.0.0.0",
-        port=options.rest_port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-        timeout_graceful_shutdown=int(options.shutdown_grace_seconds),
-        limit_concurrency=None,
-        backlog=2048,
-        ssl_certfile=options.rest_ssl_certfile or None,
-        ssl_keyfile=options.rest_ssl_keyfile or None,
-        **_client_verification(options.rest_ssl_client_ca_file),
-    )
-
-
-def _client_verification(client_ca_file: str) -> dict[str, Any]:
-    """uvicorn's settings requiring a client certificate signed by ``client_ca_file``."""
-    if not client_ca_file:
-        return {}
-    import ssl
-
-    return {"ssl_ca_certs": client_ca_file, "ssl_cert_reqs": ssl.CERT_REQUIRED}
-
-
-def _uvicorn_server_class() -> type:
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """uvicorn's server, shutting down gracefully on SIGTERM/SIGINT without re-raising
-        the signal afterwards, so the process exits 0 once models are unloaded."""
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            previous = {
-                sig: signal.signal(sig, lambda signum, frame: self.handle_exit(signum, frame))
-                for sig in (signal.SIGTERM, signal.SIGINT)
-            }
-            try:
-                yield
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-
-    return Server
-
-
-def _make_uvicorn_server(config: Any) -> Any:
-    return _uvicorn_server_class()(config)
 
 
 def _wait_for_signal() -> None:

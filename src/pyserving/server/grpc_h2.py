@@ -3,7 +3,7 @@
 The same services, error mapping, limits, TLS, UNIX socket and health service as
 ``grpc_server.py`` (grpcio), served on a uvloop event loop that speaks gRPC's HTTP/2
 mapping directly: a small Predict costs tens of microseconds of Python instead of the few
-hundred grpcio's Python server spends per call, so gRPC answers sooner than REST.
+hundred grpcio's Python server spends per call (REST does the same on ``http1.py``).
 
 What a call goes through:
 
@@ -71,6 +71,7 @@ from tensorflow_serving.apis import (
 
 from pyserving.compression import GZIP, ZLIB, InflatedTooLarge, inflate
 from pyserving.errors import ServingError
+from pyserving.server.call_costs import INLINE_RUN_SECONDS, CallCosts
 from pyserving.server.grpc_server import (
     SERVICE_NAMES,
     CallAborted,
@@ -102,13 +103,8 @@ SUPPORTED_CHANNEL_ARGUMENTS = frozenset(
 
 #: Predict requests up to this size are decoded on the event loop; larger ones on a worker.
 INLINE_REQUEST_BYTES = 64 * 1024
-#: A model whose recent Predict calls took less than this (seconds, moving average) runs on
-#: the event loop; slower ones, or ones not measured yet, run on a worker thread.
-INLINE_RUN_SECONDS = 200e-6
 #: How long ``set_serving_status`` waits for the loop to apply a health status.
 STATUS_WAIT_SECONDS = 1.0
-#: Weight of the newest call in the moving average of a model's call time.
-_COST_WEIGHT = 0.2
 
 #: The compression algorithms requests may use, as answers announce them.
 ACCEPT_ENCODING = b"identity,deflate,gzip"
@@ -127,52 +123,6 @@ NOT_GRPC_BODY = b"This is a gRPC server: requests are POST with content-type app
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 #: ``grpc-encoding`` values requests may use, with their ``compression.inflate`` format.
 _ENCODINGS = {"gzip": GZIP, "deflate": ZLIB}
-
-
-class CallCosts:
-    """Each model's moving average of its successful Predict calls' durations, which
-    decides where its next small Predict runs (see the module docstring).
-
-    ``timer`` is read once before and once after each measured call; the difference is the
-    call's duration in seconds. It defaults to :func:`time.perf_counter`; a test passes a
-    clock it advances itself, so what counts as fast does not depend on the machine's speed.
-    ``threshold``: a model runs on the loop when its average is below it (seconds).
-    ``weight``: the newest call's weight in the average (0 < weight <= 1).
-
-    Read and written from the loop and from worker threads without a lock: each update is
-    one dict assignment, so a race may lose one call's measurement, never corrupt the map.
-    """
-
-    def __init__(
-        self,
-        timer: Callable[[], float] = time.perf_counter,
-        threshold: float = INLINE_RUN_SECONDS,
-        weight: float = _COST_WEIGHT,
-    ) -> None:
-        if not 0.0 < weight <= 1.0:
-            raise ValueError(f"weight must be in (0, 1], got {weight}")
-        self.timer = timer
-        self.threshold = threshold
-        self.weight = weight
-        self._averages: dict[str, float] = {}
-
-    def runs_inline(self, model: str) -> bool:
-        """Whether ``model``'s calls are measured and their average is under the threshold
-        (a model not measured yet is not: its first call runs on a worker)."""
-        average = self._averages.get(model)
-        return average is not None and average < self.threshold
-
-    def record(self, model: str, seconds: float) -> None:
-        """Add one successful call of ``model`` that took ``seconds`` to its average (the
-        first call sets it)."""
-        previous = self._averages.get(model)
-        self._averages[model] = (
-            seconds if previous is None else previous + self.weight * (seconds - previous)
-        )
-
-    def average(self, model: str) -> float | None:
-        """``model``'s average call duration in seconds; None until one is recorded."""
-        return self._averages.get(model)
 
 
 def status_trailers(code: grpc.StatusCode, message: str = "") -> Headers:
@@ -904,6 +854,7 @@ def start_h2_grpc_server(
 
 
 __all__ = [
+    "INLINE_RUN_SECONDS",
     "SUPPORTED_CHANNEL_ARGUMENTS",
     "CallCosts",
     "GrpcHandler",
