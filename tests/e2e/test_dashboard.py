@@ -150,7 +150,7 @@ def test_page_shows_the_models_versions_and_states(browser: Any, server: Running
     assert "of a budget of 191 MiB" in memory, memory
     meta = card(browser, "two").find_element("css selector", ".model-meta").text
     assert re.search(
-        r"RAM est\. [\d.]+ KiB, measured \+[\d.]+ [KM]iB \([\d.]+% of the budget\)", meta
+        r"RAM est\. [\d.]+ [KM]iB, measured \+[\d.]+ [KM]iB \([\d.]+% of the budget\)", meta
     ), meta
     browser.find_element("css selector", "#flags summary").click()
     flags = browser.find_element("id", "flag-rows").text
