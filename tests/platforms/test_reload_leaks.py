@@ -61,7 +61,8 @@ def test_unloaded_versions_are_garbage_collected(
         core.reload_config(config)
         for old in range(1, CYCLES + 1):
             new = old + 1
-            result = serving.predict(ModelSpec("m"), lambda _sig: inputs)
+            with serving.bind(ModelSpec("m")) as model:
+                result = model.predict(inputs).result()
             assert result.id.version == old and result.outputs["y"].tolist() == [[3.0]]
             refs = weak_parts(core, old)
             assert any(name.startswith("callable") for name in refs)
