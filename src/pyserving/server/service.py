@@ -266,7 +266,7 @@ class BoundModel:
         self._entrypoint = entrypoint
         self._start = start
         self._handle = handle
-        self._released = False
+        self._spent = False  # predict() called, or the hold ended
         self.id: ServableId = handle.id
         self.servable: Any = handle.servable
         self.signature_name = signature_name
@@ -276,12 +276,12 @@ class BoundModel:
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        if not self._released:
+        if not self._spent:
+            self._spent = True
             self._finish(exc if isinstance(exc, Exception) else None, 1, True)
 
     def _finish(self, error: BaseException | None, rows: int, executed: bool) -> None:
-        """Release the version and count the request (once)."""
-        self._released = True
+        """Release the version and count the request (called once)."""
         self._handle.release()
         self._serving._observe(
             self._model_name,
@@ -306,6 +306,9 @@ class BoundModel:
         future run on a batch thread). Every error is the future's exception, nothing is
         raised.
         """
+        if self._spent:
+            raise RuntimeError("BoundModel.predict called twice")
+        self._spent = True
         result: concurrent.futures.Future[PredictResult] = concurrent.futures.Future()
         rows = _rows(inputs)
         keys = list(output_filter) if output_filter else None
