@@ -34,12 +34,14 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
+from pyserving.core.clock import ManualClock
 from pyserving.core.manager import ManagerOptions
 from pyserving.server.core import ServerCore, ServerCoreOptions
 from pyserving.server.grpc import GrpcServerOptions, start_grpc_server
-from pyserving.server.grpc.aio import AsyncGrpcServer
-from pyserving.server.grpc.h2 import H2GrpcServer
-from pyserving.server.loop_server import LoopServer
+from pyserving.server.grpc.aio import AsyncGrpcServer, start_aio_grpc_server
+from pyserving.server.grpc.calls import CallCosts
+from pyserving.server.grpc.h2 import H2GrpcServer, start_h2_grpc_server
+from pyserving.server.loop_server import LOOP_THREAD_NAME, LoopServer
 from pyserving.server.service import ModelServing
 from pyserving.server.v2.protos import MESSAGES, SERVICE
 
@@ -328,7 +330,7 @@ class _GatedServing(ModelServing):
 def test_deadline_exceeded(core: ServerCore, transport: str) -> None:
     """A call whose deadline passes while it waits for the server is DEADLINE_EXCEEDED and
     never reaches its model; the server keeps serving. One worker thread, held by a first
-    call, makes the second wait (on ``aio`` the first call holds the event loop itself)."""
+    call, makes the second wait (a model's first calls run on workers on both transports)."""
     serving = _GatedServing(core)
     with (
         serve(serving, transport, max_threads=1) as server,
@@ -344,3 +346,49 @@ def test_deadline_exceeded(core: ServerCore, transport: str) -> None:
         again = stub.Predict(predict_request("gated"), timeout=TIMEOUT)
         assert list(again.outputs["y"].float_val) == [2.5, 4.0]
     assert serving.reached == 2  # the first call and the last: the expired one never ran
+
+
+# -- where Predict runs ---------------------------------------------------------------------
+
+
+class _CostedServing(ModelServing):
+    """Records the thread each Predict reaches its model on; each advances ``clock`` by
+    ``cost`` seconds, so the transport's measure of the model's cost is exactly ``cost``."""
+
+    def __init__(self, core: ServerCore, cost: float) -> None:
+        super().__init__(core)
+        self.cost = cost
+        self.clock = ManualClock()
+        self.threads: list[str] = []
+
+    def bind(self, spec: Any, **kwargs: Any) -> Any:
+        self.threads.append(threading.current_thread().name)
+        model = super().bind(spec, **kwargs)
+        self.clock.advance(self.cost)
+        return model
+
+
+@pytest.mark.parametrize("transport", sorted(TRANSPORTS))
+@pytest.mark.parametrize(("cost", "on_loop"), [(0.0, True), (1e-3, False)], ids=["fast", "slow"])
+def test_fast_models_run_on_the_event_loop_slow_ones_on_workers(
+    core: ServerCore, transport: str, cost: float, on_loop: bool
+) -> None:
+    """Both transports decide alike: a model's first Predict runs on a worker (its cost is
+    not known yet); later ones run on the event loop when the model is fast, else on
+    workers, so a slow model never holds the loop."""
+    serving = _CostedServing(core, cost)
+    costs = CallCosts(timer=serving.clock.monotonic)
+    start = start_h2_grpc_server if transport == "h2" else start_aio_grpc_server
+    with (
+        start(serving, GrpcServerOptions(port=0), costs=costs) as server,
+        grpc.insecure_channel(f"localhost:{server.port}") as ch,
+    ):
+        for _ in range(6):
+            answer = predictions(ch).Predict(predict_request(), timeout=TIMEOUT)
+            assert list(answer.outputs["y"].float_val) == [2.5, 4.0]
+    first, *later = serving.threads
+    assert first.startswith("pyserving-grpc_"), serving.threads
+    if on_loop:
+        assert later == [LOOP_THREAD_NAME] * 5, serving.threads
+    else:
+        assert all(t.startswith("pyserving-grpc_") for t in later), serving.threads

@@ -37,8 +37,8 @@ from pyserving.core.clock import ManualClock
 from pyserving.core.manager import ManagerOptions
 from pyserving.server.core import ServerCore, ServerCoreOptions
 from pyserving.server.grpc import GrpcServerOptions, start_grpc_server, uses_grpcio
+from pyserving.server.grpc.calls import CallCosts
 from pyserving.server.grpc.h2 import (
-    CallCosts,
     GrpcHandler,
     H2GrpcServer,
     parse_timeout,

@@ -6,9 +6,12 @@ generic handlers on an event loop of its own thread:
 
 * An :class:`~pyserving.server.grpc.calls.Inference` method (Predict, V2's ModelInfer): the
   request is started (decoded, run or queued for its batch) on the event loop when it is
-  small (:data:`INLINE_REQUEST_BYTES`), else on a worker thread; the loop awaits the
-  answer, so a request waiting for its batch holds no thread, and builds the response. The
-  deadline is checked before and after; a client that goes away cancels its queued request.
+  small (:data:`~pyserving.server.grpc.calls.INLINE_REQUEST_BYTES`) and its model's recent
+  calls were fast or only queued for a batch (the transports' shared
+  :class:`~pyserving.server.grpc.calls.CallCosts`), else on a worker thread; the loop
+  awaits the answer, so a request waiting for its batch holds no thread, and builds the
+  response. The deadline is checked before and after; a client that goes away cancels its
+  queued request.
 * A :class:`~pyserving.server.grpc.calls.Unary` method runs on a worker thread (the
   ``pyserving-grpc`` pool, ``max_threads``).
 * Health: ``Check`` on the loop and the streaming ``Watch``, from the one
@@ -30,11 +33,14 @@ from typing import Any
 import grpc
 
 from pyserving.server.grpc.calls import (
+    INLINE_REQUEST_BYTES,
     Call,
+    CallCosts,
     Inference,
     Method,
     Unary,
     run_unary,
+    start_inference,
     status_of,
 )
 from pyserving.server.grpc.health import CHECK_PATH, WATCH_PATH, HealthService
@@ -42,10 +48,6 @@ from pyserving.server.grpc.options import GrpcServerOptions, server_channel_args
 from pyserving.server.grpc.service import GrpcService
 from pyserving.server.loop_server import LoopServer
 from pyserving.server.service import ModelServing
-
-#: Inference requests up to this size are started on the event loop (tens of microseconds);
-#: larger ones on a worker thread, so a big request never stalls the loop.
-INLINE_REQUEST_BYTES = 64 * 1024
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
@@ -76,18 +78,20 @@ def _unary_handler(path: str, method: Unary, executor: concurrent.futures.Execut
 
 
 def _inference_handler(
-    path: str, method: Inference, executor: concurrent.futures.Executor
+    path: str, method: Inference, executor: concurrent.futures.Executor, costs: CallCosts
 ) -> Handler:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         call = _call_of(context)
         try:
-            call.check()
-            if request.ByteSize() <= INLINE_REQUEST_BYTES:
-                future = method.start(request)
+            if request.ByteSize() <= INLINE_REQUEST_BYTES and costs.runs_inline(
+                method.model(request)
+            ):
+                future = start_inference(method, request, call, costs)
             else:
                 loop = asyncio.get_running_loop()
-                future = await loop.run_in_executor(executor, method.start, request)
-            call.future = future
+                future = await loop.run_in_executor(
+                    executor, start_inference, method, request, call, costs
+                )
             result = await asyncio.wrap_future(future)
             call.check()
             return method.answer(result)
@@ -143,15 +147,16 @@ def _serialize(message: Any) -> bytes:
 
 
 def generic_handlers(
-    service: GrpcService, executor: concurrent.futures.Executor
+    service: GrpcService, executor: concurrent.futures.Executor, costs: CallCosts
 ) -> list[grpc.GenericRpcHandler]:
-    """``service``'s method table (and health service) as grpcio generic handlers."""
+    """``service``'s method table (and health service) as grpcio generic handlers; ``costs``
+    decides which Inference calls start on the event loop."""
     result = []
     for name, methods in service.services().items():
         handlers = {}
         for method_name, method in methods.items():
             path = f"/{name}/{method_name}"
-            behaviour = _behaviour(path, method, executor)
+            behaviour = _behaviour(path, method, executor, costs)
             handlers[method_name] = grpc.unary_unary_rpc_method_handler(
                 behaviour,
                 request_deserializer=method.request_type.FromString,
@@ -163,9 +168,11 @@ def generic_handlers(
     return result
 
 
-def _behaviour(path: str, method: Method, executor: concurrent.futures.Executor) -> Handler:
+def _behaviour(
+    path: str, method: Method, executor: concurrent.futures.Executor, costs: CallCosts
+) -> Handler:
     if isinstance(method, Inference):
-        return _inference_handler(path, method, executor)
+        return _inference_handler(path, method, executor, costs)
     return _unary_handler(path, method, executor)
 
 
@@ -207,8 +214,11 @@ def _bind(server: grpc.aio.Server, address: str, credentials: Any) -> int:
     return port
 
 
-def start_aio_grpc_server(serving: ModelServing, options: GrpcServerOptions) -> AsyncGrpcServer:
-    """Build, bind and start the ``grpc.aio`` front end over ``serving``.
+def start_aio_grpc_server(
+    serving: ModelServing, options: GrpcServerOptions, *, costs: CallCosts | None = None
+) -> AsyncGrpcServer:
+    """Build, bind and start the ``grpc.aio`` front end over ``serving``; ``costs`` decides
+    which Predicts start on the event loop (default: a real-time :class:`CallCosts`).
 
     Raises ``InvalidArgument`` for malformed channel arguments, ``RuntimeError`` when an
     address cannot be bound.
@@ -231,7 +241,8 @@ def start_aio_grpc_server(serving: ModelServing, options: GrpcServerOptions) -> 
             options=list(channel_args.items()), migration_thread_pool=executor
         )
         server.server = aio_server
-        aio_server.add_generic_rpc_handlers(generic_handlers(service, executor))
+        handlers = generic_handlers(service, executor, costs or CallCosts())
+        aio_server.add_generic_rpc_handlers(handlers)
         credentials = options.tls.credentials() if options.tls is not None else None
         server.port = _bind(aio_server, f"0.0.0.0:{options.port}", credentials)
         if options.socket_path:

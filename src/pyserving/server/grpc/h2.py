@@ -24,7 +24,7 @@ What a call goes through:
   waiting for its batch holds no thread. The deadline is checked before and after the run;
   a client that resets the stream cancels its queued request. The durations are kept by
   :class:`CallCosts`, whose timer can be replaced (tests decide what counts as fast without
-  depending on the machine's speed).
+  depending on the machine's speed; see ``calls.py``).
 * A :class:`~pyserving.server.grpc.calls.Unary` method runs on a worker thread (the
   ``pyserving-grpc`` pool, ``max_threads``), at most ``max_concurrent_streams`` per
   connection queued or running.
@@ -58,7 +58,16 @@ from pyserving.errors import (
     ResourceExhausted,
     Unimplemented,
 )
-from pyserving.server.grpc.calls import Call, Inference, Unary, run_unary, status_of
+from pyserving.server.grpc.calls import (
+    INLINE_REQUEST_BYTES,
+    Call,
+    CallCosts,
+    Inference,
+    Unary,
+    run_unary,
+    start_inference,
+    status_of,
+)
 from pyserving.server.grpc.health import CHECK_PATH, WATCH_PATH
 from pyserving.server.grpc.options import GrpcServerOptions, remove_socket, server_channel_args
 from pyserving.server.grpc.service import GrpcService
@@ -66,14 +75,6 @@ from pyserving.server.h2sansio import Headers, Rejection
 from pyserving.server.http2 import Http2Connection, Http2Settings, Stream
 from pyserving.server.loop_server import LoopServer
 from pyserving.server.service import ModelServing
-
-#: Predict requests up to this size are parsed on the event loop; larger ones on a worker.
-INLINE_REQUEST_BYTES = 64 * 1024
-#: A model whose recent Predict calls took less than this (seconds, moving average) runs on
-#: the event loop; slower ones, or ones not measured yet, run on a worker thread.
-INLINE_RUN_SECONDS = 200e-6
-#: Weight of the newest call in the moving average of a model's call time.
-COST_WEIGHT = 0.2
 
 #: The compression algorithms requests may use, as answers announce them.
 ACCEPT_ENCODING = b"identity,deflate,gzip"
@@ -92,52 +93,6 @@ NOT_GRPC_BODY = b"This is a gRPC server: requests are POST with content-type app
 TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 #: ``grpc-encoding`` values requests may use, with their ``compression.inflate`` format.
 ENCODINGS = {"gzip": GZIP, "deflate": ZLIB}
-
-
-class CallCosts:
-    """Each model's moving average of its successful Predict calls' durations, which
-    decides where its next small Predict runs (see the module docstring).
-
-    ``timer`` is read once before and once after each measured call; the difference is the
-    call's duration in seconds. It defaults to :func:`time.perf_counter`; a test passes a
-    clock it advances itself, so what counts as fast does not depend on the machine's speed.
-    ``threshold``: a model runs on the loop when its average is below it (seconds).
-    ``weight``: the newest call's weight in the average (0 < weight <= 1).
-
-    Read and written from the loop and from worker threads without a lock: each update is
-    one dict assignment, so a race may lose one call's measurement, never corrupt the map.
-    """
-
-    def __init__(
-        self,
-        timer: Callable[[], float] = time.perf_counter,
-        threshold: float = INLINE_RUN_SECONDS,
-        weight: float = COST_WEIGHT,
-    ) -> None:
-        if not 0.0 < weight <= 1.0:
-            raise ValueError(f"weight must be in (0, 1], got {weight}")
-        self.timer = timer
-        self.threshold = threshold
-        self.weight = weight
-        self._averages: dict[str, float] = {}
-
-    def runs_inline(self, model: str) -> bool:
-        """Whether ``model``'s calls are measured and their average is under the threshold
-        (a model not measured yet is not: its first call runs on a worker)."""
-        average = self._averages.get(model)
-        return average is not None and average < self.threshold
-
-    def record(self, model: str, seconds: float) -> None:
-        """Add one successful call of ``model`` that took ``seconds`` to its average (the
-        first call sets it)."""
-        previous = self._averages.get(model)
-        self._averages[model] = (
-            seconds if previous is None else previous + self.weight * (seconds - previous)
-        )
-
-    def average(self, model: str) -> float | None:
-        """``model``'s average call duration in seconds; None until one is recorded."""
-        return self._averages.get(model)
 
 
 def status_trailers(code: grpc.StatusCode, message: str = "") -> Headers:
@@ -460,8 +415,7 @@ class GrpcHandler:
             work = self._inference_on_worker
             self._submit(connection, work, connection, stream, b"", request, method)
             return
-        call.check()
-        future = self._start(request, call, method)
+        future = start_inference(method, request, call, self.costs)
         if future.done():
             self._finish(connection, stream, lambda: self._answer_of(future, call, method))
         else:
@@ -481,8 +435,7 @@ class GrpcHandler:
         try:
             if request is None:
                 request = parse(method.request_type, body)
-            call.check()
-            future = self._start(request, call, method)
+            future = start_inference(method, request, call, self.costs)
         except Exception as exc:
             self._fail_later(connection, stream, exc)
             return
@@ -510,25 +463,6 @@ class GrpcHandler:
                 )
 
         future.add_done_callback(done)
-
-    def _start(self, request: Any, call: Call, method: Inference) -> concurrent.futures.Future[Any]:
-        """Run (or queue) a request, recording how long a successful call took for its model
-        (a call that only queued the request for its batch counts as free; failures are not
-        recorded)."""
-        timer = self.costs.timer
-        start = timer()
-        future = method.start(request)
-        call.future = future
-        if call.cancelled:
-            future.cancel()  # reset while it started: a queued request leaves its batch
-        if future.done():
-            if future.cancelled() or future.exception() is not None:
-                return future  # a fast failure says nothing of the model's cost
-            elapsed = timer() - start
-        else:
-            elapsed = 0.0  # only queued for its batch
-        self.costs.record(method.model(request), elapsed)
-        return future
 
     @staticmethod
     def _answer_of(future: concurrent.futures.Future[Any], call: Call, method: Inference) -> Any:
@@ -694,7 +628,6 @@ def start_h2_grpc_server(
 
 
 __all__ = [
-    "CallCosts",
     "GrpcHandler",
     "H2GrpcServer",
     "parse_timeout",
