@@ -271,6 +271,36 @@ def test_health_check(channel: grpc.Channel) -> None:
     assert code == grpc.StatusCode.NOT_FOUND
 
 
+@pytest.mark.parametrize("transport", sorted(TRANSPORTS))
+def test_health_watch(core: ServerCore, transport: str) -> None:
+    """Watch streams each change of readiness; a graceful stop reports NOT_SERVING and ends
+    the stream with OK."""
+    serving = health_pb2.HealthCheckResponse.SERVING
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    server = serve(ModelServing(core), transport, enable_health=True)
+    try:
+        with grpc.insecure_channel(f"localhost:{server.port}") as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            unknown = stub.Watch(health_pb2.HealthCheckRequest(service="nope"), timeout=TIMEOUT)
+            assert next(unknown).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            unknown.cancel()
+            watch = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=TIMEOUT)
+            assert next(watch).status == serving
+            server.set_serving_status(False)
+            assert next(watch).status == not_serving
+            check = stub.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
+            assert check.status == not_serving  # in force when set_serving_status returned
+            server.set_serving_status(True)
+            assert next(watch).status == serving
+            server.stop(TIMEOUT)  # returns once the calls in flight (the watch) have ended
+            assert next(watch).status == not_serving
+            with pytest.raises(StopIteration):
+                next(watch)
+            assert watch.code() == grpc.StatusCode.OK
+    finally:
+        server.stop(None)
+
+
 def _v2(channel: grpc.Channel, method: str) -> Any:
     return channel.unary_unary(
         f"/{SERVICE}/{method}",

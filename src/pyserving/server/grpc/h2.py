@@ -497,7 +497,6 @@ class GrpcHandler:
             self._answer(connection, stream, health.check(request).SerializeToString())
             return
         loop = self._loop
-        started = False
 
         def send(response: Any) -> None:  # on the loop
             if stream.cancelled or connection.transport is None:
@@ -507,20 +506,12 @@ class GrpcHandler:
             else:
                 connection.send_data(stream, framed(response.SerializeToString()))
 
-        def watcher(response: Any) -> None:  # any thread
-            if not started:
-                first.append(response)  # told at once, on the loop, inside watch()
-                return
+        def watcher(response: Any) -> None:  # any thread; the loop sends in order
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(send, response)
 
-        first: list[Any] = []
-        forget = health.watch(request, watcher)
-        started = True
-        stream.on_cancel.append(forget)
         connection.send_headers(stream, RESPONSE_HEADERS)
-        for response in first:
-            send(response)
+        stream.on_cancel.append(health.watch(request, watcher))
 
 
 class H2GrpcServer(LoopServer):
