@@ -249,7 +249,7 @@ class BoundModel:
     ``signature_def`` its SignatureDef. The hold ends once: when the run :meth:`predict`
     starts has answered, or, when :meth:`predict` is never called, on leaving the ``with``
     block (a failure raised inside it is counted as the request's failure). Used by one
-    thread at a time.
+    thread at a time; it references the servable, so drop it with the request.
     """
 
     def __init__(
