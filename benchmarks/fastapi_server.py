@@ -1,9 +1,17 @@
-"""The baseline: the FastAPI + uvicorn + TensorFlow server a user would write instead.
+"""The baseline: the FastAPI + uvicorn server a user would write instead, for a TensorFlow,
+ONNX or PyTorch model.
 
 ``python -m benchmarks.fastapi_server --port P --model_name NAME --model_base_path PATH``
 serves ``POST /v1/models/NAME:predict`` with TF Serving's row format (``{"instances": [...]}``
-in, ``{"predictions": [...]}`` out) for the newest version under ``PATH``, loaded with
-``tf.saved_model.load`` and called through its ``serving_default`` signature function.
+in, ``{"predictions": [...]}`` out) for the newest version under ``PATH``, run the way each
+runtime's documentation shows:
+
+* ``saved_model.pb``: loaded with ``tf.saved_model.load`` and called through its
+  ``serving_default`` signature function;
+* ``model.onnx``: an onnxruntime ``InferenceSession`` on the CPU provider (default session
+  options), ``session.run(None, {input: x})``;
+* ``model.pt2``: ``torch.export.load(...).module()`` called under ``torch.inference_mode()``
+  (default thread count), ``torch.from_numpy`` in, ``.numpy()`` out.
 
 It is written the straightforward way: a Pydantic request model, a plain ``def`` endpoint
 (FastAPI runs it on its thread pool, so the event loop is not blocked by the model), NumPy
@@ -19,6 +27,7 @@ import argparse
 import os
 import pathlib
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -39,19 +48,67 @@ def _latest_version(base_path: pathlib.Path) -> pathlib.Path:
     return versions[-1]
 
 
-def build_app(model_name: str, base_path: pathlib.Path) -> Any:
-    """The FastAPI application serving ``model_name`` from ``base_path``."""
-    import numpy as np
-    import tensorflow as tf
-    from fastapi import FastAPI, HTTPException
+#: ``run(x) -> {output name: array}``, the input's NumPy dtype.
+Runner = tuple[Callable[[Any], dict[str, Any]], Any]
 
-    version = _latest_version(base_path)
+
+def _tensorflow(version: pathlib.Path) -> Runner:
+    import tensorflow as tf
+
     model = tf.saved_model.load(str(version))
     predict_fn = model.signatures["serving_default"]
     _args, kwargs = predict_fn.structured_input_signature
     (input_name, input_spec), *_ = kwargs.items()
-    output_names = sorted(predict_fn.structured_outputs)
-    dtype = input_spec.dtype.as_numpy_dtype
+
+    def run(x: Any) -> dict[str, Any]:
+        outputs = predict_fn(**{input_name: tf.constant(x)})
+        return {name: value.numpy() for name, value in outputs.items()}
+
+    return run, input_spec.dtype.as_numpy_dtype
+
+
+def _onnx(version: pathlib.Path) -> Runner:
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    names = [o.name for o in session.get_outputs()]
+
+    def run(x: Any) -> dict[str, Any]:
+        return dict(zip(names, session.run(None, {input_name: x}), strict=True))
+
+    return run, np.float32
+
+
+def _torch(version: pathlib.Path) -> Runner:
+    import numpy as np
+    import torch
+
+    module = torch.export.load(str(version / "model.pt2")).module()
+
+    def run(x: Any) -> dict[str, Any]:
+        with torch.inference_mode():
+            result = module(torch.from_numpy(x))
+        if isinstance(result, dict):
+            return {name: value.numpy() for name, value in result.items()}
+        return {"output": result.numpy()}
+
+    return run, np.float32
+
+
+def build_app(model_name: str, base_path: pathlib.Path) -> Any:
+    """The FastAPI application serving ``model_name`` from ``base_path``."""
+    import numpy as np
+    from fastapi import FastAPI, HTTPException
+
+    version = _latest_version(base_path)
+    if (version / "model.onnx").is_file():
+        run, dtype = _onnx(version)
+    elif (version / "model.pt2").is_file():
+        run, dtype = _torch(version)
+    else:
+        run, dtype = _tensorflow(version)
 
     app = FastAPI()
 
@@ -71,10 +128,11 @@ def build_app(model_name: str, base_path: pathlib.Path) -> Any:
             x = np.asarray(request.instances, dtype=dtype)
         except (TypeError, ValueError) as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from None
-        outputs = predict_fn(**{input_name: tf.constant(x)})
+        outputs = run(x)
+        output_names = sorted(outputs)
         if len(output_names) == 1:
-            return {"predictions": outputs[output_names[0]].numpy().tolist()}
-        columns = {name: outputs[name].numpy().tolist() for name in output_names}
+            return {"predictions": outputs[output_names[0]].tolist()}
+        columns = {name: outputs[name].tolist() for name in output_names}
         rows = [
             dict(zip(columns, values, strict=True))
             for values in zip(*columns.values(), strict=True)

@@ -8,13 +8,16 @@ Each point: ``concurrency`` workers each send a request, wait for its answer and
 next one at once (closed loop), for ``warmup + duration`` seconds. Only requests that
 complete inside the ``duration`` window count towards QPS and latency; errors count over
 the whole point. The window's start and end are also where the server's CPU time is read
-(``/proc/<pid>/stat``) and this process's own CPU time, so CPU figures cover exactly the
-measured requests. The server's peak RSS (``VmHWM``) is read at the end of the point.
+(``/proc/<pid>/stat``, summed over the process and its descendants: a server with
+``--num_workers`` is a supervisor and its workers) and this process's own CPU time, so CPU
+figures cover exactly the measured requests. The server's peak RSS (``VmHWM``, of the
+process ``--server-pid`` names) is read at the end of the point.
 
 REST: a raw asyncio client on uvloop, one keep-alive HTTP/1.1 connection per worker, the
 request bytes built once, responses parsed by ``httptools`` (content-length and chunked
 bodies). gRPC (``--grpc-client raw``, the default): the same kind of client for HTTP/2
-(:mod:`benchmarks.h2grpc`), all workers sharing one connection (one stream per call), the
+(:mod:`benchmarks.h2grpc`), all workers sharing one connection (one stream per call; with
+``--grpc-connections N``, N connections, workers spread over them round-robin), the
 request serialized once; ``--grpc-client stub``: ``grpc.aio`` with the official
 ``PredictionService`` stub on one channel, as TF Serving clients do. The stub client costs
 ten times the CPU per call of the raw one, CPU the server then lacks on a shared machine.
@@ -413,13 +416,15 @@ def v2_grpc_request(payload: Payload) -> tuple[bytes, Callable[[bytes], str | No
 
 
 def grpc_raw_worker_factory(
-    host: str, port: int, payload: Payload, v2: bool = False
+    host: str, port: int, payload: Payload, v2: bool = False, connections: int = 1
 ) -> tuple[Callable[[PointState, float], Awaitable[None]], Callable[[], Awaitable[None]]]:
-    """Workers on one raw HTTP/2 connection (:mod:`benchmarks.h2grpc`), and a closer.
+    """Workers on raw HTTP/2 connections (:mod:`benchmarks.h2grpc`), and a closer.
 
-    All workers share the connection (one stream per call), as with the stub client's
-    channel; the request message is serialized once. ``v2``: V2's ModelInfer with raw
-    contents instead of Predict.
+    All workers share one connection (one stream per call), as with the stub client's
+    channel, or with ``connections`` > 1 are spread over that many round-robin (as many
+    clients would be; a server with ``--num_workers`` spreads connections, not streams);
+    the request message is serialized once. ``v2``: V2's ModelInfer with raw contents
+    instead of Predict.
     """
     from tensorflow_serving.apis import predict_pb2
 
@@ -440,22 +445,26 @@ def grpc_raw_worker_factory(
             return check(response)
 
         method = "/tensorflow.serving.PredictionService/Predict"
-    lock = asyncio.Lock()
-    conn: GrpcConnection | None = None
+    locks = [asyncio.Lock() for _ in range(max(1, connections))]
+    conns: list[GrpcConnection | None] = [None] * len(locks)
+    assigned = 0
 
-    async def connection() -> GrpcConnection:
-        nonlocal conn
-        async with lock:
+    async def connection(slot: int) -> GrpcConnection:
+        async with locks[slot]:
+            conn = conns[slot]
             if conn is None or not conn.usable:
-                conn = await GrpcConnection.open(host, port)
+                conn = conns[slot] = await GrpcConnection.open(host, port)
             return conn
 
     async def worker(state: PointState, deadline: float) -> None:
+        nonlocal assigned
+        slot = assigned % len(conns)
+        assigned += 1
         n = 0
         prepared: tuple[bytes, bytes] | None = None
         while time.perf_counter() < deadline:
             try:
-                c = await connection()
+                c = await connection(slot)
             except OSError as exc:
                 state.error(f"connect: {exc}")
                 await asyncio.sleep(0.01)
@@ -474,8 +483,9 @@ def grpc_raw_worker_factory(
             n = state.answered(n, start, end, check_raw, answer)
 
     async def close() -> None:
-        if conn is not None:
-            conn.close()
+        for conn in conns:
+            if conn is not None:
+                conn.close()
 
     return worker, close
 
@@ -515,12 +525,12 @@ async def run_point(
     await asyncio.sleep(max(0.0, state.window_start - time.perf_counter()))
     t0 = time.perf_counter()
     client0 = time.process_time()
-    server0 = procstat.cpu_seconds(server_pid) if server_pid else None
+    server0 = procstat.tree_cpu_seconds(server_pid) if server_pid else None
     machine = procstat.MachineCpu()
     await asyncio.sleep(max(0.0, state.window_end - time.perf_counter()))
     t1 = time.perf_counter()
     client1 = time.process_time()
-    server1 = procstat.cpu_seconds(server_pid) if server_pid else None
+    server1 = procstat.tree_cpu_seconds(server_pid) if server_pid else None
     machine_percent = machine.stop()
 
     _done, pending = await asyncio.wait(tasks, timeout=timeout)
@@ -574,11 +584,15 @@ async def run_points(args: argparse.Namespace) -> list[dict[str, Any]]:
         path = args.path or f"/v2/models/{payload.model_name}/infer"
         worker = rest_worker_factory(args.host, args.port, payload, path, v2=True)
     elif args.protocol == V2_GRPC:
-        worker, close = grpc_raw_worker_factory(args.host, args.port, payload, v2=True)
+        worker, close = grpc_raw_worker_factory(
+            args.host, args.port, payload, v2=True, connections=args.grpc_connections
+        )
     elif args.grpc_client == "stub":
         worker, close = grpc_stub_worker_factory(args.host, args.port, payload)
     else:
-        worker, close = grpc_raw_worker_factory(args.host, args.port, payload)
+        worker, close = grpc_raw_worker_factory(
+            args.host, args.port, payload, connections=args.grpc_connections
+        )
     points = []
     try:
         for concurrency in args.concurrency:
@@ -623,6 +637,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("raw", "stub"),
         default="raw",
         help="gRPC client: raw HTTP/2 frames (default) or the official grpcio stubs",
+    )
+    parser.add_argument(
+        "--grpc-connections",
+        type=int,
+        default=1,
+        help="raw gRPC client: connections the workers are spread over (default 1)",
     )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)

@@ -14,7 +14,17 @@ Two workloads:
   done once into a cache directory (in a subprocess, so the caller need not import
   TensorFlow) and reused while its spec is unchanged.
 
-Run ``python -m benchmarks.models export DIR`` to export the MLP into ``DIR/1``.
+Other platforms (``--workloads`` of ``benchmarks.run``; not in its default run):
+
+- ``mlp_onnx`` / ``mlp_torch``: the same MLP (same weights, same answers) as ``model.onnx``
+  (a MatMul/Add/Relu graph, opset 17, dynamic batch) and as ``model.pt2``
+  (``torch.export``, dynamic batch), input ``x``, output ``y``;
+- ``iris_onnx`` / ``iris_torch``: an MLP of the shape of the iris example
+  (``examples/platforms.py``'s PyTorch model: 4 -> 16 -> 3, ReLU), seeded weights, one row of
+  iris measurements in, three scores out: serving overhead for those runtimes.
+
+Run ``python -m benchmarks.models export DIR [--format tensorflow|onnx|pytorch]
+[--layers 512,2048,2048,512]`` to export an MLP into ``DIR/1``.
 """
 
 from __future__ import annotations
@@ -47,6 +57,21 @@ TESTDATA = pathlib.Path(
 MLP_LAYERS = (512, 2048, 2048, 512)
 #: Seed of the MLP's weights and of its request row.
 MLP_SEED = 20240611
+#: Layer widths of the iris-sized MLP (the shape of ``examples/platforms.py``'s iris MLP).
+IRIS_LAYERS = (4, 16, 3)
+#: One iris row (setosa).
+IRIS_ROW = (5.1, 3.5, 1.4, 0.2)
+#: Workloads of other platforms: name -> (format, layer widths).
+PLATFORM_WORKLOADS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "mlp_onnx": ("onnx", MLP_LAYERS),
+    "mlp_torch": ("pytorch", MLP_LAYERS),
+    "iris_onnx": ("onnx", IRIS_LAYERS),
+    "iris_torch": ("pytorch", IRIS_LAYERS),
+}
+#: Every workload name.
+WORKLOADS = ("half_plus_two", "mlp", *PLATFORM_WORKLOADS)
+#: The file each export format writes into the version directory.
+FORMAT_FILES = {"tensorflow": "saved_model.pb", "onnx": "model.onnx", "pytorch": "model.pt2"}
 #: The MLP's version directory name under its base path.
 MLP_VERSION = "1"
 _SPEC_FILE = "benchmark_spec.json"
@@ -116,11 +141,11 @@ def half_plus_two(models_dir: pathlib.Path) -> Workload:
     return Workload("half_plus_two", base, "x", "y", x, x * 0.5 + 2.0)
 
 
-def mlp_weights() -> list[tuple[np.ndarray, np.ndarray]]:
-    """The MLP's (weight, bias) per layer: He-normal weights, small biases, fixed seed."""
+def mlp_weights(widths: tuple[int, ...] = MLP_LAYERS) -> list[tuple[np.ndarray, np.ndarray]]:
+    """An MLP's (weight, bias) per layer: He-normal weights, small biases, fixed seed."""
     rng = np.random.RandomState(MLP_SEED)
     layers = []
-    for fan_in, fan_out in itertools.pairwise(MLP_LAYERS):
+    for fan_in, fan_out in itertools.pairwise(widths):
         w = (rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
         b = (rng.standard_normal(fan_out) * 0.01).astype(np.float32)
         layers.append((w, b))
@@ -142,9 +167,96 @@ def mlp_parameters() -> int:
     return sum(a * b + b for a, b in itertools.pairwise(MLP_LAYERS))
 
 
-def _spec_digest() -> str:
-    text = json.dumps({"layers": MLP_LAYERS, "seed": MLP_SEED, "format": 1})
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def _spec_digest(fmt: str = "tensorflow", widths: tuple[int, ...] = MLP_LAYERS) -> str:
+    spec: dict[str, Any] = {"layers": widths, "seed": MLP_SEED, "format": 1}
+    if fmt != "tensorflow":
+        spec["runtime"] = fmt
+    return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]
+
+
+def _publish(base_path: pathlib.Path, write: Any, fmt: str, widths: tuple[int, ...]) -> None:
+    """``write(staging_dir)`` into a staging directory, then rename it to the version."""
+    base_path.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=".export-", dir=base_path))
+    try:
+        write(staging)
+        target = base_path / MLP_VERSION
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    (base_path / _SPEC_FILE).write_text(json.dumps({"digest": _spec_digest(fmt, widths)}))
+
+
+def export_onnx(base_path: pathlib.Path, widths: tuple[int, ...] = MLP_LAYERS) -> None:
+    """Export the MLP of ``widths`` as ``base_path/1/model.onnx`` (imports onnx)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    layers = mlp_weights(widths)
+    nodes, initializers = [], []
+    h = "x"
+    for i, (w, b) in enumerate(layers):
+        initializers += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes.append(helper.make_node("MatMul", [h, f"w{i}"], [f"m{i}"]))
+        out = "y" if i == len(layers) - 1 else f"h{i}"
+        nodes.append(helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}" if out != "y" else "y"]))
+        if out != "y":
+            nodes.append(helper.make_node("Relu", [f"a{i}"], [out]))
+        h = out
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", widths[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", widths[-1]])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    _publish(
+        base_path,
+        lambda d: (d / "model.onnx").write_bytes(model.SerializeToString()),
+        "onnx",
+        widths,
+    )
+
+
+def export_torch(base_path: pathlib.Path, widths: tuple[int, ...] = MLP_LAYERS) -> None:
+    """Export the MLP of ``widths`` with ``torch.export`` as ``base_path/1/model.pt2``
+    (dynamic batch; imports torch)."""
+    import torch
+
+    layers = mlp_weights(widths)
+
+    class Mlp(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linears = torch.nn.ModuleList()
+            for w, b in layers:
+                linear = torch.nn.Linear(w.shape[0], w.shape[1])
+                with torch.no_grad():
+                    linear.weight.copy_(torch.from_numpy(w.T.copy()))
+                    linear.bias.copy_(torch.from_numpy(b))
+                self.linears.append(linear)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            h = x
+            for i, linear in enumerate(self.linears):
+                h = linear(h)
+                if i < len(self.linears) - 1:
+                    h = torch.relu(h)
+            return {"y": h}
+
+    model = Mlp().eval()
+    example = torch.zeros(2, widths[0])
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}})
+    _publish(
+        base_path, lambda d: torch.export.save(program, str(d / "model.pt2")), "pytorch", widths
+    )
 
 
 def export_mlp(base_path: pathlib.Path) -> None:
@@ -184,23 +296,34 @@ def export_mlp(base_path: pathlib.Path) -> None:
     (base_path / _SPEC_FILE).write_text(json.dumps({"digest": _spec_digest()}))
 
 
-def ensure_mlp(base_path: pathlib.Path) -> pathlib.Path:
-    """Export the MLP into ``base_path`` unless an export of the same spec is there already.
+def ensure_mlp(
+    base_path: pathlib.Path, fmt: str = "tensorflow", widths: tuple[int, ...] = MLP_LAYERS
+) -> pathlib.Path:
+    """Export the MLP of ``widths`` in ``fmt`` into ``base_path`` unless an export of the
+    same spec is there already.
 
     The export runs in a subprocess (``python -m benchmarks.models export``) so that this
-    process does not import TensorFlow. Returns ``base_path``.
+    process does not import TensorFlow (or onnx, torch). Returns ``base_path``.
     """
     spec = base_path / _SPEC_FILE
-    done = (base_path / MLP_VERSION / "saved_model.pb").is_file()
+    done = (base_path / MLP_VERSION / FORMAT_FILES[fmt]).is_file()
     if done and spec.is_file():
         try:
-            if json.loads(spec.read_text()).get("digest") == _spec_digest():
+            if json.loads(spec.read_text()).get("digest") == _spec_digest(fmt, widths):
                 return base_path
         except (OSError, ValueError):
             pass
     root = pathlib.Path(__file__).resolve().parents[1]
     subprocess.run(
-        [sys.executable, "-m", "benchmarks.models", "export", str(base_path)],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.models",
+            "export",
+            str(base_path),
+            f"--format={fmt}",
+            f"--layers={','.join(map(str, widths))}",
+        ],
         check=True,
         cwd=root,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
@@ -218,16 +341,51 @@ def mlp(base_path: pathlib.Path) -> Workload:
     return Workload("mlp", base_path, "x", "y", x, expected, rtol=1e-3, atol=1e-3)
 
 
+def platform_workload(name: str, models_dir: pathlib.Path) -> Workload:
+    """A workload of :data:`PLATFORM_WORKLOADS` (exported into ``models_dir/name`` if
+    needed) with one request row: random for the big MLP, :data:`IRIS_ROW` for the iris-sized
+    one."""
+    fmt, widths = PLATFORM_WORKLOADS[name]
+    base = ensure_mlp(models_dir / name, fmt, widths)
+    if widths == IRIS_LAYERS:
+        x = np.array([IRIS_ROW], dtype=np.float32)
+    else:
+        rng = np.random.RandomState(MLP_SEED + 1)
+        x = np.round(rng.uniform(-1.0, 1.0, (1, widths[0])), 3).astype(np.float32)
+    expected = mlp_forward(x, mlp_weights(widths))
+    return Workload(name, base, "x", "y", x, expected, rtol=1e-3, atol=1e-3)
+
+
+def workload(name: str, models_dir: pathlib.Path) -> Workload:
+    """The workload ``name`` (one of :data:`WORKLOADS`), its model exported under
+    ``models_dir`` when needed."""
+    if name == "half_plus_two":
+        return half_plus_two(models_dir)
+    if name == "mlp":
+        return mlp(models_dir / "mlp")
+    return platform_workload(name, models_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m benchmarks.models export DIR``."""
+    """``python -m benchmarks.models export DIR [--format F] [--layers W,...]``."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.models")
     sub = parser.add_subparsers(dest="command", required=True)
-    export = sub.add_parser("export", help="export the MLP into DIR/1")
+    export = sub.add_parser("export", help="export an MLP into DIR/1")
     export.add_argument("dir", type=pathlib.Path)
+    export.add_argument("--format", choices=sorted(FORMAT_FILES), default="tensorflow")
+    export.add_argument("--layers", default=",".join(map(str, MLP_LAYERS)))
     args = parser.parse_args(argv)
     if args.command == "export":
-        export_mlp(args.dir.resolve())
-        print(f"exported the MLP ({mlp_parameters():,} parameters) to {args.dir / MLP_VERSION}")
+        widths = tuple(int(w) for w in args.layers.split(","))
+        if args.format == "onnx":
+            export_onnx(args.dir.resolve(), widths)
+        elif args.format == "pytorch":
+            export_torch(args.dir.resolve(), widths)
+        elif widths != MLP_LAYERS:
+            parser.error("the TensorFlow export has the MLP's layers only")
+        else:
+            export_mlp(args.dir.resolve())
+        print(f"exported a {args.format} MLP {widths} to {args.dir / MLP_VERSION}")
     return 0
 
 

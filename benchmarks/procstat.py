@@ -19,6 +19,39 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (``/proc/<pid>/task/<tid>/children``), parents
+    first: a server with ``--num_workers`` is its supervisor and the workers."""
+    found = [pid]
+    index = 0
+    while index < len(found):
+        current = found[index]
+        index += 1
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{current}/task/{tid}/children") as f:
+                    found.extend(int(child) for child in f.read().split())
+            except OSError:
+                continue
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants (see
+    :func:`process_tree`); a process that exits in between counts as 0."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            total += cpu_seconds(member)
+        except OSError:
+            continue
+    return total
+
+
 def memory_bytes(pid: int) -> dict[str, int]:
     """``VmHWM`` (peak resident set size) and ``VmRSS`` from ``/proc/<pid>/status``, bytes."""
     result = {"VmHWM": 0, "VmRSS": 0}

@@ -16,6 +16,8 @@ from typing import Any
 
 #: Concurrency at which the latency targets are checked.
 LATENCY_CONCURRENCY = 1
+#: Concurrency at which REST's server CPU per request is held to gRPC's.
+REST_CPU_CONCURRENCY = 32
 #: Concurrency at which the batching targets are checked.
 BATCHING_CONCURRENCY = 32
 #: In-process batch size the batched throughput is compared with.
@@ -163,6 +165,66 @@ def _v2_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return targets
 
 
+#: The other platforms' workloads held to the platform targets (see :func:`_platform_targets`).
+PLATFORM_WORKLOADS = ("iris_onnx", "iris_torch", "mlp_onnx", "mlp_torch")
+#: pyserving's REST p50 at concurrency 1 at most this fraction of the FastAPI baseline's.
+PLATFORM_P50_BOUND = 0.7
+
+
+def _platform_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ONNX and PyTorch workloads' targets, for those measured in this run: REST p50 at
+    concurrency 1 at most 0.7 x FastAPI's, gRPC p50 below REST's, and QPS at concurrency 32
+    with batching at least 2 x without (REST and gRPC)."""
+    measured = {run["workload"] for run in results.get("runs", [])}
+    targets = []
+    c1, cb = LATENCY_CONCURRENCY, BATCHING_CONCURRENCY
+    for workload in (w for w in PLATFORM_WORKLOADS if w in measured):
+        rest = _p50(find_point(results, workload, PYSERVING, "rest", c1))
+        fastapi = _p50(find_point(results, workload, FASTAPI, "rest", c1))
+        grpc = _p50(find_point(results, workload, PYSERVING, "grpc", c1))
+        targets.append(
+            _target(
+                f"{workload}_rest_p50_vs_fastapi",
+                f"{workload}, concurrency {c1}: pyserving REST p50 / FastAPI baseline p50",
+                _ratio(rest, fastapi),
+                "<=",
+                PLATFORM_P50_BOUND,
+                rest,
+                fastapi,
+                "ms",
+            )
+        )
+        targets.append(
+            _target(
+                f"{workload}_grpc_p50_vs_rest",
+                f"{workload}, concurrency {c1}: pyserving gRPC p50 / pyserving REST p50",
+                _ratio(grpc, rest),
+                "<",
+                1.0,
+                grpc,
+                rest,
+                "ms",
+            )
+        )
+        for protocol in ("rest", "grpc"):
+            batched = _qps(find_point(results, workload, PYSERVING_BATCHING, protocol, cb))
+            unbatched = _qps(find_point(results, workload, PYSERVING, protocol, cb))
+            targets.append(
+                _target(
+                    f"{workload}_batched_vs_unbatched_{protocol}",
+                    f"{workload}, concurrency {cb}, {PROTOCOL_NAMES[protocol]}: pyserving "
+                    "with batching QPS / without",
+                    _ratio(batched, unbatched),
+                    ">=",
+                    2.0,
+                    batched,
+                    unbatched,
+                    "rows/s",
+                )
+            )
+    return targets
+
+
 def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets as ratios measured in this run (``met`` is None when not measured)."""
     targets = []
@@ -182,16 +244,37 @@ def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "ms",
         )
     )
+    # REST as cheap as gRPC: REST's latency and server CPU per request held to gRPC's,
+    # measured in the same server.
     targets.append(
         _target(
-            "grpc_p50_vs_rest",
-            f"half_plus_two, concurrency {c1}: pyserving gRPC p50 / pyserving REST p50",
-            _ratio(grpc, rest),
-            "<",
-            1.0,
-            grpc,
+            "rest_p50_vs_grpc",
+            f"half_plus_two, concurrency {c1}: pyserving REST p50 / pyserving gRPC p50",
+            _ratio(rest, grpc),
+            "<=",
+            1.2,
             rest,
+            grpc,
             "ms",
+        )
+    )
+    rest_cpu = _server_us(
+        find_point(results, "half_plus_two", PYSERVING, "rest", REST_CPU_CONCURRENCY)
+    )
+    grpc_cpu = _server_us(
+        find_point(results, "half_plus_two", PYSERVING, "grpc", REST_CPU_CONCURRENCY)
+    )
+    targets.append(
+        _target(
+            "rest_cpu_vs_grpc",
+            f"half_plus_two, concurrency {REST_CPU_CONCURRENCY}: pyserving REST server CPU per "
+            "request / gRPC's",
+            _ratio(rest_cpu, grpc_cpu),
+            "<=",
+            1.3,
+            rest_cpu,
+            grpc_cpu,
+            "us",
         )
     )
     targets.extend(_v2_targets(results))
@@ -226,6 +309,7 @@ def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "rows/s",
             )
         )
+    targets.extend(_platform_targets(results))
     failing = [
         f"{run['workload']}/{run['server']}/{run['protocol']}@{point['concurrency']}: "
         f"{point['errors']}"

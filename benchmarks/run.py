@@ -11,7 +11,12 @@ One run, in this order (nothing heavy ever runs at the same time as a measuremen
    ``pyserving`` (default flags),
    ``pyserving-batching`` (``mlp`` only; see :data:`BATCHING_PARAMETERS`), each also as
    ``...-grpcio`` (gRPC only, ``--grpc_frontend=grpcio``), and ``fastapi`` (REST only);
-3. the in-process limit of each workload.
+3. the in-process limit of each TensorFlow workload.
+
+``--workloads`` also takes the other platforms' workloads (``mlp_onnx``, ``mlp_torch``,
+``iris_onnx``, ``iris_torch``; see :mod:`benchmarks.models`): each is measured as ``mlp``
+is (``pyserving``, ``pyserving-batching``, ``fastapi`` serving the same ``model.onnx`` or
+``model.pt2``), without an in-process limit.
 
 It prints a table and the targets' ratios and writes ``bench-<stamp>.json`` and
 ``bench-<stamp>.png`` (and the servers' logs) into the output directory. The MLP is exported
@@ -55,6 +60,10 @@ GRPC_STUB = "grpc-stub"
 PROTOCOLS = ("rest", "grpc", "v2-rest", "v2-grpc")
 
 DEFAULT_CONCURRENCY = (1, 8, 32, 64)
+#: Workloads also measured with batching.
+BATCHED_WORKLOADS = frozenset({"mlp", *models.PLATFORM_WORKLOADS})
+#: Workloads whose in-process limit is measured (``benchmarks.inprocess`` runs SavedModels).
+INPROCESS_WORKLOADS = frozenset({"half_plus_two", "mlp"})
 QUICK_CONCURRENCY = (1, 2)
 
 
@@ -80,7 +89,7 @@ def server_configs(
     grpcio = ("--grpc_frontend=grpcio",)
     if "grpc" in protocols and args.grpcio:
         configs.append(ServerConfig(report.PYSERVING_GRPCIO, "pyserving", ("grpc",), grpcio))
-    if workload == "mlp" and args.batching:
+    if workload in BATCHED_WORKLOADS and args.batching:
         batching = ("--enable_batching", f"--batching_parameters_file={batching_file}")
         configs.append(ServerConfig(report.PYSERVING_BATCHING, "pyserving", protocols, batching))
         if "grpc" in protocols and args.grpcio:
@@ -108,7 +117,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=None, help="unmeasured seconds per point")
     parser.add_argument("--out", type=pathlib.Path, default=servers.ROOT / "benchmarks" / "results")
     parser.add_argument("--concurrency", default=None, help="comma list (default 1,8,32,64)")
-    parser.add_argument("--workloads", default=None, help="half_plus_two,mlp")
+    parser.add_argument(
+        "--workloads",
+        default=None,
+        help=f"comma list of {', '.join(models.WORKLOADS)} (default half_plus_two,mlp)",
+    )
     parser.add_argument(
         "--protocols",
         default=",".join(PROTOCOLS),
@@ -162,7 +175,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.chart = True
     if args.retries is None:
         args.retries = 0 if quick else 2
-    unknown = set(args.workloads) - {"half_plus_two", "mlp"}
+    unknown = set(args.workloads) - set(models.WORKLOADS)
     if unknown:
         parser.error(f"unknown workloads: {sorted(unknown)}")
     if set(args.protocols) - set(PROTOCOLS) or not args.protocols:
@@ -383,12 +396,8 @@ def main(argv: list[str] | None = None) -> int:
 
     workloads: list[models.Workload] = []
     for name in args.workloads:
-        if name == "half_plus_two":
-            workloads.append(models.half_plus_two(models_dir))
-            _say(f"half_plus_two model: {workloads[-1].base_path}")
-        else:
-            _say(f"MLP model: {models_dir / 'mlp'} (exported once, then reused)")
-            workloads.append(models.mlp(models_dir / "mlp"))
+        workloads.append(models.workload(name, models_dir))
+        _say(f"{name} model: {workloads[-1].base_path} (exported once, then reused)")
     results["meta"]["models"] = {w.name: str(w.base_path) for w in workloads}
     payloads = {}
     for workload in workloads:
@@ -471,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
                 run["exit_status"] = status
 
     if args.inprocess:
-        for workload in workloads:
+        for workload in (w for w in workloads if w.name in INPROCESS_WORKLOADS):
             _say(f"{workload.name}: in-process limit")
             wait_quiet()
             results["inprocess"][workload.name] = measure_quietly(

@@ -4,7 +4,8 @@ Run as ``python tests/smoke.py`` from the repository root with any interpreter p
 supports (CI runs it on the newest one, in a virtual environment holding only
 ``pip install .``). It starts ``python -m pyserving`` on the bundled flowers model on free
 loopback ports, then checks ``--help`` and ``--version``, REST status, list and predict,
-and a gRPC Predict through the official ``tensorflow-serving-api`` stubs, and stops the
+a gRPC Predict through the official ``tensorflow-serving-api`` stubs and the dashboard's
+page and state (its files are package data), and stops the
 server with SIGTERM. Exit status 0 when every check passed; each failure is printed.
 """
 
@@ -40,6 +41,11 @@ def _http(url: str, body: bytes | None = None) -> tuple[int, dict]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return response.status, response.read()
 
 
 def _wait_ready(process: subprocess.Popen[bytes], url: str, deadline_s: float) -> None:
@@ -103,6 +109,19 @@ def main() -> int:
             status, missing = _http(f"{base}/nope")
             check("REST unknown model is 404", lambda: status == 404 and "nope" in missing["error"])
             check("gRPC Predict", lambda: _grpc_predict(grpc_port) == [0, 2])
+            dashboard = f"http://127.0.0.1:{rest_port}/dashboard/"
+            check(
+                "dashboard page and its assets (package data installed)",
+                lambda: all(
+                    _get(dashboard + path)[0] == 200 and _get(dashboard + path)[1]
+                    for path in ("", "static/dashboard.js", "static/dashboard.css")
+                ),
+            )
+            status, state = _http(dashboard + "api/state")
+            check(
+                "dashboard state",
+                lambda: status == 200 and [m["name"] for m in state["models"]] == ["flowers"],
+            )
         except Exception as exc:
             failures.append(f"server: {exc}")
             print(f"FAIL  server: {exc}", flush=True)

@@ -283,3 +283,26 @@ def test_smoke_script_passes_on_this_interpreter() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 check(s) failed" in result.stdout
+
+
+def test_num_workers_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker binds with SO_REUSEPORT, gets an N-th of the memory budget and a model set
+    no request can change; without --num_workers nothing of this applies."""
+    from pyserving.server.app import server_options_from_flags
+
+    base = ["--model_base_path=/models/m", "--model_memory_budget_bytes=1000"]
+    plain = server_options_from_flags(parse_flags(base))
+    assert not plain.reuse_port and plain.worker_index is None
+    assert plain.core.fixed_model_set == ""
+    assert plain.core.manager.resource_budget is not None
+    assert plain.core.manager.resource_budget.ram_bytes == 1000
+    monkeypatch.setenv("PYSERVING_WORKER", "1")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/tmp/metrics")
+    worker = server_options_from_flags(parse_flags([*base, "--num_workers=3"]))
+    assert worker.reuse_port and worker.worker_index == 1
+    assert worker.metrics_multiprocess_dir == "/tmp/metrics"
+    assert worker.core.manager.resource_budget is not None
+    assert worker.core.manager.resource_budget.ram_bytes == 333
+    assert worker.core.fixed_model_set.startswith("--num_workers=3: ")
+    with pytest.raises(UsageError, match="--num_workers must be at least 1, not 0"):
+        server_options_from_flags(parse_flags([*base, "--num_workers=0"]))

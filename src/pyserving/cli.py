@@ -5,6 +5,9 @@ usage and exits with status 1. ``--help`` prints the flags and ``--version`` the
 both without importing TensorFlow. Every TF Serving flag is accepted (the table is in
 :mod:`pyserving.flags`); those pyserving does not act on yet are listed once at start-up.
 
+With ``--num_workers=N`` (N > 1) the command supervises N server processes instead of
+serving itself (:mod:`pyserving.server.workers`).
+
 ``pyserving inspect PATH`` is a sub-command: it prints what a SavedModel (or a versioned base
 path) contains, like ``saved_model_cli show --all``.
 """
@@ -70,6 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if flags.version:
         sys.stdout.write(version_text())
         return 0
+    from pyserving.server.workers import supervise, watch_parent, worker_index
+
+    if worker_index() is not None:
+        watch_parent()
+    elif flags.num_workers > 1:
+        return supervise(flags, args)
     _import_tensorflow_for_serving()
     from pyserving.server.app import run_server, server_options_from_flags
 

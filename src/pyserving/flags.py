@@ -198,11 +198,25 @@ FLAGS: tuple[Flag, ...] = (
         "pyserving: PEM CA certificates; REST clients must present a certificate they signed",
     ),
     Flag(
+        "num_workers",
+        int,
+        1,
+        "pyserving: serving processes sharing the gRPC and REST ports (SO_REUSEPORT), each "
+        "loading every model, restarted by the parent when one dies; the memory budget "
+        "counts N copies",
+    ),
+    Flag(
         "model_cache_dir",
         str,
         "",
         "pyserving: where versions of models in object stores (s3://, gs://, az://) are "
         "copied before loading (default: <temp dir>/pyserving-model-cache)",
+    ),
+    Flag(
+        "dashboard",
+        bool,
+        True,
+        "pyserving: serve the live dashboard at /dashboard on the REST port",
     ),
 )
 

@@ -21,7 +21,7 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 
-from pyserving.core.loader import estimate_from_disk
+from pyserving.core.loader import ResourceEstimate, estimate_from_disk
 from pyserving.errors import (
     DataLoss,
     FailedPrecondition,
@@ -35,6 +35,7 @@ from pyserving.platforms.tensorflow import (
     SavedModelServable,
     read_saved_model,
 )
+from pyserving.platforms.tensorflow.loader import SAVED_MODEL_OVERHEAD
 
 X = np.array([[2.0], [3.0], [4.0]], dtype=np.float32)
 
@@ -460,11 +461,11 @@ def test_corrupt_variables_fail_to_load(testdata: pathlib.Path, tmp_path: pathli
 # -------------------------------------------------------------------------- lifecycle
 
 
-def test_estimate_is_cached_from_disk(testdata: pathlib.Path) -> None:
+def test_estimate_is_cached_from_disk_plus_the_overhead(testdata: pathlib.Path) -> None:
     path = testdata / "saved_model_half_plus_two_cpu" / "00000123"
     loader = SavedModelLoader(str(path))
     first = loader.estimate_resources()
-    assert first == estimate_from_disk(path)
+    assert first == estimate_from_disk(path) + ResourceEstimate(ram_bytes=SAVED_MODEL_OVERHEAD)
     assert first.ram_bytes > 0
     assert loader.estimate_resources() is first
 

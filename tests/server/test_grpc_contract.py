@@ -36,10 +36,10 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from pyserving.core.clock import ManualClock
 from pyserving.core.manager import ManagerOptions
+from pyserving.server.call_costs import CallCosts
 from pyserving.server.core import ServerCore, ServerCoreOptions
 from pyserving.server.grpc import GrpcServerOptions, start_grpc_server
 from pyserving.server.grpc.aio import AsyncGrpcServer, start_aio_grpc_server
-from pyserving.server.grpc.calls import CallCosts
 from pyserving.server.grpc.h2 import H2GrpcServer, start_h2_grpc_server
 from pyserving.server.loop_server import LOOP_THREAD_NAME, LoopServer
 from pyserving.server.service import ModelServing

@@ -35,9 +35,9 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from pyserving.core.clock import ManualClock
 from pyserving.core.manager import ManagerOptions
+from pyserving.server.call_costs import CallCosts
 from pyserving.server.core import ServerCore, ServerCoreOptions
 from pyserving.server.grpc import GrpcServerOptions, start_grpc_server, uses_grpcio
-from pyserving.server.grpc.calls import CallCosts
 from pyserving.server.grpc.h2 import (
     GrpcHandler,
     H2GrpcServer,

@@ -9,7 +9,7 @@ import pytest
 
 from pyserving.core.manager import AspiredVersionsManager, ManagerOptions
 from pyserving.core.source import ServableData, ServableId
-from pyserving.server.logs import JsonFormatter, log_transition
+from pyserving.server.logs import JsonFormatter, configure_logging, log_transition
 from tests.core.fakes import FakeLoader
 
 
@@ -38,3 +38,20 @@ def test_every_transition_is_one_structured_record(caplog: pytest.LogCaptureFixt
     assert available["duration_s"] is not None and available["model"] == "m"
     failed = next(x for x in lines if x["version"] == 2 and x["state"] == "END")
     assert failed["level"] == "ERROR" and "injected failure" in failed["error"]
+
+
+def test_a_worker_marks_its_lines() -> None:
+    """With --num_workers, each worker's records say which worker wrote them."""
+    record = logging.LogRecord("pyserving", logging.INFO, __file__, 1, "hello", None, None)
+    assert json.loads(JsonFormatter(1).format(record))["worker"] == 1
+    assert "worker" not in json.loads(JsonFormatter().format(record))
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("text", 3)
+        assert root.handlers[0].format(record).endswith(" I worker-3 pyserving] hello")
+        configure_logging("text")
+        assert root.handlers[0].format(record).endswith(" I pyserving] hello")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)

@@ -528,12 +528,14 @@ def test_sparse_mirror_has_the_listed_names_and_sizes() -> None:
 
 def test_estimate_from_the_listing_is_the_platforms_own(tmp_path: pathlib.Path) -> None:
     """Before anything is copied, a remote version is estimated as its platform's loader
-    would estimate the local copy: SavedModel 1.2 x the files; TFLite per interpreter;
+    would estimate the local copy: SavedModel 1.2 x the files plus its overhead; TFLite per
+    interpreter;
     sklearn with its overhead."""
     from tensorflow_serving.config import model_server_config_pb2
 
     from pyserving.core.source import ServableId
     from pyserving.platforms.registry import PlatformOptions, get_platform
+    from pyserving.platforms.tensorflow.loader import SAVED_MODEL_OVERHEAD
     from pyserving.server.core import ServerCore, ServerCoreOptions
 
     def version(files: tuple[tuple[str, int], ...]) -> RemoteVersion:
@@ -549,7 +551,9 @@ def test_estimate_from_the_listing_is_the_platforms_own(tmp_path: pathlib.Path) 
     tflite = version((("model.tflite", 1000), ("saved_model.pb", 5000)))
     sklearn = version((("model.joblib", 4096),))
     with ServerCore(ServerCoreOptions(prefer_tflite_model=True, num_tflite_pools=2)) as core:
-        assert core._remote_estimate(model(), id, saved) == ResourceEstimate(ram_bytes=1228)
+        assert core._remote_estimate(model(), id, saved) == ResourceEstimate(
+            ram_bytes=1228 + SAVED_MODEL_OVERHEAD
+        )
         assert core._remote_estimate(model("tensorflow"), id, tflite) == ResourceEstimate(
             ram_bytes=2400
         )

@@ -410,6 +410,26 @@ def _instances_fast(
     return result
 
 
+_DT_INVALID = 0
+_DT_FLOAT = 1
+
+
+def _dtypes_from_values(body: Any, dtypes: dict[str, int]) -> dict[str, int]:
+    """``dtypes`` with each ``DT_INVALID`` replaced by the dtype of the body's values for that
+    input (DT_FLOAT when the body gives none)."""
+    from pyserving.platforms.generic import request_signature
+
+    found = request_signature(body).inputs
+    if len(dtypes) == 1 and "inputs" in found and len(found) == 1:
+        found = {next(iter(dtypes)): found["inputs"]}
+    return {
+        alias: (found[alias].dtype if alias in found else _DT_FLOAT)
+        if dtype == _DT_INVALID
+        else dtype
+        for alias, dtype in dtypes.items()
+    }
+
+
 def parse_predict_request(
     body: Any, signature_def: meta_graph_pb2.SignatureDef
 ) -> tuple[JsonFormat, dict[str, np.ndarray]]:
@@ -418,7 +438,10 @@ def parse_predict_request(
     ``{"instances": [...]}`` is the row format: one entry per batch item (each an object
     naming every input when the signature has several inputs); the arrays get a leading batch
     dimension. ``{"inputs": value | {name: value}}`` is the columnar format: each value is the
-    whole tensor. Dtypes come from the signature's TensorInfo.
+    whole tensor. Dtypes come from the signature's TensorInfo; an input of dtype
+    ``DT_INVALID`` (a model that declares none) takes the dtype its JSON values read as
+    (strings and ``b64`` DT_STRING, any float DT_FLOAT, only booleans DT_BOOL, integers
+    DT_INT64).
 
     Returns:
         ``("row" | "columnar", {input alias: array})``.
@@ -433,6 +456,8 @@ def parse_predict_request(
         raise InvalidArgument(
             f"Failed to get input map for signature: {signature_name or 'DEFAULT'}"
         )
+    if _DT_INVALID in dtypes.values():
+        dtypes = _dtypes_from_values(body, dtypes)
     has_instances, has_inputs = "instances" in body, "inputs" in body
     if has_instances and has_inputs:
         raise format_error(

@@ -53,6 +53,7 @@ import itertools
 import json
 import math
 import re
+import struct
 from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
@@ -1058,7 +1059,67 @@ def _nest(texts: list[str], shape: tuple[int, ...]) -> list[str]:
     return level
 
 
+_FLOAT32 = struct.Struct("f")
+
+
+def _to_float32(value: float) -> float:
+    """``value`` rounded to float32 by C's conversion (to nearest, ties to even)."""
+    try:
+        result: float = _FLOAT32.unpack(_FLOAT32.pack(value))[0]
+    except OverflowError:  # beyond the largest float32: rounds to infinity
+        return math.copysign(math.inf, value)
+    return result
+
+
+def single_text(value: float) -> str:
+    """:func:`tf_float_text` of a float32 value, without numpy: ``%g``, read back as a
+    double and then rounded to float32 by C (exact unless that double lies halfway between
+    two float32 values, when the exact :func:`_strtof` decides), else ``%.9g``."""
+    if value != value:
+        return "NaN"
+    if value in (math.inf, -math.inf):
+        return "-Infinity" if value < 0 else "Infinity"
+    text = f"{value:g}"
+    back = float(text)
+    if back != value:
+        rounded = _to_float32(back)
+        if rounded != back:
+            # Halfway between ``rounded`` and its neighbour: ``2 * back - rounded`` (exact)
+            # is that neighbour, a float32 value.
+            other = 2.0 * back - rounded
+            if _to_float32(other) == other:
+                rounded = _strtof(text)
+        if rounded != value:
+            text = f"{value:.9g}"
+    if "." not in text and "e" not in text:
+        text += ".0"
+    return text
+
+
+def double_text(value: float) -> str:
+    """:func:`tf_float_text` of a double: ``%g`` if it reads back as ``value``, else
+    ``%.17g``."""
+    if value != value:
+        return "NaN"
+    if value in (math.inf, -math.inf):
+        return "-Infinity" if value < 0 else "Infinity"
+    text = f"{value:g}"
+    if float(text) != value:
+        text = f"{value:.17g}"
+    if "." not in text and "e" not in text:
+        text += ".0"
+    return text
+
+
 def _double_texts(array: np.ndarray) -> list[str]:
+    """TF's text for each element of a flat float64 array: :func:`double_text` of each for
+    a few elements, :func:`_many_double_texts` for more."""
+    if array.size <= SMALL_ARRAY:
+        return [double_text(v) for v in array.tolist()]
+    return _many_double_texts(array)
+
+
+def _many_double_texts(array: np.ndarray) -> list[str]:
     """TF's text for each element of a flat float64 array, formatted by C code (``%`` on a
     tuple). Six digits read back as the same double only for values with at most six
     significant digits; a vectorized estimate picks those candidates, checked one by one."""
@@ -1230,7 +1291,7 @@ def float_texts(array: np.ndarray) -> list[str]:
         return _double_texts(array.ravel())
     flat = array.astype(np.float32, copy=False).ravel()
     if flat.size <= SMALL_ARRAY:
-        return [tf_float_text(v) for v in flat.tolist()]
+        return [single_text(v) for v in flat.tolist()]
     return [t.decode() for t in _float32_element_texts(flat)]
 
 
@@ -1250,7 +1311,7 @@ def _float32_document(flat32: np.ndarray, shape: tuple[int, ...]) -> Any:
     if others is None:
         return values.reshape(shape)
     if others.size <= SMALL_ARRAY:
-        texts = [tf_float_text(v).encode() for v in flat32[others].tolist()]
+        texts = [single_text(v).encode() for v in flat32[others].tolist()]
     else:
         texts = _float32_element_texts(flat32[others], digits)
     document = orjson.dumps(values.reshape(shape), option=orjson.OPT_SERIALIZE_NUMPY)

@@ -32,10 +32,10 @@ from pyserving.core.loader import Loader
 from pyserving.platforms.generic_estimate import MIB, estimate
 from pyserving.platforms.registry import Platform, PlatformOptions
 
-#: RAM a loaded version takes beyond its files' size (the example models' loads grew
-#: the process by 1.5 MB and 2.0 MB; see docs/configuration.md, Model platforms).
+#: RAM a loaded version takes beyond its files' size (the example models' first loads grew
+#: the process by 1.55 MB and 1.27 MB; see docs/configuration.md, Model platforms).
 XGBOOST_OVERHEAD = int(1.6 * MIB)
-LIGHTGBM_OVERHEAD = int(2.2 * MIB)
+LIGHTGBM_OVERHEAD = int(1.3 * MIB)
 
 XGBOOST_FILES = ("model.ubj", "model.json")
 LIGHTGBM_FILES = ("model.txt",)

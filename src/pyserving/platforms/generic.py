@@ -41,8 +41,9 @@ ModelFn = Callable[[dict[str, np.ndarray]], Mapping[str, Any]]
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One tensor of a signature: a NumPy dtype (``str``/``bytes``/``object`` = string) and a
-    shape (-1 for a dimension of any size; ``None`` = unknown rank)."""
+    """One tensor of a signature: a NumPy dtype (``str``/``bytes``/``object`` = string;
+    ``None`` = any: an input takes the dtype the request gives, shown as ``DT_INVALID``) and
+    a shape (-1 for a dimension of any size; ``None`` = unknown rank)."""
 
     dtype: Any
     shape: tuple[int, ...] | None = None
@@ -65,7 +66,9 @@ def tensor_spec(value: Any) -> TensorSpec:
         return value
     if isinstance(value, Mapping):
         shape = value.get("shape")
-        return TensorSpec(value["dtype"], None if shape is None else tuple(int(d) for d in shape))
+        return TensorSpec(
+            value.get("dtype"), None if shape is None else tuple(int(d) for d in shape)
+        )
     if isinstance(value, tuple) and len(value) == 2:
         dtype, shape = value
         return TensorSpec(dtype, None if shape is None else tuple(int(d) for d in shape))
@@ -86,7 +89,10 @@ def signature_spec(value: Any) -> SignatureSpec:
 
 
 def datatype(dtype: Any) -> int:
-    """TensorFlow's DataType enum for a NumPy dtype-like (strings -> DT_STRING)."""
+    """TensorFlow's DataType enum for a NumPy dtype-like (strings -> DT_STRING; ``None``,
+    any dtype -> DT_INVALID)."""
+    if dtype is None:
+        return 0
     if dtype in (str, bytes, object, "string"):
         return _DT_STRING
     np_dtype = np.dtype(dtype)

@@ -2,11 +2,13 @@
 files) plus a per-platform overhead: what loading a model costs beyond its weights (the
 runtime's session or arena, the classes a pickle imports, a deserialized program's graph).
 
-The overheads were measured as the growth of the process's resident set over one load of
-each platform's example model (``examples/platforms.py``) after the runtime was imported,
-and rounded up by about 10-15% so that the estimate stays an upper bound; later loads of the
-same platform in one process usually cost less (imports and caches are shared). Cheap: only
-the directory's file sizes are read.
+The overheads were measured as the growth of the process's resident set over the first load
+of each platform's example model (``examples/platforms.py``) in a fresh process, the runtime
+already imported, after ``gc.collect()`` and ``malloc_trim(0)`` (``python -m
+benchmarks.platform_ram``), and rounded up by about 10% so that the estimate stays an upper
+bound; later loads of the same platform in one process cost less (imports and caches are
+shared). ``tests/platforms/test_ram_estimates.py`` fails when an estimate leaves 0.75-1.25
+of the measured growth. Cheap: only the directory's file sizes are read.
 """
 
 from __future__ import annotations

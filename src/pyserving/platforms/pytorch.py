@@ -6,8 +6,16 @@ Signature ``serving_default`` (method predict):
 * ``model.pt2``: inputs are the exported program's user inputs by name, with the dtypes and
   shapes it was exported with (dynamic dimensions as -1); outputs are ``output`` for a single
   tensor, ``output_0``, ``output_1``... for a tuple or list, or the keys of a dict.
-* ``model.pt``: TorchScript keeps no dtypes: inputs are ``forward``'s arguments by name,
-  float32 of any shape; the single output is ``output`` (float32, any shape).
+* ``model.pt``: inputs are ``forward``'s arguments by name; the output is ``output`` (a
+  module returning a tuple or a dict: ``output_0``... or its keys, to be declared).
+  TorchScript keeps no dtypes or shapes, so unless they are declared each input takes the
+  dtype and shape the request gives (int64, int32, float64, bool...: ``DT_INVALID`` in
+  metadata; over REST JSON, the dtype the values read as: integers int64, any float float32,
+  booleans bool) and ``output`` has no declared dtype. Declare them with a JSON signature
+  ``{"inputs": {name: {"dtype": "int64", "shape": [-1, 8]}}, "outputs": {...}}`` (the Python
+  platform's ``signature`` format; ``outputs`` optional), saved inside the module with
+  ``torch.jit.save(module, "model.pt", _extra_files={"signature.json": text})`` or as
+  ``signature.json`` beside it. Declared inputs must have the declared dtype.
 
 Inputs are passed positionally in the program's order; arrays are converted with
 ``torch.from_numpy`` (no copy). Errors PyTorch raises about the request (a shape or dtype the
@@ -22,6 +30,7 @@ RAM estimate: 1.2 x the model file's size plus a fixed overhead measured on the 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -32,12 +41,15 @@ from pyserving.core.loader import Loader
 from pyserving.platforms.generic_estimate import MIB, estimate
 from pyserving.platforms.registry import Platform, PlatformOptions
 
-#: RAM a loaded version takes beyond its files' size (the example model's load grew
-#: the process by 95 MB; see docs/configuration.md, Model platforms).
+#: RAM a loaded version takes beyond its files' size (the example model's first load grew
+#: the process by 97.7 MB, mostly what ``torch.export.load`` imports and initializes once;
+#: see docs/configuration.md, Model platforms).
 OVERHEAD = 100 * MIB
 
 EXPORTED_FILE = "model.pt2"
 TORCHSCRIPT_FILE = "model.pt"
+#: A TorchScript module's declared signature (inside ``model.pt`` or beside it).
+SIGNATURE_FILE = "signature.json"
 
 
 def _numpy_dtype(torch: Any, dtype: Any) -> Any:
@@ -67,6 +79,42 @@ def _outputs(result: Any) -> dict[str, Any]:
     else:
         items = [("output", result)]
     return {k: v.detach().cpu().numpy() if hasattr(v, "detach") else v for k, v in items}
+
+
+def _torchscript(torch: Any, path: str) -> tuple[Any, list[str], dict[str, Any], dict[str, Any]]:
+    """A TorchScript module, its input names in ``forward``'s order, and its input and
+    output specs (see the module docstring)."""
+    from pyserving.platforms.generic import TensorSpec, signature_spec
+
+    extra = {SIGNATURE_FILE: ""}
+    module = torch.jit.load(
+        os.path.join(path, TORCHSCRIPT_FILE), map_location="cpu", _extra_files=extra
+    )
+    module.eval()
+    text: str | bytes = extra[SIGNATURE_FILE]
+    beside = os.path.join(path, SIGNATURE_FILE)
+    if not text and os.path.isfile(beside):
+        with open(beside, "rb") as f:
+            text = f.read()
+    arguments = module.forward.schema.arguments[1:]
+    names = [a.name for a in arguments]
+    inputs: dict[str, Any] = {name: TensorSpec(None) for name in names}
+    outputs: dict[str, Any] = {"output": TensorSpec(None)}
+    if text:
+        try:
+            declared = json.loads(text)
+            spec = signature_spec({"inputs": {}, "outputs": outputs, **declared})
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{SIGNATURE_FILE} is not a valid signature: {exc}") from None
+        unknown = sorted(set(spec.inputs) - set(names))
+        if unknown:
+            raise ValueError(
+                f"{SIGNATURE_FILE} declares inputs {unknown} that forward does not take "
+                f"(its tensor arguments: {names})"
+            )
+        inputs.update(spec.inputs)
+        outputs = dict(spec.outputs)
+    return module, names, inputs, outputs
 
 
 def torch_servable(path: str, options: PlatformOptions) -> Any:
@@ -109,12 +157,7 @@ def torch_servable(path: str, options: PlatformOptions) -> Any:
             for alias, node in zip(out_names, user_outputs, strict=True)
         }
     else:
-        module = torch.jit.load(os.path.join(path, TORCHSCRIPT_FILE), map_location="cpu")
-        module.eval()
-        arguments = module.forward.schema.arguments[1:]
-        names = [a.name for a in arguments]
-        inputs = {name: TensorSpec(np.float32) for name in names}
-        outputs = {"output": TensorSpec(np.float32)}
+        module, names, inputs, outputs = _torchscript(torch, path)
 
     def run(feeds: dict[str, np.ndarray]) -> dict[str, Any]:
         tensors = [torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in names]

@@ -8,14 +8,12 @@ accepting, let requests in flight finish within a grace period, unload models, e
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import gc
 import importlib
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +32,14 @@ from pyserving.server.health import install_health_routes, is_ready
 from pyserving.server.logs import configure_logging, log_transition
 from pyserving.server.metrics import CONTENT_TYPE, ServerMetrics
 from pyserving.server.service import ModelServing
+from pyserving.server.workers import (
+    multiprocess_dir,
+    notify_ready,
+    worker_index,
+)
 
 if TYPE_CHECKING:  # grpc is imported only when the gRPC server starts
+    from pyserving.server.dashboard import Dashboard
     from pyserving.server.grpc import GrpcTls
 
 log = logging.getLogger("pyserving")
@@ -81,6 +85,18 @@ class ServerOptions:
     rest_ssl_client_ca_file: str = ""
     #: TLS for gRPC (``--ssl_config_file``); None = plaintext.
     grpc_tls: GrpcTls | None = None
+    #: ``--dashboard``: the live dashboard at ``/dashboard`` on the REST port.
+    dashboard: bool = True
+    #: The flags given on the command line, ``(name, value)``, as the dashboard shows them.
+    flags_in_force: tuple[tuple[str, str], ...] = ()
+    #: Bind the gRPC and REST ports with ``SO_REUSEPORT``, sharing them with the other
+    #: workers of ``--num_workers`` (see ``server/workers.py``).
+    reuse_port: bool = False
+    #: prometheus-client's multiprocess directory this worker writes its metrics to and
+    #: aggregates every worker's from ("" = metrics of this process only).
+    metrics_multiprocess_dir: str = ""
+    #: This process's index among ``--num_workers`` workers (None = not a worker).
+    worker_index: int | None = None
 
 
 def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
@@ -132,8 +148,11 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
                 "or NAME:resource_preserving"
             )
         policy_per_model[name] = policy
+    if flags.num_workers < 1:
+        raise UsageError(f"--num_workers must be at least 1, not {flags.num_workers}")
+    # Each of the N workers loads every model: it gets an N-th of the budget.
     budget = (
-        ResourceEstimate(ram_bytes=flags.model_memory_budget_bytes)
+        ResourceEstimate(ram_bytes=flags.model_memory_budget_bytes // flags.num_workers)
         if flags.model_memory_budget_bytes > 0
         else None
     )
@@ -199,7 +218,15 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         num_tflite_pools=max(1, flags.num_tflite_pools),
         num_tflite_interpreters_per_pool=max(1, flags.num_tflite_interpreters_per_pool),
         model_cache_dir=flags.model_cache_dir,
+        fixed_model_set=(
+            f"--num_workers={flags.num_workers}: each worker serves the model set of the "
+            "command line or --model_config_file (change it by editing the file, with "
+            "--model_config_file_poll_wait_seconds), so it cannot be changed by a request"
+            if flags.num_workers > 1
+            else ""
+        ),
     )
+    worker = worker_index()
     return ServerOptions(
         core=core,
         model_config=config,
@@ -228,7 +255,18 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         rest_ssl_keyfile=flags.rest_api_ssl_keyfile,
         rest_ssl_client_ca_file=flags.rest_api_ssl_client_ca_file,
         grpc_tls=grpc_tls,
+        dashboard=flags.dashboard,
+        flags_in_force=tuple(
+            (name, _flag_text(flags.values[name])) for name in sorted(flags.given)
+        ),
+        reuse_port=flags.num_workers > 1,
+        metrics_multiprocess_dir=multiprocess_dir() if worker is not None else "",
+        worker_index=worker,
     )
+
+
+def _flag_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _session_config(path: str) -> bytes:
@@ -293,6 +331,7 @@ _SERVING_MODULES = (
     "pyserving.platforms.tensorflow.servable",
     "pyserving.server.grpc.h2",
     "pyserving.server.rest",
+    "pyserving.server.http1",
 )
 
 
@@ -315,17 +354,18 @@ def freeze_startup_objects() -> None:
 
 def run_server(options: ServerOptions) -> int:
     """Serve until SIGTERM/SIGINT; return the process exit status."""
-    configure_logging(options.log_format)
+    configure_logging(options.log_format, options.worker_index)
     freeze_startup_objects()
     for name in options.ignored_flags:
         log.warning("Flag --%s is accepted but not implemented by pyserving yet; ignored", name)
-    metrics = ServerMetrics()
+    metrics = ServerMetrics(options.metrics_multiprocess_dir, options.worker_index)
     core = ServerCore(options.core, metrics)
     core.manager.bus.subscribe(log_transition)
     core.manager.bus.subscribe(metrics.on_state)
+    dashboard = _dashboard(options, core, metrics)
     try:
         try:
-            core.reload_config(options.model_config)
+            core.reload_config(options.model_config, from_config_file=True)
         except ServingError as exc:
             sys.stderr.write(f"{exc.message}\n")
             return 1
@@ -342,9 +382,34 @@ def run_server(options: ServerOptions) -> int:
                         )
             sys.stderr.write(f"{len(failed)} model(s) did not become available\n")
             return 1
-        return _serve(options, core, metrics)
+        return _serve(options, core, metrics, dashboard)
     finally:
+        if dashboard is not None:
+            dashboard.close()
         core.close()
+        metrics.close()
+
+
+def _dashboard(
+    options: ServerOptions, core: ServerCore, metrics: ServerMetrics
+) -> Dashboard | None:
+    """The dashboard's state (None when off or without a REST port). Made before models
+    load: it records each load's memory growth from the event bus."""
+    if not options.dashboard or not options.rest_port or options.rest_port == options.grpc_port:
+        return None
+    from pyserving.server.dashboard import Dashboard, ServerInfo
+
+    return Dashboard(
+        core,
+        metrics,
+        ServerInfo(
+            grpc_port=options.grpc_port,
+            rest_port=options.rest_port,
+            grpc_socket_path=options.grpc_socket_path,
+            flags=options.flags_in_force,
+            batching=options.core.batching is not None,
+        ),
+    )
 
 
 def _start_grpc(serving: ModelServing, options: ServerOptions) -> Any:
@@ -362,11 +427,17 @@ def _start_grpc(serving: ModelServing, options: ServerOptions) -> Any:
             tensor_content=options.grpc_tensor_content,
             grpcio=options.grpc_grpcio,
             tls=options.grpc_tls,
+            reuse_port=options.reuse_port,
         ),
     )
 
 
-def _serve(options: ServerOptions, core: ServerCore, metrics: ServerMetrics) -> int:
+def _serve(
+    options: ServerOptions,
+    core: ServerCore,
+    metrics: ServerMetrics,
+    dashboard: Dashboard | None = None,
+) -> int:
     serving = ModelServing(core, check_method_name=options.check_method_name, metrics=metrics)
     try:
         grpc_server = _start_grpc(serving, options)
@@ -384,15 +455,17 @@ def _serve(options: ServerOptions, core: ServerCore, metrics: ServerMetrics) -> 
     grpc_server.set_serving_status(is_ready(core))
     poller = ConfigFilePoller(options, core)
     poller.start()
+    status = 0
     try:
         if options.rest_port and options.rest_port != options.grpc_port:
-            _serve_rest(options, serving, metrics)
+            status = _serve_rest(options, serving, metrics, dashboard)
         else:
             if options.rest_port:
                 log.error(
                     "--rest_api_port cannot be same as --port. Please use a different port "
                     "for HTTP/REST API. Skipped exporting HTTP/REST API."
                 )
+            notify_ready()
             _wait_for_signal()
     finally:
         log.info("Shutting down: finishing requests in flight")
@@ -400,98 +473,75 @@ def _serve(options: ServerOptions, core: ServerCore, metrics: ServerMetrics) -> 
         unsubscribe()
         grpc_server.set_serving_status(False)
         grpc_server.stop(options.shutdown_grace_seconds)
-    return 0
+    return status
 
 
-def _serve_rest(options: ServerOptions, serving: ModelServing, metrics: ServerMetrics) -> None:
-
-    from pyserving.server.rest import RestApp, RestHandler, RestResponse
+def _serve_rest(
+    options: ServerOptions,
+    serving: ModelServing,
+    metrics: ServerMetrics,
+    dashboard: Dashboard | None = None,
+) -> int:
+    """Serve REST (``http1.py``) until SIGTERM/SIGINT, then let requests in flight finish
+    within the grace period; the process's exit status (1 when the port cannot be bound or
+    its TLS files cannot be used)."""
+    from pyserving.server.http1 import start_rest_server
+    from pyserving.server.rest import RestHandler, RestResponse
 
     executor = concurrent.futures.ThreadPoolExecutor(
         max_workers=options.rest_num_threads, thread_name_prefix="pyserving-rest"
     )
     handler = RestHandler(serving, max_body_bytes=options.rest_max_body_bytes)
     install_health_routes(handler, serving.core)
+    if dashboard is not None:
+        from pyserving.server.dashboard import install_dashboard_routes
+
+        install_dashboard_routes(handler, dashboard)
+        dashboard.start()
+        log.info("Dashboard at http://localhost:%d/dashboard/", options.rest_port)
     if options.metrics_path:
         handler.extra_routes[options.metrics_path] = lambda: RestResponse(
             200, metrics.render(), CONTENT_TYPE.encode()
         )
         log.info("Prometheus metrics at :%d%s", options.rest_port, options.metrics_path)
-    app = RestApp(
-        handler,
-        executor,
+    try:
+        # With --num_workers, each worker binds the port with SO_REUSEPORT.
+        server = start_rest_server(
+            handler, executor, rest_server_options(options, reuse_port=options.reuse_port)
+        )
+    except RuntimeError as exc:
+        executor.shutdown(wait=False)
+        sys.stderr.write(f"{exc}\n")
+        return 1
+    log.info(
+        "Exporting HTTP/REST API at:localhost:%d%s ...",
+        server.port,
+        " (HTTPS)" if options.rest_ssl_certfile else "",
+    )
+    notify_ready()
+    try:
+        _wait_for_signal()
+    finally:
+        server.stop(options.shutdown_grace_seconds)
+        executor.shutdown(wait=True)
+    return 0
+
+
+def rest_server_options(options: ServerOptions, *, reuse_port: bool = False) -> Any:
+    """The REST port's :class:`~pyserving.server.http1.RestServerOptions` (HTTPS when a
+    certificate is given; ``reuse_port``: ``SO_REUSEPORT`` on its socket)."""
+    from pyserving.server.http1 import RestServerOptions
+
+    return RestServerOptions(
+        port=options.rest_port,
         timeout_ms=options.rest_timeout_ms,
         enable_cors=options.rest_enable_cors,
         max_body_bytes=options.rest_max_body_bytes,
+        ssl_certfile=options.rest_ssl_certfile,
+        ssl_keyfile=options.rest_ssl_keyfile,
+        ssl_client_ca_file=options.rest_ssl_client_ca_file,
+        reuse_port=reuse_port,
     )
-    config = uvicorn_config(app, options)
-    server = _make_uvicorn_server(config)
-    log.info(
-        "Exporting HTTP/REST API at:localhost:%d%s ...",
-        options.rest_port,
-        " (HTTPS)" if options.rest_ssl_certfile else "",
-    )
-    try:
-        server.run()
-    finally:
-        executor.shutdown(wait=True)
-
-
-def uvicorn_config(app: Any, options: ServerOptions) -> Any:
-    """uvicorn's configuration for the REST port (HTTPS when a certificate is given)."""
-    import uvicorn
-
-    return uvicorn.Config(
-        app,
-        host="0.0.0.0",
-        port=options.rest_port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-        timeout_graceful_shutdown=int(options.shutdown_grace_seconds),
-        limit_concurrency=None,
-        backlog=2048,
-        ssl_certfile=options.rest_ssl_certfile or None,
-        ssl_keyfile=options.rest_ssl_keyfile or None,
-        **_client_verification(options.rest_ssl_client_ca_file),
-    )
-
-
-def _client_verification(client_ca_file: str) -> dict[str, Any]:
-    """uvicorn's settings requiring a client certificate signed by ``client_ca_file``."""
-    if not client_ca_file:
-        return {}
-    import ssl
-
-    return {"ssl_ca_certs": client_ca_file, "ssl_cert_reqs": ssl.CERT_REQUIRED}
-
-
-def _uvicorn_server_class() -> type:
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """uvicorn's server, shutting down gracefully on SIGTERM/SIGINT without re-raising
-        the signal afterwards, so the process exits 0 once models are unloaded."""
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            previous = {
-                sig: signal.signal(sig, lambda signum, frame: self.handle_exit(signum, frame))
-                for sig in (signal.SIGTERM, signal.SIGINT)
-            }
-            try:
-                yield
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-
-    return Server
-
-
-def _make_uvicorn_server(config: Any) -> Any:
-    return _uvicorn_server_class()(config)
 
 
 def _wait_for_signal() -> None:
@@ -552,7 +602,7 @@ class ConfigFilePoller:
         try:
             config = load_model_server_config(self._path)
             log.info("Model config file %s changed; reloading", self._path)
-            self._core.reload_config(config)
+            self._core.reload_config(config, from_config_file=True)
             log.info("Model config reloaded: %s", ", ".join(self._core.model_names()))
         except ServingError as exc:
             log.error("Not applying model config file %s: %s", self._path, exc.message)

@@ -100,6 +100,10 @@ class ServerCoreOptions:
     ``model_cache_dir``: where versions from object stores are copied ("" = under the
     temporary directory; see ``sources/cache.py``); ``download_attempts`` and
     ``download_backoff`` bound the copy retries within one load.
+    ``fixed_model_set``: when non-empty, :meth:`ServerCore.reload_config` refuses requests
+    to change the model set (the reload RPC, V2's repository API) with
+    ``FAILED_PRECONDITION`` and this reason; only the configuration the server was started
+    with, or its config file, applies (``--num_workers``: every worker must hold the same set).
     """
 
     manager: ManagerOptions = field(default_factory=ManagerOptions)
@@ -131,6 +135,7 @@ class ServerCoreOptions:
     model_cache_dir: str = ""
     download_attempts: int = 3
     download_backoff: float = 1.0
+    fixed_model_set: str = ""
 
 
 class ServerCore:
@@ -188,8 +193,19 @@ class ServerCore:
     def model_names(self) -> list[str]:
         return list(self._models)
 
-    def reload_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
-        """Replace the model set with ``config`` and wait until it has settled."""
+    def reload_config(
+        self,
+        config: model_server_config_pb2.ModelServerConfig,
+        *,
+        from_config_file: bool = False,
+    ) -> None:
+        """Replace the model set with ``config`` and wait until it has settled.
+
+        ``from_config_file``: the configuration comes from the command line or
+        ``--model_config_file`` (not from a request), so ``fixed_model_set`` allows it.
+        """
+        if self.options.fixed_model_set and not from_config_file:
+            raise FailedPrecondition(self.options.fixed_model_set)
         validate_model_server_config(config)
         for model in config.model_config_list.config:
             if self._platforms and (model.model_platform or "tensorflow") not in self._platforms:

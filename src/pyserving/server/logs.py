@@ -22,7 +22,12 @@ _FIELDS = ("event", "model", "version", "state", "duration_s", "cause", "error")
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time, level, logger, message, and any transition fields."""
+    """One JSON object per record: time, level, logger, message, any transition fields, and
+    ``worker`` (its index) in a worker of ``--num_workers``."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -32,6 +37,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.worker is not None:
+            out["worker"] = self.worker
         for key in _FIELDS:
             if hasattr(record, key):
                 out[key] = getattr(record, key)
@@ -40,15 +47,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
-def configure_logging(log_format: str = "text") -> None:
-    """Send logs to stderr in ``text`` or ``json`` form (idempotent)."""
+def configure_logging(log_format: str = "text", worker: int | None = None) -> None:
+    """Send logs to stderr in ``text`` or ``json`` form (idempotent); a worker of
+    ``--num_workers`` marks its lines with its index (``worker-1``, or a ``worker`` key)."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(worker))
     else:
+        where = f"worker-{worker} " if worker is not None else ""
         handler.setFormatter(
             logging.Formatter(
-                "%(asctime)s.%(msecs)03d %(levelname).1s %(name)s] %(message)s",
+                f"%(asctime)s.%(msecs)03d %(levelname).1s {where}%(name)s] %(message)s",
                 datefmt="%Y-%m-%d %H:%M:%S",
             )
         )

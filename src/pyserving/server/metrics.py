@@ -24,11 +24,28 @@ and pyserving's own:
 
 Counters are exported under their own name (not ``_total``-suffixed) as TF Serving does.
 Recording is thread-safe and cheap (a lock and a dict update); rendering happens per scrape.
+
+**Workers** (``--num_workers``; ``ServerMetrics(multiprocess_dir, worker)``). Each worker
+keeps its values as above and also writes every updated value into its own files in
+prometheus-client's multiprocess format (``counter_<pid>.db``, ``histogram_<pid>.db``,
+``gauge_<mode>_<pid>.db`` in ``PROMETHEUS_MULTIPROC_DIR``: an ``mmap`` write of the new
+total, under the same lock). A scrape, whichever worker answers it, renders what
+prometheus-client's ``MultiProcessCollector`` aggregates from every worker's files, under
+the same names, types and labels: counters and histograms are summed over workers (also
+over workers that died and were restarted, so they never go backwards);
+``pyserving_model_version_state`` is summed over the live workers (N when every worker
+holds the version in that state), ``pyserving_model_store_up`` is the minimum over them
+(1 when every worker's last listing succeeded). One metric is added,
+``pyserving_worker_request_count{worker}`` (counter): requests each worker answered, so an
+uneven spread of connections shows. The V2 statistics extension
+(:meth:`ServerMetrics.version_statistics`) stays per worker: it reports the counts of the
+worker that answers it.
 """
 
 from __future__ import annotations
 
 import bisect
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -36,7 +53,9 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from pyserving.core.monitor import ManagerState, ServableState
 
@@ -46,13 +65,48 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS_US: tuple[float, ...] = tuple(10.0 * 1.8**i for i in range(33))
 
 
+class SharedFiles:
+    """This process's metric values in prometheus-client's multiprocess files under
+    ``directory``, one file per type, named as prometheus-client names them (so that its
+    ``MultiProcessCollector`` aggregates every process's). Not thread-safe: callers hold
+    :class:`ServerMetrics`' lock."""
+
+    def __init__(self, directory: str, process_id: int | None = None) -> None:
+        self.directory = directory
+        self._pid = os.getpid() if process_id is None else process_id
+        self._files: dict[str, MmapedDict] = {}
+
+    def write(self, kind: str, key: str, value: float) -> None:
+        """Set ``key`` (an ``mmap_key``) to ``value`` in the file of ``kind`` (``counter``,
+        ``histogram``, ``gauge_livesum``, ``gauge_livemin``)."""
+        values = self._files.get(kind)
+        if values is None:
+            path = os.path.join(self.directory, f"{kind}_{self._pid}.db")
+            values = self._files[kind] = MmapedDict(path)
+        values.write_value(key, value, 0.0)
+
+    def close(self) -> None:
+        for values in self._files.values():
+            values.close()
+        self._files.clear()
+
+
 class _Counter:
-    def __init__(self, name: str, doc: str, labels: Sequence[str]) -> None:
+    def __init__(
+        self, name: str, doc: str, labels: Sequence[str], shared: SharedFiles | None = None
+    ) -> None:
         self.name, self.doc, self.labels = name, doc, tuple(labels)
         self.values: dict[tuple[str, ...], float] = {}
+        self.shared = shared
+        self._keys: dict[tuple[str, ...], str] = {}
 
     def inc(self, key: tuple[str, ...], amount: float = 1.0) -> None:
-        self.values[key] = self.values.get(key, 0.0) + amount
+        value = self.values[key] = self.values.get(key, 0.0) + amount
+        if self.shared is not None:
+            mkey = self._keys.get(key)
+            if mkey is None:
+                mkey = self._keys[key] = _mmap_key(self.name, self.name, self.labels, key, self.doc)
+            self.shared.write("counter", mkey, value)
 
     def metric(self) -> Metric:
         m = Metric(self.name, self.doc, "counter")
@@ -63,19 +117,49 @@ class _Counter:
 
 class _Histogram:
     def __init__(
-        self, name: str, doc: str, labels: Sequence[str], buckets: Sequence[float]
+        self,
+        name: str,
+        doc: str,
+        labels: Sequence[str],
+        buckets: Sequence[float],
+        shared: SharedFiles | None = None,
     ) -> None:
         self.name, self.doc, self.labels = name, doc, tuple(labels)
         self.buckets = tuple(buckets)
         self.values: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+        self.shared = shared
+        #: Per label values: the multiprocess keys of each bucket (non-cumulative counts,
+        #: as prometheus-client stores them) and of the sum, last.
+        self._keys: dict[tuple[str, ...], list[str]] = {}
 
     def observe(self, key: tuple[str, ...], value: float) -> None:
         entry = self.values.get(key)
         if entry is None:
             entry = ([0] * (len(self.buckets) + 1), [0.0])
             self.values[key] = entry
-        entry[0][bisect.bisect_left(self.buckets, value)] += 1
+            if self.shared is not None:
+                self._share(key)
+        index = bisect.bisect_left(self.buckets, value)
+        entry[0][index] += 1
         entry[1][0] += value
+        if self.shared is not None:
+            keys = self._keys[key]
+            self.shared.write("histogram", keys[index], entry[0][index])
+            self.shared.write("histogram", keys[-1], entry[1][0])
+
+    def _share(self, key: tuple[str, ...]) -> None:
+        """Write every bucket of a new label set (at 0): the aggregate lists all buckets."""
+        assert self.shared is not None
+        names = (*self.labels, "le")
+        bounds = [_fmt(b) for b in self.buckets] + ["+Inf"]
+        keys = [
+            _mmap_key(self.name, self.name + "_bucket", names, (*key, le), self.doc)
+            for le in bounds
+        ]
+        keys.append(_mmap_key(self.name, self.name + "_sum", self.labels, key, self.doc))
+        self._keys[key] = keys
+        for mkey in keys:
+            self.shared.write("histogram", mkey, 0.0)
 
     def metric(self) -> Metric:
         m = Metric(self.name, self.doc, "histogram")
@@ -130,37 +214,82 @@ class VersionStatistics:
         )
 
 
-class ServerMetrics(Collector):
-    """All metrics of one server. Subscribe :meth:`on_state` to the manager's event bus."""
+@dataclass(frozen=True)
+class ModelTotals:
+    """One model's request counters since start, summed over APIs and entrypoints.
 
-    def __init__(self) -> None:
+    ``latency_counts``: requests per bucket of :data:`LATENCY_BUCKETS_US` (one more for
+    those above the last bound), the ``request_latency`` histogram's own counts.
+    ``batches`` / ``batch_rows``: batches run and the rows they held (before padding), over
+    every batched signature (0 without batching).
+    """
+
+    requests: int
+    errors: int
+    latency_counts: tuple[int, ...]
+    batches: int = 0
+    batch_rows: float = 0.0
+
+
+class ServerMetrics(Collector):
+    """All metrics of one server. Subscribe :meth:`on_state` to the manager's event bus.
+
+    ``multiprocess_dir``: prometheus-client's multiprocess directory shared by the workers
+    of ``--num_workers`` ("" = this process's metrics only); ``worker``: this worker's
+    index, counted in ``pyserving_worker_request_count``; ``process_id``: names this
+    process's files (default: its pid, as prometheus-client's ``mark_process_dead``
+    expects). See the module docstring.
+    """
+
+    def __init__(
+        self,
+        multiprocess_dir: str = "",
+        worker: int | None = None,
+        *,
+        process_id: int | None = None,
+    ) -> None:
         self._lock = threading.Lock()
+        shared = self._shared = (
+            SharedFiles(multiprocess_dir, process_id) if multiprocess_dir else None
+        )
+        self._worker = (str(worker),) if worker is not None and shared is not None else None
+        self.worker_requests = _Counter(
+            "pyserving_worker_request_count",
+            "Requests answered by each worker (--num_workers).",
+            ("worker",),
+            shared,
+        )
         self.request_count = _Counter(
             ":tensorflow:serving:request_count",
             "The total number of requests.",
             ("model_name", "status"),
+            shared,
         )
         self.request_latency = _Histogram(
             ":tensorflow:serving:request_latency",
             "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
             ("model_name", "API", "entrypoint"),
             LATENCY_BUCKETS_US,
+            shared,
         )
         self.load_latency = _Counter(
             ":tensorflow:cc:saved_model:load_latency",
             "Latency in microseconds for SavedModels that were successfully loaded.",
             ("model_path",),
+            shared,
         )
         self.load_attempts = _Counter(
             ":tensorflow:cc:saved_model:load_attempt_count",
             "The number of times a SavedModel was successfully loaded.",
             ("model_path", "status"),
+            shared,
         )
         self.warmup_latency = _Histogram(
             ":tensorflow:serving:model_warmup_latency",
             "Distribution of wall time (in microseconds) for warming up the model.",
             ("model_path",),
             LATENCY_BUCKETS_US,
+            shared,
         )
         batch_buckets = tuple(float(2**i) for i in range(15))
         self.batch_size = _Histogram(
@@ -168,34 +297,45 @@ class ServerMetrics(Collector):
             "Distribution of the number of rows in each processed batch (before padding).",
             ("model_name", "signature"),
             batch_buckets,
+            shared,
         )
         self.padding_size = _Histogram(
             ":tensorflow:serving:batching_session:padding_size",
             "Distribution of the number of padding rows added to each batch.",
             ("model_name", "signature"),
             batch_buckets,
+            shared,
         )
         self.queuing_latency = _Histogram(
             ":tensorflow:serving:batching_session:queuing_latency",
             "Distribution of the time (in microseconds) the oldest request of a batch queued.",
             ("model_name", "signature"),
             LATENCY_BUCKETS_US,
+            shared,
         )
         self.store_errors = _Counter(
             "pyserving_model_store_errors",
             "Failed listings and download attempts of models in object stores.",
             ("model_name", "operation"),
+            shared,
         )
         self.store_downloaded = _Counter(
             "pyserving_model_store_downloaded_bytes",
             "Bytes copied from object stores into the local model cache.",
             ("model_name",),
+            shared,
         )
         self._store_up: dict[str, bool] = {}
         self._states: dict[tuple[str, int], ManagerState] = {}
         self._versions: dict[tuple[str, int], VersionStatistics] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
+
+    def close(self) -> None:
+        """Close this process's multiprocess files (idempotent; the values stay in them)."""
+        with self._lock:
+            if self._shared is not None:
+                self._shared.close()
 
     # ------------------------------------------------------------------ recording
 
@@ -206,6 +346,8 @@ class ServerMetrics(Collector):
         with self._lock:
             self.request_count.inc((model_name, status))
             self.request_latency.observe((model_name, api, entrypoint), seconds * 1e6)
+            if self._worker is not None:
+                self.worker_requests.inc(self._worker)
 
     def observe_inference(
         self,
@@ -241,6 +383,41 @@ class ServerMetrics(Collector):
         with self._lock:
             return {key: stats.copy() for key, stats in self._versions.items()}
 
+    def model_totals(self) -> dict[str, ModelTotals]:
+        """Every model's :class:`ModelTotals`, from the same counters the metrics endpoint
+        renders (a consistent copy, taken under the recording lock)."""
+        requests: dict[str, list[int]] = {}
+        latency: dict[str, list[int]] = {}
+        batches: dict[str, list[float]] = {}
+        with self._lock:
+            for (name, status), value in self.request_count.values.items():
+                entry = requests.setdefault(name, [0, 0])
+                entry[0] += int(value)
+                if status != "OK":
+                    entry[1] += int(value)
+            for (name, _api, _entrypoint), (counts, _sum) in self.request_latency.values.items():
+                into = latency.get(name)
+                if into is None:
+                    latency[name] = list(counts)
+                else:
+                    for i, count in enumerate(counts):
+                        into[i] += count
+            for (name, _signature), (counts, total) in self.batch_size.values.items():
+                entry_b = batches.setdefault(name, [0.0, 0.0])
+                entry_b[0] += sum(counts)
+                entry_b[1] += total[0]
+        empty = (0,) * (len(LATENCY_BUCKETS_US) + 1)
+        return {
+            name: ModelTotals(
+                requests=count[0],
+                errors=count[1],
+                latency_counts=tuple(latency[name]) if name in latency else empty,
+                batches=int(batches.get(name, (0.0, 0.0))[0]),
+                batch_rows=batches.get(name, (0.0, 0.0))[1],
+            )
+            for name, count in requests.items()
+        }
+
     def observe_warmup(self, model_path: str, seconds: float) -> None:
         with self._lock:
             self.warmup_latency.observe((model_path,), seconds * 1e6)
@@ -274,6 +451,15 @@ class ServerMetrics(Collector):
         with self._lock:
             if operation == "list":
                 self._store_up[model_name] = ok
+                if self._shared is not None:
+                    key = _mmap_key(
+                        "pyserving_model_store_up",
+                        "pyserving_model_store_up",
+                        ("model_name",),
+                        (model_name,),
+                        _STORE_UP_DOC,
+                    )
+                    self._shared.write("gauge_livemin", key, 1.0 if ok else 0.0)
             if not ok:
                 self.store_errors.inc((model_name, operation))
             elif nbytes:
@@ -283,6 +469,18 @@ class ServerMetrics(Collector):
         """Event-bus subscriber: version states and load latencies."""
         with self._lock:
             self._states[(state.id.name, state.id.version)] = state.state
+            if self._shared is not None:
+                for candidate in ManagerState:
+                    key = _mmap_key(
+                        "pyserving_model_version_state",
+                        "pyserving_model_version_state",
+                        ("model_name", "version", "state"),
+                        (state.id.name, str(state.id.version), candidate.value),
+                        _VERSION_STATE_DOC,
+                    )
+                    self._shared.write(
+                        "gauge_livesum", key, 1.0 if candidate is state.state else 0.0
+                    )
             path = model_path or f"{state.id.name}/{state.id.version}"
             if state.state is ManagerState.AVAILABLE and state.duration is not None:
                 self.load_latency.inc((path,), state.duration * 1e6)
@@ -293,6 +491,9 @@ class ServerMetrics(Collector):
     # ------------------------------------------------------------------ exposition
 
     def collect(self) -> Iterator[Metric]:
+        if self._shared is not None:
+            yield from self._collect_shared(self._shared.directory)
+            return
         with self._lock:
             yield self.request_count.metric()
             yield self.request_latency.metric()
@@ -302,12 +503,7 @@ class ServerMetrics(Collector):
             yield self.batch_size.metric()
             yield self.padding_size.metric()
             yield self.queuing_latency.metric()
-            gauge = Metric(
-                "pyserving_model_version_state",
-                "1 for the state each model version is in (START, LOADING, AVAILABLE, "
-                "UNLOADING, END).",
-                "gauge",
-            )
+            gauge = Metric("pyserving_model_version_state", _VERSION_STATE_DOC, "gauge")
             for (name, version), current in sorted(self._states.items()):
                 for candidate in ManagerState:
                     gauge.add_sample(
@@ -317,11 +513,7 @@ class ServerMetrics(Collector):
                     )
             yield gauge
             if self._store_up:
-                up = Metric(
-                    "pyserving_model_store_up",
-                    "1 when the last listing of the model's object store succeeded, else 0.",
-                    "gauge",
-                )
+                up = Metric("pyserving_model_store_up", _STORE_UP_DOC, "gauge")
                 for name, ok in sorted(self._store_up.items()):
                     up.add_sample(
                         "pyserving_model_store_up", {"model_name": name}, 1.0 if ok else 0.0
@@ -329,6 +521,47 @@ class ServerMetrics(Collector):
                 yield up
                 yield self.store_errors.metric()
                 yield self.store_downloaded.metric()
+
+    def _collect_shared(self, directory: str) -> Iterator[Metric]:
+        """Every worker's metrics, aggregated by prometheus-client's
+        ``MultiProcessCollector``, in the single-process order, names, types and labels."""
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        aggregated = {m.name: m for m in MultiProcessCollector(None, directory).collect()}
+        counters = (self.request_count, self.load_latency, self.load_attempts)
+        histograms = (
+            self.request_latency,
+            self.warmup_latency,
+            self.batch_size,
+            self.padding_size,
+            self.queuing_latency,
+        )
+        families: list[tuple[str, str, str]] = [
+            (m.name, m.doc, "counter" if m in counters else "histogram")
+            for m in (
+                self.request_count,
+                self.request_latency,
+                self.load_latency,
+                self.load_attempts,
+                *histograms[1:],
+            )
+        ]
+        families.append(("pyserving_model_version_state", _VERSION_STATE_DOC, "gauge"))
+        if "pyserving_model_store_up" in aggregated:
+            families.append(("pyserving_model_store_up", _STORE_UP_DOC, "gauge"))
+            families.append((self.store_errors.name, self.store_errors.doc, "counter"))
+            families.append((self.store_downloaded.name, self.store_downloaded.doc, "counter"))
+        families.append((self.worker_requests.name, self.worker_requests.doc, "counter"))
+        for name, doc, kind in families:
+            family = Metric(name, doc, kind)
+            found = aggregated.get(name)
+            if found is not None:
+                family.samples = (
+                    _histogram_order(name, found.samples)
+                    if kind == "histogram"
+                    else sorted(found.samples, key=_sample_order)
+                )
+            yield family
 
     def render(self) -> bytes:
         """The text exposition format (0.0.4) of every metric, TF Serving's way: a counter's
@@ -345,6 +578,55 @@ class ServerMetrics(Collector):
                     f"{sample.name}{{{labels}}} {value}" if labels else f"{sample.name} {value}"
                 )
         return ("\n".join(lines) + "\n").encode()
+
+
+def _mmap_key(
+    metric: str, sample: str, names: Sequence[str], values: Sequence[str], doc: str
+) -> str:
+    """prometheus-client's multiprocess key of one sample."""
+    return mmap_key(metric, sample, list(names), list(values), doc)
+
+
+_VERSION_STATE_DOC = (
+    "1 for the state each model version is in (START, LOADING, AVAILABLE, UNLOADING, END)."
+)
+_STORE_UP_DOC = "1 when the last listing of the model's object store succeeded, else 0."
+_STATE_ORDER = {state.value: i for i, state in enumerate(ManagerState)}
+
+
+def _sample_order(sample: Sample) -> tuple[object, ...]:
+    labels = sample.labels
+    version = labels.get("version", "")
+    return (
+        tuple(sorted((k, v) for k, v in labels.items() if k not in ("version", "state"))),
+        int(version) if version.isdigit() else 0,
+        _STATE_ORDER.get(labels.get("state", ""), 0),
+    )
+
+
+def _histogram_order(name: str, samples: Sequence[Sample]) -> list[Sample]:
+    """A histogram's aggregated samples as a single process renders them: per label set,
+    its buckets by bound (``le`` written as this module writes it), ``_count``, ``_sum``."""
+    buckets: dict[tuple[tuple[str, str], ...], list[tuple[float, Sample]]] = {}
+    totals: dict[tuple[tuple[str, str], ...], list[Sample]] = {}
+    for sample in samples:
+        labels = dict(sample.labels)
+        le = labels.pop("le", None)
+        key = tuple(sorted(labels.items()))
+        if sample.name == name + "_bucket" and le is not None:
+            bound = float(le)
+            text = "+Inf" if bound == float("inf") else _fmt(bound)
+            entry = (bound, Sample(sample.name, {**labels, "le": text}, sample.value))
+            buckets.setdefault(key, []).append(entry)
+        else:
+            totals.setdefault(key, []).append(sample)
+    out: list[Sample] = []
+    for key in sorted(set(buckets) | set(totals)):
+        out.extend(s for _bound, s in sorted(buckets.get(key, []), key=lambda e: e[0]))
+        rest = totals.get(key, [])
+        out.extend(s for s in rest if s.name == name + "_count")
+        out.extend(s for s in rest if s.name == name + "_sum")
+    return out
 
 
 def _escape(value: str) -> str:

@@ -1,4 +1,6 @@
-"""The TF-Serving-compatible REST API: a raw ASGI app over :class:`ModelServing`.
+"""The TF-Serving-compatible REST API over :class:`ModelServing`: routes and request work
+(:class:`RestHandler`), served on the REST port by ``http1.py`` (and as a raw ASGI app by
+:class:`RestApp`, for embedding in an ASGI server).
 
 Routes (TF Serving's, case-insensitive; ``/v2/...``: the Open Inference Protocol, see
 ``v2/rest.py``)::
@@ -15,11 +17,12 @@ a model whose versions are not known yet).
 
 Errors answer ``{"error": "..."}`` with TF Serving's status mapping (see ``errors.py``).
 Request bodies may be gzip-encoded. The work of a request (JSON decoding, the model run,
-JSON encoding) happens on a bounded thread pool (``rest_api_num_threads``), never on the
-event loop; ``rest_api_timeout_in_ms`` bounds how long a client waits. A predict request
-for a batching model is the exception: the pool thread decodes it and queues it for its
-batch, then is free; the event loop awaits the batch's answer and encodes it, so a request
-waiting for its batch holds no thread.
+JSON encoding) happens in :meth:`RestHandler.start`, which the transport calls on a bounded
+thread pool (``rest_api_num_threads``), or, for a small predict whose model is fast, on its
+event loop (see ``http1.py``); ``rest_api_timeout_in_ms`` bounds how long a client waits. A
+predict request for a batching model only decodes and queues it for its batch (a
+:class:`PendingResponse`); the event loop awaits the batch's answer and encodes it, so a
+request waiting for its batch holds no thread.
 
 Request size (``--rest_api_max_body_bytes``): a body longer than the limit, as declared by
 ``Content-Length`` or as received, is answered ``413 {"error": ...}`` without reading the
@@ -142,6 +145,8 @@ class PendingResponse:
 
 #: Extra handlers on the REST port (metrics, health), by exact path, for GET.
 ExtraRoute = Callable[[], RestResponse]
+#: Extra handlers by path prefix, for GET (the dashboard): called with the rest of the path.
+PrefixRoute = Callable[[str], RestResponse]
 
 
 def _guarded(method: str, path: str, work: Callable[[], T]) -> T | RestResponse:
@@ -166,6 +171,7 @@ class RestHandler:
         self.serving = serving
         self.max_body_bytes = max_body_bytes
         self.extra_routes: dict[str, ExtraRoute] = {}
+        self.prefix_routes: dict[str, PrefixRoute] = {}
         from pyserving.server.v2.rest import V2Routes
         from pyserving.server.v2.service import V2Service
 
@@ -194,6 +200,10 @@ class RestHandler:
         extra = self.extra_routes.get(path)
         if extra is not None and method == "GET":
             return extra()
+        if self.prefix_routes and method == "GET":
+            for prefix, route in self.prefix_routes.items():
+                if path.startswith(prefix):
+                    return route(path[len(prefix) :])
         if path == "/v2" or path.startswith("/v2/"):
             if method == "POST":
                 body = _decode_body(headers, body, self.max_body_bytes)

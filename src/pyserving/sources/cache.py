@@ -78,6 +78,8 @@ class ModelCache:
         self._key_locks: dict[tuple[str, str], threading.Lock] = {}
         self._in_use: dict[tuple[str, str], int] = {}
         self._partials: set[str] = set()
+        #: copies under way: (model name, version) -> (partial directory, bytes listed)
+        self._copying: dict[tuple[str, int], tuple[str, int]] = {}
         #: per model name, the entry names aspired at the last poll that listed it
         self._aspired: dict[str, set[str]] = {}
         self._configured: set[str] | None = None
@@ -190,8 +192,10 @@ class ModelCache:
             parent = os.path.dirname(final)
             os.makedirs(parent, exist_ok=True)
             partial = tempfile.mkdtemp(prefix=f"{_PARTIAL}{version.version}-", dir=parent)
+            progress_key = (version.name, version.version)
             with self._lock:
                 self._partials.add(partial)
+                self._copying[progress_key] = (partial, version.total_bytes)
             try:
                 self._download(version, partial, max(1, attempts), backoff, on_store_event)
                 os.rename(partial, final)
@@ -199,6 +203,7 @@ class ModelCache:
                 shutil.rmtree(partial, ignore_errors=True)
                 with self._lock:
                     self._partials.discard(partial)
+                    self._copying.pop(progress_key, None)
         log.info(
             "Servable {name: %s version: %d}: copied %d files (%d bytes) from %s to %s",
             version.name,
@@ -209,6 +214,21 @@ class ModelCache:
             final,
         )
         return final
+
+    def progress(self, name: str, version: int) -> tuple[int, int] | None:
+        """``(bytes copied so far, bytes listed)`` of a copy of ``name``'s ``version`` under
+        way, None when none is (read from the partial copy's files: one directory walk)."""
+        with self._lock:
+            copying = self._copying.get((name, version))
+        if copying is None:
+            return None
+        partial, total = copying
+        done = 0
+        for directory, _dirs, files in os.walk(partial):
+            for file in files:
+                with contextlib.suppress(OSError):
+                    done += os.path.getsize(os.path.join(directory, file))
+        return min(done, total), total
 
     def _download(
         self,

@@ -90,6 +90,11 @@ VARIABLES_FILENAME = "variables"
 
 Runtime = Literal["auto", "session", "function"]
 
+#: RAM a SavedModel load takes beyond its files' size: the session, its graph and kernels
+#: (the flowers example's first load in a process grew it by 9.14 MB, later loads by
+#: 3.6-3.9 MB each; see docs/configuration.md, Model platforms).
+SAVED_MODEL_OVERHEAD = int(9.6 * (1 << 20))
+
 
 def read_saved_model(path: str) -> saved_model_pb2.SavedModel:
     """Parse ``path/saved_model.pb`` (else ``saved_model.pbtxt``), as TF's ``ReadSavedModel``.
@@ -247,9 +252,13 @@ class SavedModelLoader(Loader):
         return f"SavedModelLoader(path={self.path!r}, tags={self.tags!r})"
 
     def estimate_resources(self) -> ResourceEstimate:
-        """1.2 x the size of the version's files, computed once and then cached."""
+        """TF Serving's rule, 1.2 x the size of the version's files, plus
+        :data:`SAVED_MODEL_OVERHEAD` (what a load costs beyond its files); computed once and
+        then cached."""
         if self._estimate is None:
-            self._estimate = estimate_from_disk(self.path)
+            self._estimate = estimate_from_disk(self.path) + ResourceEstimate(
+                ram_bytes=SAVED_MODEL_OVERHEAD
+            )
         return self._estimate
 
     def load(self) -> None:

@@ -53,6 +53,8 @@ INIT_OP_SIGNATURE_KEY = "__saved_model_init_op"
 MAX_CACHED_CALLABLES = 256
 
 _DT_STRING = 7
+#: A signature input of any dtype (a non-TensorFlow model that declares none): fed as given.
+_DT_INVALID = 0
 _MISSING: Any = object()
 
 RunFn = Callable[..., Sequence[Any]]
@@ -340,7 +342,8 @@ class SavedModelServable:
             signature_name: a key of ``signature_defs`` (already resolved: no default here).
             inputs: one array per signature input alias. Inputs the signature has a default
                 for may be left out. Arrays must have the signature's dtype exactly (string
-                inputs accept object arrays of ``bytes``, ``bytes_`` or ``str_`` arrays);
+                inputs accept object arrays of ``bytes``, ``bytes_`` or ``str_`` arrays; an
+                input of dtype ``DT_INVALID``, a model that declares none, takes any);
                 shapes are not checked against the signature, as in TF Serving.
             output_keys: the output aliases to fetch, in the order wanted; ``None`` fetches
                 every output of the signature.
@@ -370,7 +373,7 @@ class SavedModelServable:
                 value = info.defaults[feed.alias]
             elif type(value) is not np.ndarray:
                 value = np.asarray(value)
-            if value.dtype != feed.np_dtype:
+            if value.dtype != feed.np_dtype and feed.dtype != _DT_INVALID:
                 if feed.dtype == _DT_STRING and value.dtype.kind in "OSU":
                     value = _as_string_feed(value)
                 else:

@@ -8,7 +8,7 @@ generic handlers on an event loop of its own thread:
   request is started (decoded, run or queued for its batch) on the event loop when it is
   small (:data:`~pyserving.server.grpc.calls.INLINE_REQUEST_BYTES`) and its model's recent
   calls were fast or only queued for a batch (the transports' shared
-  :class:`~pyserving.server.grpc.calls.CallCosts`), else on a worker thread; the loop
+  :class:`~pyserving.server.call_costs.CallCosts`), else on a worker thread; the loop
   awaits the answer, so a request waiting for its batch holds no thread, and builds the
   response. The deadline is checked before and after; a client that goes away cancels its
   queued request.
@@ -32,10 +32,10 @@ from typing import Any
 
 import grpc
 
+from pyserving.server.call_costs import CallCosts
 from pyserving.server.grpc.calls import (
     INLINE_REQUEST_BYTES,
     Call,
-    CallCosts,
     Inference,
     Method,
     Unary,

@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 
 from pyserving.errors import CancelledError, DeadlineExceeded, ServingError
+from pyserving.server.call_costs import CallCosts
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,6 @@ ERROR_MESSAGE_LIMIT = 1024
 #: event loop (tens of microseconds); larger ones are parsed on a worker thread, so a big
 #: request never stalls the loop.
 INLINE_REQUEST_BYTES = 64 * 1024
-#: A model whose recent calls took less than this (seconds, moving average) may run on a
-#: transport's event loop; slower ones, or ones not measured yet, run on a worker thread.
-INLINE_RUN_SECONDS = 200e-6
-#: Weight of the newest call in the moving average of a model's call time.
-COST_WEIGHT = 0.2
 
 
 class Call:
@@ -111,53 +107,6 @@ class Inference:
 Method = Unary | Inference
 
 
-class CallCosts:
-    """Each model's moving average of its successful Inference calls' durations, which
-    decides where a transport starts its next small request: on the event loop when the
-    model is fast (or batches: the call only queues), else on a worker thread.
-
-    ``timer`` is read once before and once after each measured call; the difference is the
-    call's duration in seconds. It defaults to :func:`time.perf_counter`; a test passes a
-    clock it advances itself, so what counts as fast does not depend on the machine's speed.
-    ``threshold``: a model runs on the loop when its average is below it (seconds).
-    ``weight``: the newest call's weight in the average (0 < weight <= 1).
-
-    Read and written from the loop and from worker threads without a lock: each update is
-    one dict assignment, so a race may lose one call's measurement, never corrupt the map.
-    """
-
-    def __init__(
-        self,
-        timer: Callable[[], float] = time.perf_counter,
-        threshold: float = INLINE_RUN_SECONDS,
-        weight: float = COST_WEIGHT,
-    ) -> None:
-        if not 0.0 < weight <= 1.0:
-            raise ValueError(f"weight must be in (0, 1], got {weight}")
-        self.timer = timer
-        self.threshold = threshold
-        self.weight = weight
-        self._averages: dict[str, float] = {}
-
-    def runs_inline(self, model: str) -> bool:
-        """Whether ``model``'s calls are measured and their average is under the threshold
-        (a model not measured yet is not: its first call runs on a worker)."""
-        average = self._averages.get(model)
-        return average is not None and average < self.threshold
-
-    def record(self, model: str, seconds: float) -> None:
-        """Add one successful call of ``model`` that took ``seconds`` to its average (the
-        first call sets it)."""
-        previous = self._averages.get(model)
-        self._averages[model] = (
-            seconds if previous is None else previous + self.weight * (seconds - previous)
-        )
-
-    def average(self, model: str) -> float | None:
-        """``model``'s average call duration in seconds; None until one is recorded."""
-        return self._averages.get(model)
-
-
 def start_inference(
     method: Inference, request: Any, call: Call, costs: CallCosts
 ) -> concurrent.futures.Future[Any]:
@@ -223,12 +172,9 @@ def status_of(error: BaseException, path: str = "") -> tuple[grpc.StatusCode, st
 
 
 __all__ = [
-    "COST_WEIGHT",
     "ERROR_MESSAGE_LIMIT",
     "INLINE_REQUEST_BYTES",
-    "INLINE_RUN_SECONDS",
     "Call",
-    "CallCosts",
     "Inference",
     "Method",
     "Unary",

@@ -18,13 +18,14 @@ What a call goes through:
   soon as its length prefix arrives. A compressed one is inflated on a worker thread.
 * An :class:`~pyserving.server.grpc.calls.Inference` method (Predict, V2's ModelInfer): a
   small request (:data:`INLINE_REQUEST_BYTES`) is parsed on the event loop. It then starts
-  on the loop when its model's recent calls took under :data:`INLINE_RUN_SECONDS` (a fast
-  model, or a batching model, whose call only queues the request), else on a worker thread,
-  so a slow model never holds the loop; large requests are parsed on a worker. A request
+  on the loop when its model's recent calls took under
+  :data:`~pyserving.server.call_costs.INLINE_RUN_SECONDS` (a fast model, or a batching
+  model, whose call only queues the request), else on a worker thread, so a slow model
+  never holds the loop; large requests are parsed on a worker. A request
   waiting for its batch holds no thread. The deadline is checked before and after the run;
   a client that resets the stream cancels its queued request. The durations are kept by
   :class:`CallCosts`, whose timer can be replaced (tests decide what counts as fast without
-  depending on the machine's speed; see ``calls.py``).
+  depending on the machine's speed; see ``server/call_costs.py``).
 * A :class:`~pyserving.server.grpc.calls.Unary` method runs on a worker thread (the
   ``pyserving-grpc`` pool, ``max_threads``), at most ``max_concurrent_streams`` per
   connection queued or running.
@@ -58,10 +59,10 @@ from pyserving.errors import (
     ResourceExhausted,
     Unimplemented,
 )
+from pyserving.server.call_costs import CallCosts
 from pyserving.server.grpc.calls import (
     INLINE_REQUEST_BYTES,
     Call,
-    CallCosts,
     Inference,
     Unary,
     run_unary,
@@ -595,7 +596,13 @@ def start_h2_grpc_server(
         address = f"0.0.0.0:{options.port}"
         try:
             tcp: asyncio.Server = await loop.create_server(  # type: ignore[assignment]
-                protocol, "0.0.0.0", options.port, ssl=tls, backlog=1024, reuse_address=True
+                protocol,
+                "0.0.0.0",
+                options.port,
+                ssl=tls,
+                backlog=1024,
+                reuse_address=True,
+                reuse_port=options.reuse_port,
             )
         except OSError as exc:
             raise RuntimeError(f"Failed to bind gRPC server to {address}: {exc}") from None

@@ -139,6 +139,9 @@ class GrpcServerOptions:
     tls: GrpcTls | None = None
     tensor_content: bool = False
     grpcio: bool = False
+    #: Bind the TCP port with ``SO_REUSEPORT`` (``--num_workers``: workers share the port;
+    #: grpcio's servers always do).
+    reuse_port: bool = False
 
 
 def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:

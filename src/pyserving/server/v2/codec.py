@@ -149,11 +149,12 @@ def check_header(
     """Validate an input's datatype and shape against its signature tensor.
 
     Returns ``(numpy dtype, shape, element count)``. ``tensor_info`` None skips the
-    signature checks. Raises ``InvalidArgument``.
+    signature checks; a ``tensor_info`` of dtype ``DT_INVALID`` (a model that declares no
+    dtype) takes any datatype. Raises ``InvalidArgument``.
     """
     if type(datatype) is not str or datatype not in NUMPY_DTYPES:
         raise InvalidArgument(f"input '{name}': invalid datatype {datatype!r}")
-    if tensor_info is not None:
+    if tensor_info is not None and tensor_info.dtype != 0:  # DT_INVALID: any datatype
         expected = tf_datatype(tensor_info.dtype)
         if expected != datatype:
             raise InvalidArgument(

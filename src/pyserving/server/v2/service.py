@@ -45,6 +45,7 @@ from pyserving.errors import (
     ServingError,
     Unavailable,
 )
+from pyserving.platforms.generic import is_open_signature
 from pyserving.server.metrics import VersionStatistics
 from pyserving.server.service import DEFAULT_SIGNATURE, ModelServing, ModelSpec, PredictResult
 from pyserving.server.v2 import codec
@@ -250,7 +251,10 @@ class V2Service:
         try:
             spec = _version_spec(request.model_name, request.model_version, request.signature_name)
             with self.serving.bind(spec, entrypoint=entrypoint) as model:
-                inputs = decode_inputs(request.inputs, model.signature_def.inputs)
+                signature = model.signature_def
+                # A model that declares no signature: its inputs are the request's.
+                known = None if is_open_signature(signature) else signature.inputs
+                inputs = decode_inputs(request.inputs, known)
                 return model.predict(inputs, tuple(request.outputs))
         except Exception as exc:
             failed: concurrent.futures.Future[PredictResult] = concurrent.futures.Future()
@@ -449,18 +453,26 @@ def _check_base_path(base_path: str) -> None:
         )
 
 
-def decode_inputs(inputs: Sequence[InputTensor], signature_inputs: Any) -> dict[str, np.ndarray]:
+def decode_inputs(
+    inputs: Sequence[InputTensor], signature_inputs: Any | None
+) -> dict[str, np.ndarray]:
     """The request's inputs as arrays, each checked against its signature tensor.
 
     ``InvalidArgument`` for an input the signature does not have, an input given twice, and
     every datatype, shape or data error of :mod:`codec` (a decoded input never holds more
     elements than the request carried). Missing inputs are reported by the predict path, as
-    for V1."""
+    for V1. ``signature_inputs`` None (a model without a declared signature): every input is
+    taken with the datatype and shape the request gives."""
     arrays: dict[str, np.ndarray] = {}
     for tensor in inputs:
         name = tensor.name
-        info = signature_inputs.get(name) if type(name) is str else None
-        if info is None:
+        if signature_inputs is None:
+            if type(name) is not str or not name:
+                raise InvalidArgument(f"invalid inference input name {name!r}")
+            info = None
+        else:
+            info = signature_inputs.get(name) if type(name) is str else None
+        if info is None and signature_inputs is not None:
             raise InvalidArgument(
                 f"unexpected inference input {name!r}: the signature's inputs are "
                 f"{sorted(signature_inputs)}"
