@@ -91,7 +91,9 @@ def run(cycles: int, model: pathlib.Path, requests_per_cycle: int = 20) -> dict[
                 if not swap_version(core, config, model, base, old, new):
                     raise RuntimeError(f"cycle {cycle}: version {new} did not replace {old}")
                 for _ in range(requests_per_cycle):
-                    serving.predict(ModelSpec("m"), lambda _sig: inputs)
+                    with serving.bind(ModelSpec("m")) as bound:
+                        bound.predict(inputs).result()
+                    del bound  # it holds the version's servable
                 seconds = time.monotonic() - start
                 gc.collect()
                 samples.append({"cycle": cycle, "rss_bytes": rss_bytes(), "seconds": seconds})

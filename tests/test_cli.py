@@ -102,7 +102,7 @@ def test_every_flag_has_a_unique_name_and_help() -> None:
     assert all(f.help for f in FLAGS)
 
 
-def test_batching_serves_grpc_on_asyncio_with_default_threads(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_batching_keeps_the_default_threads(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from pyserving.server.app import server_options_from_flags
 
     params = tmp_path / "batching.config"
@@ -114,14 +114,14 @@ def test_batching_serves_grpc_on_asyncio_with_default_threads(tmp_path) -> None:
     ]
     options = server_options_from_flags(parse_flags(base))
     defaults = parse_flags([])
-    # Requests waiting for their batch hold no thread on either front end.
-    assert options.grpc_asyncio is True
+    # Requests waiting for their batch hold no thread on either gRPC transport (both run
+    # on an event loop) nor on REST: the default thread counts stay.
     assert (options.rest_num_threads, options.grpc_max_threads) == (
         defaults.rest_api_num_threads,
         defaults.grpc_max_threads,
     )
-    plain = server_options_from_flags(parse_flags(["--model_base_path=/models/m"]))
-    assert plain.grpc_asyncio is False
+    grpcio = server_options_from_flags(parse_flags([*base, "--grpc_frontend=grpcio"]))
+    assert grpcio.grpc_grpcio is True
 
 
 def test_tensor_content_flag_reaches_the_grpc_options() -> None:
@@ -215,9 +215,7 @@ def test_noise_filter_keeps_every_other_line() -> None:
         b"W0000 something a user must see\n"
         b"last line without newline"
     )
-    assert filter_noise(captured) == (
-        b"W0000 something a user must see\nlast line without newline"
-    )
+    assert filter_noise(captured) == (b"W0000 something a user must see\nlast line without newline")
 
 
 def test_captured_stderr_is_written_back_without_noise() -> None:

@@ -17,7 +17,7 @@ from tensorflow_serving.apis import predict_pb2
 
 from pyserving.config import single_model_config
 from pyserving.server.core import ServerCore, ServerCoreOptions
-from pyserving.server.grpc_server import GrpcServerOptions, start_grpc_server
+from pyserving.server.grpc import GrpcServerOptions, start_grpc_server
 from pyserving.server.service import ModelServing
 
 pytestmark = pytest.mark.e2e

@@ -146,9 +146,9 @@ def test_find_signature(tf1: SavedModelServable) -> None:
     assert inference.find_signature(tf1, "") is tf1.signature_defs["serving_default"]
     with pytest.raises(FailedPrecondition, match=r'^Serving signature key "x" not found\.$'):
         inference.find_signature(tf1, "x")
-    with pytest.raises(InvalidArgument) as info:
-        inference.find_signature(tf1, "x", rest=True)
-    assert info.value.message == 'Serving signature name: "x" not found in signature def'
+    with pytest.raises(inference.SignatureNotFound) as info:
+        inference.find_signature(tf1, "x")
+    assert info.value.signature_name == "x"  # what the REST API rewords its error from
 
 
 # -------------------------------------------------------------------------- classify / regress
@@ -373,7 +373,7 @@ def test_rest_predict_round_trip(
 ) -> None:
     servable = request.getfixturevalue(model)
     parsed = codec.loads(body)
-    signature = inference.find_signature(servable, codec.get_signature_name(parsed), rest=True)
+    signature = inference.find_signature(servable, codec.get_signature_name(parsed))
     fmt, inputs = codec.parse_predict_request(parsed, signature)
     _name, outputs = inference.predict(servable, codec.get_signature_name(parsed), inputs)
     assert codec.format_predict_response(outputs, fmt) == expected

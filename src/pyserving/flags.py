@@ -156,7 +156,7 @@ FLAGS: tuple[Flag, ...] = (
         "grpc_frontend",
         str,
         "http2",
-        "pyserving: gRPC served by http2 (pyserving's HTTP/2 server) or grpcio",
+        "pyserving: gRPC served by http2 (pyserving's HTTP/2 server) or grpcio (grpc.aio)",
     ),
     Flag(
         "model_memory_budget_bytes",

@@ -51,6 +51,7 @@ __all__ = [
     "PREDICT_METHOD_NAME",
     "REGRESS_METHOD_NAME",
     "Servable",
+    "SignatureNotFound",
     "classify",
     "find_signature",
     "format_classify_response",
@@ -59,7 +60,6 @@ __all__ = [
     "predict",
     "predict_signature",
     "regress",
-    "rest_signature",
     "serialized_examples",
     "signature_def_map",
 ]
@@ -96,6 +96,20 @@ class Servable(Protocol):
     ) -> dict[str, np.ndarray]:
         """Run a signature; see ``SavedModelServable.run``."""
         ...
+
+
+class SignatureNotFound(FailedPrecondition):
+    """A predict request names a signature the model does not have.
+
+    The message is TF Serving's gRPC one (``Serving signature key "x" not found.``,
+    FAILED_PRECONDITION); its REST API reports the same case as INVALID_ARGUMENT
+    ``Serving signature name: "x" not found in signature def``: a front end rewords it
+    from ``signature_name``, the resolved name.
+    """
+
+    def __init__(self, signature_name: str) -> None:
+        super().__init__(f'Serving signature key "{signature_name}" not found.')
+        self.signature_name = signature_name
 
 
 def _resolve(signature_name: str) -> str:
@@ -141,7 +155,7 @@ def predict(
         ``(resolved signature name, {output alias: array})``.
 
     Raises:
-        FailedPrecondition: ``Serving signature key "x" not found.``
+        SignatureNotFound: ``Serving signature key "x" not found.``
         Internal: the method-name check is on and the signature is not predict, classify
             or regress.
         InvalidArgument: inputs that do not match the signature, unknown or repeated
@@ -157,12 +171,12 @@ def predict_signature(
 ) -> str:
     """The checks :func:`predict` makes before running: the resolved signature name.
 
-    Raises ``FailedPrecondition`` / ``Internal`` as :func:`predict` does.
+    Raises :class:`SignatureNotFound` / ``Internal`` as :func:`predict` does.
     """
     name = _resolve(signature_name)
     signature = servable.signature_defs.get(name)
     if signature is None:
-        raise FailedPrecondition(f'Serving signature key "{name}" not found.')
+        raise SignatureNotFound(name)
     if check_method_name and signature.method_name not in (
         PREDICT_METHOD_NAME,
         CLASSIFY_METHOD_NAME,
@@ -176,30 +190,19 @@ def predict_signature(
     return name
 
 
-def find_signature(
-    servable: Servable, signature_name: str, *, rest: bool = False
-) -> meta_graph_pb2.SignatureDef:
+def find_signature(servable: Servable, signature_name: str) -> meta_graph_pb2.SignatureDef:
     """The SignatureDef a predict request names (``""`` = ``serving_default``), e.g. to
     decode its inputs before calling :func:`predict`.
 
     Raises:
-        FailedPrecondition: ``Serving signature key "x" not found.`` (gRPC Predict's error).
-        InvalidArgument: with ``rest=True``, ``Serving signature name: "x" not found in
-            signature def``: the REST API looks the signature up to parse the JSON body and
-            reports an unknown one this way (``GetInfoMap``).
+        SignatureNotFound: ``Serving signature key "x" not found.`` (gRPC Predict's error;
+            the REST API words it differently, see :class:`SignatureNotFound`).
     """
     name = _resolve(signature_name)
     signature = servable.signature_defs.get(name)
     if signature is None:
-        if rest:
-            raise InvalidArgument(f'Serving signature name: "{name}" not found in signature def')
-        raise FailedPrecondition(f'Serving signature key "{name}" not found.')
+        raise SignatureNotFound(name)
     return signature
-
-
-def rest_signature(servable: Servable, signature_name: str) -> meta_graph_pb2.SignatureDef:
-    """``find_signature(servable, signature_name, rest=True)``."""
-    return find_signature(servable, signature_name, rest=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -44,17 +44,13 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 from pyserving.core.manager import ManagerOptions
-from pyserving.errors import InvalidArgument
+from pyserving.errors import DeadlineExceeded, InvalidArgument
 from pyserving.platforms.tensorflow import read_saved_model
-from pyserving.server import grpc_h2
 from pyserving.server.core import ServerCore, ServerCoreOptions
-from pyserving.server.grpc_server import (
-    GrpcServer,
-    GrpcServerOptions,
-    PredictionServicer,
-    parse_channel_arguments,
-    start_grpc_server,
-)
+from pyserving.server.grpc import GrpcServerOptions, parse_channel_arguments, start_grpc_server
+from pyserving.server.grpc.calls import Call, Inference, run_inference
+from pyserving.server.grpc.service import PREDICT_PATH, GrpcService
+from pyserving.server.loop_server import LoopServer
 from pyserving.server.service import ModelServing
 
 pytestmark = pytest.mark.e2e
@@ -108,7 +104,7 @@ def base_config(testdata: pathlib.Path) -> model_server_config_pb2.ModelServerCo
 class Env:
     core: ServerCore
     serving: ModelServing
-    server: GrpcServer
+    server: LoopServer
     testdata: pathlib.Path
     tmp: pathlib.Path
     channels: dict[str, grpc.Channel]
@@ -123,14 +119,14 @@ class Env:
         return health_pb2_grpc.HealthStub(self.channels[kind])
 
 
-@pytest.fixture(scope="module", params=["http2", "sync", "asyncio"])
+@pytest.fixture(scope="module", params=["http2", "grpcio"])
 def env(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     testdata: pathlib.Path,
 ) -> Iterator[Env]:
-    """The server under test: on pyserving's HTTP/2 server (the default), on grpcio's
-    synchronous server and on grpc.aio."""
+    """The server under test: on pyserving's HTTP/2 server (the default) and on grpcio's
+    grpc.aio."""
     tmp = tmp_path_factory.mktemp("grpc")
     core = ServerCore(
         ServerCoreOptions(
@@ -148,7 +144,6 @@ def env(
                 socket_path=str(tmp / "grpc.sock"),
                 enable_health=True,
                 grpcio=request.param != "http2",
-                asyncio=request.param == "asyncio",
             ),
         )
         channels = {
@@ -691,27 +686,14 @@ def test_expired_deadline_is_deadline_exceeded(env: Env) -> None:
     np.testing.assert_array_equal(tensor_values(response.outputs["y"]), [[3.0]])
 
 
-class _Aborted(Exception):
-    pass
+class _ScriptedClock:
+    """A clock whose readings follow a script (the last one repeats)."""
 
+    def __init__(self, readings: list[float]) -> None:
+        self.readings = list(readings)
 
-class _Context:
-    """A stand-in ServicerContext whose remaining time follows a script."""
-
-    def __init__(self, remaining: list[float]) -> None:
-        self.remaining = list(remaining)
-        self.code: grpc.StatusCode | None = None
-        self.details = ""
-
-    def time_remaining(self) -> float:
-        return self.remaining.pop(0) if len(self.remaining) > 1 else self.remaining[0]
-
-    def is_active(self) -> bool:
-        return True
-
-    def abort(self, code: grpc.StatusCode, details: str) -> None:
-        self.code, self.details = code, details
-        raise _Aborted()
+    def __call__(self) -> float:
+        return self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
 
 
 class _CountingServing(ModelServing):
@@ -719,9 +701,9 @@ class _CountingServing(ModelServing):
         super().__init__(inner.core)
         self.calls = 0
 
-    def predict_future(self, *args: Any, **kwargs: Any) -> Any:
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
         self.calls += 1
-        return super().predict_future(*args, **kwargs)
+        return super().bind(*args, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -733,11 +715,14 @@ def test_handler_checks_the_deadline_before_and_after_running(
     env: Env, remaining: list[float], runs: int
 ) -> None:
     serving = _CountingServing(env.serving)
-    context = _Context(remaining)
+    # The deadline is at 10 on the clock; it reads 10 - remaining at each check.
+    call = Call(10.0, _ScriptedClock([10.0 - r for r in remaining]))
     request = predict_request("half_plus_two", {"x": float_tensor([2.0], (1, 1))})
-    with pytest.raises(_Aborted):
-        PredictionServicer(serving).Predict(request, context)
-    assert context.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    predict = GrpcService(serving).methods[PREDICT_PATH]
+    assert isinstance(predict, Inference)
+    with pytest.raises(DeadlineExceeded) as info:
+        run_inference(predict, request, call)
+    assert info.value.grpc_code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert serving.calls == runs
 
 
@@ -831,10 +816,8 @@ def test_reload_config_errors(env: Env) -> None:
 # ---------------------------------------------------------------------------- health
 
 
-def test_health(env: Env, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A status change is in force when set_serving_status returns, unless the HTTP/2 front
-    # end's loop is busy for longer than its short wait; a loaded machine gets a long one.
-    monkeypatch.setattr(grpc_h2, "STATUS_WAIT_SECONDS", TIMEOUT)
+def test_health(env: Env, kind: str) -> None:
+    # A status change is in force when set_serving_status returns.
     stub = env.health_stub(kind)
     serving = health_pb2.HealthCheckResponse.SERVING
     for service in ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"):
@@ -875,7 +858,7 @@ def test_parse_channel_arguments() -> None:
 
 
 class _ExplodingServing(ModelServing):
-    def predict_future(self, *args: Any, **kwargs: Any) -> Any:
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("boom")
 
 

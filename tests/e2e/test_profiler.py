@@ -16,7 +16,8 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from pyserving.core.manager import ManagerOptions
 from pyserving.server.core import ServerCore, ServerCoreOptions
-from pyserving.server.grpc_server import GrpcServer, GrpcServerOptions, start_grpc_server
+from pyserving.server.grpc import GrpcServerOptions, start_grpc_server
+from pyserving.server.loop_server import LoopServer
 from pyserving.server.profiler_service import SERVICE, messages
 from pyserving.server.service import ModelServing
 from tests.e2e.server import RunningServer
@@ -82,7 +83,7 @@ def test_tensorflow_profiler_client_traces_the_server_while_it_serves(
         assert server.stop() == 0, server.log()
 
 
-@pytest.fixture(scope="module", params=["http2", "sync", "asyncio"])
+@pytest.fixture(scope="module", params=["http2", "grpcio"])
 def grpc_target(
     request: pytest.FixtureRequest, testdata: pathlib.Path
 ) -> Iterator[tuple[str, ModelServing]]:
@@ -92,7 +93,7 @@ def grpc_target(
     model.base_path = str(testdata / "saved_model_half_plus_two_cpu")
     model.model_platform = "tensorflow"
     core = ServerCore(ServerCoreOptions(manager=ManagerOptions(), file_system_poll_wait_seconds=0))
-    server: GrpcServer | None = None
+    server: LoopServer | None = None
     try:
         core.reload_config(config)
         serving = ModelServing(core)
@@ -101,7 +102,6 @@ def grpc_target(
             GrpcServerOptions(
                 port=0,
                 grpcio=request.param != "http2",
-                asyncio=request.param == "asyncio",
             ),
         )
         yield f"localhost:{server.port}", serving

@@ -315,7 +315,7 @@ def test_metadata_two_versions(server: RunningServer) -> None:
             "/v1/models/default:predict",
             b'{"signature_name": "zzz", "instances": [[1.0]]}',
             400,
-            "zzz",
+            'Serving signature name: "zzz" not found in signature def',
         ),
         (
             "/v1/models/counter:predict",

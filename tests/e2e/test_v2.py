@@ -4,8 +4,8 @@ KServe's clients against the real server, over REST and gRPC.
 One server for the module serves TF Serving's test models (``half_plus_two``;
 ``two_versions`` with versions 123 and 124 and the label ``stable``; the TF2 export) and the
 bundled example (``flowers``). Two more, started beside it, serve ``half_plus_two`` with
-batching: one on pyserving's HTTP/2 gRPC front end, one on grpcio's (``grpc.aio``, as
-``--grpc_frontend=grpcio`` with batching runs).
+batching: one on pyserving's HTTP/2 gRPC front end, one on grpcio's (``grpc.aio``, what
+``--grpc_frontend=grpcio`` runs).
 """
 
 from __future__ import annotations

@@ -61,11 +61,12 @@ def test_unloaded_versions_are_garbage_collected(
         core.reload_config(config)
         for old in range(1, CYCLES + 1):
             new = old + 1
-            result = serving.predict(ModelSpec("m"), lambda _sig: inputs)
+            with serving.bind(ModelSpec("m")) as bound:
+                result = bound.predict(inputs).result()
             assert result.id.version == old and result.outputs["y"].tolist() == [[3.0]]
             refs = weak_parts(core, old)
             assert any(name.startswith("callable") for name in refs)
-            del result
+            del result, bound
             assert swap_version(core, config, model, base, old, new, timeout=60)
             assert core.manager.wait_until_idle(timeout=60)
             gc.collect()

@@ -35,16 +35,16 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from pyserving.core.clock import ManualClock
 from pyserving.core.manager import ManagerOptions
+from pyserving.server.call_costs import CallCosts
 from pyserving.server.core import ServerCore, ServerCoreOptions
-from pyserving.server.grpc_h2 import (
-    CallCosts,
+from pyserving.server.grpc import GrpcServerOptions, start_grpc_server, uses_grpcio
+from pyserving.server.grpc.h2 import (
     GrpcHandler,
     H2GrpcServer,
     parse_timeout,
     start_h2_grpc_server,
     status_trailers,
 )
-from pyserving.server.grpc_server import GrpcServerOptions, start_grpc_server, uses_grpcio
 from pyserving.server.http2 import (
     CONTINUATION,
     DATA,
@@ -467,7 +467,7 @@ def test_calls_reset_while_running_keep_the_connection(core: ServerCore) -> None
             # every call and reset above has been handled.
             wait_for_ping_ack(c, b"resets!!")
             serving.gate.set()
-            wait_until(lambda: not s._handler._jobs, "the connection's worker jobs to end")
+            wait_until(lambda: not s.handler._jobs, "the connection's worker jobs to end")
             assert len(serving.threads) <= 1 + 4, len(serving.threads)  # at most 4 accepted
             _, data, trailers, _ = call(c, 101, predict_message([4.0]))
             assert trailers["grpc-status"] == "0"
@@ -673,7 +673,8 @@ def test_health_watch_streams_each_change(server: H2GrpcServer) -> None:
 
 class _ThreadRecordingServing(ModelServing):
     """Records the thread each Predict runs on, and makes the model cost ``cost`` seconds on
-    ``clock``: each successful call advances ``clock`` by ``cost`` (failed ones leave it).
+    ``clock``: each call that reaches its model advances ``clock`` by ``cost`` (the cost
+    measure ignores failed calls).
     Served by :func:`serve_measured`, which times calls on ``clock``, the model's measured
     cost is exactly ``cost`` however fast or busy the machine is. While ``gate`` is clear,
     calls wait for it (at most ``TIMEOUT``)."""
@@ -686,13 +687,12 @@ class _ThreadRecordingServing(ModelServing):
         self.gate.set()
         self.threads: list[str] = []
 
-    def predict_future(self, *args: Any, **kwargs: Any) -> Any:
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
         self.threads.append(threading.current_thread().name)
         assert self.gate.wait(TIMEOUT), "test gate never opened"
-        future = super().predict_future(*args, **kwargs)
-        if future.done() and not future.cancelled() and future.exception() is None:
-            self.clock.advance(self.cost)
-        return future
+        model = super().bind(*args, **kwargs)
+        self.clock.advance(self.cost)
+        return model
 
 
 def serve_measured(serving: _ThreadRecordingServing, **options: Any) -> H2GrpcServer:
@@ -733,7 +733,7 @@ def _check_job_limit(handler: GrpcHandler, executor: _HeldExecutor) -> None:
         handler._submit(connection, lambda: None)  # type: ignore[arg-type]
     with pytest.raises(Exception, match="Too many calls in progress") as info:
         handler._submit(connection, lambda: None)  # type: ignore[arg-type]
-    assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    assert info.value.grpc_code == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
     handler._submit(other, lambda: None)  # type: ignore[arg-type]  # other connections: own limit
     executor.run_one()
     handler._submit(connection, lambda: None)  # type: ignore[arg-type]  # room again

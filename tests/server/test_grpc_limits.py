@@ -6,7 +6,7 @@ import pytest
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from pyserving.errors import InvalidArgument
-from pyserving.server.grpc_server import _decode_inputs, decoded_size_bytes
+from pyserving.server.grpc.service import decode_inputs, decoded_size_bytes
 
 
 def proto(dtype: int, *dims: int, unknown_rank: bool = False) -> tensor_pb2.TensorProto:
@@ -39,8 +39,8 @@ def test_inputs_over_the_limit_together_are_refused() -> None:
     a = proto(types_pb2.DT_FLOAT, 10)
     a.float_val.append(1.0)  # filled out to 10 values: 40 bytes
     b = proto(types_pb2.DT_FLOAT, 10)
-    assert {k: v.tolist() for k, v in _decode_inputs({"a": a}, 40).items()} == {"a": [1.0] * 10}
+    assert {k: v.tolist() for k, v in decode_inputs({"a": a}, 40).items()} == {"a": [1.0] * 10}
     with pytest.raises(InvalidArgument, match=r"^tensor parsing error: b$"):
-        _decode_inputs({"a": a, "b": b}, 79)
-    assert set(_decode_inputs({"a": a, "b": b}, 80)) == {"a", "b"}
-    assert set(_decode_inputs({"a": a, "b": b})) == {"a", "b"}  # no limit
+        decode_inputs({"a": a, "b": b}, 79)
+    assert set(decode_inputs({"a": a, "b": b}, 80)) == {"a", "b"}
+    assert set(decode_inputs({"a": a, "b": b})) == {"a", "b"}  # no limit

@@ -21,7 +21,7 @@ from pyserving.errors import InvalidArgument
 from pyserving.flags import UsageError, parse_flags
 from pyserving.server.app import server_options_from_flags
 from pyserving.server.core import ServerCore, ServerCoreOptions
-from pyserving.server.grpc_server import (
+from pyserving.server.grpc import (
     GrpcServerOptions,
     GrpcTls,
     read_ssl_config_file,
@@ -69,9 +69,9 @@ def core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerCore]:
         yield c
 
 
-@pytest.fixture(params=["http2", "sync", "asyncio"])
+@pytest.fixture(params=["http2", "grpcio"])
 def flavour(request: pytest.FixtureRequest) -> str:
-    """pyserving's HTTP/2 server (the default), grpcio's synchronous server or grpc.aio."""
+    """pyserving's HTTP/2 server (the default) or grpcio's grpc.aio."""
     return str(request.param)
 
 
@@ -83,7 +83,6 @@ def serve(core: ServerCore, tls: GrpcTls, socket_path: str = "", flavour: str = 
             socket_path=socket_path,
             tls=tls,
             grpcio=flavour != "http2",
-            asyncio=flavour == "asyncio",
         ),
     )
 

@@ -85,8 +85,9 @@ def setup(
         yield serving, RestHandler(serving), repo
 
 
-def _decode(_signature_def: object) -> dict[str, np.ndarray]:
-    return {"x": np.array([[2.0]], np.float32)}
+def _predict(serving: ModelServing, spec: ModelSpec) -> None:
+    with serving.bind(spec) as model:
+        model.predict({"x": np.array([[2.0]], np.float32)}).result()
 
 
 def hostile_requests(serving: ModelServing, handler: RestHandler) -> list[int]:
@@ -108,8 +109,8 @@ def hostile_requests(serving: ModelServing, handler: RestHandler) -> list[int]:
             statuses.append(handler.handle(method, path, {}, payload).status)
         by_name, by_label = ModelSpec(name), ModelSpec("half_plus_two", label=name or "x")
         for call in (
-            functools.partial(serving.predict, by_name, _decode),
-            functools.partial(serving.predict, by_label, _decode),
+            functools.partial(_predict, serving, by_name),
+            functools.partial(_predict, serving, by_label),
             functools.partial(serving.metadata, by_name),
             functools.partial(serving.metadata, by_label),
             functools.partial(serving.status, by_name),  # a label does not narrow status

@@ -58,9 +58,10 @@ def core(testdata: pathlib.Path) -> Iterator[ServerCore]:
 
 
 class _RecordingServing(ModelServing):
-    """Records the thread each predict runs on; each successful call advances ``clock`` by
-    ``cost`` (the server's CallCosts read ``clock``, so the measured cost is exactly
-    ``cost``). While ``gate`` is clear, calls wait for it (at most ``TIMEOUT``)."""
+    """Records the thread each predict runs on; each call that reaches its model advances
+    ``clock`` by ``cost`` (the server's CallCosts read ``clock`` and ignore failed calls, so
+    the measured cost is exactly ``cost``). While ``gate`` is clear, calls wait for it (at
+    most ``TIMEOUT``)."""
 
     def __init__(self, core: ServerCore, cost: float = 0.0) -> None:
         super().__init__(core)
@@ -71,14 +72,13 @@ class _RecordingServing(ModelServing):
         self.entered = threading.Event()
         self.threads: list[str] = []
 
-    def predict_future(self, *args: Any, **kwargs: Any) -> Any:
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
         self.threads.append(threading.current_thread().name)
         self.entered.set()
         assert self.gate.wait(TIMEOUT), "test gate never opened"
-        future = super().predict_future(*args, **kwargs)
-        if future.done() and not future.cancelled() and future.exception() is None:
-            self.clock.advance(self.cost)
-        return future
+        model = super().bind(*args, **kwargs)
+        self.clock.advance(self.cost)
+        return model
 
 
 class Server:

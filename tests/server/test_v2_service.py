@@ -17,13 +17,13 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from pyserving.config import ModelServerConfig, parse_text_proto
 from pyserving.core.loader import Loader, ResourceEstimate
 from pyserving.core.manager import ManagerOptions
-from pyserving.errors import Internal, InvalidArgument, NotFound, Unavailable
+from pyserving.errors import Internal, InvalidArgument, NotFound, ServingError, Unavailable
 from pyserving.server.core import ServerCore, ServerCoreOptions
-from pyserving.server.grpc_server import CallAborted, CallContext
+from pyserving.server.grpc.calls import Call
 from pyserving.server.metrics import ServerMetrics
 from pyserving.server.rest import RestHandler, RestResponse
 from pyserving.server.service import ModelServing
-from pyserving.server.v2.grpc import V2Servicer
+from pyserving.server.v2.grpc import V2GrpcService
 from pyserving.server.v2.protos import MESSAGES
 
 
@@ -245,8 +245,8 @@ def test_statistics_count_requests_rows_and_runs(rest: RestHandler) -> None:
 
 
 def test_grpc_servicer(serving: ModelServing) -> None:
-    servicer = V2Servicer(serving)
-    context = CallContext(None)
+    servicer = V2GrpcService(serving)
+    context = Call()
     request = MESSAGES["ModelInferRequest"](model_name="m", model_version="stable", id="g")
     request.inputs.add(name="x", datatype="FP32", shape=[2, 1])
     request.raw_input_contents.append(np.float32([1, 4]).tobytes())
@@ -259,9 +259,9 @@ def test_grpc_servicer(serving: ModelServing) -> None:
         (MESSAGES["ModelInferRequest"](model_name="none"), "NOT_FOUND"),
         (_with_mixed_contents(), "INVALID_ARGUMENT"),
     ):
-        with pytest.raises(CallAborted) as info:
+        with pytest.raises(ServingError) as info:
             servicer.ModelInfer(bad, context)
-        assert info.value.code.name == code
+        assert info.value.grpc_code.name == code
     stats = servicer.ModelStatistics(MESSAGES["ModelStatisticsRequest"](name="m"), context)
     assert [s.version for s in stats.model_stats] == ["1", "2"]
     assert stats.model_stats[0].inference_count == 2
@@ -275,16 +275,14 @@ def _with_mixed_contents() -> Any:
     return request
 
 
-@pytest.mark.parametrize("frontend", ["http2", "grpcio", "aio"])
+@pytest.mark.parametrize("frontend", ["http2", "grpcio"])
 def test_every_grpc_front_end_serves_v2(serving: ModelServing, frontend: str) -> None:
     """tritonclient's gRPC client against each front end, in this process (the server's
     messages live in their own descriptor pool, tritonclient's in the default one)."""
     triton_grpc = pytest.importorskip("tritonclient.grpc")
-    from pyserving.server.grpc_server import GrpcServerOptions, start_grpc_server
+    from pyserving.server.grpc import GrpcServerOptions, start_grpc_server
 
-    options = GrpcServerOptions(
-        port=0, grpcio=frontend != "http2", asyncio=frontend == "aio", enable_profiler=False
-    )
+    options = GrpcServerOptions(port=0, grpcio=frontend != "http2", enable_profiler=False)
     with start_grpc_server(serving, options) as server:
         client = triton_grpc.InferenceServerClient(f"127.0.0.1:{server.port}")
         assert client.is_server_live() and client.is_server_ready()

@@ -40,7 +40,7 @@ from pyserving.server.workers import (
 
 if TYPE_CHECKING:  # grpc is imported only when the gRPC server starts
     from pyserving.server.dashboard import Dashboard
-    from pyserving.server.grpc_server import GrpcTls
+    from pyserving.server.grpc import GrpcTls
 
 log = logging.getLogger("pyserving")
 
@@ -60,11 +60,8 @@ class ServerOptions:
     enable_profiler: bool = True
     #: ``--enable_serialization_as_tensor_content``: gRPC Predict outputs as raw bytes.
     grpc_tensor_content: bool = False
-    #: With --grpc_frontend=grpcio, serve gRPC on grpc.aio (on with batching: a request
-    #: waiting for its batch then holds no thread; without batching the synchronous server
-    #: answers sooner). pyserving's HTTP/2 server needs neither: it awaits batches.
-    grpc_asyncio: bool = False
-    #: Serve gRPC on grpcio instead of pyserving's HTTP/2 server (--grpc_frontend=grpcio).
+    #: Serve gRPC on grpcio's grpc.aio instead of pyserving's HTTP/2 server
+    #: (--grpc_frontend=grpcio).
     grpc_grpcio: bool = False
     rest_port: int = 0
     rest_num_threads: int = 8
@@ -237,7 +234,6 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         grpc_socket_path=flags.grpc_socket_path,
         grpc_channel_arguments=flags.grpc_channel_arguments,
         grpc_max_threads=max(1, int(flags.grpc_max_threads)),
-        grpc_asyncio=batching is not None,
         grpc_grpcio=flags.grpc_frontend == "grpcio",
         enable_grpc_health=flags.enable_grpc_healthcheck_service,
         enable_profiler=flags.enable_profiler,
@@ -291,7 +287,7 @@ def _grpc_tls(ssl_config_file: str) -> GrpcTls | None:
     """The gRPC TLS settings of ``--ssl_config_file`` (None when unset); ``UsageError``."""
     if not ssl_config_file:
         return None
-    from pyserving.server.grpc_server import read_ssl_config_file
+    from pyserving.server.grpc import read_ssl_config_file
 
     try:
         return read_ssl_config_file(ssl_config_file)
@@ -333,7 +329,7 @@ _SERVING_MODULES = (
     "tensorflow.python.saved_model.loader_impl",
     "pyserving.platforms.tensorflow.loader",
     "pyserving.platforms.tensorflow.servable",
-    "pyserving.server.grpc_server",
+    "pyserving.server.grpc.h2",
     "pyserving.server.rest",
     "pyserving.server.http1",
 )
@@ -417,7 +413,7 @@ def _dashboard(
 
 
 def _start_grpc(serving: ModelServing, options: ServerOptions) -> Any:
-    from pyserving.server.grpc_server import GrpcServerOptions, start_grpc_server
+    from pyserving.server.grpc import GrpcServerOptions, start_grpc_server
 
     return start_grpc_server(
         serving,
@@ -430,7 +426,6 @@ def _start_grpc(serving: ModelServing, options: ServerOptions) -> Any:
             enable_profiler=options.enable_profiler,
             tensor_content=options.grpc_tensor_content,
             grpcio=options.grpc_grpcio,
-            asyncio=options.grpc_asyncio,
             tls=options.grpc_tls,
             reuse_port=options.reuse_port,
         ),

@@ -1,10 +1,11 @@
 """Where a front end runs a model call: on its event loop, or on a worker thread.
 
-Both event-loop front ends (gRPC on ``http2.py``/``grpc_h2.py``, REST on ``http1.py``) run
-a small request for a fast model on the loop itself: handing it to a worker thread and back
-costs more than the call. A model is fast when the moving average of its recent successful
-calls is under :data:`INLINE_RUN_SECONDS`; a model not measured yet, or a slow one, runs on
-a worker, so a slow model never holds the loop. :class:`CallCosts` keeps the averages.
+The event-loop front ends (gRPC on ``grpc/h2.py`` and ``grpc/aio.py``, REST on
+``http1.py``) run a small request for a fast model on the loop itself: handing it to a
+worker thread and back costs more than the call. A model is fast when the moving average
+of its recent successful calls is under :data:`INLINE_RUN_SECONDS`; a model not measured
+yet, or a slow one, runs on a worker, so a slow model never holds the loop.
+:class:`CallCosts` keeps the averages.
 """
 
 from __future__ import annotations

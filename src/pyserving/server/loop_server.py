@@ -1,10 +1,11 @@
 """The lifecycle of a gRPC front end that runs on an event loop of its own thread.
 
-Both event-loop front ends (pyserving's HTTP/2 server, ``grpc_h2.py``, and grpcio's
-``grpc.aio``, ``grpc_async.py``) run their loop on a daemon thread named
-``pyserving-grpc-loop`` beside a bounded worker pool named ``pyserving-grpc``, and stop the
-same way: a shutdown coroutine on the loop, then the loop stops, the thread is joined, the
-pool is shut down and the UNIX socket file removed. :class:`LoopServer` holds that part.
+Both gRPC transports (pyserving's HTTP/2 server, ``grpc/h2.py``, and grpcio's ``grpc.aio``,
+``grpc/aio.py``) run their loop on a daemon thread named ``pyserving-grpc-loop`` beside a
+bounded worker pool named ``pyserving-grpc``, report health the same way and stop the same
+way: the health service turns NOT_SERVING, a shutdown coroutine runs on the loop, then the
+loop stops, the thread is joined, the pool is shut down and the UNIX socket file removed.
+:class:`LoopServer` holds that part.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import threading
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pyserving.server.grpc_server import remove_socket
+from pyserving.server.grpc.health import HealthService
+from pyserving.server.grpc.options import remove_socket
 
 if TYPE_CHECKING:  # typing.Self is Python 3.11+
     from typing_extensions import Self
@@ -42,7 +44,7 @@ def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
 
 class LoopServer:
     """A front end on ``loop``, run by a new ``pyserving-grpc-loop`` thread, with its
-    ``executor`` for blocking work.
+    ``executor`` for blocking work and its ``health`` service (None: not served).
 
     Subclasses implement ``stop(grace)`` as :meth:`_stop` with their shutdown coroutine.
     ``port`` and ``socket_path`` are set by the subclass's start-up. Thread-safe; stopping
@@ -50,8 +52,12 @@ class LoopServer:
     """
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, executor: concurrent.futures.ThreadPoolExecutor
+        self,
+        loop: asyncio.AbstractEventLoop,
+        executor: concurrent.futures.ThreadPoolExecutor,
+        health: HealthService | None = None,
     ) -> None:
+        self.health = health
         self._loop = loop
         self._executor = executor
         self._thread = threading.Thread(
@@ -74,10 +80,14 @@ class LoopServer:
     def stop(self, grace: float | None = None) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def set_serving_status(self, ready: bool) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def set_serving_status(self, ready: bool) -> None:
+        """Report SERVING (``ready``) or NOT_SERVING on the health service (no-op without
+        it), for the server-wide name ``""`` and each TF Serving service; in force when this
+        returns. Ignored once the server is stopping."""
+        if self.health is not None:
+            self.health.set_ready(ready)
 
-    def _start(self, start: Coroutine[Any, Any, None], what: str) -> None:
+    def start(self, start: Coroutine[Any, Any, None], what: str) -> None:
         """Run ``start`` (binding the addresses) on the loop; stop and re-raise if it
         fails; else report SERVING on the health service and log the addresses."""
         try:
@@ -91,15 +101,18 @@ class LoopServer:
             log.info("Running gRPC ModelServer at UNIX socket %s ...", self.socket_path)
 
     def _stop(self, shutdown: Coroutine[Any, Any, None], timeout: float | None) -> None:
-        """Run ``shutdown`` on the loop (at most ``timeout`` seconds), then stop the loop,
-        join its thread, shut the pool down and remove the socket file. Only the first call
-        does anything; every call returns when all of that is done."""
+        """Turn the health service NOT_SERVING (ending its watches), run ``shutdown`` on
+        the loop (at most ``timeout`` seconds), then stop the loop, join its thread, shut
+        the pool down and remove the socket file. Only the first call does anything; every
+        call returns when all of that is done."""
         with self._lock:
             if self._stopped:
                 shutdown.close()
                 self._terminated.wait()  # another caller is stopping the server
                 return
             self._stopped = True
+        if self.health is not None:
+            self.health.shut_down()
         try:
             if self._thread.is_alive():
                 self._run(shutdown, timeout)

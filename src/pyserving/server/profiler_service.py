@@ -16,9 +16,10 @@ which TensorFlow ships no Python module: they are built here, in a descriptor po
 own, from the field numbers of that file, on top of the ``ProfileOptions`` and ``XSpace``
 messages TensorFlow does ship.
 
-Contract: :class:`ProfilerServicer` methods take ``(request, context)`` like a grpcio
-servicer, block for the trace's duration (call them on a worker thread) and are
-thread-safe. One trace runs at a time in a process (a TensorFlow limit): a second
+Contract: :class:`ProfilerServicer` methods take ``(request, call)`` (a
+:class:`~pyserving.server.grpc.calls.Call`), raise pyserving's errors, block for the
+trace's duration (the gRPC transports run them on a worker thread) and are thread-safe.
+One trace runs at a time in a process (a TensorFlow limit): a second
 ``Profile`` while one runs answers ``UNAVAILABLE``. A call whose client went away stops
 waiting within a millisecond-scale poll and answers ``CANCELLED``.
 """
@@ -33,8 +34,10 @@ import threading
 import time
 from typing import Any
 
-import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from pyserving.errors import CancelledError, Internal, Unavailable, Unimplemented
+from pyserving.server.grpc.calls import Call
 
 SERVICE = "tensorflow.ProfilerService"
 
@@ -167,23 +170,23 @@ class ProfilerServicer:
         self._stop_lock = threading.Lock()
         self._stopped: set[str] = set()
 
-    def Profile(self, request: Any, context: Any) -> Any:
+    def Profile(self, request: Any, call: Call) -> Any:
         from tensorflow.python.profiler.internal import _pywrap_profiler
 
         if not self._busy.acquire(blocking=False):
-            context.abort(grpc.StatusCode.UNAVAILABLE, "Another profiling session is active.")
+            raise Unavailable("Another profiling session is active.")
         try:
             with tempfile.TemporaryDirectory(prefix="pyserving-profile-") as scratch:
                 session = _pywrap_profiler.ProfilerSession()
                 try:
                     session.start(scratch, _session_options(request.opts))
                 except Exception as exc:
-                    context.abort(grpc.StatusCode.INTERNAL, str(exc))
+                    raise Internal(str(exc)) from None
                 duration = request.opts.duration_ms or request.duration_ms
-                cancelled = self._wait(request.session_id, duration / 1000.0, context)
+                cancelled = self._wait(request.session_id, duration / 1000.0, call)
                 session.export_to_tb()  # ends the session; writes one .xplane.pb
                 if cancelled:
-                    context.abort(grpc.StatusCode.CANCELLED, "Cancelled")
+                    raise CancelledError("Cancelled")
                 written = sorted(pathlib.Path(scratch).glob("plugins/profile/*/*.xplane.pb"))
                 data = written[0].read_bytes() if written else b""
         finally:
@@ -200,30 +203,30 @@ class ProfilerServicer:
             try:
                 _save_xspace(request.repository_root, request.session_id, _host_name(request), data)
             except OSError as exc:
-                context.abort(grpc.StatusCode.INTERNAL, f"Cannot save the trace: {exc}")
+                raise Internal(f"Cannot save the trace: {exc}") from None
         return response
 
-    def _wait(self, session_id: str, seconds: float, context: Any) -> bool:
+    def _wait(self, session_id: str, seconds: float, call: Call) -> bool:
         """Wait ``seconds`` unless ``Terminate`` names the session; True if the client left."""
         end = time.monotonic() + seconds
         while True:
             remaining = end - time.monotonic()
             if remaining <= 0:
                 return False
-            if _client_left(context):
+            if call.cancelled:
                 return True
             with self._stop_lock:
                 if session_id in self._stopped:
                     return False
             time.sleep(min(self.poll_seconds, remaining))
 
-    def Terminate(self, request: Any, context: Any) -> Any:
+    def Terminate(self, request: Any, call: Call) -> Any:
         with self._stop_lock:
             self._stopped.add(request.session_id)
         return messages()["TerminateResponse"]()
 
-    def Monitor(self, request: Any, context: Any) -> Any:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "unimplemented.")
+    def Monitor(self, request: Any, call: Call) -> Any:
+        raise Unimplemented("unimplemented.")
 
     def methods(self) -> dict[str, tuple[Any, Any]]:
         """``{full path: (request class, method)}`` of the unary methods served."""
@@ -233,28 +236,6 @@ class ProfilerServicer:
             f"/{SERVICE}/Terminate": (types["TerminateRequest"], self.Terminate),
             f"/{SERVICE}/Monitor": (types["MonitorRequest"], self.Monitor),
         }
-
-    def grpc_handler(self) -> grpc.GenericRpcHandler:
-        """The service as a grpcio generic handler (for grpcio's servers)."""
-        handlers = {
-            path.rsplit("/", 1)[1]: grpc.unary_unary_rpc_method_handler(
-                method,
-                request_deserializer=request_type.FromString,
-                response_serializer=lambda message: message.SerializeToString(),
-            )
-            for path, (request_type, method) in self.methods().items()
-        }
-        return grpc.method_handlers_generic_handler(SERVICE, handlers)
-
-
-def _client_left(context: Any) -> bool:
-    """Whether the call was cancelled: grpcio's and pyserving's contexts have
-    ``is_active``, grpc.aio's context for synchronous handlers ``cancelled``."""
-    is_active = getattr(context, "is_active", None)
-    if is_active is not None:
-        return not is_active()
-    cancelled = getattr(context, "cancelled", None)
-    return bool(cancelled()) if cancelled is not None else False
 
 
 def _save_xspace(repository_root: str, session_id: str, host: str, data: bytes) -> None:

@@ -59,6 +59,7 @@ from pyserving.errors import (
     ResourceExhausted,
     ServingError,
 )
+from pyserving.inference import SignatureNotFound
 from pyserving.platforms.generic import is_open_signature, request_signature
 from pyserving.server.service import ModelServing, ModelSpec, PredictResult
 
@@ -121,13 +122,19 @@ def error_response(error: ServingError) -> RestResponse:
         return RestResponse(status, orjson.dumps(safe))
 
 
+def predict_response(result: PredictResult, fmt: str) -> RestResponse:
+    """A predict answer in the request's format (``row`` or ``columnar``)."""
+    return RestResponse(200, codec.format_predict_response(result.outputs, fmt))
+
+
 @dataclass(frozen=True)
 class PendingResponse:
     """A predict request queued for its batch: ``future`` resolves to its result, which
-    :meth:`finish` turns into the response (an error response for a failed future)."""
+    :meth:`finish` turns into the response with ``encode`` (an error response for a failed
+    future, or for what ``encode`` raises)."""
 
-    future: concurrent.futures.Future[PredictResult]
-    encode: Callable[[PredictResult], RestResponse]
+    future: concurrent.futures.Future[Any]
+    encode: Callable[[Any], RestResponse]
     method: str
     path: str
 
@@ -229,25 +236,23 @@ class RestHandler:
         self, spec: ModelSpec, payload: bytes, method: str, path: str
     ) -> RestResponse | PendingResponse:
         body = _parse_json_object(payload)
-        signature_name = _signature_name(body)
-        spec = ModelSpec(spec.name, spec.version, spec.label, signature_name)
-        formats: list[str] = []
-
-        def decode(signature_def: Any) -> dict[str, Any]:
+        spec = ModelSpec(spec.name, spec.version, spec.label, _signature_name(body))
+        try:
+            model = self.serving.bind(spec, entrypoint="REST")
+        except SignatureNotFound as exc:
+            raise InvalidArgument(
+                f'Serving signature name: "{exc.signature_name}" not found in signature def'
+            ) from None
+        with model:
+            signature_def = model.signature_def
             if is_open_signature(signature_def):
                 # A model that declares no signature: its inputs are the request's.
                 signature_def = request_signature(body)
             fmt, inputs = codec.parse_predict_request(body, signature_def)
-            formats.append(fmt)
-            return inputs
-
-        def encode(result: PredictResult) -> RestResponse:
-            return RestResponse(200, codec.format_predict_response(result.outputs, formats[0]))
-
-        future = self.serving.predict_future(spec, decode, entrypoint="REST")
+            future = model.predict(inputs)
         if future.done():
-            return encode(future.result())
-        return PendingResponse(future, encode, method, path)
+            return predict_response(future.result(), fmt)
+        return PendingResponse(future, lambda result: predict_response(result, fmt), method, path)
 
     def _examples(self, spec: ModelSpec, payload: bytes, verb: str) -> RestResponse:
         body = _parse_json_object(payload)

@@ -1,13 +1,17 @@
-"""The one request path behind both front ends.
+"""The one request path behind every front end.
 
-REST and gRPC translate their wire format into calls on :class:`ModelServing` and translate
-the answer back; everything between (model spec resolution, scoped handles, signature checks,
-running the model, status and metadata) happens here once. The hops: resolve the model spec
-into a scoped handle -> convert inputs against the signature -> run the servable.
+REST and gRPC (both protocols, V1 and V2) translate their wire format into calls on
+:class:`ModelServing` and translate the answer back; everything between (model spec
+resolution, scoped handles, signature checks, running the model, status and metadata)
+happens here once. A predict request takes three hops::
 
-Thread-safe; every method blocks while the model runs, so front ends call it from worker
-threads, except :meth:`ModelServing.predict_future`, which hands a batched request to its
-batch and returns without waiting.
+    model = serving.bind(spec)          # resolve name, version/label and signature once
+    inputs = <front end decodes, with model.signature_def>
+    future = model.predict(inputs)      # run, or queue for the batch; the future answers
+
+Thread-safe. :meth:`BoundModel.predict` returns without waiting for a batched request;
+every other method blocks while the model runs, so front ends call them from worker
+threads.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ from tensorflow_serving.apis import (
 )
 
 from pyserving import inference
+from pyserving.batching import BatchingServable
 from pyserving.core.monitor import ManagerState, ServableState
 from pyserving.core.source import ServableId
-from pyserving.errors import Code, InvalidArgument, NotFound, ServingError
+from pyserving.errors import CancelledError, Code, InvalidArgument, NotFound, ServingError
 from pyserving.server.core import ServerCore
 from pyserving.server.metrics import ServerMetrics
 
@@ -53,10 +58,6 @@ class PredictResult:
     id: ServableId
     signature_name: str
     outputs: dict[str, np.ndarray]
-
-
-#: Turns the chosen signature's SignatureDef into input arrays (the front end's decoder).
-InputDecoder = Callable[[Any], Mapping[str, np.ndarray]]
 
 
 class ModelServing:
@@ -89,92 +90,35 @@ class ModelServing:
         finally:
             self._observe(model_name, api, entrypoint, error, start)
 
-    def predict(
-        self,
-        spec: ModelSpec,
-        decode: InputDecoder,
-        output_filter: Sequence[str] = (),
-        *,
-        entrypoint: str = "GRPC",
-    ) -> PredictResult:
-        """Run ``spec``'s signature on the inputs ``decode`` builds from its SignatureDef
-        (blocking until the answer is there, also for a batched request)."""
-        return self.predict_future(spec, decode, output_filter, entrypoint=entrypoint).result()
+    def bind(self, spec: ModelSpec, *, entrypoint: str = "GRPC") -> BoundModel:
+        """Resolve ``spec`` once for a predict request: the model version it names (held
+        until the request is answered) and its signature.
 
-    def predict_future(
-        self,
-        spec: ModelSpec,
-        decode: InputDecoder,
-        output_filter: Sequence[str] = (),
-        *,
-        entrypoint: str = "GRPC",
-    ) -> concurrent.futures.Future[PredictResult]:
-        """As :meth:`predict`, but a request for a batching servable is only queued.
-
-        The handle on the version is taken here and released when the answer is ready, so
-        the version stays loaded while the request waits for its batch. For a servable
-        without batching the model runs here and the future comes back done. Every error,
-        before or during the run, is the future's exception (nothing is raised). Callbacks
-        of a pending future run on a batch thread.
+        Use it as ``with serving.bind(spec) as model: future = model.predict(inputs)``;
+        the front end decodes its inputs between the two (``model.signature_def`` tells
+        how). Raises ``NotFound`` (model, version or label), ``InvalidArgument`` (a label
+        not assigned), :class:`~pyserving.inference.SignatureNotFound` (gRPC's wording: a
+        front end may reword it) or ``Internal`` (with the method-name check, a signature
+        that is not predict, classify or regress). Every failure, here or before
+        :meth:`BoundModel.predict`, is counted in the metrics with ``entrypoint``.
         """
         start = time.perf_counter()
-        result: concurrent.futures.Future[PredictResult] = concurrent.futures.Future()
-        handle = None
-        rows = 1
-
-        def finish(id: ServableId, name: str, inner: concurrent.futures.Future[Any]) -> None:
-            assert handle is not None
-            handle.release()
-            error = inner.exception()
-            self._observe(spec.name, "predict", entrypoint, error, start, id.version, rows, False)
-            if not result.set_running_or_notify_cancel():
-                return  # the caller gave up waiting (cancelled the future)
-            if error is not None:
-                result.set_exception(error)
-            else:
-                result.set_result(PredictResult(id, name, inner.result()))
-
         try:
             handle = self.core.handle(spec.name, spec.version, spec.label)
-            servable = handle.servable
-            signature_name = spec.signature_name or DEFAULT_SIGNATURE
-            signature_def = inference.find_signature(
-                servable, signature_name, rest=entrypoint == "REST"
-            )
-            inputs = decode(signature_def)
-            rows = _rows(inputs)
-            run_future = getattr(servable, "run_future", None)
-            if run_future is None:
-                # No batching: the model runs here; the future comes back done.
-                resolved, outputs = inference.predict(
-                    servable,
-                    signature_name,
-                    dict(inputs),
-                    output_filter,
-                    check_method_name=self.check_method_name,
-                )
-                id = handle.id
-                handle.release()
-                handle = None
-                self._observe(spec.name, "predict", entrypoint, None, start, id.version, rows)
-                result.set_result(PredictResult(id, resolved, outputs))
-                return result
-            resolved = inference.predict_signature(
-                servable, signature_name, check_method_name=self.check_method_name
-            )
-            keys = list(output_filter) if output_filter else None
-            inner = run_future(resolved, dict(inputs), keys)
         except Exception as exc:
-            version = None
-            if handle is not None:
-                version = handle.id.version
-                handle.release()
-            self._observe(spec.name, "predict", entrypoint, exc, start, version)
-            result.set_exception(exc)
-            return result
-        id = handle.id
-        inner.add_done_callback(lambda f: finish(id, resolved, f))
-        return result
+            self._observe(spec.name, "predict", entrypoint, exc, start)
+            raise
+        try:
+            name = inference.predict_signature(
+                handle.servable,
+                spec.signature_name or DEFAULT_SIGNATURE,
+                check_method_name=self.check_method_name,
+            )
+        except Exception as exc:
+            handle.release()
+            self._observe(spec.name, "predict", entrypoint, exc, start, handle.id.version)
+            raise
+        return BoundModel(self, spec.name, entrypoint, start, handle, name)
 
     def _observe(
         self,
@@ -295,6 +239,109 @@ class ModelServing:
         for state in self.core.model_status(spec.name, spec.version, spec.label):
             fill_version_status(response.model_version_status.add(), state)
         return response
+
+
+class BoundModel:
+    """One predict request's hold on a model version and its resolved signature (see
+    :meth:`ModelServing.bind`).
+
+    ``id`` is the version, ``signature_name`` the resolved signature name,
+    ``signature_def`` its SignatureDef. The hold ends once: when the run :meth:`predict`
+    starts has answered, or, when :meth:`predict` is never called, on leaving the ``with``
+    block (a failure raised inside it is counted as the request's failure). Used by one
+    thread at a time; it references the servable, so drop it with the request.
+    """
+
+    def __init__(
+        self,
+        serving: ModelServing,
+        model_name: str,
+        entrypoint: str,
+        start: float,
+        handle: Any,
+        signature_name: str,
+    ) -> None:
+        self._serving = serving
+        self._model_name = model_name
+        self._entrypoint = entrypoint
+        self._start = start
+        self._handle = handle
+        self._spent = False  # predict() called, or the hold ended
+        self.id: ServableId = handle.id
+        self.servable: Any = handle.servable
+        self.signature_name = signature_name
+        self.signature_def: Any = self.servable.signature_defs[signature_name]
+
+    def __enter__(self) -> BoundModel:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if not self._spent:
+            self._spent = True
+            self._finish(exc if isinstance(exc, Exception) else None, 1, True)
+
+    def _finish(self, error: BaseException | None, rows: int, executed: bool) -> None:
+        """Release the version and count the request (called once)."""
+        self._handle.release()
+        self._serving._observe(
+            self._model_name,
+            "predict",
+            self._entrypoint,
+            error,
+            self._start,
+            self.id.version,
+            rows,
+            executed,
+        )
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str] = ()
+    ) -> concurrent.futures.Future[PredictResult]:
+        """Run the signature on ``inputs``; ``output_filter`` names the outputs to answer
+        (empty: all). Call it once.
+
+        A servable without batching runs here and the future comes back done; a
+        :class:`~pyserving.batching.BatchingServable` only queues the request for its
+        batch (cancelling the future takes it out of the batch; callbacks of a pending
+        future run on a batch thread). Every error is the future's exception, nothing is
+        raised.
+        """
+        if self._spent:
+            raise RuntimeError("BoundModel.predict called twice")
+        self._spent = True
+        result: concurrent.futures.Future[PredictResult] = concurrent.futures.Future()
+        rows = _rows(inputs)
+        keys = list(output_filter) if output_filter else None
+        servable = self.servable
+        name = self.signature_name
+        try:
+            if not isinstance(servable, BatchingServable):
+                outputs = servable.run(name, inputs, keys)
+                self._finish(None, rows, True)
+                result.set_result(PredictResult(self.id, name, outputs))
+                return result
+            inner = servable.run_future(name, inputs, keys)
+        except Exception as exc:
+            self._finish(exc, rows, True)
+            result.set_exception(exc)
+            return result
+
+        def done(inner: concurrent.futures.Future[Any]) -> None:
+            error = CancelledError("Cancelled") if inner.cancelled() else inner.exception()
+            self._finish(error, rows, False)
+            if not result.set_running_or_notify_cancel():
+                return  # the caller gave up waiting (cancelled the future)
+            if inner.cancelled():
+                result.set_exception(CancelledError("Cancelled"))
+            elif error is not None:
+                result.set_exception(error)
+            else:
+                result.set_result(PredictResult(self.id, name, inner.result()))
+
+        # Cancelling the answer (a client gone) takes the request out of its batch.
+        result.add_done_callback(lambda f: inner.cancel() if f.cancelled() else None)
+        inner.add_done_callback(done)
+        return result
 
 
 def _rows(inputs: Mapping[str, Any]) -> int:

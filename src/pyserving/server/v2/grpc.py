@@ -1,19 +1,16 @@
-"""``inference.GRPCInferenceService`` (the Open Inference Protocol over gRPC) for every
-gRPC front end.
+"""``inference.GRPCInferenceService`` (the Open Inference Protocol over gRPC), whatever the
+transport.
 
-:class:`V2Servicer` translates the service's messages (:mod:`protos`) into
-:class:`~pyserving.server.v2.service.V2Service` calls and back. Its methods take
-``(request, context)`` like a grpcio servicer's and block (call them on a worker thread);
-errors abort the call with the code :meth:`V2Service.error` chose (INVALID_ARGUMENT,
-NOT_FOUND, UNAVAILABLE...). The front ends plug it in as they plug in the profiler service:
-:meth:`V2Servicer.methods` for pyserving's HTTP/2 front end, :meth:`V2Servicer.grpc_handler`
-for grpcio's servers.
+:class:`V2GrpcService` translates the service's messages (:mod:`protos`) into
+:class:`~pyserving.server.v2.service.V2Service` calls and back: its :meth:`~V2GrpcService.methods`
+join the method table both gRPC transports serve (``server/grpc/service.py``). Errors are
+raised with the code :meth:`V2Service.error` chose (INVALID_ARGUMENT, NOT_FOUND,
+UNAVAILABLE...) and become the call's status in the transport.
 
-``ModelInfer`` also has the interface of ``PredictionServicer``'s Predict
-(:meth:`start_predict`, :meth:`predict_response`), so the HTTP/2 front end runs small calls
-for fast models on its event loop as it runs Predict. A request whose inputs came as
-``raw_input_contents`` (as ``tritonclient`` always sends them) is answered with
-``raw_output_contents``; one with typed ``contents`` with typed contents (FP16 and BF16
+``ModelInfer`` is an :class:`~pyserving.server.grpc.calls.Inference` method, served as
+Predict is (small calls for fast models on the transport's event loop). A request whose
+inputs came as ``raw_input_contents`` (as ``tritonclient`` always sends them) is answered
+with ``raw_output_contents``; one with typed ``contents`` with typed contents (FP16 and BF16
 outputs, which have no typed field, make the whole answer raw). Thread-safe.
 """
 
@@ -21,14 +18,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-
 from pyserving.errors import InvalidArgument, NotFound, ServingError
-from pyserving.server.grpc_server import _call
+from pyserving.server.grpc.calls import Call, Inference, Method, Unary, run_inference
 from pyserving.server.service import ModelServing, PredictResult
 from pyserving.server.v2 import codec
 from pyserving.server.v2.protos import MESSAGES, SERVICE
@@ -107,16 +101,22 @@ def infer_request(message: Any) -> InferRequest:
     )
 
 
-class V2Servicer:
-    """``inference.GRPCInferenceService`` over ``serving`` (see the module docstring)."""
+class V2GrpcService:
+    """``inference.GRPCInferenceService`` over ``serving`` (see the module docstring).
+    Each method takes ``(request, call)`` and blocks; ModelInfer also has the
+    :class:`~pyserving.server.grpc.calls.Inference` parts (:meth:`start_predict`,
+    :meth:`predict_response`)."""
 
     #: ModelInfer's request class, for front ends that parse it themselves.
     infer_request_type = MESSAGES["ModelInferRequest"]
 
     def __init__(self, serving: ModelServing) -> None:
         self.service = V2Service(serving)
+        self._infer = Inference(
+            self.infer_request_type, self.model_name, self.start_predict, self.predict_response
+        )
 
-    # -- ModelInfer, as PredictionServicer's Predict --------------------------------------
+    # -- ModelInfer, as PredictionService's Predict ---------------------------------------
 
     @staticmethod
     def model_name(message: Any) -> str:
@@ -172,118 +172,77 @@ class V2Servicer:
 
     # -- the service's methods -------------------------------------------------------------
 
-    def ModelInfer(self, request: Any, context: Any) -> Any:
-        return _call(
-            context,
-            "ModelInfer",
-            lambda: self.predict_response(self.start_predict(request).result()),
-        )
+    def ModelInfer(self, request: Any, call: Call) -> Any:
+        return run_inference(self._infer, request, call)
 
-    def ServerLive(self, request: Any, context: Any) -> Any:
+    def ServerLive(self, request: Any, call: Call) -> Any:
         return MESSAGES["ServerLiveResponse"](live=self.service.live())
 
-    def ServerReady(self, request: Any, context: Any) -> Any:
-        return _call(
-            context,
-            "ServerReady",
-            lambda: MESSAGES["ServerReadyResponse"](ready=self.service.ready()),
-        )
+    def ServerReady(self, request: Any, call: Call) -> Any:
+        return MESSAGES["ServerReadyResponse"](ready=self.service.ready())
 
-    def ModelReady(self, request: Any, context: Any) -> Any:
-        def work() -> Any:
-            try:
-                ready = self.service.model_ready(request.name, request.version)
-            except NotFound:
-                ready = False
-            return MESSAGES["ModelReadyResponse"](ready=ready)
+    def ModelReady(self, request: Any, call: Call) -> Any:
+        try:
+            ready = self.service.model_ready(request.name, request.version)
+        except NotFound:
+            ready = False
+        return MESSAGES["ModelReadyResponse"](ready=ready)
 
-        return _call(context, "ModelReady", work)
-
-    def ServerMetadata(self, request: Any, context: Any) -> Any:
+    def ServerMetadata(self, request: Any, call: Call) -> Any:
         name, version, extensions = self.service.server_metadata()
         return MESSAGES["ServerMetadataResponse"](
             name=name, version=version, extensions=list(extensions)
         )
 
-    def ModelMetadata(self, request: Any, context: Any) -> Any:
-        def work() -> Any:
-            meta = self.service.model_metadata(request.name, request.version)
-            response = MESSAGES["ModelMetadataResponse"](
-                name=meta.name, versions=meta.versions, platform=meta.platform
+    def ModelMetadata(self, request: Any, call: Call) -> Any:
+        meta = self.service.model_metadata(request.name, request.version)
+        response = MESSAGES["ModelMetadataResponse"](
+            name=meta.name, versions=meta.versions, platform=meta.platform
+        )
+        for target, tensors in (
+            (response.inputs, meta.inputs),
+            (response.outputs, meta.outputs),
+        ):
+            for tensor in tensors:
+                target.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        return response
+
+    def ModelStatistics(self, request: Any, call: Call) -> Any:
+        response = MESSAGES["ModelStatisticsResponse"]()
+        for stats in self.service.statistics(request.name, request.version):
+            _fill_statistics(response.model_stats.add(), stats)
+        return response
+
+    def RepositoryIndex(self, request: Any, call: Call) -> Any:
+        response = MESSAGES["RepositoryIndexResponse"]()
+        for entry in self.service.repository_index(request.ready):
+            response.models.add(
+                name=entry.name, version=entry.version, state=entry.state, reason=entry.reason
             )
-            for target, tensors in (
-                (response.inputs, meta.inputs),
-                (response.outputs, meta.outputs),
-            ):
-                for tensor in tensors:
-                    target.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-            return response
+        return response
 
-        return _call(context, "ModelMetadata", work)
+    def RepositoryModelLoad(self, request: Any, call: Call) -> Any:
+        parameters = {
+            key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+            for key, value in request.parameters.items()
+        }
+        self.service.load(request.model_name, parameters)
+        return MESSAGES["RepositoryModelLoadResponse"]()
 
-    def ModelStatistics(self, request: Any, context: Any) -> Any:
-        def work() -> Any:
-            response = MESSAGES["ModelStatisticsResponse"]()
-            for stats in self.service.statistics(request.name, request.version):
-                _fill_statistics(response.model_stats.add(), stats)
-            return response
-
-        return _call(context, "ModelStatistics", work)
-
-    def RepositoryIndex(self, request: Any, context: Any) -> Any:
-        def work() -> Any:
-            response = MESSAGES["RepositoryIndexResponse"]()
-            for entry in self.service.repository_index(request.ready):
-                response.models.add(
-                    name=entry.name, version=entry.version, state=entry.state, reason=entry.reason
-                )
-            return response
-
-        return _call(context, "RepositoryIndex", work)
-
-    def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        def work() -> Any:
-            parameters = {
-                key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
-                for key, value in request.parameters.items()
-            }
-            self.service.load(request.model_name, parameters)
-            return MESSAGES["RepositoryModelLoadResponse"]()
-
-        return _call(context, "RepositoryModelLoad", work)
-
-    def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        def work() -> Any:
-            self.service.unload(request.model_name)
-            return MESSAGES["RepositoryModelUnloadResponse"]()
-
-        return _call(context, "RepositoryModelUnload", work)
+    def RepositoryModelUnload(self, request: Any, call: Call) -> Any:
+        self.service.unload(request.model_name)
+        return MESSAGES["RepositoryModelUnloadResponse"]()
 
     # -- registration ----------------------------------------------------------------------
 
-    def methods(self) -> dict[str, tuple[Any, Callable[[Any, Any], Any]]]:
-        """``{full path: (request class, method)}`` of every method served."""
-        return {
-            f"/{SERVICE}/{name}": (request_type, getattr(self, name))
+    def methods(self) -> dict[str, Method]:
+        """Every method served, by full path."""
+        table: dict[str, Method] = {
+            f"/{SERVICE}/{name}": Unary(request_type, getattr(self, name))
             for name, request_type in _REQUESTS.items()
         }
-
-    def grpc_handler(
-        self, replacements: Mapping[str, Callable[[Any, Any], Any]] | None = None
-    ) -> grpc.GenericRpcHandler:
-        """The service as a grpcio generic handler (for grpcio's servers). ``replacements``:
-        behaviours by method name to serve instead of this servicer's (``grpc.aio``'s front
-        end passes coroutine functions, whose context has what these methods need)."""
-        replacements = replacements or {}
-        handlers = {}
-        for path, (request_type, method) in self.methods().items():
-            name = path.rsplit("/", 1)[1]
-            handlers[name] = grpc.unary_unary_rpc_method_handler(
-                replacements.get(name, method),
-                request_deserializer=request_type.FromString,
-                response_serializer=lambda message: message.SerializeToString(),
-            )
-        return grpc.method_handlers_generic_handler(SERVICE, handlers)
+        table[INFER_PATH] = self._infer
+        return table
 
 
 def _fill_statistics(target: Any, stats: ModelStatistics) -> None:
@@ -307,4 +266,4 @@ def _fill_statistics(target: Any, stats: ModelStatistics) -> None:
         batch.compute_output.count = runs
 
 
-__all__ = ["INFER_PATH", "V2Servicer", "infer_request"]
+__all__ = ["INFER_PATH", "V2GrpcService", "infer_request"]

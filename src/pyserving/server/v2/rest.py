@@ -146,7 +146,7 @@ class V2Routes:
         outer: concurrent.futures.Future[Any] = concurrent.futures.Future()
         future.add_done_callback(outer.set_result)
         outer.add_done_callback(lambda done: future.cancel() if done.cancelled() else None)
-        return PendingResponse(outer, encode, method, path)  # type: ignore[arg-type]
+        return PendingResponse(outer, encode, method, path)
 
 
 def _object(body: bytes, empty_ok: bool = False) -> dict[str, Any]:

@@ -18,7 +18,7 @@ Errors are mapped once, by :meth:`V2Service.error`, to what V2 clients expect:
 * an unknown signature: ``InvalidArgument`` (400), like every other malformed request;
 * anything else keeps its code (a full batch queue stays UNAVAILABLE).
 
-Inference is V1 predict's path (:meth:`ModelServing.predict_future`) with V2 decoding:
+Inference is V1 predict's path (:meth:`ModelServing.bind`) with V2 decoding:
 batching, metrics, handles and errors are shared. Thread-safe; the repository calls block
 until the model set has settled (call them off any event loop).
 """
@@ -250,21 +250,16 @@ class V2Service:
         Pass the future to :meth:`result` once done."""
         try:
             spec = _version_spec(request.model_name, request.model_version, request.signature_name)
-        except ServingError as exc:
+            with self.serving.bind(spec, entrypoint=entrypoint) as model:
+                signature = model.signature_def
+                # A model that declares no signature: its inputs are the request's.
+                known = None if is_open_signature(signature) else signature.inputs
+                inputs = decode_inputs(request.inputs, known)
+                return model.predict(inputs, tuple(request.outputs))
+        except Exception as exc:
             failed: concurrent.futures.Future[PredictResult] = concurrent.futures.Future()
             failed.set_exception(exc)
             return failed
-        inputs = request.inputs
-
-        def decode(signature_def: Any) -> dict[str, np.ndarray]:
-            if is_open_signature(signature_def):
-                # A model that declares no signature: its inputs are the request's.
-                return decode_inputs(inputs, None)
-            return decode_inputs(inputs, signature_def.inputs)
-
-        return self.serving.predict_future(
-            spec, decode, tuple(request.outputs), entrypoint=entrypoint
-        )
 
     def result(
         self, request: InferRequest, future: concurrent.futures.Future[PredictResult]
