@@ -1,22 +1,28 @@
-"""Compare source trees of pyserving on the same gRPC points, measured in one run.
+"""Compare source trees of pyserving on the same points, measured in one run.
 
 ``python -m benchmarks.compare --variant before=DIR --variant after=src [--rounds 2]
-[--workloads half_plus_two,mlp] [--concurrency 1,8,32,64] [--duration 10] [--no-batching]``
+[--workloads half_plus_two,mlp,keras_iris] [--protocols grpc,rest] [--concurrency 1,8,32,64]
+[--duration 10] [--no-batching] [--inprocess] [--quiet-wait 120]``
 
 Each variant is a directory holding the ``pyserving`` package (a ``src`` directory: a copy
 of an older commit's ``src``, or a prototype); its server runs with that directory first on
 ``PYTHONPATH``, everything else (Python, TensorFlow, the load generator, the models) shared.
-For each workload and configuration (``pyserving``; for ``mlp`` also
-``pyserving-batching`` with ``benchmarks.run``'s batching parameters), every round starts
-each variant's server in turn, measures gRPC (the raw HTTP/2 client of
-``benchmarks/h2grpc.py``) at every concurrency level and stops it; the variants' order
-alternates between rounds, so a drift of the machine's speed falls on both. A measurement
-disturbed by other processes is repeated as in ``benchmarks.run``.
+For each workload and configuration (``pyserving``; also ``pyserving-batching`` with
+``benchmarks.run``'s batching parameters unless ``--no-batching``), every round starts
+each variant's server in turn, measures each protocol (``grpc``: the raw HTTP/2 client of
+``benchmarks/h2grpc.py``; ``rest``: TF Serving's REST predict) at every concurrency level
+and stops it; the variants' order alternates between rounds, so a drift of the machine's
+speed falls on both. A measurement disturbed by other processes is repeated as in
+``benchmarks.run`` (``--retries``); before each server the machine is given up to
+``--quiet-wait`` seconds to become idle. ``--inprocess`` also measures each variant's
+in-process limits (``benchmarks.inprocess``, batch 1 and 32) once per workload.
 
 It prints, per point, each variant's median QPS and server CPU per request over the rounds,
 and for each variant against the first the median over rounds of the ratio within a round
 (the two measured minutes apart, so a drift of the machine's speed between rounds cancels
-out), and writes every figure to ``<out>/compare-<stamp>.json``.
+out); then, per variant, batching's QPS ratio (batched / unbatched, paired by round) and
+the batched QPS against the in-process batch-32 limit (rows/s of the ``function`` runtime).
+Every figure goes to ``<out>/compare-<stamp>.json``.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import json
 import os
 import pathlib
 import statistics
+import subprocess
 import sys
 from typing import Any
 
@@ -44,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workloads", default="half_plus_two,mlp")
+    parser.add_argument("--protocols", default="grpc", help="comma list of grpc, rest")
+    parser.add_argument("--quiet-wait", type=float, default=120.0, help="seconds (see above)")
+    parser.add_argument("--inprocess", action="store_true", help="also in-process limits")
     parser.add_argument("--concurrency", default="1,8,32,64")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
@@ -62,16 +72,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.variants = variants
     args.workloads = [w for w in args.workloads.split(",") if w]
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
-    args.protocols = ["grpc"]
+    args.protocols = [p for p in args.protocols.split(",") if p]
+    if not args.protocols or set(args.protocols) - {"grpc", "rest"}:
+        parser.error("--protocols takes grpc and/or rest")
+    unknown = set(args.workloads) - set(models.WORKLOADS)
+    if unknown:
+        parser.error(f"unknown workloads: {sorted(unknown)}")
     return args
 
 
 def _configs(workload: str, args: argparse.Namespace, batching_file: str) -> list[run.ServerConfig]:
-    configs = [run.ServerConfig("pyserving", "pyserving", ("grpc",))]
-    if workload == "mlp" and args.batching:
+    protocols = tuple(args.protocols)
+    configs = [run.ServerConfig("pyserving", "pyserving", protocols)]
+    if args.batching:
         flags = ("--enable_batching", f"--batching_parameters_file={batching_file}")
-        configs.append(run.ServerConfig("pyserving-batching", "pyserving", ("grpc",), flags))
+        configs.append(run.ServerConfig("pyserving-batching", "pyserving", protocols, flags))
     return configs
+
+
+def _inprocess(
+    workload: models.Workload,
+    payload: pathlib.Path,
+    path: pathlib.Path,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """``benchmarks.inprocess`` (batch 1 and 32) with the variant's ``pyserving``."""
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.inprocess",
+        f"--model_base_path={workload.base_path}",
+        f"--payload={payload}",
+        "--batch=1,32",
+        f"--duration={args.duration}",
+        f"--warmup={args.warmup}",
+    ]
+    done = subprocess.run(
+        command,
+        cwd=servers.ROOT,
+        env={
+            **servers.child_env(),
+            "PYTHONPATH": os.pathsep.join([str(path), str(servers.ROOT)]),
+        },
+        capture_output=True,
+        text=True,
+        timeout=300 + 5 * (args.duration + args.warmup),
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"in-process limit failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -93,15 +144,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "git_commit": run._git_commit(),
         },
         "runs": [],
+        "inprocess": {},
     }
     for name in args.workloads:
-        workload = (
-            models.half_plus_two(models_dir)
-            if name == "half_plus_two"
-            else models.mlp(models_dir / "mlp")
-        )
+        workload = models.workload(name, models_dir)
         payload = work / f"payload-{name}.json"
         payload.write_text(json.dumps(workload.payload()))
+        if args.inprocess:
+            for variant, path in args.variants:
+                run.wait_quiet(args.quiet_wait)
+                run._say(f"{name}: in-process limits, {variant}")
+                doc["inprocess"].setdefault(variant, {})[name] = _inprocess(
+                    workload, payload, path, args
+                )
         for config in _configs(name, args, str(batching_file)):
             for round_ in range(args.rounds):
                 order = args.variants if round_ % 2 == 0 else args.variants[::-1]
@@ -117,25 +172,28 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                         grpc_port=grpc_port,
                         env={"PYTHONPATH": os.pathsep.join([str(path), str(servers.ROOT)])},
                     )
-                    run.wait_quiet()
+                    run.wait_quiet(args.quiet_wait)
                     run._say(f"{name}: {config.label} {variant} round {round_ + 1}")
                     with servers.running(server, name):
-                        result = run.measure_quietly(
-                            functools.partial(
-                                run.run_loadgen, "grpc", grpc_port, payload, args, server.pid
-                            ),
-                            args.retries,
-                        )
-                    doc["runs"].append(
-                        {
-                            "workload": name,
-                            "server": config.label,
-                            "variant": variant,
-                            "round": round_,
-                            "points": result["points"],
-                            "attempts": result["attempts"],
-                        }
-                    )
+                        for protocol in config.protocols:
+                            port = rest_port if protocol == "rest" else grpc_port
+                            result = run.measure_quietly(
+                                functools.partial(
+                                    run.run_loadgen, protocol, port, payload, args, server.pid
+                                ),
+                                args.retries,
+                            )
+                            doc["runs"].append(
+                                {
+                                    "workload": name,
+                                    "server": config.label,
+                                    "protocol": protocol,
+                                    "variant": variant,
+                                    "round": round_,
+                                    "points": result["points"],
+                                    "attempts": result["attempts"],
+                                }
+                            )
     return doc
 
 
@@ -144,17 +202,18 @@ def summary(doc: dict[str, Any]) -> list[dict[str, Any]]:
     and the median over rounds of each variant's ratios to the first variant's figures of
     the same round (``paired``)."""
     reference = next(iter(doc["meta"]["variants"]))
-    rows: dict[tuple[str, str, int], dict[str, dict[int, tuple[float, float, float]]]] = {}
+    rows: dict[tuple[str, str, str, int], dict[str, dict[int, tuple[float, float, float]]]] = {}
     for run_ in doc["runs"]:
         for point in run_["points"]:
-            key = (run_["workload"], run_["server"], int(point["concurrency"]))
+            protocol = run_.get("protocol", "grpc")
+            key = (run_["workload"], run_["server"], protocol, int(point["concurrency"]))
             rows.setdefault(key, {}).setdefault(run_["variant"], {})[run_["round"]] = (
                 float(point["qps"]),
                 float(point.get("server_cpu_us_per_request") or 0.0),
                 float(point.get("errors") or 0),
             )
     table = []
-    for (workload, server, concurrency), variants in rows.items():
+    for (workload, server, protocol, concurrency), variants in rows.items():
         figures: dict[str, dict[str, Any]] = {}
         base = variants.get(reference, {})
         for name, rounds in variants.items():
@@ -178,6 +237,7 @@ def summary(doc: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "workload": workload,
                 "server": server,
+                "protocol": protocol,
                 "concurrency": concurrency,
                 "variants": figures,
             }
@@ -188,7 +248,7 @@ def summary(doc: dict[str, Any]) -> list[dict[str, Any]]:
 def render(doc: dict[str, Any]) -> str:
     names = list(doc["meta"]["variants"])
     reference = names[0]
-    header = ["workload", "server", "conc"]
+    header = ["workload", "server", "protocol", "conc"]
     for name in names:
         header += [f"{name} QPS", f"{name} CPU us/req"]
     for name in names[1:]:
@@ -196,7 +256,7 @@ def render(doc: dict[str, Any]) -> str:
     header.append("errors")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in doc["summary"]:
-        cells = [row["workload"], row["server"], str(row["concurrency"])]
+        cells = [row["workload"], row["server"], row["protocol"], str(row["concurrency"])]
         figures = row["variants"]
         for name in names:
             f = figures.get(name, {})
@@ -209,13 +269,75 @@ def render(doc: dict[str, Any]) -> str:
             ]
         cells.append(str(int(sum(f.get("errors", 0) for f in figures.values()))))
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *render_batching(doc)]
     return "\n".join(lines) + "\n"
+
+
+def batching_summary(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per variant, workload, protocol and concurrency: batched QPS / unbatched QPS (median
+    over rounds of the ratio within a round), and batched QPS / the in-process batch-32
+    limit (rows/s of the ``function`` runtime) when measured."""
+    qps: dict[tuple[str, str, str, int, str], dict[int, float]] = {}
+    for run_ in doc["runs"]:
+        for point in run_["points"]:
+            key = (
+                run_["variant"],
+                run_["workload"],
+                run_.get("protocol", "grpc"),
+                int(point["concurrency"]),
+                run_["server"],
+            )
+            qps.setdefault(key, {})[run_["round"]] = float(point["qps"])
+    table = []
+    for (variant, workload, protocol, concurrency, server), batched in qps.items():
+        if server != "pyserving-batching":
+            continue
+        plain = qps.get((variant, workload, protocol, concurrency, "pyserving"), {})
+        same = [r for r in batched if plain.get(r)]
+        entry: dict[str, Any] = {
+            "variant": variant,
+            "workload": workload,
+            "protocol": protocol,
+            "concurrency": concurrency,
+            "batched_qps": statistics.median(batched.values()),
+            "unbatched_qps": statistics.median(plain.values()) if plain else None,
+            "batched_over_unbatched": (
+                statistics.median(batched[r] / plain[r] for r in same) if same else None
+            ),
+        }
+        try:
+            limit = doc["inprocess"][variant][workload]["function"]["32"]["rows_per_s"]
+        except KeyError:
+            limit = None
+        entry["inprocess_batch32_rows_per_s"] = limit
+        entry["batched_over_inprocess_batch32"] = entry["batched_qps"] / limit if limit else None
+        table.append(entry)
+    return table
+
+
+def render_batching(doc: dict[str, Any]) -> list[str]:
+    lines = [
+        "| variant | workload | protocol | conc | batched QPS | unbatched QPS "
+        "| batched/unbatched (paired) | batched / in-process batch-32 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for e in doc.get("batching", []):
+        ratio = e["batched_over_unbatched"]
+        limit = e["batched_over_inprocess_batch32"]
+        lines.append(
+            f"| {e['variant']} | {e['workload']} | {e['protocol']} | {e['concurrency']} "
+            f"| {e['batched_qps']:,.0f} | {e['unbatched_qps'] or 0:,.0f} "
+            f"| {'' if ratio is None else f'{ratio:.3f}'} "
+            f"| {'' if limit is None else f'{limit:.3f}'} |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     doc = measure(args)
     doc["summary"] = summary(doc)
+    doc["batching"] = batching_summary(doc)
     path = args.out.resolve() / f"compare-{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(doc, indent=1))
     sys.stdout.write(render(doc))

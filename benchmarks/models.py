@@ -1,6 +1,6 @@
 """The benchmark workloads: the models, one request's rows, and the answers to expect.
 
-Two workloads:
+Three workloads:
 
 - ``half_plus_two``: TF Serving's own test model ``saved_model_half_plus_two_cpu``
   (``y = 0.5 x + 2``, one float in, one out) when TF Serving's test models are present (see
@@ -13,8 +13,16 @@ Two workloads:
   every machine and its answers can be computed in NumPy without TensorFlow. The export is
   done once into a cache directory (in a subprocess, so the caller need not import
   TensorFlow) and reused while its spec is unchanged.
+- ``keras_iris``: a tiny Keras 3 classifier as Keras users export it (``model.export()``):
+  iris's 4 floats in, 10 -> 10 hidden units (ReLU), 3 softmax probabilities out
+  (``serving_default``: ``x`` [-1, 4] -> ``output_0`` [-1, 3]). Weights from a fixed NumPy
+  seed, so its answers are computed in NumPy; exported like the MLP (subprocess, cached by
+  spec). Such exports keep their variables only in the object graph, so pyserving serves
+  them through ``tf.saved_model.load`` (``backend="function"``): this workload measures
+  that path.
 
-Run ``python -m benchmarks.models export DIR`` to export the MLP into ``DIR/1``.
+Run ``python -m benchmarks.models export DIR [--model mlp|keras_iris]`` to export a model
+into ``DIR/1``.
 """
 
 from __future__ import annotations
@@ -57,7 +65,8 @@ class Workload:
     """One model and the request sent to it.
 
     Attributes:
-        name: the workload name (``half_plus_two`` or ``mlp``), also the served model name.
+        name: the workload name (``half_plus_two``, ``mlp``, ``keras_iris``), also the
+            served model name.
         base_path: the model's base path (holding version directories).
         input_name / output_name: the ``serving_default`` signature's input and output alias.
         rows: the rows of one request, float32, shape [rows, features].
@@ -76,7 +85,7 @@ class Workload:
 
     @property
     def version_dir(self) -> pathlib.Path:
-        """The one version directory (both workloads have exactly one)."""
+        """The one version directory (every workload has exactly one)."""
         versions = sorted(p for p in self.base_path.iterdir() if p.name.isdigit())
         return versions[-1]
 
@@ -142,8 +151,12 @@ def mlp_parameters() -> int:
     return sum(a * b + b for a, b in itertools.pairwise(MLP_LAYERS))
 
 
-def _spec_digest() -> str:
-    text = json.dumps({"layers": MLP_LAYERS, "seed": MLP_SEED, "format": 1})
+def _spec_digest(model: str = "mlp") -> str:
+    if model == "mlp":
+        text = json.dumps({"layers": MLP_LAYERS, "seed": MLP_SEED, "format": 1})
+    else:
+        spec = {"layers": KERAS_IRIS_LAYERS, "seed": KERAS_IRIS_SEED, "format": 1}
+        text = json.dumps({"model": model, **spec})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -184,8 +197,9 @@ def export_mlp(base_path: pathlib.Path) -> None:
     (base_path / _SPEC_FILE).write_text(json.dumps({"digest": _spec_digest()}))
 
 
-def ensure_mlp(base_path: pathlib.Path) -> pathlib.Path:
-    """Export the MLP into ``base_path`` unless an export of the same spec is there already.
+def ensure_mlp(base_path: pathlib.Path, model: str = "mlp") -> pathlib.Path:
+    """Export the MLP (or ``model``, e.g. ``keras_iris``) into ``base_path`` unless an export
+    of the same spec is there already.
 
     The export runs in a subprocess (``python -m benchmarks.models export``) so that this
     process does not import TensorFlow. Returns ``base_path``.
@@ -194,13 +208,13 @@ def ensure_mlp(base_path: pathlib.Path) -> pathlib.Path:
     done = (base_path / MLP_VERSION / "saved_model.pb").is_file()
     if done and spec.is_file():
         try:
-            if json.loads(spec.read_text()).get("digest") == _spec_digest():
+            if json.loads(spec.read_text()).get("digest") == _spec_digest(model):
                 return base_path
         except (OSError, ValueError):
             pass
     root = pathlib.Path(__file__).resolve().parents[1]
     subprocess.run(
-        [sys.executable, "-m", "benchmarks.models", "export", str(base_path)],
+        [sys.executable, "-m", "benchmarks.models", "export", str(base_path), f"--model={model}"],
         check=True,
         cwd=root,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
@@ -218,14 +232,79 @@ def mlp(base_path: pathlib.Path) -> Workload:
     return Workload("mlp", base_path, "x", "y", x, expected, rtol=1e-3, atol=1e-3)
 
 
+#: Layer widths of the Keras iris classifier: input, hidden..., classes.
+KERAS_IRIS_LAYERS = (4, 10, 10, 3)
+#: Seed of its weights.
+KERAS_IRIS_SEED = 20261207
+
+
+def keras_iris_weights() -> list[tuple[np.ndarray, np.ndarray]]:
+    """The classifier's (kernel, bias) per layer: Glorot-uniform kernels, small biases."""
+    rng = np.random.RandomState(KERAS_IRIS_SEED)
+    layers = []
+    for fan_in, fan_out in itertools.pairwise(KERAS_IRIS_LAYERS):
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        w = rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32)
+        b = (rng.standard_normal(fan_out) * 0.1).astype(np.float32)
+        layers.append((w, b))
+    return layers
+
+
+def keras_iris_forward(x: np.ndarray) -> np.ndarray:
+    """The classifier in NumPy: ReLU hidden layers, softmax output."""
+    logits = mlp_forward(x, keras_iris_weights())
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities: np.ndarray = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    return probabilities
+
+
+def export_keras_iris(base_path: pathlib.Path) -> None:
+    """Export the classifier with Keras's ``model.export()`` into ``base_path/1``."""
+    from pyserving.testing import models as test_models
+
+    base_path.mkdir(parents=True, exist_ok=True)
+    target = base_path / MLP_VERSION
+    if target.exists():
+        shutil.rmtree(target)
+    test_models.export_keras_classifier(target, keras_iris_weights())
+    (base_path / _SPEC_FILE).write_text(json.dumps({"digest": _spec_digest("keras_iris")}))
+
+
+def keras_iris(base_path: pathlib.Path) -> Workload:
+    """The Keras iris workload (exported into ``base_path`` if needed), one iris row."""
+    ensure_mlp(base_path, "keras_iris")
+    x = np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)
+    return Workload("keras_iris", base_path, "x", "output_0", x, keras_iris_forward(x))
+
+
+#: The workloads by name.
+WORKLOADS = ("half_plus_two", "mlp", "keras_iris")
+
+
+def workload(name: str, models_dir: pathlib.Path) -> Workload:
+    """The workload ``name`` (see :data:`WORKLOADS`), its model exported under
+    ``models_dir`` when needed."""
+    if name == "half_plus_two":
+        return half_plus_two(models_dir)
+    if name == "mlp":
+        return mlp(models_dir / "mlp")
+    if name == "keras_iris":
+        return keras_iris(models_dir / "keras_iris")
+    raise ValueError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m benchmarks.models export DIR``."""
+    """``python -m benchmarks.models export DIR [--model mlp|keras_iris]``."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.models")
     sub = parser.add_subparsers(dest="command", required=True)
-    export = sub.add_parser("export", help="export the MLP into DIR/1")
+    export = sub.add_parser("export", help="export a model into DIR/1")
     export.add_argument("dir", type=pathlib.Path)
+    export.add_argument("--model", choices=("mlp", "keras_iris"), default="mlp")
     args = parser.parse_args(argv)
-    if args.command == "export":
+    if args.command == "export" and args.model == "keras_iris":
+        export_keras_iris(args.dir.resolve())
+        print(f"exported the Keras iris classifier to {args.dir / MLP_VERSION}")
+    elif args.command == "export":
         export_mlp(args.dir.resolve())
         print(f"exported the MLP ({mlp_parameters():,} parameters) to {args.dir / MLP_VERSION}")
     return 0

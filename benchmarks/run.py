@@ -3,13 +3,14 @@
 One run, in this order (nothing heavy ever runs at the same time as a measurement):
 
 1. the load generator against trivial REST and gRPC endpoints (what the client can drive);
-2. for each workload (``half_plus_two``, ``mlp``) and each server configuration, the server
+2. for each workload (``half_plus_two``, ``mlp``, ``keras_iris``) and each server
+   configuration, the server
    is started alone, the load generator runs every concurrency level over REST and then
    gRPC (raw HTTP/2 client; for ``half_plus_two`` also ``grpc-stub``, the official
    stubs), then the Open Inference Protocol's ``v2-rest`` (binary tensor data) and
    ``v2-grpc`` (ModelInfer, raw contents), and the server is stopped. Configurations:
    ``pyserving`` (default flags),
-   ``pyserving-batching`` (``mlp`` only; see :data:`BATCHING_PARAMETERS`), each also as
+   ``pyserving-batching`` (see :data:`BATCHING_PARAMETERS`), each also as
    ``...-grpcio`` (gRPC only, ``--grpc_frontend=grpcio``), and ``fastapi`` (REST only);
 3. the in-process limit of each workload.
 
@@ -80,7 +81,7 @@ def server_configs(
     grpcio = ("--grpc_frontend=grpcio",)
     if "grpc" in protocols and args.grpcio:
         configs.append(ServerConfig(report.PYSERVING_GRPCIO, "pyserving", ("grpc",), grpcio))
-    if workload == "mlp" and args.batching:
+    if args.batching:
         batching = ("--enable_batching", f"--batching_parameters_file={batching_file}")
         configs.append(ServerConfig(report.PYSERVING_BATCHING, "pyserving", protocols, batching))
         if "grpc" in protocols and args.grpcio:
@@ -108,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=None, help="unmeasured seconds per point")
     parser.add_argument("--out", type=pathlib.Path, default=servers.ROOT / "benchmarks" / "results")
     parser.add_argument("--concurrency", default=None, help="comma list (default 1,8,32,64)")
-    parser.add_argument("--workloads", default=None, help="half_plus_two,mlp")
+    parser.add_argument("--workloads", default=None, help="half_plus_two,mlp,keras_iris")
     parser.add_argument(
         "--protocols",
         default=",".join(PROTOCOLS),
@@ -153,7 +154,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         str(c) for c in (QUICK_CONCURRENCY if quick else DEFAULT_CONCURRENCY)
     )
     args.concurrency = [int(c) for c in _csv(concurrency)]
-    args.workloads = _csv(args.workloads or ("half_plus_two" if quick else "half_plus_two,mlp"))
+    args.workloads = _csv(
+        args.workloads or ("half_plus_two" if quick else ",".join(models.WORKLOADS))
+    )
     args.protocols = _csv(args.protocols)
     for name in ("fastapi", "inprocess", "calibration", "batching", "stub_client", "grpcio"):
         if getattr(args, name) is None:
@@ -162,7 +165,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.chart = True
     if args.retries is None:
         args.retries = 0 if quick else 2
-    unknown = set(args.workloads) - {"half_plus_two", "mlp"}
+    unknown = set(args.workloads) - set(models.WORKLOADS)
     if unknown:
         parser.error(f"unknown workloads: {sorted(unknown)}")
     if set(args.protocols) - set(PROTOCOLS) or not args.protocols:
@@ -383,12 +386,8 @@ def main(argv: list[str] | None = None) -> int:
 
     workloads: list[models.Workload] = []
     for name in args.workloads:
-        if name == "half_plus_two":
-            workloads.append(models.half_plus_two(models_dir))
-            _say(f"half_plus_two model: {workloads[-1].base_path}")
-        else:
-            _say(f"MLP model: {models_dir / 'mlp'} (exported once, then reused)")
-            workloads.append(models.mlp(models_dir / "mlp"))
+        workloads.append(models.workload(name, models_dir))
+        _say(f"{name} model: {workloads[-1].base_path} (exported once, then reused)")
     results["meta"]["models"] = {w.name: str(w.base_path) for w in workloads}
     payloads = {}
     for workload in workloads:
