@@ -46,9 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--variant",
         action="append",
-        required=True,
+        default=[],
         help="NAME=DIR: DIR holds the pyserving package (repeat; the first is the reference)",
     )
+    parser.add_argument("--from-json", default="", help="print the tables of a saved run")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workloads", default="half_plus_two,mlp")
     parser.add_argument("--protocols", default="grpc", help="comma list of grpc, rest")
@@ -70,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--variant {item}: expected NAME=DIR with DIR/pyserving/__init__.py")
         variants.append((name, path))
     args.variants = variants
+    if not variants and not args.from_json:
+        parser.error("--variant is required")
     args.workloads = [w for w in args.workloads.split(",") if w]
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
     args.protocols = [p for p in args.protocols.split(",") if p]
@@ -333,14 +336,40 @@ def render_batching(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def render_inprocess(doc: dict[str, Any]) -> list[str]:
+    """Per variant and workload, the in-process limits (``--inprocess``)."""
+    lines = [
+        "| variant | workload | runtime | batch | calls/s | rows/s | CPU us per call | backend |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for variant, workloads in doc.get("inprocess", {}).items():
+        for workload, runtimes in workloads.items():
+            for runtime in ("function", "session"):
+                for batch, p in runtimes.get(runtime, {}).items():
+                    cpu_us = 1e4 * p["cpu_percent"] / p["calls_per_s"]
+                    lines.append(
+                        f"| {variant} | {workload} | {runtime} | {batch} "
+                        f"| {p['calls_per_s']:,.0f} | {p['rows_per_s']:,.0f} | {cpu_us:,.0f} "
+                        f"| {p.get('backend', '')} |"
+                    )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        saved["summary"] = summary(saved)
+        saved["batching"] = batching_summary(saved)
+        sys.stdout.write(render(saved) + "\n" + "\n".join(render_inprocess(saved)) + "\n")
+        return 0
     doc = measure(args)
     doc["summary"] = summary(doc)
     doc["batching"] = batching_summary(doc)
     path = args.out.resolve() / f"compare-{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(doc, indent=1))
-    sys.stdout.write(render(doc))
+    sys.stdout.write(render(doc) + "\n" + "\n".join(render_inprocess(doc)) + "\n")
     print(f"\nresults: {path}")
     return 0
 

@@ -11,8 +11,12 @@ The heavy lifting is done by a *runner*, chosen by the loader:
   with no Python-side feed/fetch bookkeeping. This is how TF Serving itself runs every
   SavedModel (TF1 and TF2 exports alike), and it accepts the same inputs TF Serving does (feed
   shapes are not checked against the placeholder's static shape).
-- ``function``: a TF2 export restored with ``tf.saved_model.load``, called through its
-  signature concrete functions. Only used when the session path cannot load a model.
+- ``function``: a TF2 export restored with ``tf.saved_model.load``. Only used when the
+  session path cannot load a model (a Keras 3 export, whose variables only its object
+  graph restores). :class:`FunctionRunner` imports the signatures' function graphs into a
+  session of its own, with the restored variables copied in, and compiles callables as
+  above; only models whose signatures capture other resources (lookup tables) are called
+  eagerly, through each signature's flat concrete-function call.
 
 Both runners are driven through the same :meth:`SavedModelServable.run`, which does the
 request validation TF Serving does before ``Session::Run`` (``predict_util.cc``,
