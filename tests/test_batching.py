@@ -364,16 +364,43 @@ def test_an_answered_batch_is_completed_while_the_next_one_runs(recorder: Record
         first = s.submit_future({"x": np.array([[1.0]], np.float32)})
         assert recorder.entered.wait(10)
         recorder.entered.clear()
-        first.add_done_callback(lambda _f: overlapped.append(second_runs.wait(30)))
+        first_thread: list[str] = []
+
+        first_done = threading.Event()
+
+        def on_first(_f: object) -> None:
+            first_thread.append(threading.current_thread().name)
+            overlapped.append(second_runs.wait(30))
+            first_done.set()
+
+        first.add_done_callback(on_first)
         second = s.submit_future({"x": np.array([[2.0]], np.float32)})
         recorder.gate.set()  # the first batch finishes...
         assert recorder.entered.wait(30)  # ...and the second one enters the model
         second_runs.set()
         np.testing.assert_allclose(second.result(30)["y"], [[3.0]])
         np.testing.assert_allclose(first.result(30)["y"], [[2.5]])
+        assert first_done.wait(30)  # (result() may return before the callbacks ran)
         assert overlapped == [True]
+        assert first_thread == ["pyserving-batch-done"]
     finally:
         recorder.gate.set()
+        s.close()
+
+
+def test_a_batch_with_nothing_queued_behind_it_is_answered_on_its_batch_thread(
+    recorder: Recorder,
+) -> None:
+    s = BatchScheduler(recorder, BatchingOptions(max_batch_size=8, num_batch_threads=1), "solo")
+    try:
+        threads: list[str] = []
+        future = s.submit_future({"x": np.array([[1.0]], np.float32)})
+        future.add_done_callback(lambda _f: threads.append(threading.current_thread().name))
+        future.result(30)
+        # The batch thread ran the first request's callbacks before taking the second.
+        s.submit({"x": np.array([[2.0]], np.float32)})
+        assert threads in (["pyserving-solo-0"], ["MainThread"])  # (done before it was added)
+    finally:
         s.close()
 
 

@@ -188,12 +188,13 @@ _Completion = tuple[list[_Task], "Tensors | None", int, "ServingError | None"]
 class BatchScheduler:
     """Batches concurrent calls of one run function. See the module docstring.
 
-    Threads: ``num_batch_threads`` batch threads take batches, merge them and run the model;
-    one completion thread splits each batch's outputs and resolves its requests (their
-    callbacks run there). So while the completion thread answers one batch, a batch thread
-    already runs the next: two batches in flight, which pays off when the model releases
-    the GIL (TensorFlow does while it computes). ``clock`` (seconds, monotonic) times
-    ``batch_timeout_micros``; tests inject one.
+    Threads: ``num_batch_threads`` batch threads take batches, merge them and run the model,
+    and one completion thread. A batch thread that finishes a run while more requests are
+    queued hands the batch to the completion thread, which splits its outputs and resolves
+    its requests (their callbacks run there), and takes the next batch at once: two batches
+    in flight, which pays off when the model releases the GIL (TensorFlow does while it
+    computes). With nothing queued it answers the batch itself, saving a thread hand-off.
+    ``clock`` (seconds, monotonic) times ``batch_timeout_micros``; tests inject one.
     """
 
     def __init__(
@@ -253,8 +254,8 @@ class BatchScheduler:
         a common dimension 0) runs here, in the calling thread, and comes back done (failed
         with its ``ServingError``; any other exception is raised here). A queued request's
         future fails with its batch's ``ServingError`` (other exceptions of the batch become
-        ``Internal``); its callbacks run on the completion thread. Cancelling a queued
-        request's future takes it out of its batch.
+        ``Internal``); its callbacks run on a batch thread or the completion thread (see the
+        class docstring). Cancelling a queued request's future takes it out of its batch.
         """
         tensors = {k: v if type(v) is np.ndarray else np.asarray(v) for k, v in inputs.items()}
         rows = _rows(tensors)
@@ -350,8 +351,16 @@ class BatchScheduler:
             if taken is None:
                 return
             batch, oldest = taken
-            if batch:
-                self._completions.put(self._execute(batch, self._clock() - oldest))
+            if not batch:
+                continue
+            done = self._execute(batch, self._clock() - oldest)
+            if self._queues:
+                # More work is waiting: the completion thread answers this batch while this
+                # thread runs the next one (two batches in flight).
+                self._completions.put(done)
+            else:
+                # Nothing to overlap with: answering here saves a thread hand-off.
+                self._complete(*done)
 
     def _execute(self, batch: list[_Task], queued: float) -> _Completion:
         """Merge and run one batch (on a batch thread); the completion thread answers it."""
