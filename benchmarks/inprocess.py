@@ -8,8 +8,11 @@ part counts), through two runtimes:
 
 - ``function``: ``tf.saved_model.load(...).signatures["serving_default"]``, the TF function
   a user would call (input passed as ``tf.constant``, output read with ``.numpy()``);
-- ``session``: the C++ ``Session`` callable pyserving itself runs
-  (``pyserving.platforms.tensorflow.loader.SavedModelLoader``, ``servable.run``).
+- ``session``: the model as pyserving itself runs it
+  (``pyserving.platforms.tensorflow.loader.SavedModelLoader`` with its default runtime,
+  ``servable.run``): a C++ ``Session`` callable for TF1 and most TF2 exports; for exports
+  restored with ``tf.saved_model.load`` (Keras's) whatever ``FunctionRunner`` does. The
+  result names it (``backend``).
 
 With ``--batching_parameters FILE --scheduler_callers N`` it also measures ``scheduler``:
 N threads each calling pyserving's batching layer (``BatchingServable`` over the session
@@ -137,7 +140,7 @@ def run_scheduler(
     def observe(_signature: str, rows: int, _padded: int, _queued: float) -> None:
         sizes.append(rows)
 
-    loader = SavedModelLoader(path, runtime="session")
+    loader = SavedModelLoader(path)
     loader.load()
     batching = BatchingServable(loader.servable(), options, observe)
     try:
@@ -165,9 +168,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     path = os.path.join(args.model_base_path, versions[-1])
 
     function = tf.saved_model.load(path).signatures["serving_default"]
-    loader = SavedModelLoader(path, runtime="session")
+    loader = SavedModelLoader(path)
     loader.load()
     servable = loader.servable()
+    runner_path = getattr(getattr(servable, "_runner", None), "path", None)
+    backend = servable.backend + (f" ({runner_path})" if runner_path else "")
     expected = np.asarray(payload["expected"], np.float32)
 
     results: dict[str, Any] = {"function": {}, "session": {}}
@@ -200,6 +205,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 point["repeats_calls_per_s"] = [p["calls_per_s"] for p in repeats]
                 point["batch"] = batch
                 point["rows_per_s"] = point["calls_per_s"] * batch
+                if name == "session":
+                    point["backend"] = backend
                 results[name][str(batch)] = point
     finally:
         loader.unload()

@@ -1,6 +1,6 @@
 """The benchmark workloads: the models, one request's rows, and the answers to expect.
 
-Two workloads:
+Three workloads:
 
 - ``half_plus_two``: TF Serving's own test model ``saved_model_half_plus_two_cpu``
   (``y = 0.5 x + 2``, one float in, one out) when TF Serving's test models are present (see
@@ -13,6 +13,13 @@ Two workloads:
   every machine and its answers can be computed in NumPy without TensorFlow. The export is
   done once into a cache directory (in a subprocess, so the caller need not import
   TensorFlow) and reused while its spec is unchanged.
+- ``keras_iris``: a tiny Keras 3 classifier as Keras users export it (``model.export()``):
+  iris's 4 floats in, 10 -> 10 hidden units (ReLU), 3 softmax probabilities out
+  (``serving_default``: ``x`` [-1, 4] -> ``output_0`` [-1, 3]). Weights from a fixed NumPy
+  seed, so its answers are computed in NumPy; exported like the MLP (subprocess, cached by
+  spec). Such exports keep their variables only in the object graph, so pyserving serves
+  them through ``tf.saved_model.load`` (``backend="function"``): this workload measures
+  that path.
 
 Other platforms (``--workloads`` of ``benchmarks.run``; not in its default run):
 
@@ -23,8 +30,9 @@ Other platforms (``--workloads`` of ``benchmarks.run``; not in its default run):
   (``examples/platforms.py``'s PyTorch model: 4 -> 16 -> 3, ReLU), seeded weights, one row of
   iris measurements in, three scores out: serving overhead for those runtimes.
 
-Run ``python -m benchmarks.models export DIR [--format tensorflow|onnx|pytorch]
-[--layers 512,2048,2048,512]`` to export an MLP into ``DIR/1``.
+Run ``python -m benchmarks.models export DIR [--format tensorflow|onnx|pytorch|keras]
+[--layers 512,2048,2048,512]`` to export an MLP (``keras``: the Keras iris classifier)
+into ``DIR/1``.
 """
 
 from __future__ import annotations
@@ -69,9 +77,15 @@ PLATFORM_WORKLOADS: dict[str, tuple[str, tuple[int, ...]]] = {
     "iris_torch": ("pytorch", IRIS_LAYERS),
 }
 #: Every workload name.
-WORKLOADS = ("half_plus_two", "mlp", *PLATFORM_WORKLOADS)
-#: The file each export format writes into the version directory.
-FORMAT_FILES = {"tensorflow": "saved_model.pb", "onnx": "model.onnx", "pytorch": "model.pt2"}
+WORKLOADS = ("half_plus_two", "mlp", "keras_iris", *PLATFORM_WORKLOADS)
+#: The file each export format writes into the version directory (``keras``: the Keras iris
+#: classifier, exported with ``model.export()``).
+FORMAT_FILES = {
+    "tensorflow": "saved_model.pb",
+    "onnx": "model.onnx",
+    "pytorch": "model.pt2",
+    "keras": "saved_model.pb",
+}
 #: The MLP's version directory name under its base path.
 MLP_VERSION = "1"
 _SPEC_FILE = "benchmark_spec.json"
@@ -82,7 +96,8 @@ class Workload:
     """One model and the request sent to it.
 
     Attributes:
-        name: the workload name (``half_plus_two`` or ``mlp``), also the served model name.
+        name: the workload name (``half_plus_two``, ``mlp``, ``keras_iris``), also the
+            served model name.
         base_path: the model's base path (holding version directories).
         input_name / output_name: the ``serving_default`` signature's input and output alias.
         rows: the rows of one request, float32, shape [rows, features].
@@ -101,7 +116,7 @@ class Workload:
 
     @property
     def version_dir(self) -> pathlib.Path:
-        """The one version directory (both workloads have exactly one)."""
+        """The one version directory (every workload has exactly one)."""
         versions = sorted(p for p in self.base_path.iterdir() if p.name.isdigit())
         return versions[-1]
 
@@ -168,7 +183,10 @@ def mlp_parameters() -> int:
 
 
 def _spec_digest(fmt: str = "tensorflow", widths: tuple[int, ...] = MLP_LAYERS) -> str:
-    spec: dict[str, Any] = {"layers": widths, "seed": MLP_SEED, "format": 1}
+    if fmt == "keras":
+        spec: dict[str, Any] = {"layers": KERAS_IRIS_LAYERS, "seed": KERAS_IRIS_SEED, "format": 1}
+        return hashlib.sha256(json.dumps({"model": "keras_iris", **spec}).encode()).hexdigest()[:16]
+    spec = {"layers": widths, "seed": MLP_SEED, "format": 1}
     if fmt != "tensorflow":
         spec["runtime"] = fmt
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]
@@ -356,6 +374,51 @@ def platform_workload(name: str, models_dir: pathlib.Path) -> Workload:
     return Workload(name, base, "x", "y", x, expected, rtol=1e-3, atol=1e-3)
 
 
+#: Layer widths of the Keras iris classifier: input, hidden..., classes.
+KERAS_IRIS_LAYERS = (4, 10, 10, 3)
+#: Seed of its weights.
+KERAS_IRIS_SEED = 20261207
+
+
+def keras_iris_weights() -> list[tuple[np.ndarray, np.ndarray]]:
+    """The classifier's (kernel, bias) per layer: Glorot-uniform kernels, small biases."""
+    rng = np.random.RandomState(KERAS_IRIS_SEED)
+    layers = []
+    for fan_in, fan_out in itertools.pairwise(KERAS_IRIS_LAYERS):
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        w = rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32)
+        b = (rng.standard_normal(fan_out) * 0.1).astype(np.float32)
+        layers.append((w, b))
+    return layers
+
+
+def keras_iris_forward(x: np.ndarray) -> np.ndarray:
+    """The classifier in NumPy: ReLU hidden layers, softmax output."""
+    logits = mlp_forward(x, keras_iris_weights())
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities: np.ndarray = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    return probabilities
+
+
+def export_keras_iris(base_path: pathlib.Path) -> None:
+    """Export the classifier with Keras's ``model.export()`` into ``base_path/1``."""
+    from pyserving.testing import models as test_models
+
+    base_path.mkdir(parents=True, exist_ok=True)
+    target = base_path / MLP_VERSION
+    if target.exists():
+        shutil.rmtree(target)
+    test_models.export_keras_classifier(target, keras_iris_weights())
+    (base_path / _SPEC_FILE).write_text(json.dumps({"digest": _spec_digest("keras")}))
+
+
+def keras_iris(base_path: pathlib.Path) -> Workload:
+    """The Keras iris workload (exported into ``base_path`` if needed), one iris row."""
+    ensure_mlp(base_path, "keras", KERAS_IRIS_LAYERS)
+    x = np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)
+    return Workload("keras_iris", base_path, "x", "output_0", x, keras_iris_forward(x))
+
+
 def workload(name: str, models_dir: pathlib.Path) -> Workload:
     """The workload ``name`` (one of :data:`WORKLOADS`), its model exported under
     ``models_dir`` when needed."""
@@ -363,6 +426,8 @@ def workload(name: str, models_dir: pathlib.Path) -> Workload:
         return half_plus_two(models_dir)
     if name == "mlp":
         return mlp(models_dir / "mlp")
+    if name == "keras_iris":
+        return keras_iris(models_dir / "keras_iris")
     return platform_workload(name, models_dir)
 
 
@@ -377,7 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "export":
         widths = tuple(int(w) for w in args.layers.split(","))
-        if args.format == "onnx":
+        if args.format == "keras":
+            export_keras_iris(args.dir.resolve())
+        elif args.format == "onnx":
             export_onnx(args.dir.resolve(), widths)
         elif args.format == "pytorch":
             export_torch(args.dir.resolve(), widths)
@@ -385,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("the TensorFlow export has the MLP's layers only")
         else:
             export_mlp(args.dir.resolve())
-        print(f"exported a {args.format} MLP {widths} to {args.dir / MLP_VERSION}")
+        print(f"exported a {args.format} model to {args.dir / MLP_VERSION}")
     return 0
 
 

@@ -3,13 +3,14 @@
 One run, in this order (nothing heavy ever runs at the same time as a measurement):
 
 1. the load generator against trivial REST and gRPC endpoints (what the client can drive);
-2. for each workload (``half_plus_two``, ``mlp``) and each server configuration, the server
+2. for each workload (``half_plus_two``, ``mlp``, ``keras_iris``) and each server
+   configuration, the server
    is started alone, the load generator runs every concurrency level over REST and then
    gRPC (raw HTTP/2 client; for ``half_plus_two`` also ``grpc-stub``, the official
    stubs), then the Open Inference Protocol's ``v2-rest`` (binary tensor data) and
    ``v2-grpc`` (ModelInfer, raw contents), and the server is stopped. Configurations:
    ``pyserving`` (default flags),
-   ``pyserving-batching`` (``mlp`` only; see :data:`BATCHING_PARAMETERS`), each also as
+   ``pyserving-batching`` (see :data:`BATCHING_PARAMETERS`), each also as
    ``...-grpcio`` (gRPC only, ``--grpc_frontend=grpcio``), and ``fastapi`` (REST only);
 3. the in-process limit of each TensorFlow workload.
 
@@ -89,7 +90,7 @@ def server_configs(
     grpcio = ("--grpc_frontend=grpcio",)
     if "grpc" in protocols and args.grpcio:
         configs.append(ServerConfig(report.PYSERVING_GRPCIO, "pyserving", ("grpc",), grpcio))
-    if workload in BATCHED_WORKLOADS and args.batching:
+    if args.batching:
         batching = ("--enable_batching", f"--batching_parameters_file={batching_file}")
         configs.append(ServerConfig(report.PYSERVING_BATCHING, "pyserving", protocols, batching))
         if "grpc" in protocols and args.grpcio:
@@ -120,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workloads",
         default=None,
-        help=f"comma list of {', '.join(models.WORKLOADS)} (default half_plus_two,mlp)",
+        help=f"comma list of {', '.join(models.WORKLOADS)} (default half_plus_two,mlp,keras_iris)",
     )
     parser.add_argument(
         "--protocols",
@@ -166,7 +167,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         str(c) for c in (QUICK_CONCURRENCY if quick else DEFAULT_CONCURRENCY)
     )
     args.concurrency = [int(c) for c in _csv(concurrency)]
-    args.workloads = _csv(args.workloads or ("half_plus_two" if quick else "half_plus_two,mlp"))
+    args.workloads = _csv(
+        args.workloads or ("half_plus_two" if quick else ",".join(models.WORKLOADS))
+    )
     args.protocols = _csv(args.protocols)
     for name in ("fastapi", "inprocess", "calibration", "batching", "stub_client", "grpcio"):
         if getattr(args, name) is None:

@@ -279,7 +279,8 @@ def test_output_filters_share_one_scheduler_per_signature() -> None:
             keys = ["a"] if i % 2 else ["b", "a"]
             servable.run("s", {"x": np.array([[1.0]], np.float32)}, keys)
         new_threads = {t.name for t in threading.enumerate()} - before
-        assert len(new_threads) == options.num_batch_threads, new_threads
+        # (the batch threads and the one completion thread of the signature's scheduler)
+        assert len(new_threads) == options.num_batch_threads + 1, new_threads
         with pytest.raises(InvalidArgument):
             servable.run_future("s", {"x": np.array([[1.0]], np.float32)}, ["c"])
         with pytest.raises(InvalidArgument):
@@ -309,3 +310,203 @@ def test_cancelling_a_filtered_answer_takes_the_request_out_of_its_batch() -> No
     finally:
         inner.gate.set()
         servable.close()
+
+
+# ------------------------------------------------- futures, merge, pipelining, timeout
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_queued_futures_work_with_asyncio_and_concurrent_wait(
+    recorder: Recorder, held: BatchScheduler
+) -> None:
+    import asyncio
+    import concurrent.futures
+
+    recorder.gate.clear()
+    first = held.submit_future({"x": np.array([[0.0]], np.float32)})
+    assert recorder.entered.wait(10)
+    queued = [held.submit_future({"x": np.array([[float(i)]], np.float32)}) for i in (1, 2)]
+    waiter = threading.Thread(
+        target=concurrent.futures.wait, args=(queued,), kwargs={"timeout": 30}
+    )
+    waiter.start()
+    recorder.gate.set()
+
+    async def answers() -> list[np.ndarray]:
+        done = await asyncio.gather(*(asyncio.wrap_future(f) for f in queued))
+        return [d["y"] for d in done]
+
+    assert [float(y[0, 0]) for y in asyncio.run(answers())] == [2.5, 3.0]
+    waiter.join(30)
+    assert not waiter.is_alive()
+    done, not_done = concurrent.futures.wait([first, *queued], timeout=30)
+    assert len(done) == 3 and not not_done
+    assert recorder.batches == [1, 2]
+
+
+def test_an_answered_batch_is_completed_while_the_next_one_runs(recorder: Recorder) -> None:
+    # The first request's callback (completion) waits until the model runs the second
+    # batch: with completion on the batch thread this could never happen.
+    s = scheduler(recorder, max_batch_size=8, num_batch_threads=1)
+    try:
+        second_runs = threading.Event()
+        overlapped: list[bool] = []
+        recorder.gate.clear()
+        first = s.submit_future({"x": np.array([[1.0]], np.float32)})
+        assert recorder.entered.wait(10)
+        recorder.entered.clear()
+        first_thread: list[str] = []
+
+        first_done = threading.Event()
+
+        def on_first(_f: object) -> None:
+            first_thread.append(threading.current_thread().name)
+            overlapped.append(second_runs.wait(30))
+            first_done.set()
+
+        first.add_done_callback(on_first)
+        second = s.submit_future({"x": np.array([[2.0]], np.float32)})
+        recorder.gate.set()  # the first batch finishes...
+        assert recorder.entered.wait(30)  # ...and the second one enters the model
+        second_runs.set()
+        np.testing.assert_allclose(second.result(30)["y"], [[3.0]])
+        np.testing.assert_allclose(first.result(30)["y"], [[2.5]])
+        assert first_done.wait(30)  # (result() may return before the callbacks ran)
+        assert overlapped == [True]
+        assert first_thread == ["pyserving-batch-done"]
+    finally:
+        recorder.gate.set()
+        s.close()
+
+
+def test_a_batch_with_nothing_queued_behind_it_is_answered_on_its_batch_thread(
+    recorder: Recorder,
+) -> None:
+    s = BatchScheduler(recorder, BatchingOptions(max_batch_size=8, num_batch_threads=1), "solo")
+    try:
+        threads: list[str] = []
+        future = s.submit_future({"x": np.array([[1.0]], np.float32)})
+        future.add_done_callback(lambda _f: threads.append(threading.current_thread().name))
+        future.result(30)
+        # The batch thread ran the first request's callbacks before taking the second.
+        s.submit({"x": np.array([[2.0]], np.float32)})
+        assert threads in (["pyserving-solo-0"], ["MainThread"])  # (done before it was added)
+    finally:
+        s.close()
+
+
+def test_batch_timeout_is_measured_by_the_scheduler_clock(recorder: Recorder) -> None:
+    clock = FakeClock()
+    options = BatchingOptions(
+        max_batch_size=8, batch_timeout_micros=10_000_000, num_batch_threads=1
+    )
+    s = BatchScheduler(recorder, options, clock=clock)
+    try:
+        a = s.submit_future({"x": np.array([[1.0]], np.float32)})
+        clock.now = 4.0
+        b = s.submit_future({"x": np.array([[2.0]], np.float32)})
+        assert not a.done() and not b.done()
+        # At 10 s the oldest request's batch is due; a request of another shape (a queue of
+        # its own, so the batch thread is woken) makes the thread look at the clock again.
+        clock.now = 10.0
+        c = s.submit_future({"x": np.array([[3.0, 3.0]], np.float32)})
+        np.testing.assert_allclose(a.result(30)["y"], [[2.5]])
+        np.testing.assert_allclose(b.result(30)["y"], [[3.0]])
+        assert recorder.batches == [2]
+        assert not c.done()  # due at 20 s
+        clock.now = 20.0
+        d = s.submit_future({"x": np.array([[4.0, 4.0, 4.0]], np.float32)})
+        np.testing.assert_allclose(c.result(30)["y"], [[3.5, 3.5]])
+        assert recorder.batches == [2, 1]
+    finally:
+        s.close()
+    with pytest.raises(Unavailable, match="shutting down"):
+        d.result(30)  # still queued at close: failed, never run
+    assert recorder.batches == [2, 1]
+
+
+def test_merge_writes_each_input_and_pads_rows_and_lengths() -> None:
+    seen: list[dict[str, np.ndarray]] = []
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        entered.set()
+        assert gate.wait(30)
+        seen.append({k: v.copy() for k, v in inputs.items()})
+        return {"sum": inputs["x"].sum(axis=1), "ids": inputs["ids"] * 10}
+
+    options = BatchingOptions(
+        max_batch_size=8,
+        allowed_batch_sizes=(4, 8),
+        pad_variable_length_inputs=True,
+        num_batch_threads=1,
+    )
+    s = BatchScheduler(run, options)
+    try:
+        first = s.submit_future({"x": np.ones((1, 1), np.float32), "ids": np.zeros(1, np.int64)})
+        assert entered.wait(10)
+        a = s.submit_future(
+            {"x": np.array([[1.0, 2.0]], np.float32), "ids": np.array([7], np.int64)}
+        )
+        b = s.submit_future(
+            {"x": np.array([[3.0, 4.0, 5.0], [6.0, 7.0, 8.0]], np.float32), "ids": np.array([8, 9])}
+        )
+        gate.set()
+        first.result(30)
+        np.testing.assert_allclose(a.result(30)["sum"], [3.0])
+        np.testing.assert_allclose(b.result(30)["sum"], [12.0, 21.0])
+        np.testing.assert_array_equal(b.result(30)["ids"], [80, 90])
+        merged = seen[1]
+        np.testing.assert_array_equal(
+            merged["x"],
+            [[1, 2, 0], [3, 4, 5], [6, 7, 8], [1, 2, 0]],  # padded to 4 rows with row 0
+        )
+        np.testing.assert_array_equal(merged["ids"], [7, 8, 9, 7])
+        assert merged["x"].dtype == np.float32 and merged["ids"].dtype == np.int64
+    finally:
+        gate.set()
+        s.close()
+
+
+def test_a_failing_batch_fails_only_its_own_requests() -> None:
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        entered.set()
+        assert gate.wait(30)
+        x = inputs["x"]
+        if x.shape[1] == 2:
+            raise InvalidArgument("two columns")
+        if x.shape[1] == 3:
+            raise RuntimeError("three columns")
+        return {"y": x + 1}
+
+    s = BatchScheduler(run, BatchingOptions(max_batch_size=8, num_batch_threads=1))
+    try:
+        first = s.submit_future({"x": np.zeros((1, 1), np.float32)})
+        assert entered.wait(10)
+        bad = [s.submit_future({"x": np.zeros((1, 2), np.float32)}) for _ in range(2)]
+        broken = s.submit_future({"x": np.zeros((1, 3), np.float32)})
+        good = [s.submit_future({"x": np.full((1, 1), float(i), np.float32)}) for i in range(2)]
+        gate.set()
+        first.result(30)
+        for future in bad:
+            with pytest.raises(InvalidArgument, match="two columns"):
+                future.result(30)
+        with pytest.raises(Internal, match="RuntimeError: three columns"):
+            broken.result(30)
+        assert [float(f.result(30)["y"][0, 0]) for f in good] == [1.0, 2.0]
+    finally:
+        gate.set()
+        s.close()

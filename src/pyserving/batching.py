@@ -36,6 +36,7 @@ import collections
 import concurrent.futures
 import itertools
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -108,21 +109,93 @@ class BatchingOptions:
         return rows
 
 
-class _Task:
-    __slots__ = ("future", "inputs", "rows")
+_PENDING = concurrent.futures._base.PENDING
+_RUNNING = concurrent.futures._base.RUNNING
+_CANCELLED = concurrent.futures._base.CANCELLED
+_CANCELLED_AND_NOTIFIED = concurrent.futures._base.CANCELLED_AND_NOTIFIED
+_FINISHED = concurrent.futures._base.FINISHED
+_DONE = frozenset((_CANCELLED, _CANCELLED_AND_NOTIFIED, _FINISHED))
 
-    def __init__(self, inputs: Tensors, rows: int) -> None:
+
+class _Task(concurrent.futures.Future[Tensors]):
+    """One queued request, and the future its caller holds: a ``concurrent.futures.Future``
+    whose state is guarded by its scheduler's lock (one per scheduler, not one per request),
+    so the batch thread marks a whole batch running, and resolves it, under one acquisition.
+
+    Every ``Future`` method works as usual (``cancel``, callbacks, ``asyncio.wrap_future``,
+    ``concurrent.futures.wait``); ``result``/``exception`` with a pending state block on a
+    lock of their own (created only then), released when the task is done, so a batch's
+    completion wakes only the threads waiting for it.
+    """
+
+    def __init__(
+        self,
+        condition: threading.Condition,
+        inputs: Tensors,
+        rows: int,
+        keys: Sequence[str] | None,
+        enqueued: float,
+    ) -> None:
+        # No Future.__init__: it would make a Condition (and its lock) per request.
+        self._condition = condition
+        self._state = _PENDING
+        self._result = None
+        self._exception = None
+        self._waiters = []
+        self._done_callbacks: list[Callable[[concurrent.futures.Future[Tensors]], object]] = []
+        self._gate: threading.Lock | None = None
         self.inputs = inputs
         self.rows = rows
-        self.future: concurrent.futures.Future[Tensors] = concurrent.futures.Future()
+        self.keys = keys
+        self.enqueued = enqueued
+
+    def _invoke_callbacks(self) -> None:
+        # Every transition to a done state (cancel, set_result, set_exception, a batch's
+        # resolution) ends here, after the state was set under the lock.
+        gate = self._gate
+        if gate is not None:
+            gate.release()
+        super()._invoke_callbacks()  # type: ignore[misc]
+
+    def _wait(self, timeout: float | None) -> None:
+        with self._condition:
+            if self._state in _DONE:
+                return
+            gate = self._gate
+            if gate is None:
+                gate = self._gate = threading.Lock()
+                gate.acquire()
+        if gate.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            gate.release()  # let any other thread waiting on this task through
+
+    def result(self, timeout: float | None = None) -> Tensors:
+        if self._state not in _DONE:
+            self._wait(timeout)
+        return super().result(0)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._state not in _DONE:
+            self._wait(timeout)
+        return super().exception(0)
 
 
 BatchObserver = Callable[[int, int, float], None]
 """``observer(rows, padded_size, queueing_seconds_of_oldest_task)`` per batch run."""
 
+_Completion = tuple[list[_Task], "Tensors | None", int, "ServingError | None"]
+
 
 class BatchScheduler:
-    """Batches concurrent calls of one run function. See the module docstring."""
+    """Batches concurrent calls of one run function. See the module docstring.
+
+    Threads: ``num_batch_threads`` batch threads take batches, merge them and run the model,
+    and one completion thread. A batch thread that finishes a run while more requests are
+    queued hands the batch to the completion thread, which splits its outputs and resolves
+    its requests (their callbacks run there), and takes the next batch at once: two batches
+    in flight, which pays off when the model releases the GIL (TensorFlow does while it
+    computes). With nothing queued it answers the batch itself, saving a thread hand-off.
+    ``clock`` (seconds, monotonic) times ``batch_timeout_micros``; tests inject one.
+    """
 
     def __init__(
         self,
@@ -130,19 +203,30 @@ class BatchScheduler:
         options: BatchingOptions,
         name: str = "batch",
         observer: BatchObserver | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._run = run
         self.options = options
         self._observer = observer
-        self._queues: dict[tuple[Any, ...], collections.deque[tuple[_Task, float]]] = {}
+        self._clock = clock
+        self._queues: dict[tuple[Any, ...], collections.deque[_Task]] = {}
         self._rows_by_key: dict[tuple[Any, ...], int] = {}
         self._queued_rows = 0
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
+        # Guards the state of every task of this scheduler (re-entrant, as a Future's own:
+        # concurrent.futures.wait holds several futures' locks at once).
+        self._futures = threading.Condition(threading.RLock())
+        self._completions: queue.SimpleQueue[_Completion | None] = queue.SimpleQueue()
         self._closed = False
         self._threads = [
             threading.Thread(target=self._worker, name=f"pyserving-{name}-{i}", daemon=True)
             for i in range(options.num_batch_threads)
         ]
+        self._completer = threading.Thread(
+            target=self._complete_loop, name=f"pyserving-{name}-done", daemon=True
+        )
+        self._completer.start()
         for t in self._threads:
             t.start()
 
@@ -150,88 +234,116 @@ class BatchScheduler:
     def capacity_rows(self) -> int:
         return self.options.max_enqueued_batches * self.options.max_batch_size
 
-    def submit(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+    def submit(
+        self, inputs: Mapping[str, np.ndarray], output_keys: Sequence[str] | None = None
+    ) -> Tensors:
         """Run ``inputs`` as part of a batch and return this request's outputs (blocking)."""
-        return self.submit_future(inputs).result()
+        return self.submit_future(inputs, output_keys).result()
 
-    def submit_future(self, inputs: Mapping[str, np.ndarray]) -> concurrent.futures.Future[Tensors]:
+    def submit_future(
+        self, inputs: Mapping[str, np.ndarray], output_keys: Sequence[str] | None = None
+    ) -> concurrent.futures.Future[Tensors]:
         """Queue ``inputs`` for a batch; the future resolves to this request's outputs.
+
+        ``output_keys`` (names of outputs of the run function, checked by the caller)
+        selects and orders the outputs this request gets; ``None``: all. The batch still
+        computes every output, so requests selecting different outputs share batches.
 
         Raises ``Unavailable`` at once when the queue is full or the scheduler is closed. A
         request that cannot be batched (more rows than ``max_batch_size``, or inputs without
         a common dimension 0) runs here, in the calling thread, and comes back done (failed
         with its ``ServingError``; any other exception is raised here). A queued request's
         future fails with its batch's ``ServingError`` (other exceptions of the batch become
-        ``Internal``); its callbacks run on a batch thread.
+        ``Internal``); its callbacks run on a batch thread or the completion thread (see the
+        class docstring). Cancelling a queued request's future takes it out of its batch.
         """
-        tensors = {k: np.asarray(v) for k, v in inputs.items()}
+        tensors = {k: v if type(v) is np.ndarray else np.asarray(v) for k, v in inputs.items()}
         rows = _rows(tensors)
         if rows is None or rows > self.options.max_batch_size:
             done: concurrent.futures.Future[Tensors] = concurrent.futures.Future()
             try:
-                done.set_result(self._run(tensors))
+                outputs = self._run(tensors)
+                done.set_result(outputs if output_keys is None else _select(outputs, output_keys))
             except ServingError as exc:
                 done.set_exception(exc)
             return done
         key = self._key(tensors)
-        task = _Task(tensors, rows)
-        with self._cond:
+        cond = self._cond
+        with cond:
             if self._closed:
                 raise Unavailable("The batch scheduler is shutting down")
             if self._queued_rows + rows > self.capacity_rows:
                 raise Unavailable(
                     "The batch scheduling queue to which this task was submitted is full"
                 )
-            queue = self._queues.setdefault(key, collections.deque())
-            queue.append((task, time.monotonic()))
+            task = _Task(self._futures, tensors, rows, output_keys, self._clock())
+            queue_ = self._queues.get(key)
+            if queue_ is None:
+                queue_ = self._queues[key] = collections.deque()
+            queue_.append(task)
             self._queued_rows += rows
             key_rows = self._rows_by_key.get(key, 0) + rows
             self._rows_by_key[key] = key_rows
             # Wake a batch thread only when there is news for it: new work, or a full batch.
             # (Waking on every request costs a GIL hand-off and a rescan per request.)
-            if len(queue) == 1 or key_rows >= self.options.max_batch_size:
-                self._cond.notify()
-        return task.future
+            if len(queue_) == 1 or key_rows >= self.options.max_batch_size:
+                cond.notify()
+        return task
 
     def _key(self, tensors: Tensors) -> tuple[Any, ...]:
+        """Requests with equal keys can share a batch: same input names and dtypes, and
+        same shapes past dimension 0 (same ranks with ``pad_variable_length_inputs``)."""
         if self.options.pad_variable_length_inputs:
-            return tuple(sorted((k, v.dtype.str, v.ndim) for k, v in tensors.items()))
-        return tuple(sorted((k, v.dtype.str, v.shape[1:]) for k, v in tensors.items()))
+            return tuple(sorted((k, v.dtype, v.ndim) for k, v in tensors.items()))
+        if len(tensors) == 1:
+            ((k, v),) = tensors.items()
+            return ((k, v.dtype, v.shape[1:]),)
+        return tuple(sorted((k, v.dtype, v.shape[1:]) for k, v in tensors.items()))
 
     def _take_batch(self) -> tuple[list[_Task], float] | None:
-        """Wait for work; return the tasks of one batch and the oldest task's enqueue time."""
+        """Wait for work; return the tasks of one batch (marked running; cancelled ones left
+        out) and the oldest task's enqueue time."""
         opts = self.options
         timeout = opts.batch_timeout_micros / 1e6
         with self._cond:
             while True:
                 if self._closed:
                     return None
-                ready = [(q[0][1], k) for k, q in self._queues.items() if q]
-                if not ready:
+                if not self._queues:
                     self._cond.wait()
                     continue
-                oldest, key = min(ready)
-                queue = self._queues[key]
+                key, queue_ = min(self._queues.items(), key=lambda item: item[1][0].enqueued)
+                oldest = queue_[0].enqueued
                 rows = self._rows_by_key[key]
-                wait = oldest + timeout - time.monotonic()
+                wait = oldest + timeout - self._clock()
                 if rows < opts.max_batch_size and wait > 0:
                     self._cond.wait(wait)
                     continue
-                batch: list[_Task] = []
+                taken: list[_Task] = []
                 size = 0
-                while queue and size + queue[0][0].rows <= opts.max_batch_size:
-                    task, _ = queue.popleft()
+                while queue_ and size + queue_[0].rows <= opts.max_batch_size:
+                    task = queue_.popleft()
                     size += task.rows
-                    if task.future.set_running_or_notify_cancel():  # else: cancelled
-                        batch.append(task)
+                    taken.append(task)
                 self._queued_rows -= size
                 self._rows_by_key[key] -= size
-                if not queue:
+                if not queue_:
                     del self._queues[key]
                     del self._rows_by_key[key]
-                if any(self._queues.values()):
+                if self._queues:
                     self._cond.notify()  # more work is waiting: hand it to another thread
-                return batch, oldest
+                break
+        batch = []
+        with self._futures:  # Future.set_running_or_notify_cancel, once for the batch
+            for task in taken:
+                if task._state == _PENDING:
+                    task._state = _RUNNING
+                    batch.append(task)
+                else:  # cancelled while queued
+                    task._state = _CANCELLED_AND_NOTIFIED
+                    for waiter in task._waiters:
+                        waiter.add_cancelled(task)
+        return batch, oldest
 
     def _worker(self) -> None:
         while True:
@@ -239,90 +351,175 @@ class BatchScheduler:
             if taken is None:
                 return
             batch, oldest = taken
-            if batch:
-                self._execute(batch, time.monotonic() - oldest)
+            if not batch:
+                continue
+            done = self._execute(batch, self._clock() - oldest)
+            if self._queues:
+                # More work is waiting: the completion thread answers this batch while this
+                # thread runs the next one (two batches in flight).
+                self._completions.put(done)
+            else:
+                # Nothing to overlap with: answering here saves a thread hand-off.
+                self._complete(*done)
 
-    def _execute(self, batch: Sequence[_Task], queued: float) -> None:
-        rows = sum(t.rows for t in batch)
+    def _execute(self, batch: list[_Task], queued: float) -> _Completion:
+        """Merge and run one batch (on a batch thread); the completion thread answers it."""
+        rows = 0
+        for task in batch:
+            rows += task.rows
         padded = self.options.padded_size(rows)
-        error: ServingError | None = None
-        results: list[Tensors] = []
         try:
-            merged = _merge([t.inputs for t in batch], padded - rows)
+            merged = _merge(batch, rows, padded)
             if self._observer is not None:
                 self._observer(rows, padded, queued)
-            outputs = self._run(merged)
-            offset = 0
-            for task in batch:
-                results.append(_slice(outputs, offset, task.rows, padded))
-                offset += task.rows
+            return batch, self._run(merged), padded, None
         except ServingError as exc:
-            error = exc
+            return batch, None, padded, exc
         except Exception as exc:
             log.exception("batch of %d rows failed", rows)
-            error = Internal(f"{type(exc).__name__}: {exc}")
-        if error is not None:
-            for task in batch:
-                task.future.set_exception(error)
-        else:
-            for task, result in zip(batch, results, strict=True):
-                task.future.set_result(result)
+            return batch, None, padded, Internal(f"{type(exc).__name__}: {exc}")
+
+    def _complete_loop(self) -> None:
+        while True:
+            item = self._completions.get()
+            if item is None:
+                return
+            self._complete(*item)
+
+    def _complete(
+        self, batch: list[_Task], outputs: Tensors | None, padded: int, error: ServingError | None
+    ) -> None:
+        """Split a batch's outputs by views and resolve its tasks under one lock."""
+        results: list[Tensors] = []
+        if error is None:
+            assert outputs is not None
+            try:
+                _check_batched(outputs, padded)
+            except ServingError as exc:
+                error = exc
+            else:
+                offset = 0
+                for task in batch:
+                    end = offset + task.rows
+                    keys = task.keys
+                    if keys is None:
+                        results.append({name: v[offset:end] for name, v in outputs.items()})
+                    else:
+                        results.append({name: outputs[name][offset:end] for name in keys})
+                    offset = end
+        with self._futures:
+            if error is None:
+                for task, result in zip(batch, results, strict=True):
+                    task._result = result
+                    task._state = _FINISHED
+                    if task._waiters:  # concurrent.futures.wait
+                        for waiter in task._waiters:
+                            waiter.add_result(task)
+            else:
+                for task in batch:
+                    task._exception = error
+                    task._state = _FINISHED
+                    if task._waiters:
+                        for waiter in task._waiters:
+                            waiter.add_exception(task)
+            self._futures.notify_all()
+        for task in batch:
+            task.inputs = _NO_INPUTS  # drop the request's arrays now, not with the future
+            task._invoke_callbacks()
 
     def close(self) -> None:
-        """Stop the batch threads; queued requests fail with UNAVAILABLE. Idempotent."""
+        """Stop the threads; queued requests fail with UNAVAILABLE, batches already run are
+        answered. Idempotent."""
         with self._cond:
             if self._closed:
                 return
             self._closed = True
-            pending = [t for q in self._queues.values() for t, _ in q]
+            pending = [t for q in self._queues.values() for t in q]
             self._queues.clear()
             self._rows_by_key.clear()
+            self._queued_rows = 0
             self._cond.notify_all()
         for task in pending:
-            if task.future.set_running_or_notify_cancel():
-                task.future.set_exception(Unavailable("The batch scheduler is shutting down"))
+            if task.set_running_or_notify_cancel():
+                task.set_exception(Unavailable("The batch scheduler is shutting down"))
+        current = threading.current_thread()
         for t in self._threads:
-            t.join(timeout=10)
+            if t is not current:
+                t.join(timeout=10)
+        self._completions.put(None)
+        if self._completer is not current:
+            self._completer.join(timeout=10)
+
+
+_NO_INPUTS: Tensors = {}
 
 
 def _rows(tensors: Tensors) -> int | None:
     """The common dimension-0 size of every input, or None when they have none in common."""
-    sizes = {v.shape[0] if v.ndim else None for v in tensors.values()}
-    if len(sizes) != 1:
-        return None
-    (size,) = sizes
-    return size if size else None
+    size = None
+    for v in tensors.values():
+        if not v.ndim:
+            return None
+        if size is None:
+            size = v.shape[0]
+        elif v.shape[0] != size:
+            return None
+    return size or None
 
 
-def _merge(inputs: Sequence[Tensors], pad_rows: int) -> Tensors:
+def _merge(batch: Sequence[_Task], rows: int, padded: int) -> Tensors:
+    """The batch's inputs: each input's rows written in order into one preallocated array
+    of ``padded`` rows (zero-padded past dimension 0 to the largest shape when shapes
+    differ), the padding rows copies of the first row. A batch of one request unpadded is
+    that request's arrays."""
+    first = batch[0].inputs
+    if len(batch) == 1 and padded == rows:
+        return first
     merged: Tensors = {}
-    for name in inputs[0]:
-        parts = [x[name] for x in inputs]
-        shapes = {p.shape[1:] for p in parts}
-        if len(shapes) > 1:  # pad_variable_length_inputs: zero-pad to the largest shape
-            target = tuple(max(dims) for dims in zip(*shapes, strict=True))
-            parts = [_pad_to(p, target) for p in parts]
-        if pad_rows:
-            parts.append(np.repeat(parts[0][:1], pad_rows, axis=0))
-        merged[name] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+    for name, x0 in first.items():
+        tail = x0.shape[1:]
+        out = np.empty((padded, *tail), x0.dtype)
+        offset = 0
+        for task in batch:
+            x = task.inputs[name]
+            if x.shape[1:] != tail:  # pad_variable_length_inputs: shapes differ
+                out = _merge_padded(batch, name, padded)
+                break
+            end = offset + task.rows
+            out[offset:end] = x
+            offset = end
+        if padded > rows:
+            out[rows:] = out[:1]
+        merged[name] = out
     return merged
 
 
-def _pad_to(array: np.ndarray, target: tuple[int, ...]) -> np.ndarray:
-    widths = [(0, 0)] + [(0, t - s) for s, t in zip(array.shape[1:], target, strict=True)]
-    return np.pad(array, widths)
+def _merge_padded(batch: Sequence[_Task], name: str, padded: int) -> np.ndarray:
+    """Input ``name`` of the batch, each request's array zero-padded (empty strings for
+    object arrays) past dimension 0 to the largest shape."""
+    shapes = [task.inputs[name].shape[1:] for task in batch]
+    target = tuple(max(dims) for dims in zip(*shapes, strict=True))
+    dtype = batch[0].inputs[name].dtype
+    out = np.zeros((padded, *target), dtype)
+    if dtype.kind == "O":
+        out[...] = b""
+    offset = 0
+    for task in batch:
+        x = task.inputs[name]
+        end = offset + task.rows
+        region = (slice(offset, end), *[slice(0, d) for d in x.shape[1:]])
+        out[region] = x
+        offset = end
+    return out
 
 
-def _slice(outputs: Tensors, offset: int, rows: int, batch: int) -> Tensors:
-    out: Tensors = {}
+def _check_batched(outputs: Tensors, batch: int) -> None:
     for name, value in outputs.items():
         if value.ndim == 0 or value.shape[0] != batch:
             raise Internal(
                 f"Batched output {name} has shape {list(value.shape)}; its dimension 0 must be "
                 f"the batch size {batch}"
             )
-        out[name] = value[offset : offset + rows]
-    return out
 
 
 class BatchingServable:
@@ -380,10 +577,9 @@ class BatchingServable:
         inputs: Mapping[str, np.ndarray],
         output_keys: Sequence[str] | None = None,
     ) -> dict[str, np.ndarray]:
-        if output_keys is None:
-            return self._scheduler(signature_name).submit(inputs)
-        self.inner.check_output_keys(signature_name, output_keys)
-        return _select(self._scheduler(signature_name).submit(inputs), output_keys)
+        if output_keys is not None:
+            self.inner.check_output_keys(signature_name, output_keys)
+        return self._scheduler(signature_name).submit(inputs, output_keys)
 
     def run_future(
         self,
@@ -391,28 +587,13 @@ class BatchingServable:
         inputs: Mapping[str, np.ndarray],
         output_keys: Sequence[str] | None = None,
     ) -> concurrent.futures.Future[Tensors]:
-        """As :meth:`run`, without waiting: see :meth:`BatchScheduler.submit_future`."""
-        if output_keys is None:
-            return self._scheduler(signature_name).submit_future(inputs)
-        self.inner.check_output_keys(signature_name, output_keys)
-        future = self._scheduler(signature_name).submit_future(inputs)
-        keys = list(output_keys)
-        selected: concurrent.futures.Future[Tensors] = concurrent.futures.Future()
-        # Cancelling the answer (a client gone) takes the request out of its batch.
-        selected.add_done_callback(lambda f: future.cancel() if f.cancelled() else None)
-
-        def select(done: concurrent.futures.Future[Tensors]) -> None:
-            if done.cancelled():
-                selected.cancel()
-                return
-            error = done.exception()
-            if error is not None:
-                selected.set_exception(error)
-            else:
-                selected.set_result(_select(done.result(), keys))
-
-        future.add_done_callback(select)
-        return selected
+        """As :meth:`run`, without waiting: see :meth:`BatchScheduler.submit_future`.
+        The future is the request's own (one per request, whatever ``output_keys``):
+        cancelling it takes the request out of its batch."""
+        if output_keys is not None:
+            self.inner.check_output_keys(signature_name, output_keys)
+            output_keys = list(output_keys)
+        return self._scheduler(signature_name).submit_future(inputs, output_keys)
 
     def close(self) -> None:
         """Stop every scheduler (idempotent)."""

@@ -55,7 +55,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 #: The version directory of every model but ``matrix_half_plus_two``.
@@ -595,6 +595,36 @@ def is_current(root: str | os.PathLike[str], only: Iterable[str] | None = None) 
         return False
     wanted = set(ENTRIES if only is None else only)
     return stamp.get("tensorflow") == installed and wanted <= set(stamp.get("entries", ()))
+
+
+# ----------------------------------------------------------------------------- Keras
+
+
+def export_keras_classifier(
+    export_dir: str | os.PathLike[str],
+    layers: Sequence[tuple[Any, Any]],
+    input_name: str = "x",
+) -> pathlib.Path:
+    """Export a Keras 3 classifier with ``model.export()`` into ``export_dir``. Returns it.
+
+    ``layers`` are (kernel [in, out], bias [out]) NumPy arrays of ``Dense`` layers, ReLU
+    between them and softmax on the last: the weights are set, not trained, so the answers
+    can be computed without Keras. The export is what Keras users hand to a model server: a
+    TF2 SavedModel whose variables only its object graph restores (TF Serving fails its
+    requests with ``Could not find variable``), signatures ``serving_default`` and
+    ``serve``: ``input_name`` [-1, in] float -> ``output_0`` [-1, classes].
+    """
+    import keras
+
+    path = _new_export_dir(export_dir)
+    model = keras.Sequential([keras.Input((int(layers[0][0].shape[0]),), name=input_name)])
+    last = len(layers) - 1
+    for i, (kernel, _) in enumerate(layers):
+        activation = "softmax" if i == last else "relu"
+        model.add(keras.layers.Dense(int(kernel.shape[1]), activation=activation))
+    model.set_weights([array for layer in layers for array in layer])
+    model.export(str(path), verbose=False)
+    return path
 
 
 def ensure_testdata(
