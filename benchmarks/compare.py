@@ -66,7 +66,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=pathlib.Path, default=servers.ROOT / "benchmarks/results")
     parser.add_argument("--models-dir", type=pathlib.Path, default=None)
     parser.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--protocols", default="grpc", help="comma list of grpc, rest")
     args = parser.parse_args(argv)
     variants: list[tuple[str, pathlib.Path]] = []
     for item in args.variant:

@@ -90,3 +90,40 @@ def test_quick_run_reports_every_field_and_no_errors(
     assert targets["rest_cpu_vs_grpc"]["met"] is None  # concurrency 32 is not in a quick run
     assert targets["v2_grpc_p50_vs_predict_c1"]["ratio"] is not None
     assert targets["batched_vs_inprocess_rest"]["met"] is None  # not measured in a quick run
+
+
+BENCHMARK_COMMANDS = (
+    "batching_overhead",
+    "compare",
+    "dashboard",
+    "float_text",
+    "h2abuse",
+    "inprocess",
+    "loadgen",
+    "models",
+    "platform_ram",
+    "platform_targets",
+    "reliability_memory",
+    "reliability_swaps",
+    "report",
+    "run",
+    "workers",
+)
+
+
+@pytest.mark.parametrize("name", BENCHMARK_COMMANDS)
+def test_every_benchmark_command_builds_its_options(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m benchmarks.NAME --help`` prints its usage and exits 0: its options are
+    consistent (no option defined twice, as a merge of two changes can leave)."""
+    import runpy
+    import warnings
+
+    monkeypatch.setattr("sys.argv", [f"benchmarks.{name}", "--help"])
+    with pytest.raises(SystemExit) as exit_info, warnings.catch_warnings():
+        # runpy notes that a benchmark module another one imported runs again as __main__.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        runpy.run_module(f"benchmarks.{name}", run_name="__main__", alter_sys=False)
+    assert exit_info.value.code in (0, None)
+    assert "usage" in capsys.readouterr().out
