@@ -31,7 +31,7 @@ import httpx
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
@@ -650,6 +650,10 @@ def test_names_cannot_escape_the_model_repository(env: Env, name: str) -> None:
 def test_random_names_labels_and_versions_are_4xx(
     env: Env, name: str, label: str | None, version: str | None
 ) -> None:
+    # The HTTP client removes "." and ".." path segments before sending (RFC 3986), so
+    # such names would reach the server as another URL; test_names_cannot_escape_the_model_
+    # repository sends them raw.
+    assume(not {name, label, version} & {".", ".."})
     quoted = urllib.parse.quote(name, safe="")
     target = f"/v1/models/{quoted}"
     if version is not None:

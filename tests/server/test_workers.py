@@ -74,7 +74,10 @@ def test_a_worker_failing_at_start_fails_the_server(
 ) -> None:
     assert supervisor(tmp_path, {"0": ["serve"], "1": ["fail-3"]}) == 3
     assert "exited with status 3 before serving; stopping the server" in caplog.text
-    assert sorted(p.name for p in (tmp_path / "marks").glob("?-*")) == ["0-0", "1-0"]
+    # Worker 1 started once and was not restarted; worker 0 may have been stopped before it
+    # got as far as leaving its mark, but it was never started twice either.
+    marks = sorted(p.name for p in (tmp_path / "marks").glob("?-*"))
+    assert "1-0" in marks and set(marks) <= {"0-0", "1-0"}, marks
 
 
 def test_a_worker_that_dies_is_restarted(
