@@ -256,16 +256,7 @@ class ServerCore:
                 self._apply_labels(model)
 
     def _source_config(self, model: model_server_config_pb2.ModelConfig) -> ServableSourceConfig:
-        policy = model.model_version_policy
-        choice = policy.WhichOneof("policy_choice")
-        if choice == "all":
-            version_policy = ServableVersionPolicy.all()
-        elif choice == "specific":
-            version_policy = ServableVersionPolicy.specific(policy.specific.versions)
-        elif choice == "latest":
-            version_policy = ServableVersionPolicy.latest(policy.latest.num_versions or 1)
-        else:
-            version_policy = ServableVersionPolicy.latest()
+        version_policy = ServableVersionPolicy.from_config(model.model_version_policy)
         base_path = local_path(model.base_path)
         return ServableSourceConfig(model.name, base_path, version_policy, self._markers(model))
 

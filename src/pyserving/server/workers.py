@@ -169,16 +169,7 @@ def startup_estimates(
         if is_remote(model.base_path):
             unknown.append(model.name)
             continue
-        policy = model.model_version_policy
-        choice = policy.WhichOneof("policy_choice")
-        if choice == "all":
-            version_policy = ServableVersionPolicy.all()
-        elif choice == "specific":
-            version_policy = ServableVersionPolicy.specific(policy.specific.versions)
-        elif choice == "latest":
-            version_policy = ServableVersionPolicy.latest(policy.latest.num_versions or 1)
-        else:
-            version_policy = ServableVersionPolicy.latest()
+        version_policy = ServableVersionPolicy.from_config(model.model_version_policy)
         try:
             found = list_versions(local_path(model.base_path))
         except OSError:

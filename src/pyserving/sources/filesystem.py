@@ -83,7 +83,7 @@ import stat
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pyserving.core.source import AspiredVersionsCallback, ServableData, ServableId, Source
 from pyserving.errors import NotFound
@@ -133,6 +133,20 @@ class ServableVersionPolicy:
     @classmethod
     def specific(cls, versions: Iterable[int]) -> ServableVersionPolicy:
         return cls(VersionPolicyKind.SPECIFIC, versions=frozenset(versions))
+
+    @classmethod
+    def from_config(cls, policy: Any) -> ServableVersionPolicy:
+        """The policy of a ``ModelConfig.model_version_policy`` message (TF Serving's
+        ``FileSystemStoragePathSourceConfig.ServableVersionPolicy``): ``latest`` with its
+        ``num_versions`` (0 means 1), ``all``, ``specific``; unset is ``latest``."""
+        choice = policy.WhichOneof("policy_choice")
+        if choice == "all":
+            return cls.all()
+        if choice == "specific":
+            return cls.specific(policy.specific.versions)
+        if choice == "latest":
+            return cls.latest(policy.latest.num_versions or 1)
+        return cls.latest()
 
     def select(self, found: Iterable[int]) -> list[int]:
         """The aspired subset of ``found``, ascending."""
