@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import gzip
-import pathlib
 import socket
 import struct
 import threading
@@ -31,12 +30,10 @@ from tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-from tensorflow_serving.config import model_server_config_pb2
 
 from pyserving.core.clock import ManualClock
-from pyserving.core.manager import ManagerOptions
 from pyserving.server.call_costs import CallCosts
-from pyserving.server.core import ServerCore, ServerCoreOptions
+from pyserving.server.core import ServerCore
 from pyserving.server.grpc import GrpcServerOptions, start_grpc_server, uses_grpcio
 from pyserving.server.grpc.h2 import (
     GrpcHandler,
@@ -65,21 +62,6 @@ from pyserving.server.service import ModelServing
 
 TIMEOUT = 30.0
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
-
-
-@pytest.fixture(scope="module")
-def core(testdata: pathlib.Path) -> Iterator[ServerCore]:
-    config = model_server_config_pb2.ModelServerConfig()
-    model = config.model_config_list.config.add()
-    model.name = "half_plus_two"
-    model.base_path = str(testdata / "saved_model_half_plus_two_cpu")
-    model.model_platform = "tensorflow"
-    options = ServerCoreOptions(
-        manager=ManagerOptions(num_load_threads=1), file_system_poll_wait_seconds=0
-    )
-    with ServerCore(options) as c:
-        c.reload_config(config)
-        yield c
 
 
 def serve(serving: ModelServing, **options: Any) -> H2GrpcServer:

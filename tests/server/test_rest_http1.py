@@ -11,7 +11,6 @@ tests wait for the server to act (a closed socket, an answer), never for a wall-
 from __future__ import annotations
 
 import concurrent.futures
-import pathlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -19,12 +18,10 @@ from typing import Any
 
 import orjson
 import pytest
-from tensorflow_serving.config import model_server_config_pb2
 
 from pyserving.core.clock import ManualClock
-from pyserving.core.manager import ManagerOptions
 from pyserving.server.call_costs import CallCosts
-from pyserving.server.core import ServerCore, ServerCoreOptions
+from pyserving.server.core import ServerCore
 from pyserving.server.health import install_health_routes
 from pyserving.server.http1 import (
     LOOP_THREAD_NAME,
@@ -40,21 +37,6 @@ from pyserving.server.service import ModelServing
 TIMEOUT = 30.0
 PREDICT = "/v1/models/half_plus_two:predict"
 BODY = b'{"instances": [[2.0]]}'
-
-
-@pytest.fixture(scope="module")
-def core(testdata: pathlib.Path) -> Iterator[ServerCore]:
-    config = model_server_config_pb2.ModelServerConfig()
-    model = config.model_config_list.config.add()
-    model.name = "half_plus_two"
-    model.base_path = str(testdata / "saved_model_half_plus_two_cpu")
-    model.model_platform = "tensorflow"
-    options = ServerCoreOptions(
-        manager=ManagerOptions(num_load_threads=1), file_system_poll_wait_seconds=0
-    )
-    with ServerCore(options) as c:
-        c.reload_config(config)
-        yield c
 
 
 class _RecordingServing(ModelServing):
