@@ -11,7 +11,7 @@ import pathlib
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -373,6 +373,14 @@ def test_pool_resizes_only_when_shapes_change() -> None:
     assert made[0].resizes == [[2], [1]]
 
 
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll ``condition`` (observable state) until it holds; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        threading.Event().wait(0.005)
+
+
 def test_pool_is_bounded_and_close_wakes_waiters() -> None:
     pool = InterpreterPool(_FakeInterpreter, 2)
     outcome: list[object] = []
@@ -388,7 +396,7 @@ def test_pool_is_bounded_and_close_wakes_waiters() -> None:
 
         waiter = threading.Thread(target=third)
         waiter.start()
-        time.sleep(0.1)
+        wait_until(lambda: pool.waiting == 1, "the third caller to wait in borrow()")
         assert outcome == []  # waits while both are lent out
     waiter.join(5)
     assert outcome == ["borrowed"]
@@ -398,7 +406,7 @@ def test_pool_is_bounded_and_close_wakes_waiters() -> None:
         waiters = [threading.Thread(target=third) for _ in range(2)]
         for waiter in waiters:
             waiter.start()
-        time.sleep(0.1)
+        wait_until(lambda: pool.waiting == 2, "both callers to wait in borrow()")
         pool.close()
         for waiter in waiters:
             waiter.join(5)

@@ -159,12 +159,19 @@ class InterpreterPool:
         self._free: list[_Slot] = [_Slot(factory()) for _ in range(size)]
         self._cond = threading.Condition()
         self._closed = False
+        self._waiting = 0
 
     @property
     def available(self) -> int:
         """Interpreters not lent out right now."""
         with self._cond:
             return len(self._free)
+
+    @property
+    def waiting(self) -> int:
+        """Callers blocked in :meth:`borrow` right now, waiting for an interpreter."""
+        with self._cond:
+            return self._waiting
 
     @contextmanager
     def borrow(self) -> Iterator[_Slot]:
@@ -177,7 +184,11 @@ class InterpreterPool:
             while not self._free:
                 if self._closed:
                     break
-                self._cond.wait()
+                self._waiting += 1
+                try:
+                    self._cond.wait()
+                finally:
+                    self._waiting -= 1
             if self._closed:
                 raise FailedPrecondition("The servable has been unloaded.")
             slot = self._free.pop()
