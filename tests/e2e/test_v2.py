@@ -405,10 +405,18 @@ def _as_json(transport: str) -> dict[str, bool]:
     return {"as_json": True} if transport == "grpc" else {}
 
 
+def grpc_repository_index(rpc: triton_grpc.InferenceServerClient) -> set[tuple[str, str, str]]:
+    """``(name, version, state)`` of every entry of gRPC RepositoryIndex."""
+    answer = rpc.get_model_repository_index(as_json=True)
+    return {(m["name"], m.get("version", ""), m.get("state", "")) for m in answer["models"]}
+
+
 def test_repository_load_and_unload(servers: Servers) -> None:
     http, rpc = servers.http, servers.grpc
     index = {(m["name"], m.get("version"), m["state"]) for m in http.get_model_repository_index()}
     assert ("half_plus_two", "123", "READY") in index
+    # gRPC RepositoryIndex lists the same entries as REST's.
+    assert grpc_repository_index(rpc) == {(n, v or "", s) for n, v, s in index}
     # A name not configured needs its base path.
     with pytest.raises(InferenceServerException) as info:
         http.load_model("spare")
@@ -419,8 +427,10 @@ def test_repository_load_and_unload(servers: Servers) -> None:
     rpc.unload_model("spare")
     assert not http.is_model_ready("spare")
     assert "spare" not in {m["name"] for m in http.get_model_repository_index()}
+    assert "spare" not in {name for name, _, _ in grpc_repository_index(rpc)}
     rpc.load_model("spare", config=json.dumps({"base_path": str(servers.models / "spare")}))
     assert rpc.is_model_ready("spare")
+    assert ("spare", "123", "READY") in grpc_repository_index(rpc)
     http.unload_model("spare")
     with pytest.raises(InferenceServerException) as info:
         http.unload_model("spare")
