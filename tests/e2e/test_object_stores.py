@@ -239,6 +239,57 @@ def test_s3_version_over_the_memory_budget_is_never_downloaded(
     assert cached(tmp_path, "big") == []
 
 
+def test_s3_credentials_from_an_aws_profile(
+    s3: S3Server,
+    testdata: pathlib.Path,
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No key variables, only a named profile in a shared credentials file (``AWS_PROFILE``)
+    and the instance metadata service off: the server can read the bucket only through the
+    profile. It serves, and neither key shows in its log, model status or metrics."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    s3.upload(testdata / V1, "models/profiled/1")
+    credentials = tmp_path / "aws-credentials"
+    credentials.write_text(
+        f"[pyserving-test]\naws_access_key_id = {AWS_KEY_ID}\n"
+        f"aws_secret_access_key = {AWS_SECRET}\n"
+    )
+    env = {
+        "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+        "AWS_PROFILE": "pyserving-test",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": s3.endpoint,
+    }
+    server = RunningServer(
+        [
+            "--model_name=hpt",
+            "--model_base_path=s3://models/profiled",
+            f"--model_cache_dir={tmp_path / 'cache'}",
+            f"--monitoring_config_file={testdata / 'monitoring_config.txt'}",
+        ],
+        tmp_path / "server.log",
+        env=env,
+    )
+    try:
+        server.wait_ready()
+        assert predict(server) == 3.0
+        assert status(server)["1"]["state"] == "AVAILABLE"
+        shown = [
+            server.log(),
+            json.dumps(status(server)),
+            server.client.get("/monitoring/prometheus/metrics").text,
+        ]
+        for text in shown:
+            assert AWS_SECRET not in text
+            assert AWS_KEY_ID not in text
+    finally:
+        assert server.stop() == 0, server.log()
+
+
 # ---------------------------------------------------------------------- GCS and Azure
 
 

@@ -71,6 +71,15 @@ def test_reload_adds_and_removes_models(core: ServerCore, repo: pathlib.Path, lo
     assert core.model_names() == ["a", "c"]
 
 
+def test_file_url_base_path_is_the_local_directory(core: ServerCore, repo: pathlib.Path) -> None:
+    """``file:///dir`` (as ``--model_base_path`` or a config's ``base_path``) reads ``/dir``."""
+    url = f"file://{repo / 'a'}"
+    config = f'model_config_list {{ config {{ name: "a" base_path: "{url}" }} }}'
+    core.reload_config(make_config(config))
+    assert core.manager.available_versions("a") == [2]
+    assert core.model_names() == ["a"]
+
+
 def test_version_policy_all_and_labels(core: ServerCore, repo: pathlib.Path) -> None:
     extra = (
         "model_version_policy { all {} } "
