@@ -127,3 +127,26 @@ def test_every_benchmark_command_builds_its_options(
         runpy.run_module(f"benchmarks.{name}", run_name="__main__", alter_sys=False)
     assert exit_info.value.code in (0, None)
     assert "usage" in capsys.readouterr().out
+
+
+def test_half_plus_two_is_exported_once_when_tf_servings_models_are_absent(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a clone with nothing beside it (no ``PYSERVING_TESTDATA``, no
+    ``../shared/testdata``), the benchmarks' ``half_plus_two`` is the generated equivalent,
+    exported into the run's models directory; a later run reuses that export."""
+    from benchmarks import models as bench_models
+
+    from pyserving.testing import models as test_models
+
+    monkeypatch.setattr(bench_models, "TESTDATA", tmp_path / "absent")
+    models_dir = tmp_path / "models"
+    base = bench_models.half_plus_two_base(models_dir)
+    assert base == models_dir / "testdata" / test_models.HALF_PLUS_TWO
+    graph = base / "00000123" / "saved_model.pb"
+    assert graph.is_file()
+    assert test_models.is_current(models_dir / "testdata", [test_models.HALF_PLUS_TWO])
+    exported = graph.stat().st_mtime_ns
+    workload = bench_models.half_plus_two(models_dir)
+    assert workload.base_path == base
+    assert graph.stat().st_mtime_ns == exported  # reused, not exported again
