@@ -15,8 +15,9 @@ What it implements of HTTP/2 (RFC 9113) and gRPC's HTTP/2 mapping, and nothing m
   ``content-type: application/grpc``, ``te: trailers``) and one DATA frame with
   END_STREAM carrying the length-prefixed message, on a new odd stream id per call;
 * flow control: it tracks the connection's and the stream's send windows (requests larger
-  than the window wait for WINDOW_UPDATE) and returns every received DATA byte to the
-  server's connection window at once;
+  than the window wait for WINDOW_UPDATE) and returns received DATA bytes to the server's
+  connection window once half of it is used, as grpc's own clients do (one WINDOW_UPDATE
+  per answer would cost the server a read of its own per call, which no real client causes);
 * answers: the DATA bytes (the length-prefixed response message) and the trailers' decoded
   ``grpc-status`` / ``grpc-message``. A stream reset or GOAWAY fails the affected calls.
 
@@ -103,6 +104,7 @@ class GrpcConnection(asyncio.Protocol):
         self._calls: dict[int, _Call] = {}
         self._next_stream = 1
         self._send_window = 65535  # connection-level, the server's receive window
+        self._unreturned = 0  # DATA bytes received and not yet given back to the server
         self._initial_stream_window = 65535
         self._max_frame = DEFAULT_MAX_FRAME
         self._blocked: list[int] = []  # streams waiting for window
@@ -166,9 +168,11 @@ class GrpcConnection(asyncio.Protocol):
             if flags & PADDED:
                 payload = payload[1 : len(payload) - payload[0]]
             call = self._calls.get(stream)
-            if payload and self._transport is not None:
-                # Give the bytes back to the connection window at once.
-                self._transport.write(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", len(payload))))
+            self._unreturned += len(payload)
+            if self._unreturned >= RECEIVE_WINDOW // 2 and self._transport is not None:
+                # Give the bytes back to the connection window once half of it is used.
+                increment, self._unreturned = self._unreturned, 0
+                self._transport.write(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", increment)))
             if call is not None:
                 call.data.append(payload)
                 if flags & END_STREAM:
