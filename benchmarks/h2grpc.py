@@ -58,6 +58,8 @@ from pyserving.server.http2 import (
 
 #: Our receive window (per stream and for the connection).
 RECEIVE_WINDOW = MAX_WINDOW
+#: Distinct trailer blocks kept decoded (see ``GrpcConnection._headers``).
+MAX_CACHED_TRAILERS = 64
 #: The server's frame size limit until it says otherwise (RFC 9113 default).
 DEFAULT_MAX_FRAME = 16384
 
@@ -108,7 +110,7 @@ class GrpcConnection(asyncio.Protocol):
         self._initial_stream_window = 65535
         self._max_frame = DEFAULT_MAX_FRAME
         self._blocked: list[int] = []  # streams waiting for window
-        self._header_blocks: dict[str, bytes] = {}
+        self._trailers: dict[bytes, dict[str, str]] = {}  # decoded trailer blocks
         self._continuation: tuple[int, int, bytearray] | None = None
         self._decoder = hpack.Decoder()
         self._lost: BaseException | None = None
@@ -242,8 +244,14 @@ class GrpcConnection(asyncio.Protocol):
         if not call.headers_seen and not flags & END_STREAM:
             call.headers_seen = True  # response headers (:status 200, content-type)
             return
-        # Trailers (or a trailers-only answer): decode for grpc-status.
-        headers = dict(self._decoder.decode(block, raw=False))
+        # Trailers (or a trailers-only answer): decode for grpc-status. With no dynamic
+        # table (SETTINGS_HEADER_TABLE_SIZE 0) a block decodes alike every time, so the same
+        # bytes (the server's usual OK trailers) are decoded once.
+        headers = self._trailers.get(block)
+        if headers is None:
+            headers = dict(self._decoder.decode(block, raw=False))
+            if len(self._trailers) < MAX_CACHED_TRAILERS:
+                self._trailers[block] = headers
         self._finish(stream, headers)
 
     def _finish(self, stream: int, trailers: dict[str, str]) -> None:
