@@ -6,6 +6,7 @@ import json
 import pathlib
 import shutil
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.server import RunningServer, run_to_exit
+from tests.e2e.server import RunningServer, free_port, run_to_exit
 
 pytestmark = pytest.mark.e2e
 
@@ -165,6 +166,31 @@ def test_startup_failure_exits_nonzero(testdata: pathlib.Path) -> None:
     assert result.returncode != 0
     assert "1 model(s) did not become available" in result.stderr
     assert "Could not find SavedModel" in result.stderr
+
+
+@pytest.mark.parametrize("held", ["grpc", "rest"])
+def test_a_port_in_use_exits_nonzero_with_one_line(testdata: pathlib.Path, held: str) -> None:
+    """A port another process holds: exit 1 with the bind error in one line, no traceback
+    (the models had loaded: the failure comes when the front ends start)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        other = free_port()
+        grpc_port, rest_port = (port, other) if held == "grpc" else (other, port)
+        result = run_to_exit(
+            [
+                f"--port={grpc_port}",
+                f"--rest_api_port={rest_port}",
+                "--model_name=half_plus_two",
+                f"--model_base_path={testdata / 'saved_model_half_plus_two_cpu'}",
+            ]
+        )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    failure = [line for line in result.stderr.splitlines() if line.startswith("Failed to")]
+    assert len(failure) == 1 and f":{port}:" in failure[0], result.stderr
+    assert "already in use" in failure[0].lower()
 
 
 def test_bad_config_file_exits_nonzero(testdata: pathlib.Path) -> None:

@@ -444,6 +444,9 @@ def _serve(
     except ServingError as exc:
         sys.stderr.write(f"{exc.message}\n")
         return 1
+    except RuntimeError as exc:  # the port or socket could not be bound
+        sys.stderr.write(f"{exc}\n")
+        return 1
     log.info(
         "Running gRPC ModelServer at 0.0.0.0:%d%s ...",
         grpc_server.port,
@@ -498,7 +501,6 @@ def _serve_rest(
 
         install_dashboard_routes(handler, dashboard)
         dashboard.start()
-        log.info("Dashboard at http://localhost:%d/dashboard/", options.rest_port)
     if options.metrics_path:
         handler.extra_routes[options.metrics_path] = lambda: RestResponse(
             200, metrics.render(), CONTENT_TYPE.encode()
@@ -518,6 +520,8 @@ def _serve_rest(
         server.port,
         " (HTTPS)" if options.rest_ssl_certfile else "",
     )
+    if dashboard is not None:
+        log.info("Dashboard at http://localhost:%d/dashboard/", server.port)
     notify_ready()
     try:
         _wait_for_signal()
