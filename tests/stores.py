@@ -14,13 +14,17 @@ options so this process's environment is never changed.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
 import pathlib
+import re
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -244,3 +248,212 @@ def publish(
         if index and pause:
             time.sleep(pause)
         store.upload(local, path, group)
+
+
+@dataclasses.dataclass
+class CutRule:
+    """What :class:`CuttingProxy` does to requests whose request line matches ``pattern``:
+    the first ``times`` responses get their head and only ``keep_bytes`` bytes of their body
+    passed back, then both connections are closed; after those, with ``hold``, each request
+    waits (is not forwarded) until :meth:`CuttingProxy.release`. ``cuts`` and ``held`` count
+    what happened (``held``: requests waiting now)."""
+
+    pattern: str
+    keep_bytes: int
+    times: int = 1
+    hold: bool = False
+    cuts: int = 0
+    held: int = 0
+
+
+class CuttingProxy:
+    """An HTTP/1.1 proxy on a loopback port in front of ``upstream_port`` that cuts chosen
+    responses midway (the network failing in the middle of a download) and can hold chosen
+    requests back, all decided by what is sent (request lines, byte counts), never by timing.
+
+    Every request is forwarded unchanged on one upstream connection per client connection
+    and its response passed back whole, except as the first :class:`CutRule` (from
+    :meth:`cut`) whose pattern matches the request line says. ``requests`` records every
+    ``(request line, Range header)``. Bodies are framed by ``Content-Length`` or chunked
+    encoding (request bodies by ``Content-Length`` only)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.rules: list[CutRule] = []
+        self.requests: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self._released = threading.Event()
+        self._sockets: set[socket.socket] = set()
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port = int(self._listener.getsockname()[1])
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._closed = False
+        threading.Thread(target=self._accept, name="cutting-proxy", daemon=True).start()
+
+    def cut(self, pattern: str, keep_bytes: int, times: int = 1, hold: bool = False) -> CutRule:
+        """Add a rule (see :class:`CutRule`); returns it, to read its counts."""
+        rule = CutRule(pattern, keep_bytes, times, hold)
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def release(self) -> None:
+        """Let every held request through, and hold none from now on."""
+        self._released.set()
+
+    def requests_matching(self, pattern: str) -> list[tuple[str, str]]:
+        """The ``(request line, Range header)`` of the requests whose line matches."""
+        with self._lock:
+            return [r for r in self.requests if re.search(pattern, r[0])]
+
+    def close(self) -> None:
+        self._closed = True
+        self._released.set()
+        self._listener.close()
+        with self._lock:
+            sockets = list(self._sockets)
+        for s in sockets:
+            _close_socket(s)
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _decide(self, line: str) -> tuple[CutRule | None, str]:
+        """For a request line: the first rule matching it (or None) and what to do:
+        ``"cut"``, ``"hold"`` or ``"pass"``."""
+        with self._lock:
+            for rule in self.rules:
+                if re.search(rule.pattern, line):
+                    if rule.cuts < rule.times:
+                        rule.cuts += 1
+                        return rule, "cut"
+                    if rule.hold and not self._released.is_set():
+                        rule.held += 1
+                        return rule, "hold"
+                    return rule, "pass"
+        return None, "pass"
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream: socket.socket | None = None
+        with self._lock:
+            self._sockets.add(client)
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            with self._lock:
+                self._sockets.add(upstream)
+            from_client = client.makefile("rb")
+            from_upstream = upstream.makefile("rb")
+            while True:
+                head = _read_head(from_client)
+                if head is None:
+                    return
+                line, headers = _parse_head(head)
+                body = from_client.read(int(headers.get("content-length", "0")))
+                with self._lock:
+                    self.requests.append((line, headers.get("range", "")))
+                rule, action = self._decide(line)
+                if rule is not None and action == "hold":
+                    self._released.wait()
+                    with self._lock:
+                        rule.held -= 1
+                upstream.sendall(head + body)
+                response = _read_head(from_upstream)
+                if response is None:
+                    return
+                client.sendall(response)
+                status_line, response_headers = _parse_head(response)
+                status = int(status_line.split()[1])
+                if line.startswith("HEAD ") or status in (204, 304) or status < 200:
+                    continue
+                limit = rule.keep_bytes if rule is not None and action == "cut" else None
+                if not _forward_body(from_upstream, client, response_headers, limit):
+                    return
+        except OSError:
+            return
+        finally:
+            for s in (client, upstream):
+                if s is not None:
+                    _close_socket(s)
+                    with self._lock:
+                        self._sockets.discard(s)
+
+
+def _close_socket(s: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        s.shutdown(socket.SHUT_RDWR)
+    s.close()
+
+
+def _read_head(stream: Any) -> bytes | None:
+    """An HTTP message head (through the blank line), None at end of stream."""
+    lines = []
+    while True:
+        line = stream.readline(65536)
+        if not line:
+            return None
+        lines.append(line)
+        if line in (b"\r\n", b"\n"):
+            return b"".join(lines)
+
+
+def _parse_head(head: bytes) -> tuple[str, dict[str, str]]:
+    first, *rest = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for field in rest:
+        name, sep, value = field.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return first, headers
+
+
+def _forward_body(
+    source: Any, client: socket.socket, headers: dict[str, str], limit: int | None
+) -> bool:
+    """Pass a response body on (at most ``limit`` bytes of it, then False: cut). False also
+    when the body runs to the end of the connection."""
+    sent = 0
+
+    def send(data: bytes) -> bool:
+        nonlocal sent
+        if limit is not None and sent + len(data) >= limit:
+            client.sendall(data[: limit - sent])
+            return False
+        client.sendall(data)
+        sent += len(data)
+        return True
+
+    if "content-length" in headers:
+        remaining = int(headers["content-length"])
+        while remaining:
+            data = source.read(min(remaining, 65536))
+            if not data:
+                return False
+            remaining -= len(data)
+            if not send(data):
+                return False
+        return True
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            size_line = source.readline(65536)
+            if not send(size_line):
+                return False
+            size = int(size_line.split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while True:
+                    trailer = source.readline(65536)
+                    if not send(trailer) or trailer in (b"\r\n", b"\n", b""):
+                        return bool(trailer)
+            if not send(source.read(size + 2)):
+                return False
+    while True:
+        data = source.read1(65536)
+        if not data or not send(data):
+            return False
