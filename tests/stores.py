@@ -179,9 +179,15 @@ class GcsServer(Store):
 
 
 class AzuriteServer(Store):
+    """Azurite's blob service. By default plain HTTP, reached with a connection string
+    (``AZURE_STORAGE_CONNECTION_STRING`` with ``BlobEndpoint=``). With ``tls``, HTTPS with a
+    certificate from a test CA, reached with no connection string: the account name and key
+    (``AZURE_STORAGE_ACCOUNT_NAME``/``_KEY``), the endpoint from ``AZURE_STORAGE_ACCOUNT_HOST``
+    and the CA from ``SSL_CERT_FILE`` (``ca_file``)."""
+
     scheme = "az"
 
-    def __init__(self, container: str = "models") -> None:
+    def __init__(self, container: str = "models", *, tls: bool = False) -> None:
         binary = required_tool(
             "azurite-blob",
             os.environ.get("AZURITE_BLOB", ""),
@@ -189,33 +195,56 @@ class AzuriteServer(Store):
         )
         self.port = free_port()
         self._dir = tempfile.mkdtemp(prefix="azurite-")
+        tls_args: list[str] = []
+        if tls:
+            from tests.certs import CertificateAuthority
+
+            ca = CertificateAuthority()
+            pair = ca.issue("localhost", server=True)
+            self.ca_file = os.path.join(self._dir, "ca.pem")
+            for name, data in (("ca.pem", ca.cert), ("cert.pem", pair.cert), ("key.pem", pair.key)):
+                pathlib.Path(self._dir, name).write_bytes(data)
+            tls_args = [f"--cert={self._dir}/cert.pem", f"--key={self._dir}/key.pem"]
         self._process = subprocess.Popen(
             [
                 binary,
                 "--blobHost=127.0.0.1",
                 f"--blobPort={self.port}",
-                f"--location={self._dir}",
+                f"--location={self._dir}/data",
                 "--silent",
                 "--skipApiVersionCheck",
                 "--loose",
+                "--disableTelemetry",
+                *tls_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
         wait_for_port(self.port)
-        self.endpoint = f"http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT}"
-        connection = (
-            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
-            f"AccountKey={AZURITE_KEY};BlobEndpoint={self.endpoint};"
-        )
-        self.env = {"AZURE_STORAGE_CONNECTION_STRING": connection}
-        from adlfs import AzureBlobFileSystem
-
-        self.fs = AzureBlobFileSystem(
-            connection_string=connection, skip_instance_cache=True, use_listings_cache=False
-        )
-        self.fs.mkdir(container)
         self.bucket = container
+        if tls:
+            self.account_host = f"127.0.0.1:{self.port}/{AZURITE_ACCOUNT}"
+            self.endpoint = f"https://{self.account_host}"
+            self.env = {
+                "AZURE_STORAGE_ACCOUNT_NAME": AZURITE_ACCOUNT,
+                "AZURE_STORAGE_ACCOUNT_KEY": AZURITE_KEY,
+                "AZURE_STORAGE_ACCOUNT_HOST": self.account_host,
+                "SSL_CERT_FILE": self.ca_file,
+            }
+            self.fs = _BlobFiles(self.endpoint, self.ca_file)
+        else:
+            self.endpoint = f"http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT}"
+            connection = (
+                f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+                f"AccountKey={AZURITE_KEY};BlobEndpoint={self.endpoint};"
+            )
+            self.env = {"AZURE_STORAGE_CONNECTION_STRING": connection}
+            from adlfs import AzureBlobFileSystem
+
+            self.fs = AzureBlobFileSystem(
+                connection_string=connection, skip_instance_cache=True, use_listings_cache=False
+            )
+        self.fs.mkdir(container)
 
     def stop(self) -> None:
         self._process.terminate()
@@ -225,6 +254,35 @@ class AzuriteServer(Store):
             self._process.kill()
             self._process.wait()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class _BlobFiles:
+    """The fsspec calls the tests publish with (``mkdir``, ``put_file``, ``rm``) over
+    azure-storage-blob's synchronous client, which can be given the test CA
+    (``connection_verify``) where adlfs's client cannot, in this process."""
+
+    def __init__(self, account_url: str, ca_file: str) -> None:
+        from azure.storage.blob import BlobServiceClient
+
+        self._service = BlobServiceClient(
+            account_url,
+            credential={"account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY},
+            connection_verify=ca_file,
+        )
+
+    def mkdir(self, container: str) -> None:
+        self._service.create_container(container)
+
+    def put_file(self, lpath: str, rpath: str) -> None:
+        container, _, blob = rpath.partition("/")
+        with open(lpath, "rb") as f:
+            self._service.get_container_client(container).upload_blob(blob, f, overwrite=True)
+
+    def rm(self, path: str, recursive: bool = False) -> None:
+        container, _, prefix = path.partition("/")
+        client = self._service.get_container_client(container)
+        for blob in client.list_blobs(name_starts_with=prefix.rstrip("/") + "/"):
+            client.delete_blob(blob.name)
 
 
 def publish(

@@ -484,6 +484,41 @@ def test_other_stores_serve_and_update(
         store.stop()
 
 
+def test_azure_account_name_and_key_with_an_account_host(
+    testdata: pathlib.Path, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No connection string: the account name and key (``AZURE_STORAGE_ACCOUNT_NAME`` and
+    ``_KEY``, Azurite's published development account) and the blob endpoint from
+    ``AZURE_STORAGE_ACCOUNT_HOST`` (Azurite over HTTPS, its certificate from a test CA given
+    by ``SSL_CERT_FILE``). Without the host the server would go to
+    ``devstoreaccount1.blob.core.windows.net``, without the key anonymously (refused: the
+    container is private). It serves, moves to version 2, and the key shows in neither the
+    log, the model status nor the metrics."""
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    store = AzuriteServer(tls=True)
+    try:
+        assert "AZURE_STORAGE_CONNECTION_STRING" not in store.env
+        store.upload(testdata / V1, f"{store.bucket}/hpt/1")
+        server = start(store, store.url(f"{store.bucket}/hpt"), tmp_path, testdata)
+        try:
+            assert predict(server) == 3.0
+            assert metric(server, "pyserving_model_store_up", 'model_name="hpt"') == 1.0
+            store.upload(testdata / V2, f"{store.bucket}/hpt/2")
+            wait_for(lambda: predict(server) == 4.0, what="version 2 serving")
+            wait_for(lambda: cached(tmp_path) == ["2"], what="version 1's copy deleted")
+            shown = [
+                server.log(),
+                json.dumps(status(server)),
+                server.client.get("/monitoring/prometheus/metrics").text,
+            ]
+            for text in shown:
+                assert AZURITE_KEY not in text
+        finally:
+            assert server.stop() == 0, server.log()
+    finally:
+        store.stop()
+
+
 def test_s3_one_listing_request_per_servable_per_poll(s3: S3Server, testdata: pathlib.Path) -> None:
     """However many versions and files, a poll is one ListObjectsV2 request (pages aside)."""
     import s3fs
