@@ -14,13 +14,17 @@ options so this process's environment is never changed.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
 import pathlib
+import re
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -175,9 +179,15 @@ class GcsServer(Store):
 
 
 class AzuriteServer(Store):
+    """Azurite's blob service. By default plain HTTP, reached with a connection string
+    (``AZURE_STORAGE_CONNECTION_STRING`` with ``BlobEndpoint=``). With ``tls``, HTTPS with a
+    certificate from a test CA, reached with no connection string: the account name and key
+    (``AZURE_STORAGE_ACCOUNT_NAME``/``_KEY``), the endpoint from ``AZURE_STORAGE_ACCOUNT_HOST``
+    and the CA from ``SSL_CERT_FILE`` (``ca_file``)."""
+
     scheme = "az"
 
-    def __init__(self, container: str = "models") -> None:
+    def __init__(self, container: str = "models", *, tls: bool = False) -> None:
         binary = required_tool(
             "azurite-blob",
             os.environ.get("AZURITE_BLOB", ""),
@@ -185,33 +195,56 @@ class AzuriteServer(Store):
         )
         self.port = free_port()
         self._dir = tempfile.mkdtemp(prefix="azurite-")
+        tls_args: list[str] = []
+        if tls:
+            from tests.certs import CertificateAuthority
+
+            ca = CertificateAuthority()
+            pair = ca.issue("localhost", server=True)
+            self.ca_file = os.path.join(self._dir, "ca.pem")
+            for name, data in (("ca.pem", ca.cert), ("cert.pem", pair.cert), ("key.pem", pair.key)):
+                pathlib.Path(self._dir, name).write_bytes(data)
+            tls_args = [f"--cert={self._dir}/cert.pem", f"--key={self._dir}/key.pem"]
         self._process = subprocess.Popen(
             [
                 binary,
                 "--blobHost=127.0.0.1",
                 f"--blobPort={self.port}",
-                f"--location={self._dir}",
+                f"--location={self._dir}/data",
                 "--silent",
                 "--skipApiVersionCheck",
                 "--loose",
+                "--disableTelemetry",
+                *tls_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
         wait_for_port(self.port)
-        self.endpoint = f"http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT}"
-        connection = (
-            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
-            f"AccountKey={AZURITE_KEY};BlobEndpoint={self.endpoint};"
-        )
-        self.env = {"AZURE_STORAGE_CONNECTION_STRING": connection}
-        from adlfs import AzureBlobFileSystem
-
-        self.fs = AzureBlobFileSystem(
-            connection_string=connection, skip_instance_cache=True, use_listings_cache=False
-        )
-        self.fs.mkdir(container)
         self.bucket = container
+        if tls:
+            self.account_host = f"127.0.0.1:{self.port}/{AZURITE_ACCOUNT}"
+            self.endpoint = f"https://{self.account_host}"
+            self.env = {
+                "AZURE_STORAGE_ACCOUNT_NAME": AZURITE_ACCOUNT,
+                "AZURE_STORAGE_ACCOUNT_KEY": AZURITE_KEY,
+                "AZURE_STORAGE_ACCOUNT_HOST": self.account_host,
+                "SSL_CERT_FILE": self.ca_file,
+            }
+            self.fs = _BlobFiles(self.endpoint, self.ca_file)
+        else:
+            self.endpoint = f"http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT}"
+            connection = (
+                f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+                f"AccountKey={AZURITE_KEY};BlobEndpoint={self.endpoint};"
+            )
+            self.env = {"AZURE_STORAGE_CONNECTION_STRING": connection}
+            from adlfs import AzureBlobFileSystem
+
+            self.fs = AzureBlobFileSystem(
+                connection_string=connection, skip_instance_cache=True, use_listings_cache=False
+            )
+        self.fs.mkdir(container)
 
     def stop(self) -> None:
         self._process.terminate()
@@ -221,6 +254,35 @@ class AzuriteServer(Store):
             self._process.kill()
             self._process.wait()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class _BlobFiles:
+    """The fsspec calls the tests publish with (``mkdir``, ``put_file``, ``rm``) over
+    azure-storage-blob's synchronous client, which can be given the test CA
+    (``connection_verify``) where adlfs's client cannot, in this process."""
+
+    def __init__(self, account_url: str, ca_file: str) -> None:
+        from azure.storage.blob import BlobServiceClient
+
+        self._service = BlobServiceClient(
+            account_url,
+            credential={"account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY},
+            connection_verify=ca_file,
+        )
+
+    def mkdir(self, container: str) -> None:
+        self._service.create_container(container)
+
+    def put_file(self, lpath: str, rpath: str) -> None:
+        container, _, blob = rpath.partition("/")
+        with open(lpath, "rb") as f:
+            self._service.get_container_client(container).upload_blob(blob, f, overwrite=True)
+
+    def rm(self, path: str, recursive: bool = False) -> None:
+        container, _, prefix = path.partition("/")
+        client = self._service.get_container_client(container)
+        for blob in client.list_blobs(name_starts_with=prefix.rstrip("/") + "/"):
+            client.delete_blob(blob.name)
 
 
 def publish(
@@ -244,3 +306,212 @@ def publish(
         if index and pause:
             time.sleep(pause)
         store.upload(local, path, group)
+
+
+@dataclasses.dataclass
+class CutRule:
+    """What :class:`CuttingProxy` does to requests whose request line matches ``pattern``:
+    the first ``times`` responses get their head and only ``keep_bytes`` bytes of their body
+    passed back, then both connections are closed; after those, with ``hold``, each request
+    waits (is not forwarded) until :meth:`CuttingProxy.release`. ``cuts`` and ``held`` count
+    what happened (``held``: requests waiting now)."""
+
+    pattern: str
+    keep_bytes: int
+    times: int = 1
+    hold: bool = False
+    cuts: int = 0
+    held: int = 0
+
+
+class CuttingProxy:
+    """An HTTP/1.1 proxy on a loopback port in front of ``upstream_port`` that cuts chosen
+    responses midway (the network failing in the middle of a download) and can hold chosen
+    requests back, all decided by what is sent (request lines, byte counts), never by timing.
+
+    Every request is forwarded unchanged on one upstream connection per client connection
+    and its response passed back whole, except as the first :class:`CutRule` (from
+    :meth:`cut`) whose pattern matches the request line says. ``requests`` records every
+    ``(request line, Range header)``. Bodies are framed by ``Content-Length`` or chunked
+    encoding (request bodies by ``Content-Length`` only)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.rules: list[CutRule] = []
+        self.requests: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self._released = threading.Event()
+        self._sockets: set[socket.socket] = set()
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port = int(self._listener.getsockname()[1])
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._closed = False
+        threading.Thread(target=self._accept, name="cutting-proxy", daemon=True).start()
+
+    def cut(self, pattern: str, keep_bytes: int, times: int = 1, hold: bool = False) -> CutRule:
+        """Add a rule (see :class:`CutRule`); returns it, to read its counts."""
+        rule = CutRule(pattern, keep_bytes, times, hold)
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def release(self) -> None:
+        """Let every held request through, and hold none from now on."""
+        self._released.set()
+
+    def requests_matching(self, pattern: str) -> list[tuple[str, str]]:
+        """The ``(request line, Range header)`` of the requests whose line matches."""
+        with self._lock:
+            return [r for r in self.requests if re.search(pattern, r[0])]
+
+    def close(self) -> None:
+        self._closed = True
+        self._released.set()
+        self._listener.close()
+        with self._lock:
+            sockets = list(self._sockets)
+        for s in sockets:
+            _close_socket(s)
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _decide(self, line: str) -> tuple[CutRule | None, str]:
+        """For a request line: the first rule matching it (or None) and what to do:
+        ``"cut"``, ``"hold"`` or ``"pass"``."""
+        with self._lock:
+            for rule in self.rules:
+                if re.search(rule.pattern, line):
+                    if rule.cuts < rule.times:
+                        rule.cuts += 1
+                        return rule, "cut"
+                    if rule.hold and not self._released.is_set():
+                        rule.held += 1
+                        return rule, "hold"
+                    return rule, "pass"
+        return None, "pass"
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream: socket.socket | None = None
+        with self._lock:
+            self._sockets.add(client)
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            with self._lock:
+                self._sockets.add(upstream)
+            from_client = client.makefile("rb")
+            from_upstream = upstream.makefile("rb")
+            while True:
+                head = _read_head(from_client)
+                if head is None:
+                    return
+                line, headers = _parse_head(head)
+                body = from_client.read(int(headers.get("content-length", "0")))
+                with self._lock:
+                    self.requests.append((line, headers.get("range", "")))
+                rule, action = self._decide(line)
+                if rule is not None and action == "hold":
+                    self._released.wait()
+                    with self._lock:
+                        rule.held -= 1
+                upstream.sendall(head + body)
+                response = _read_head(from_upstream)
+                if response is None:
+                    return
+                client.sendall(response)
+                status_line, response_headers = _parse_head(response)
+                status = int(status_line.split()[1])
+                if line.startswith("HEAD ") or status in (204, 304) or status < 200:
+                    continue
+                limit = rule.keep_bytes if rule is not None and action == "cut" else None
+                if not _forward_body(from_upstream, client, response_headers, limit):
+                    return
+        except OSError:
+            return
+        finally:
+            for s in (client, upstream):
+                if s is not None:
+                    _close_socket(s)
+                    with self._lock:
+                        self._sockets.discard(s)
+
+
+def _close_socket(s: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        s.shutdown(socket.SHUT_RDWR)
+    s.close()
+
+
+def _read_head(stream: Any) -> bytes | None:
+    """An HTTP message head (through the blank line), None at end of stream."""
+    lines = []
+    while True:
+        line = stream.readline(65536)
+        if not line:
+            return None
+        lines.append(line)
+        if line in (b"\r\n", b"\n"):
+            return b"".join(lines)
+
+
+def _parse_head(head: bytes) -> tuple[str, dict[str, str]]:
+    first, *rest = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for field in rest:
+        name, sep, value = field.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return first, headers
+
+
+def _forward_body(
+    source: Any, client: socket.socket, headers: dict[str, str], limit: int | None
+) -> bool:
+    """Pass a response body on (at most ``limit`` bytes of it, then False: cut). False also
+    when the body runs to the end of the connection."""
+    sent = 0
+
+    def send(data: bytes) -> bool:
+        nonlocal sent
+        if limit is not None and sent + len(data) >= limit:
+            client.sendall(data[: limit - sent])
+            return False
+        client.sendall(data)
+        sent += len(data)
+        return True
+
+    if "content-length" in headers:
+        remaining = int(headers["content-length"])
+        while remaining:
+            data = source.read(min(remaining, 65536))
+            if not data:
+                return False
+            remaining -= len(data)
+            if not send(data):
+                return False
+        return True
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            size_line = source.readline(65536)
+            if not send(size_line):
+                return False
+            size = int(size_line.split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while True:
+                    trailer = source.readline(65536)
+                    if not send(trailer) or trailer in (b"\r\n", b"\n", b""):
+                        return bool(trailer)
+            if not send(source.read(size + 2)):
+                return False
+    while True:
+        data = source.read1(65536)
+        if not data or not send(data):
+            return False

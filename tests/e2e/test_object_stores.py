@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import random
 import re
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -24,10 +27,12 @@ from tests.stores import (
     AWS_SECRET,
     AZURITE_KEY,
     AzuriteServer,
+    CuttingProxy,
     GcsServer,
     S3Server,
     Store,
     files_of,
+    publish,
 )
 
 pytestmark = pytest.mark.e2e
@@ -290,6 +295,175 @@ def test_s3_credentials_from_an_aws_profile(
         assert server.stop() == 0, server.log()
 
 
+class PredictingClient:
+    """A client predicting x=2 on ``models`` in turn, on its own thread and connection, until
+    stopped: ``answers[model]`` holds every answer, ``failures`` every failed request."""
+
+    def __init__(self, server: RunningServer, models: tuple[str, ...]) -> None:
+        import httpx
+
+        self._client = httpx.Client(base_url=server.url, timeout=60)
+        self._models = models
+        self._stop = threading.Event()
+        self.answers: dict[str, list[float]] = {m: [] for m in models}
+        self.failures: list[str] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        body = '{"instances": [[2.0]]}'
+        while not self._stop.is_set():
+            for model in self._models:
+                try:
+                    r = self._client.post(f"/v1/models/{model}:predict", content=body)
+                except Exception as exc:
+                    self.failures.append(f"{model}: {exc!r}")
+                    continue
+                if r.status_code == 200:
+                    self.answers[model].append(float(r.json()["predictions"][0][0]))
+                else:
+                    self.failures.append(f"{model}: {r.status_code} {r.text}")
+            self._stop.wait(0.02)  # pacing only: nothing waits on it
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+        self._client.close()
+
+
+def test_s3_download_cut_midway_is_resumed_or_retried_and_never_loaded_half(
+    s3: S3Server, testdata: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """The network really cuts downloads midway: the server reaches moto through a proxy
+    (``AWS_ENDPOINT_URL``) that cuts chosen responses after a given number of body bytes,
+    then holds the next request for the same object until the test has looked.
+
+    * ``resumed``: version 2's 300 KB ``padding.bin`` is cut after 100 000 bytes, once.
+      s3fs asks again for the rest only (``Range: bytes=<what it received>-``); how much
+      of the 100 000 bytes it had read when the cut was noticed is up to its event loop.
+    * ``retried``: version 2's variables data is cut with no byte of its body as many times
+      as s3fs reads again by itself, so the server's own attempt fails: it is logged,
+      counted in ``pyserving_model_store_errors{operation="download"}``, and the next
+      attempt copies it.
+
+    While held, version 1 of both serves, version 2 is not AVAILABLE and its copy exists only
+    as a ``.partial-`` directory. Once released, version 2 serves with every cached file of
+    the listed size and content; a client predicting throughout saw no failed request and
+    only version 1's or 2's answers."""
+    import s3fs
+
+    padded = tmp_path / "v2-padded"
+    shutil.copytree(testdata / V2, padded)
+    (padded / "padding.bin").write_bytes(random.Random(17).randbytes(300_000))
+    sources = {"resumed": padded, "retried": testdata / V2}
+    for model in sources:
+        s3.upload(testdata / V1, f"models/{model}/1")
+    proxy = CuttingProxy(s3.port)
+    resumed = proxy.cut(r"^GET /models/resumed/2/padding\.bin[ ?]", 100_000, hold=True)
+    retried = proxy.cut(
+        r"^GET /models/retried/2/variables/variables\.data",
+        0,
+        times=s3fs.S3FileSystem.retries,
+        hold=True,
+    )
+    config = tmp_path / "models.config"
+    config.write_text(
+        "model_config_list: {\n"
+        + "".join(
+            f'  config: {{ name: "{m}", base_path: "s3://models/{m}", '
+            'model_platform: "tensorflow" }\n'
+            for m in sources
+        )
+        + "}\n"
+    )
+    server = RunningServer(
+        [
+            f"--model_config_file={config}",
+            "--file_system_poll_wait_seconds=1",
+            "--num_load_threads=2",  # both copies under way at once
+            f"--model_cache_dir={tmp_path / 'cache'}",
+            f"--monitoring_config_file={testdata / 'monitoring_config.txt'}",
+        ],
+        tmp_path / "server.log",
+        env={**s3.env, "AWS_ENDPOINT_URL": proxy.endpoint},
+    )
+    client: PredictingClient | None = None
+    try:
+        server.wait_ready()
+        for model in sources:
+            assert predict(server, model) == 3.0
+        client = running = PredictingClient(server, tuple(sources))
+        for model, local in sources.items():
+            publish(s3, local, f"models/{model}/2")
+        wait_for(lambda: resumed.held == 1 and retried.held == 1, what="both copies held")
+
+        # Held midway: version 1 serves, version 2 is not loaded, nothing of it in place.
+        for model in sources:
+            versions = status(server, model)
+            assert versions["1"]["state"] == "AVAILABLE", versions
+            assert versions.get("2", {}).get("state") != "AVAILABLE", versions
+            assert predict(server, model) == 3.0
+            entries = sorted(p.name for p in (tmp_path / "cache" / model).iterdir())
+            assert [e for e in entries if e.startswith("2-")] == [], entries
+            assert any(e.startswith(".partial-2-") for e in entries), entries
+        # resumed: the cut shows as s3fs asking again for the rest from the byte it had
+        # received (all of it when the cut was noticed before any byte was read), and the
+        # partial copy holds no more than the proxy passed.
+        (partial,) = (tmp_path / "cache" / "resumed").glob(".partial-2-*")
+        assert (partial / "padding.bin").stat().st_size <= 100_000
+        first, again = proxy.requests_matching(resumed.pattern)
+        assert first == ("GET /models/resumed/2/padding.bin HTTP/1.1", "")
+        assert again[0] == first[0]
+        resumed_from = int(again[1][len("bytes=") : -1]) if again[1] else 0
+        assert again[1] in ("", f"bytes={resumed_from}-") and resumed_from <= 100_000
+        errors = 'model_name="{}",operation="download"'
+        assert metric(server, "pyserving_model_store_errors", errors.format("resumed")) is None
+        # retried: the server's first attempt failed, visibly.
+        assert retried.cuts == s3fs.S3FileSystem.retries
+        assert (
+            "Copying servable {name: retried version: 2} from s3://models/retried/2 failed "
+            "(attempt 1 of 3), retrying"
+        ) in server.log()
+        assert metric(server, "pyserving_model_store_errors", errors.format("retried")) == 1.0
+
+        proxy.release()
+        wait_for(
+            lambda: all(4.0 in running.answers[m] for m in sources),
+            what="version 2 of both serving",
+        )
+        running.stop()
+        for model, local in sources.items():
+            assert status(server, model)["2"]["state"] == "AVAILABLE"
+            assert running.answers[model][0] == 3.0
+            assert set(running.answers[model]) == {3.0, 4.0}
+            # The copy loaded is whole: every file of the listing, at its size, with the
+            # published content.
+            prefix = f"models/{model}/2/"
+            listing = {
+                path[len(prefix) :]: info["size"]
+                for path, info in s3.fs.find(prefix, detail=True).items()
+            }
+            (copy,) = (tmp_path / "cache" / model).glob("2-*")
+            assert {name: (copy / name).stat().st_size for name in files_of(copy)} == listing
+            for name in files_of(local):
+                assert (copy / name).read_bytes() == (local / name).read_bytes(), name
+        assert running.failures == []
+        downloaded = metric(
+            server, "pyserving_model_store_downloaded_bytes", 'model_name="resumed"'
+        )
+        v1_size = sum((testdata / V1 / n).stat().st_size for n in files_of(testdata / V1))
+        v2_size = sum((padded / n).stat().st_size for n in files_of(padded))
+        assert downloaded == v1_size + v2_size
+        assert [r for r in proxy.requests_matching(retried.pattern) if r[1]] == []
+        assert len(proxy.requests_matching(retried.pattern)) == retried.cuts + 1
+    finally:
+        if client is not None:
+            client.stop()
+        proxy.release()
+        assert server.stop() == 0, server.log()
+        proxy.close()
+
+
 # ---------------------------------------------------------------------- GCS and Azure
 
 
@@ -307,6 +481,41 @@ def test_other_stores_serve_and_update(
             wait_for(lambda: predict(server) == 4.0, what="version 2 serving")
             wait_for(lambda: cached(tmp_path) == ["2"], what="version 1's copy deleted")
             assert AZURITE_KEY not in server.log()
+        finally:
+            assert server.stop() == 0, server.log()
+    finally:
+        store.stop()
+
+
+def test_azure_account_name_and_key_with_an_account_host(
+    testdata: pathlib.Path, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No connection string: the account name and key (``AZURE_STORAGE_ACCOUNT_NAME`` and
+    ``_KEY``, Azurite's published development account) and the blob endpoint from
+    ``AZURE_STORAGE_ACCOUNT_HOST`` (Azurite over HTTPS, its certificate from a test CA given
+    by ``SSL_CERT_FILE``). Without the host the server would go to
+    ``devstoreaccount1.blob.core.windows.net``, without the key anonymously (refused: the
+    container is private). It serves, moves to version 2, and the key shows in neither the
+    log, the model status nor the metrics."""
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    store = AzuriteServer(tls=True)
+    try:
+        assert "AZURE_STORAGE_CONNECTION_STRING" not in store.env
+        store.upload(testdata / V1, f"{store.bucket}/hpt/1")
+        server = start(store, store.url(f"{store.bucket}/hpt"), tmp_path, testdata)
+        try:
+            assert predict(server) == 3.0
+            assert metric(server, "pyserving_model_store_up", 'model_name="hpt"') == 1.0
+            store.upload(testdata / V2, f"{store.bucket}/hpt/2")
+            wait_for(lambda: predict(server) == 4.0, what="version 2 serving")
+            wait_for(lambda: cached(tmp_path) == ["2"], what="version 1's copy deleted")
+            shown = [
+                server.log(),
+                json.dumps(status(server)),
+                server.client.get("/monitoring/prometheus/metrics").text,
+            ]
+            for text in shown:
+                assert AZURITE_KEY not in text
         finally:
             assert server.stop() == 0, server.log()
     finally:

@@ -179,6 +179,24 @@ def test_storage_options_from_tf_serving_variables() -> None:
     assert "token" not in storage_options("gs", {})
 
 
+def test_storage_options_azure_account_host() -> None:
+    """``AZURE_STORAGE_ACCOUNT_HOST`` becomes adlfs's ``account_host`` (HTTPS only)."""
+    assert "account_host" not in storage_options("az", {})
+    for value in ("acct.blob.core.chinacloudapi.cn", "https://acct.blob.core.chinacloudapi.cn/"):
+        options = storage_options("abfs", {"AZURE_STORAGE_ACCOUNT_HOST": value})
+        assert options == {
+            "use_listings_cache": False,
+            "account_host": "acct.blob.core.chinacloudapi.cn",
+        }
+    emulator = {"AZURE_STORAGE_ACCOUNT_HOST": " 127.0.0.1:10000/devstoreaccount1 "}
+    assert storage_options("az", emulator)["account_host"] == "127.0.0.1:10000/devstoreaccount1"
+    with pytest.raises(ValueError, match=r"HTTPS only; .* BlobEndpoint="):
+        storage_options("az", {"AZURE_STORAGE_ACCOUNT_HOST": "http://127.0.0.1:10000/acct"})
+    with pytest.raises(ValueError, match="names no host"):
+        storage_options("az", {"AZURE_STORAGE_ACCOUNT_HOST": "https://"})
+    assert "account_host" not in storage_options("s3", {"AZURE_STORAGE_ACCOUNT_HOST": "h"})
+
+
 # ---------------------------------------------------------------------- the source
 
 

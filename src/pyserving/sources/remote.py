@@ -170,7 +170,13 @@ def storage_options(scheme: str, environ: Mapping[str, str] | None = None) -> di
     * Azure (``adlfs``): ``AZURE_STORAGE_CONNECTION_STRING``, or ``AZURE_STORAGE_ACCOUNT_NAME``
       with ``AZURE_STORAGE_ACCOUNT_KEY``, ``AZURE_STORAGE_SAS_TOKEN`` or a service principal
       (``AZURE_STORAGE_CLIENT_ID``/``_SECRET``/``TENANT_ID``), else the default Azure
-      credential chain (managed identity, workload identity).
+      credential chain (managed identity, workload identity), all read by adlfs. With an
+      account name, the blob endpoint is ``https://<account>.blob.core.windows.net`` unless
+      ``AZURE_STORAGE_ACCOUNT_HOST`` (pyserving's; no Azure SDK reads an endpoint variable)
+      names another host, passed as adlfs's ``account_host`` option: ``host[:port][/path]``,
+      HTTPS only (adlfs builds ``https://<account_host>``; an ``https://`` prefix is
+      accepted, ``http://`` is a ``ValueError`` pointing to the connection string's
+      ``BlobEndpoint=``). A connection string, when set, wins over it (adlfs's rule).
 
     Listings are never cached between polls (``use_listings_cache=False``).
     """
@@ -196,7 +202,27 @@ def storage_options(scheme: str, environ: Mapping[str, str] | None = None) -> di
         emulator = env.get("STORAGE_EMULATOR_HOST", "")
         if emulator not in ("", "default") and not env.get("GOOGLE_APPLICATION_CREDENTIALS"):
             options["token"] = "anon"
+    elif family == "azure":
+        host = env.get("AZURE_STORAGE_ACCOUNT_HOST", "").strip()
+        if host:
+            options["account_host"] = azure_account_host(host)
     return options
+
+
+def azure_account_host(value: str) -> str:
+    """``AZURE_STORAGE_ACCOUNT_HOST`` as adlfs's ``account_host``: without an ``https://``
+    prefix or trailing ``/``. ``ValueError`` for an ``http://`` endpoint or an empty host."""
+    scheme, sep, rest = value.partition("://")
+    if sep and scheme.lower() != "https":
+        raise ValueError(
+            f"AZURE_STORAGE_ACCOUNT_HOST={display_url(value)}: account hosts are reached over "
+            "HTTPS only; for a plain-HTTP blob endpoint set AZURE_STORAGE_CONNECTION_STRING "
+            "with BlobEndpoint=<url> instead"
+        )
+    host = (rest if sep else value).rstrip("/")
+    if not host or host.startswith("/"):
+        raise ValueError(f"AZURE_STORAGE_ACCOUNT_HOST={value!r} names no host")
+    return host
 
 
 class StoreError(OSError):
