@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 
@@ -509,4 +510,146 @@ def test_a_failing_batch_fails_only_its_own_requests() -> None:
         assert [float(f.result(30)["y"][0, 0]) for f in good] == [1.0, 2.0]
     finally:
         gate.set()
+        s.close()
+
+
+class SteppingTimer:
+    """A timer that advances ``step`` seconds each time it is read: every batch run then
+    measures ``step`` seconds, whatever the machine's speed."""
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+class ThreadRecorder(Recorder):
+    """A :class:`Recorder` that also records the thread each batch ran on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.threads.append(threading.current_thread().name)
+        return super().__call__(inputs)
+
+
+def loop_scheduler(recorder: Recorder, step: float, **kw: object) -> BatchScheduler:
+    """A scheduler whose batches measure ``step`` seconds each, its first batch run (a full
+    one, from this thread, so on a batch thread at once) already measured."""
+    options = BatchingOptions(**kw)  # type: ignore[arg-type]
+    s = BatchScheduler(recorder, options, "t", timer=SteppingTimer(step), loop_threshold=0.5)
+    s.submit({"x": np.zeros((options.max_batch_size, 1), np.float32)})
+    return s
+
+
+def submit_in_one_turn(s: BatchScheduler, values: list[float]) -> tuple[list[np.ndarray], str]:
+    """Submit one row per value from one callback of a running event loop; wait for the
+    answers there. Returns the outputs and the loop thread's name."""
+
+    async def scenario() -> list[np.ndarray]:
+        futures = [
+            asyncio.wrap_future(s.submit_future({"x": np.array([[v]], np.float32)})) for v in values
+        ]
+        return [(await f)["y"] for f in futures]
+
+    results: list[list[np.ndarray]] = []
+
+    def run() -> None:
+        results.append(asyncio.run(scenario()))
+
+    thread = threading.Thread(target=run, name="a-loop")
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+    return results[0], thread.name
+
+
+def test_fast_batches_run_on_the_submitting_loop_merged_by_turn() -> None:
+    recorder = ThreadRecorder()
+    s = loop_scheduler(recorder, 0.001, max_batch_size=8, num_batch_threads=1)
+    try:
+        assert s.batches_on_loop
+        outputs, loop_thread = submit_in_one_turn(s, [1.0, 2.0, 3.0])
+        assert [float(y[0, 0]) for y in outputs] == [2.5, 3.0, 3.5]
+        # The first batch ran on a batch thread; the three requests of one loop turn then
+        # ran as one batch on the loop's own thread (timeout 0: at the end of the turn).
+        assert recorder.batches == [8, 3]
+        assert recorder.threads == ["pyserving-t-0", loop_thread]
+    finally:
+        s.close()
+
+
+def test_full_batches_on_the_loop_do_not_wait_for_the_timeout() -> None:
+    recorder = ThreadRecorder()
+    s = loop_scheduler(
+        recorder, 0.001, max_batch_size=4, batch_timeout_micros=600_000_000, num_batch_threads=1
+    )
+    try:
+        # Ten minutes of timeout: only full batches can run before the test's own limit.
+        outputs, _ = submit_in_one_turn(s, [float(i) for i in range(8)])
+        assert [float(y[0, 0]) for y in outputs] == [0.5 * i + 2 for i in range(8)]
+        assert recorder.batches == [4, 4, 4]
+    finally:
+        s.close()
+
+
+def test_slow_batches_stay_on_batch_threads() -> None:
+    recorder = ThreadRecorder()
+    s = loop_scheduler(recorder, 1.0, max_batch_size=8, num_batch_threads=1)
+    try:
+        assert not s.batches_on_loop
+        outputs, loop_thread = submit_in_one_turn(s, [1.0, 2.0])
+        assert [float(y[0, 0]) for y in outputs] == [2.5, 3.0]
+        assert loop_thread not in recorder.threads
+        assert set(recorder.threads) == {"pyserving-t-0"}
+    finally:
+        s.close()
+
+
+def test_close_fails_requests_waiting_on_a_loop() -> None:
+    recorder = ThreadRecorder()
+    s = loop_scheduler(
+        recorder, 0.001, max_batch_size=8, batch_timeout_micros=600_000_000, num_batch_threads=1
+    )
+    queued = threading.Event()
+
+    async def scenario() -> BaseException | None:
+        future = s.submit_future({"x": np.array([[1.0]], np.float32)})
+        queued.set()
+        try:
+            await asyncio.wrap_future(future)
+        except Unavailable as exc:
+            return exc
+        return None
+
+    results: list[BaseException | None] = []
+    thread = threading.Thread(target=lambda: results.append(asyncio.run(scenario())))
+    thread.start()
+    assert queued.wait(30)
+    s.close()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert isinstance(results[0], Unavailable)
+    assert recorder.batches == [8]  # the waiting request never ran
+
+
+def test_a_request_cancelled_while_waiting_on_the_loop_leaves_its_batch() -> None:
+    recorder = ThreadRecorder()
+    s = loop_scheduler(recorder, 0.001, max_batch_size=8, num_batch_threads=1)
+
+    async def scenario() -> list[float]:
+        futures = [s.submit_future({"x": np.array([[v]], np.float32)}) for v in (1.0, 2.0, 3.0)]
+        assert futures[1].cancel()
+        kept = [futures[0], futures[2]]
+        return [float((await asyncio.wrap_future(f))["y"][0, 0]) for f in kept]
+
+    try:
+        assert asyncio.run(scenario()) == [2.5, 3.5]
+        assert recorder.batches == [8, 2]
+    finally:
         s.close()

@@ -26,12 +26,22 @@ Two ways in: :meth:`BatchScheduler.submit` blocks the calling thread until its b
 run; :meth:`BatchScheduler.submit_future` returns a ``concurrent.futures.Future`` at once, so
 a caller on an event loop can await the answer without a thread waiting for it.
 
+Where a batch runs: on a batch thread, or, for a fast model, on the event loop that
+submitted its requests. Once the scheduler has measured its batches' runs (a moving average
+of their durations) under :data:`LOOP_BATCH_SECONDS`, requests submitted from a thread
+running an asyncio event loop (the front ends answer small requests of fast models on their
+loops) are batched on that loop: queued there, and run there when the batch is full or its
+oldest request has waited ``batch_timeout_micros`` (0: at the end of the loop's current
+turn), so requests that arrive together run together without a thread hand-off either way.
+A slow model's batches, and requests from other threads, go to the batch threads.
+
 :class:`BatchingServable` puts a scheduler in front of each signature of a servable, and
 :class:`BatchingLoader` wraps any Loader so the servable it hands out is batched.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures
 import itertools
@@ -179,10 +189,31 @@ class _Task(concurrent.futures.Future[Tensors]):
         return super().exception(0)
 
 
+#: A scheduler whose batches took less than this to run (seconds, moving average) batches
+#: requests submitted on an event loop on that loop (see the module docstring).
+LOOP_BATCH_SECONDS = 200e-6
+#: Weight of the newest batch in the moving average of batch run durations.
+_BATCH_COST_WEIGHT = 0.2
+
 BatchObserver = Callable[[int, int, float], None]
 """``observer(rows, padded_size, queueing_seconds_of_oldest_task)`` per batch run."""
 
 _Completion = tuple[list[_Task], "Tensors | None", int, "ServingError | None"]
+
+
+class _LoopQueue:
+    """The requests one event loop submitted and that wait for their batch on that loop.
+    Only that loop's thread touches it."""
+
+    __slots__ = ("handles", "loop", "queues", "rows", "total_rows")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queues: dict[tuple[Any, ...], collections.deque[_Task]] = {}
+        self.rows: dict[tuple[Any, ...], int] = {}
+        # The callback that runs a key's batch, and whether it waits for the timeout.
+        self.handles: dict[tuple[Any, ...], tuple[asyncio.Handle, bool]] = {}
+        self.total_rows = 0
 
 
 class BatchScheduler:
@@ -195,6 +226,12 @@ class BatchScheduler:
     in flight, which pays off when the model releases the GIL (TensorFlow does while it
     computes). With nothing queued it answers the batch itself, saving a thread hand-off.
     ``clock`` (seconds, monotonic) times ``batch_timeout_micros``; tests inject one.
+
+    Batches of a fast model run on the event loop that submitted their requests (see the
+    module docstring): ``timer`` is read before and after each batch's run (default
+    :func:`time.perf_counter`; tests pass a clock they advance, so where batches run does
+    not depend on the machine's speed), ``loop_threshold`` is the average run time (seconds)
+    under which they do.
     """
 
     def __init__(
@@ -205,11 +242,17 @@ class BatchScheduler:
         observer: BatchObserver | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        timer: Callable[[], float] = time.perf_counter,
+        loop_threshold: float = LOOP_BATCH_SECONDS,
     ) -> None:
         self._run = run
         self.options = options
         self._observer = observer
         self._clock = clock
+        self._timer = timer
+        self._loop_threshold = loop_threshold
+        self._batch_cost: float | None = None  # moving average of batch run durations
+        self._loop_queues: dict[asyncio.AbstractEventLoop, _LoopQueue] = {}
         self._queues: dict[tuple[Any, ...], collections.deque[_Task]] = {}
         self._rows_by_key: dict[tuple[Any, ...], int] = {}
         self._queued_rows = 0
@@ -233,6 +276,13 @@ class BatchScheduler:
     @property
     def capacity_rows(self) -> int:
         return self.options.max_enqueued_batches * self.options.max_batch_size
+
+    @property
+    def batches_on_loop(self) -> bool:
+        """Whether requests submitted on an event loop are batched on it now (the average
+        batch run is measured and under the threshold)."""
+        cost = self._batch_cost
+        return cost is not None and cost < self._loop_threshold
 
     def submit(
         self, inputs: Mapping[str, np.ndarray], output_keys: Sequence[str] | None = None
@@ -268,6 +318,10 @@ class BatchScheduler:
                 done.set_exception(exc)
             return done
         key = self._key(tensors)
+        if self.batches_on_loop:
+            loop = asyncio._get_running_loop()
+            if loop is not None:
+                return self._submit_on_loop(loop, tensors, rows, key, output_keys)
         cond = self._cond
         with cond:
             if self._closed:
@@ -289,6 +343,74 @@ class BatchScheduler:
             if len(queue_) == 1 or key_rows >= self.options.max_batch_size:
                 cond.notify()
         return task
+
+    def _submit_on_loop(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        tensors: Tensors,
+        rows: int,
+        key: tuple[Any, ...],
+        output_keys: Sequence[str] | None,
+    ) -> _Task:
+        """Queue a request on ``loop`` (the calling thread's): its batch runs there, when
+        full or when its oldest request has waited the batch timeout."""
+        if self._closed:
+            raise Unavailable("The batch scheduler is shutting down")
+        waiting = self._loop_queues.get(loop)
+        if waiting is None:
+            waiting = self._loop_queues[loop] = _LoopQueue(loop)
+        if waiting.total_rows + rows > self.capacity_rows:
+            raise Unavailable("The batch scheduling queue to which this task was submitted is full")
+        task = _Task(self._futures, tensors, rows, output_keys, self._clock())
+        queue_ = waiting.queues.get(key)
+        if queue_ is None:
+            queue_ = waiting.queues[key] = collections.deque()
+        queue_.append(task)
+        waiting.total_rows += rows
+        key_rows = waiting.rows[key] = waiting.rows.get(key, 0) + rows
+        scheduled = waiting.handles.get(key)
+        timeout = self.options.batch_timeout_micros / 1e6
+        if key_rows >= self.options.max_batch_size or timeout <= 0:
+            # Full (or no timeout): run at the end of this turn of the loop.
+            if scheduled is None or scheduled[1]:
+                if scheduled is not None:
+                    scheduled[0].cancel()
+                waiting.handles[key] = (loop.call_soon(self._run_on_loop, waiting, key), False)
+        elif scheduled is None:
+            handle = loop.call_later(timeout, self._run_on_loop, waiting, key)
+            waiting.handles[key] = (handle, True)
+        return task
+
+    def _run_on_loop(self, waiting: _LoopQueue, key: tuple[Any, ...]) -> None:
+        """On the loop: run every request queued there under ``key``, in batches of at most
+        ``max_batch_size`` rows (a request waits at most the timeout, never longer)."""
+        waiting.handles.pop(key, None)
+        queue_ = waiting.queues.pop(key, None)
+        waiting.total_rows -= waiting.rows.pop(key, 0)
+        limit = self.options.max_batch_size
+        while queue_:
+            taken: list[_Task] = []
+            size = 0
+            while queue_ and size + queue_[0].rows <= limit:
+                task = queue_.popleft()
+                size += task.rows
+                taken.append(task)
+            batch = self._start(taken)
+            if not batch:
+                continue
+            if self._closed:
+                error: ServingError = Unavailable("The batch scheduler is shutting down")
+                self._complete(batch, None, 0, error)
+                continue
+            self._complete(*self._execute(batch, self._clock() - taken[0].enqueued))
+
+    def _fail_on_loop(self, waiting: _LoopQueue) -> None:
+        """On the loop, once the scheduler is closed: fail what waits there."""
+        for key in list(waiting.queues):
+            scheduled = waiting.handles.get(key)
+            if scheduled is not None:
+                scheduled[0].cancel()
+            self._run_on_loop(waiting, key)
 
     def _key(self, tensors: Tensors) -> tuple[Any, ...]:
         """Requests with equal keys can share a batch: same input names and dtypes, and
@@ -333,8 +455,13 @@ class BatchScheduler:
                 if self._queues:
                     self._cond.notify()  # more work is waiting: hand it to another thread
                 break
+        return self._start(taken), oldest
+
+    def _start(self, taken: list[_Task]) -> list[_Task]:
+        """Mark ``taken`` running, under one lock; the tasks to run (cancelled ones left
+        out: Future.set_running_or_notify_cancel, once for the batch)."""
         batch = []
-        with self._futures:  # Future.set_running_or_notify_cancel, once for the batch
+        with self._futures:
             for task in taken:
                 if task._state == _PENDING:
                     task._state = _RUNNING
@@ -343,7 +470,7 @@ class BatchScheduler:
                     task._state = _CANCELLED_AND_NOTIFIED
                     for waiter in task._waiters:
                         waiter.add_cancelled(task)
-        return batch, oldest
+        return batch
 
     def _worker(self) -> None:
         while True:
@@ -372,7 +499,15 @@ class BatchScheduler:
             merged = _merge(batch, rows, padded)
             if self._observer is not None:
                 self._observer(rows, padded, queued)
-            return batch, self._run(merged), padded, None
+            timer = self._timer
+            start = timer()
+            outputs = self._run(merged)
+            elapsed = timer() - start
+            cost = self._batch_cost
+            self._batch_cost = (
+                elapsed if cost is None else cost + _BATCH_COST_WEIGHT * (elapsed - cost)
+            )
+            return batch, outputs, padded, None
         except ServingError as exc:
             return batch, None, padded, exc
         except Exception as exc:
@@ -442,6 +577,14 @@ class BatchScheduler:
         for task in pending:
             if task.set_running_or_notify_cancel():
                 task.set_exception(Unavailable("The batch scheduler is shutting down"))
+        for waiting in list(self._loop_queues.values()):
+            try:
+                waiting.loop.call_soon_threadsafe(self._fail_on_loop, waiting)
+            except RuntimeError:  # that loop is closed: nothing runs there any more
+                for tasks in waiting.queues.values():
+                    for task in tasks:
+                        if task.set_running_or_notify_cancel():
+                            task.set_exception(Unavailable("The batch scheduler is shutting down"))
         current = threading.current_thread()
         for t in self._threads:
             if t is not current:
