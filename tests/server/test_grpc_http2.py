@@ -32,7 +32,7 @@ from tensorflow_serving.apis import (
 )
 
 from pyserving.core.clock import ManualClock
-from pyserving.server.call_costs import CallCosts
+from pyserving.server.call_costs import PROBE_AFTER, PROBE_AFTER_MAX, CallCosts
 from pyserving.server.core import ServerCore
 from pyserving.server.grpc import GrpcServerOptions, start_grpc_server, uses_grpcio
 from pyserving.server.grpc.h2 import (
@@ -658,12 +658,14 @@ class _ThreadRecordingServing(ModelServing):
     ``clock``: each call that reaches its model advances ``clock`` by ``cost`` (the cost
     measure ignores failed calls).
     Served by :func:`serve_measured`, which times calls on ``clock``, the model's measured
-    cost is exactly ``cost`` however fast or busy the machine is. While ``gate`` is clear,
-    calls wait for it (at most ``TIMEOUT``)."""
+    cost is exactly ``cost`` however fast or busy the machine is (``loop_cost`` instead, when
+    set, for calls on the event loop). While ``gate`` is clear, calls wait for it (at most
+    ``TIMEOUT``)."""
 
     def __init__(self, core: ServerCore, cost: float = 0.0) -> None:
         super().__init__(core)
         self.cost = cost
+        self.loop_cost: float | None = None
         self.clock = ManualClock()
         self.gate = threading.Event()
         self.gate.set()
@@ -673,13 +675,21 @@ class _ThreadRecordingServing(ModelServing):
         self.threads.append(threading.current_thread().name)
         assert self.gate.wait(TIMEOUT), "test gate never opened"
         model = super().bind(*args, **kwargs)
-        self.clock.advance(self.cost)
+        on_loop = threading.current_thread().name == "pyserving-grpc-loop"
+        self.clock.advance(self.cost if self.loop_cost is None or not on_loop else self.loop_cost)
         return model
 
 
-def serve_measured(serving: _ThreadRecordingServing, **options: Any) -> H2GrpcServer:
+def serve_measured(
+    serving: _ThreadRecordingServing,
+    probe_after: int = PROBE_AFTER,
+    probe_after_max: int = PROBE_AFTER_MAX,
+    **options: Any,
+) -> H2GrpcServer:
     """A server over ``serving`` whose Predict cost measure reads ``serving.clock``."""
-    costs = CallCosts(timer=serving.clock.monotonic)
+    costs = CallCosts(
+        timer=serving.clock.monotonic, probe_after=probe_after, probe_after_max=probe_after_max
+    )
     return start_h2_grpc_server(serving, GrpcServerOptions(port=0, **options), costs=costs)
 
 
@@ -724,9 +734,10 @@ def _check_job_limit(handler: GrpcHandler, executor: _HeldExecutor) -> None:
 
 def test_failed_calls_do_not_move_a_slow_model_onto_the_loop(core: ServerCore) -> None:
     """Failures cost nothing on the model's clock; were they measured, the average would
-    fall under the threshold within a few calls and the last call would run on the loop."""
+    fall under the threshold within a few calls and the last call would run on the loop.
+    (No call is let onto the loop to be measured again within the test's 32 calls.)"""
     serving = _ThreadRecordingServing(core, cost=1e-3)
-    with serve_measured(serving) as s:
+    with serve_measured(serving, probe_after=1000) as s:
         c = RawClient(s.port)
         try:
             call(c, 1, predict_message([1.0]))
@@ -796,6 +807,49 @@ def test_a_model_that_turns_slow_leaves_the_loop_and_comes_back_when_fast(
             assert run(9) == ["worker"] * 8 + ["loop"]
         finally:
             c.close()
+
+
+@pytest.mark.parametrize(
+    ("loop_cost", "expected"),
+    [
+        # Slow on workers (as calls are under load), fast on the loop: the fifth call is
+        # measured on the loop, and the model stays there.
+        (0.0, "wwwwLLLL"),
+        # Slow everywhere: one call on the loop after 2, then 4, then 8 (the most) calls.
+        (1e-3, "wwL" + "wwwL" + "wwwwwwwL" + "wwwwwwwL"),
+    ],
+)
+def test_a_slow_model_is_measured_again_on_the_loop_now_and_then(
+    core: ServerCore, loop_cost: float, expected: str
+) -> None:
+    serving = _ThreadRecordingServing(core, cost=1e-3)
+    serving.loop_cost = loop_cost
+    probe_after = 4 if loop_cost == 0.0 else 2
+    with serve_measured(serving, probe_after=probe_after, probe_after_max=8) as s:
+        c = RawClient(s.port)
+        try:
+            for i in range(len(expected)):
+                assert call(c, 2 * i + 1, predict_message([1.0]))[2]["grpc-status"] == "0"
+        finally:
+            c.close()
+    where = "".join("L" if t == "pyserving-grpc-loop" else "w" for t in serving.threads)
+    assert where == expected
+
+
+def test_call_costs_probe_a_slow_model_on_the_loop() -> None:
+    costs = CallCosts(threshold=1.0, probe_after=2, probe_after_max=4)
+    costs.record("m", 5.0)
+    assert [costs.runs_inline("m") for _ in range(2)] == [False, True]
+    costs.record("m", 3.0, on_loop=True)  # slow on the loop too: wait twice as long
+    assert [costs.runs_inline("m") for _ in range(4)] == [False, False, False, True]
+    costs.record("m", 3.0, on_loop=True)
+    assert [costs.runs_inline("m") for _ in range(4)] == [False, False, False, True]  # at most
+    costs.record("m", 0.5, on_loop=True)  # fast on the loop: fast again, from that call
+    assert costs.average("m") == 0.5 and costs.runs_inline("m")
+    costs.record("m", 9.0)
+    assert [costs.runs_inline("m") for _ in range(2)] == [False, True]  # interval restarted
+    with pytest.raises(ValueError, match="probe_after"):
+        CallCosts(probe_after=5, probe_after_max=4)
 
 
 def test_call_costs_average_and_threshold() -> None:

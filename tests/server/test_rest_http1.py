@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from pyserving.core.clock import ManualClock
-from pyserving.server.call_costs import CallCosts
+from pyserving.server.call_costs import PROBE_AFTER, CallCosts
 from pyserving.server.core import ServerCore
 from pyserving.server.health import install_health_routes
 from pyserving.server.http1 import (
@@ -71,6 +71,7 @@ class Server:
         serving: _RecordingServing,
         *,
         limits: Http1Limits | None = None,
+        probe_after: int = PROBE_AFTER,
         **options: Any,
     ) -> None:
         self.serving = serving
@@ -82,7 +83,7 @@ class Server:
             handler,
             self.pool,
             RestServerOptions(port=0, host="127.0.0.1", **options),
-            costs=CallCosts(timer=serving.clock.monotonic),
+            costs=CallCosts(timer=serving.clock.monotonic, probe_after=probe_after),
             limits=limits,
         )
 
@@ -455,7 +456,7 @@ def test_large_and_compressed_predicts_run_on_workers(core: ServerCore) -> None:
 
 def test_failed_calls_do_not_move_a_slow_model_onto_the_loop(core: ServerCore) -> None:
     serving = _RecordingServing(core, cost=1e-3)
-    s = Server(serving)
+    s = Server(serving, probe_after=1000)  # no call let onto the loop to measure it again
     c = s.connect()
     try:
         c.send(predict(1.0))

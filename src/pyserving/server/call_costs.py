@@ -4,7 +4,17 @@ The event-loop front ends (gRPC on ``grpc/h2.py`` and ``grpc/aio.py``, REST on
 ``http1.py``) run a small request for a fast model on the loop itself: handing it to a
 worker thread and back costs more than the call. A model is fast when the moving average
 of its recent successful calls is under :data:`INLINE_RUN_SECONDS`; a model not measured
-yet, or a slow one, runs on a worker, so a slow model never holds the loop.
+yet, or a slow one, runs on a worker, so a slow model does not hold the loop.
+
+A call on a worker is timed by the wall clock, and under load that includes the time its
+thread waited for the interpreter while other workers' calls ran: a model of 80 us, once
+measured slow while busy, would stay on workers (whose calls keep measuring slow) however
+idle the machine became. So a model measured slow is measured again on the loop now and
+then: after :data:`PROBE_AFTER` calls on workers one call runs on the loop; if it is fast
+there, the model is fast again (its average restarts from that call); if not, the next
+such call comes after twice as many calls, up to :data:`PROBE_AFTER_MAX`. A truly slow
+model holds the loop for one call in at most :data:`PROBE_AFTER` at first, and in
+:data:`PROBE_AFTER_MAX` once measured slow that many times in a row.
 :class:`CallCosts` keeps the averages.
 """
 
@@ -18,20 +28,38 @@ from collections.abc import Callable
 INLINE_RUN_SECONDS = 200e-6
 #: Weight of the newest call in the moving average of a model's call time.
 _COST_WEIGHT = 0.2
+#: Calls of a slow model on workers before one runs on the loop to measure it there.
+PROBE_AFTER = 16
+#: The longest such interval: it doubles each time the call on the loop measures slow.
+PROBE_AFTER_MAX = 4096
+
+
+class _Cost:
+    """One model's measurements (see :class:`CallCosts`)."""
+
+    __slots__ = ("average", "probe_after", "waited")
+
+    def __init__(self, average: float, probe_after: int) -> None:
+        self.average = average
+        self.waited = 0  # calls sent to workers since one was let onto the loop
+        self.probe_after = probe_after
 
 
 class CallCosts:
     """Each model's moving average of its successful Predict calls' durations, which
-    decides where its next small Predict runs (see the front ends' module docstrings).
+    decides where its next small Predict runs (see the module docstring).
 
     ``timer`` is read once before and once after each measured call; the difference is the
     call's duration in seconds. It defaults to :func:`time.perf_counter`; a test passes a
     clock it advances itself, so what counts as fast does not depend on the machine's speed.
     ``threshold``: a model runs on the loop when its average is below it (seconds).
     ``weight``: the newest call's weight in the average (0 < weight <= 1).
+    ``probe_after`` / ``probe_after_max``: calls of a slow model on workers before one runs
+    on the loop to be measured there, at first and at most.
 
-    Read and written from the loop and from worker threads without a lock: each update is
-    one dict assignment, so a race may lose one call's measurement, never corrupt the map.
+    Read and written from the loop and from worker threads without a lock: a race may lose
+    one call's measurement or let one more call onto the loop, never corrupt the state. A
+    call let onto the loop that fails is not measured; the next comes after the interval.
     """
 
     def __init__(
@@ -39,31 +67,59 @@ class CallCosts:
         timer: Callable[[], float] = time.perf_counter,
         threshold: float = INLINE_RUN_SECONDS,
         weight: float = _COST_WEIGHT,
+        probe_after: int = PROBE_AFTER,
+        probe_after_max: int = PROBE_AFTER_MAX,
     ) -> None:
         if not 0.0 < weight <= 1.0:
             raise ValueError(f"weight must be in (0, 1], got {weight}")
+        if not 1 <= probe_after <= probe_after_max:
+            raise ValueError("need 1 <= probe_after <= probe_after_max")
         self.timer = timer
         self.threshold = threshold
         self.weight = weight
-        self._averages: dict[str, float] = {}
+        self.probe_after = probe_after
+        self.probe_after_max = probe_after_max
+        self._costs: dict[str, _Cost] = {}
 
     def runs_inline(self, model: str) -> bool:
-        """Whether ``model``'s calls are measured and their average is under the threshold
-        (a model not measured yet is not: its first call runs on a worker)."""
-        average = self._averages.get(model)
-        return average is not None and average < self.threshold
+        """Whether ``model``'s next call runs on the loop: its calls are measured and their
+        average is under the threshold, or it is slow and its turn to be measured on the
+        loop has come (a model not measured yet does not: its first call runs on a worker).
+        A caller that gets True runs the call on the loop and records it with
+        ``on_loop=True``."""
+        cost = self._costs.get(model)
+        if cost is None:
+            return False
+        if cost.average < self.threshold:
+            return True
+        cost.waited += 1
+        if cost.waited >= cost.probe_after:
+            cost.waited = 0
+            return True
+        return False
 
-    def record(self, model: str, seconds: float) -> None:
-        """Add one successful call of ``model`` that took ``seconds`` to its average (the
-        first call sets it)."""
-        previous = self._averages.get(model)
-        self._averages[model] = (
-            seconds if previous is None else previous + self.weight * (seconds - previous)
-        )
+    def record(self, model: str, seconds: float, *, on_loop: bool = False) -> None:
+        """Add one successful call of ``model`` that took ``seconds`` (run on the loop when
+        ``on_loop``) to its average (the first call sets it)."""
+        cost = self._costs.get(model)
+        if cost is None:
+            self._costs[model] = _Cost(seconds, self.probe_after)
+            return
+        if on_loop and cost.average >= self.threshold:
+            # A slow model measured on the loop: trust it (no other call's wait is in it).
+            if seconds < self.threshold:
+                cost.average = seconds
+                cost.probe_after = self.probe_after
+            else:
+                cost.average += self.weight * (seconds - cost.average)
+                cost.probe_after = min(2 * cost.probe_after, self.probe_after_max)
+            return
+        cost.average += self.weight * (seconds - cost.average)
 
     def average(self, model: str) -> float | None:
         """``model``'s average call duration in seconds; None until one is recorded."""
-        return self._averages.get(model)
+        cost = self._costs.get(model)
+        return None if cost is None else cost.average
 
 
-__all__ = ["INLINE_RUN_SECONDS", "CallCosts"]
+__all__ = ["INLINE_RUN_SECONDS", "PROBE_AFTER", "PROBE_AFTER_MAX", "CallCosts"]

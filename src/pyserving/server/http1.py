@@ -455,7 +455,7 @@ class Http1Connection(asyncio.Protocol):
                 request.method, request.path, request.headers, request.body
             )
             elapsed = timer() - start
-            self._started(request, result, model, elapsed)
+            self._started(request, result, model, elapsed, on_loop=True)
             return
         if server.timeout is not None:
             request.timer = self._loop.call_later(server.timeout, self._timed_out, request)
@@ -470,14 +470,15 @@ class Http1Connection(asyncio.Protocol):
         result: RestResponse | PendingResponse,
         model: str | None,
         elapsed: float,
+        on_loop: bool = False,
     ) -> None:
         """On the loop: ``handler.start``'s result for ``request``, which took ``elapsed``
-        seconds (recorded for ``model``: a request that only queued for its batch counts as
-        free, an error not at all)."""
+        seconds (recorded for ``model``, run on the loop when ``on_loop``: a request that
+        only queued for its batch counts as free, an error not at all)."""
         costs = self._server.costs
         if isinstance(result, PendingResponse):
             if model is not None:
-                costs.record(model, 0.0)
+                costs.record(model, 0.0, on_loop=on_loop)
             if request.answered:
                 return
             if request.timer is None and self._server.timeout is not None:
@@ -487,7 +488,7 @@ class Http1Connection(asyncio.Protocol):
             self._await_batch(request, result)
             return
         if model is not None and result.status == 200:
-            costs.record(model, elapsed)
+            costs.record(model, elapsed, on_loop=on_loop)
         self._answer(request, result)
 
     def _run_on_worker(self, request: _Request, model: str | None) -> None:

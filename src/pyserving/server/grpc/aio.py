@@ -86,7 +86,7 @@ def _inference_handler(
             if request.ByteSize() <= INLINE_REQUEST_BYTES and costs.runs_inline(
                 method.model(request)
             ):
-                future = start_inference(method, request, call, costs)
+                future = start_inference(method, request, call, costs, on_loop=True)
             else:
                 loop = asyncio.get_running_loop()
                 future = await loop.run_in_executor(

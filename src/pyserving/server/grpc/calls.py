@@ -108,7 +108,7 @@ Method = Unary | Inference
 
 
 def start_inference(
-    method: Inference, request: Any, call: Call, costs: CallCosts
+    method: Inference, request: Any, call: Call, costs: CallCosts, on_loop: bool = False
 ) -> concurrent.futures.Future[Any]:
     """Start ``request`` (``method.start``), make it the call's future (cancelled at once
     if the call is), and record how long a successful start took for its model in
@@ -129,7 +129,7 @@ def start_inference(
         elapsed = timer() - start
     else:
         elapsed = 0.0  # only queued for its batch
-    costs.record(method.model(request), elapsed)
+    costs.record(method.model(request), elapsed, on_loop=on_loop)
     return future
 
 

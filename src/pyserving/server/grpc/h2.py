@@ -416,7 +416,7 @@ class GrpcHandler:
             work = self._inference_on_worker
             self._submit(connection, work, connection, stream, b"", request, method)
             return
-        future = start_inference(method, request, call, self.costs)
+        future = start_inference(method, request, call, self.costs, on_loop=True)
         if future.done():
             self._finish(connection, stream, lambda: self._answer_of(future, call, method))
         else:
