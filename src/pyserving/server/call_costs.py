@@ -6,6 +6,12 @@ worker thread and back costs more than the call. A model is fast when the moving
 of its recent successful calls is under :data:`INLINE_RUN_SECONDS`; a model not measured
 yet, or a slow one, runs on a worker, so a slow model does not hold the loop.
 
+A call's duration counts at most twice the threshold (:data:`CLIP_FACTOR`): on a busy
+machine a fast model's call is now and then descheduled for milliseconds, and one such call
+would otherwise lift the average over the threshold by itself and send the model to the
+workers (three calls in a row at the cap do; a slow model's average then sits at the cap,
+above the threshold, so it stays slow).
+
 A call on a worker is timed by the wall clock, and under load that includes the time its
 thread waited for the interpreter while other workers' calls ran: a model of 80 us, once
 measured slow while busy, would stay on workers (whose calls keep measuring slow) however
@@ -28,6 +34,8 @@ from collections.abc import Callable
 INLINE_RUN_SECONDS = 200e-6
 #: Weight of the newest call in the moving average of a model's call time.
 _COST_WEIGHT = 0.2
+#: A call counts at most this many times the threshold in the average.
+CLIP_FACTOR = 2.0
 #: Calls of a slow model on workers before one runs on the loop to measure it there.
 PROBE_AFTER = 16
 #: The longest such interval: it doubles each time the call on the loop measures slow.
@@ -100,7 +108,9 @@ class CallCosts:
 
     def record(self, model: str, seconds: float, *, on_loop: bool = False) -> None:
         """Add one successful call of ``model`` that took ``seconds`` (run on the loop when
-        ``on_loop``) to its average (the first call sets it)."""
+        ``on_loop``) to its average (the first call sets it; each counts at most
+        :data:`CLIP_FACTOR` times the threshold)."""
+        seconds = min(seconds, CLIP_FACTOR * self.threshold)
         cost = self._costs.get(model)
         if cost is None:
             self._costs[model] = _Cost(seconds, self.probe_after)
@@ -122,4 +132,4 @@ class CallCosts:
         return None if cost is None else cost.average
 
 
-__all__ = ["INLINE_RUN_SECONDS", "PROBE_AFTER", "PROBE_AFTER_MAX", "CallCosts"]
+__all__ = ["CLIP_FACTOR", "INLINE_RUN_SECONDS", "PROBE_AFTER", "PROBE_AFTER_MAX", "CallCosts"]
