@@ -300,18 +300,11 @@ def export_mlp(base_path: pathlib.Path) -> None:
             return {"y": h}
 
     module = MLP()
-    base_path.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=".export-", dir=base_path))
-    try:
+
+    def write(staging: pathlib.Path) -> None:
         tf.saved_model.save(module, str(staging), signatures={"serving_default": module.serve})
-        target = base_path / MLP_VERSION
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    (base_path / _SPEC_FILE).write_text(json.dumps({"digest": _spec_digest()}))
+
+    _publish(base_path, write, "tensorflow", MLP_LAYERS)
 
 
 def ensure_mlp(

@@ -387,14 +387,8 @@ class BatchScheduler:
         waiting.handles.pop(key, None)
         queue_ = waiting.queues.pop(key, None)
         waiting.total_rows -= waiting.rows.pop(key, 0)
-        limit = self.options.max_batch_size
         while queue_:
-            taken: list[_Task] = []
-            size = 0
-            while queue_ and size + queue_[0].rows <= limit:
-                task = queue_.popleft()
-                size += task.rows
-                taken.append(task)
+            taken, _ = _pop_batch(queue_, self.options.max_batch_size)
             batch = self._start(taken)
             if not batch:
                 continue
@@ -441,12 +435,7 @@ class BatchScheduler:
                 if rows < opts.max_batch_size and wait > 0:
                     self._cond.wait(wait)
                     continue
-                taken: list[_Task] = []
-                size = 0
-                while queue_ and size + queue_[0].rows <= opts.max_batch_size:
-                    task = queue_.popleft()
-                    size += task.rows
-                    taken.append(task)
+                taken, size = _pop_batch(queue_, opts.max_batch_size)
                 self._queued_rows -= size
                 self._rows_by_key[key] -= size
                 if not queue_:
@@ -574,17 +563,14 @@ class BatchScheduler:
             self._rows_by_key.clear()
             self._queued_rows = 0
             self._cond.notify_all()
-        for task in pending:
-            if task.set_running_or_notify_cancel():
-                task.set_exception(Unavailable("The batch scheduler is shutting down"))
         for waiting in list(self._loop_queues.values()):
             try:
                 waiting.loop.call_soon_threadsafe(self._fail_on_loop, waiting)
             except RuntimeError:  # that loop is closed: nothing runs there any more
-                for tasks in waiting.queues.values():
-                    for task in tasks:
-                        if task.set_running_or_notify_cancel():
-                            task.set_exception(Unavailable("The batch scheduler is shutting down"))
+                pending.extend(t for tasks in waiting.queues.values() for t in tasks)
+        for task in pending:
+            if task.set_running_or_notify_cancel():
+                task.set_exception(Unavailable("The batch scheduler is shutting down"))
         current = threading.current_thread()
         for t in self._threads:
             if t is not current:
@@ -595,6 +581,18 @@ class BatchScheduler:
 
 
 _NO_INPUTS: Tensors = {}
+
+
+def _pop_batch(queue_: collections.deque[_Task], limit: int) -> tuple[list[_Task], int]:
+    """Take tasks from the front of ``queue_`` while their rows fit in ``limit``; the tasks
+    and their rows. (A task has at most ``max_batch_size`` rows, so one always fits.)"""
+    taken: list[_Task] = []
+    size = 0
+    while queue_ and size + queue_[0].rows <= limit:
+        task = queue_.popleft()
+        size += task.rows
+        taken.append(task)
+    return taken, size
 
 
 def _rows(tensors: Tensors) -> int | None:

@@ -120,10 +120,8 @@ class CallCosts:
             if seconds < self.threshold:
                 cost.average = seconds
                 cost.probe_after = self.probe_after
-            else:
-                cost.average += self.weight * (seconds - cost.average)
-                cost.probe_after = min(2 * cost.probe_after, self.probe_after_max)
-            return
+                return
+            cost.probe_after = min(2 * cost.probe_after, self.probe_after_max)
         cost.average += self.weight * (seconds - cost.average)
 
     def average(self, model: str) -> float | None:
