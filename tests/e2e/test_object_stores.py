@@ -66,6 +66,18 @@ def status(server: RunningServer, model: str = "hpt") -> dict[str, dict[str, str
     }
 
 
+def assert_never_shown(server: RunningServer, *secrets: str) -> None:
+    """None of ``secrets`` appears in the server's log, its model status or its metrics."""
+    shown = [
+        server.log(),
+        json.dumps(status(server)),
+        server.client.get("/monitoring/prometheus/metrics").text,
+    ]
+    for text in shown:
+        for secret in secrets:
+            assert secret not in text
+
+
 def metric(server: RunningServer, name: str, labels: str) -> float | None:
     text = server.client.get("/monitoring/prometheus/metrics").text
     match = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} (\S+)$", text, re.M)
@@ -199,14 +211,7 @@ def test_s3_unreachable_store_keeps_the_loaded_version_serving(
 
 
 def test_s3_credentials_never_shown(s3_server: RunningServer) -> None:
-    shown = [
-        s3_server.log(),
-        json.dumps(status(s3_server)),
-        s3_server.client.get("/monitoring/prometheus/metrics").text,
-    ]
-    for text in shown:
-        assert AWS_SECRET not in text
-        assert AWS_KEY_ID not in text
+    assert_never_shown(s3_server, AWS_SECRET, AWS_KEY_ID)
 
 
 def test_s3_version_over_the_memory_budget_is_never_downloaded(
@@ -283,14 +288,7 @@ def test_s3_credentials_from_an_aws_profile(
         server.wait_ready()
         assert predict(server) == 3.0
         assert status(server)["1"]["state"] == "AVAILABLE"
-        shown = [
-            server.log(),
-            json.dumps(status(server)),
-            server.client.get("/monitoring/prometheus/metrics").text,
-        ]
-        for text in shown:
-            assert AWS_SECRET not in text
-            assert AWS_KEY_ID not in text
+        assert_never_shown(server, AWS_SECRET, AWS_KEY_ID)
     finally:
         assert server.stop() == 0, server.log()
 
@@ -509,13 +507,7 @@ def test_azure_account_name_and_key_with_an_account_host(
             store.upload(testdata / V2, f"{store.bucket}/hpt/2")
             wait_for(lambda: predict(server) == 4.0, what="version 2 serving")
             wait_for(lambda: cached(tmp_path) == ["2"], what="version 1's copy deleted")
-            shown = [
-                server.log(),
-                json.dumps(status(server)),
-                server.client.get("/monitoring/prometheus/metrics").text,
-            ]
-            for text in shown:
-                assert AZURITE_KEY not in text
+            assert_never_shown(server, AZURITE_KEY)
         finally:
             assert server.stop() == 0, server.log()
     finally:
