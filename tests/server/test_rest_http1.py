@@ -64,7 +64,12 @@ class _RecordingServing(ModelServing):
 
 
 class Server:
-    """A REST server in this process, with its serving, pool and options."""
+    """A REST server in this process, with its serving, pool and options. While
+    ``beside_another`` is set (every test runs both ways), a second client connection stays
+    open and idle, so answers take the way they take on a busy server (written at the end
+    of the loop's turn, ``server/turn_writes.py``) rather than at once."""
+
+    beside_another = False
 
     def __init__(
         self,
@@ -86,6 +91,9 @@ class Server:
             costs=CallCosts(timer=serving.clock.monotonic, probe_after=probe_after),
             limits=limits,
         )
+        self.other: socket.socket | None = None
+        if self.beside_another:
+            self.other = socket.create_connection(("127.0.0.1", self.rest.port), timeout=TIMEOUT)
 
     def connect(self) -> Client:
         return Client(self.rest.port)
@@ -93,6 +101,15 @@ class Server:
     def stop(self, grace: float | None = None) -> None:
         self.rest.stop(grace)
         self.pool.shutdown(wait=True)
+        if self.other is not None:
+            self.other.close()
+
+
+@pytest.fixture(autouse=True, params=["alone", "beside_another"])
+def _other_connection(request: pytest.FixtureRequest) -> Iterator[None]:
+    Server.beside_another = request.param == "beside_another"
+    yield
+    Server.beside_another = False
 
 
 @pytest.fixture

@@ -84,6 +84,7 @@ from pyserving.server.rest import (
     _too_large,
     error_response,
 )
+from pyserving.server.turn_writes import TurnWrites
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +270,8 @@ class Http1Connection(asyncio.Protocol):
         self._timer_at = math.inf
         self._deadline = math.inf
         self._timeout_deadline = math.inf
+        self._out: list[bytes] = []  # answers written at the end of the loop's turn
+        self._close_after_out = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -280,6 +283,7 @@ class Http1Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self._out.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -426,7 +430,7 @@ class Http1Connection(asyncio.Protocol):
             if not request.complete:
                 if request.expect_continue and not request.continued:
                     request.continued = True
-                    self.transport.write(_CONTINUE)
+                    self._write(_CONTINUE)
                 return
             if request.started:
                 return  # running
@@ -436,7 +440,7 @@ class Http1Connection(asyncio.Protocol):
             return
         if not queue and self._request is None:
             if self._closing:
-                self.transport.close()
+                self._close_when_written()
                 return
             self._set_deadline(self._loop.time() + self._limits.keep_alive_timeout)
         self._update_reading()
@@ -578,10 +582,42 @@ class Http1Connection(asyncio.Protocol):
         parts.append(b"\r\n")
         if request.method != "HEAD":
             parts.append(body)
-        transport.write(b"".join(parts))
+        self._write(b"".join(parts))
         if close:
             self._queue.clear()
             self._stop_reading()
+            self._close_when_written()
+
+    def _write(self, data: bytes) -> None:
+        """Queue ``data`` for the end of the loop's turn (:mod:`~pyserving.server.turn_writes`:
+        the answers to the requests read in one turn go out back to back). With one
+        connection open there is nothing to write it with: written now."""
+        if not self._out:
+            if len(self._server.connections) == 1 and self.transport is not None:
+                self.transport.write(data)
+                return
+            self._server.writes.add(self)
+        self._out.append(data)
+
+    def _close_when_written(self) -> None:
+        """Close the connection once the queued answers are written."""
+        if self._out:
+            self._close_after_out = True
+        elif self.transport is not None:
+            self.transport.close()
+
+    def flush(self) -> None:
+        """Write the queued answers (called by the server at the end of the loop's turn)."""
+        out = self._out
+        if not out:
+            return
+        transport = self.transport
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        if transport is None or transport.is_closing():
+            return
+        transport.write(data)
+        if self._close_after_out:
             transport.close()
 
     # -- flow control and deadlines ------------------------------------------------------
@@ -615,7 +651,7 @@ class Http1Connection(asyncio.Protocol):
             return
         if self._loop.time() >= self._deadline:
             log.debug("Closing an HTTP connection: no request, headers or body in time")
-            self.transport.close()
+            self._close_when_written()
         elif self._deadline != math.inf:
             self._set_deadline(self._deadline)
 
@@ -623,7 +659,7 @@ class Http1Connection(asyncio.Protocol):
         """The server stops: close now if idle, else after the answer in progress."""
         self._closing = True
         if self.transport is not None and not self._queue and self._request is None:
-            self.transport.close()
+            self._close_when_written()
 
     def close(self) -> None:
         if self.transport is not None:
@@ -658,6 +694,7 @@ class RestServer:
         self.connections: set[Http1Connection] = set()
         self.port = 0
         self.loop = uvloop.new_event_loop()
+        self.writes = TurnWrites(self.loop)
         self._listener: asyncio.AbstractServer | None = None
         self._no_connections: asyncio.Event | None = None
         self._lock = threading.Lock()

@@ -70,6 +70,7 @@ from pyserving.server.h2sansio import (
     frame,
     hpack_literal,
 )
+from pyserving.server.turn_writes import TurnWrites
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,9 @@ class Http2Connection(asyncio.Protocol):
 
     ``connections``: a set the connection adds itself to while it is open. ``clock``: the
     protocol's time (tests replace it; timers are armed on the loop for the same delays).
+    ``writes``: the loop's :class:`~pyserving.server.turn_writes.TurnWrites`; with it,
+    what a read or an answer queues is written at the end of the loop's turn, together with
+    the other connections' output (see :meth:`_flush_soon`); without it, at once.
     """
 
     def __init__(
@@ -110,9 +114,12 @@ class Http2Connection(asyncio.Protocol):
         settings: Http2Settings,
         connections: set[Http2Connection] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        writes: TurnWrites | None = None,
     ) -> None:
         self._handler = handler
         self._connections = connections
+        self._writes = writes
+        self._flush_queued = False
         self._h2 = ServerConnection(settings, clock)
         self._clock = clock
         self.transport: asyncio.Transport | None = None
@@ -173,7 +180,7 @@ class Http2Connection(asyncio.Protocol):
             self._dispatch(self._h2.receive(data))
         finally:
             self._dispatching = False
-            self._flush()
+            self._flush_soon(after_read=True)
         self._arm_timer()
 
     # -- events --------------------------------------------------------------------------
@@ -262,9 +269,27 @@ class Http2Connection(asyncio.Protocol):
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
+    def flush(self) -> None:
+        """Write what is queued (:class:`~pyserving.server.turn_writes.TurnWrites`)."""
+        self._flush_queued = False
+        self._flush()
+
+    def _flush_soon(self, after_read: bool = False) -> None:
+        """Write what is queued at the end of the loop's turn. After a read with no other
+        connection open there is nothing to write with: at once. Answers completed outside
+        a read (a worker's, a batch's) always wait for the turn's end: a batch's answers go
+        out in one write."""
+        if self._writes is None or (
+            after_read and self._connections is not None and len(self._connections) <= 1
+        ):
+            self._flush()
+        elif not self._flush_queued:
+            self._flush_queued = True
+            self._writes.add(self)
+
     def _sent(self) -> None:
         if not self._dispatching:
-            self._flush()
+            self._flush_soon()
 
     # -- answers -------------------------------------------------------------------------
 

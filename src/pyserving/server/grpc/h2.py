@@ -76,6 +76,7 @@ from pyserving.server.h2sansio import Headers, Rejection
 from pyserving.server.http2 import Http2Connection, Http2Settings, Stream
 from pyserving.server.loop_server import LoopServer
 from pyserving.server.service import ModelServing
+from pyserving.server.turn_writes import TurnWrites
 
 #: The compression algorithms requests may use, as answers announce them.
 ACCEPT_ENCODING = b"identity,deflate,gzip"
@@ -588,9 +589,10 @@ def start_h2_grpc_server(
         raise
     server = H2GrpcServer(loop, executor, handler)
     settings = handler.settings(limits)
+    writes = TurnWrites(loop)
 
     def protocol() -> Http2Connection:
-        return Http2Connection(handler, settings, server.connections)
+        return Http2Connection(handler, settings, server.connections, writes=writes)
 
     async def start() -> None:
         address = f"0.0.0.0:{options.port}"
