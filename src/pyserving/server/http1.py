@@ -10,7 +10,7 @@ event or message dicts. Where a request runs:
   :data:`INLINE_REQUEST_BYTES` and no ``Content-Encoding`` runs on the event loop when its
   model's recent calls (JSON decoding, the model, JSON encoding) took under
   :data:`INLINE_RUN_SECONDS` (0.4 ms) on average; it is answered within
-  the read that completed it, as the gRPC front end answers a small Predict. The durations
+  the turn of the loop that read it, as the gRPC front end answers a small Predict. The durations
   are kept by a :class:`~pyserving.server.call_costs.CallCosts` (injectable: tests decide
   what counts as fast). A model not measured yet, or a slow one, runs on a worker.
 * Everything else (status, metadata, other verbs, large or compressed bodies, extra routes
@@ -18,6 +18,10 @@ event or message dicts. Where a request runs:
   (``rest_api_num_threads``), as before.
 * A predict request for a batching model only queues its request (a pending response): the
   loop answers once the batch has run, and no thread waits for it.
+
+Answers are written at once on a connection alone on the port; with others open, at the end
+of the loop's turn, back to back with the other answers of the turn
+(:mod:`~pyserving.server.turn_writes`), in order on each connection.
 
 HTTP behaviour:
 
