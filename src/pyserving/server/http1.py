@@ -79,7 +79,6 @@ from urllib.parse import unquote
 import httptools
 
 from pyserving.errors import DeadlineExceeded, InvalidArgument, Unavailable
-from pyserving.server import call_costs
 from pyserving.server.call_costs import CallCosts
 from pyserving.server.rest import (
     PendingResponse,
@@ -96,11 +95,12 @@ log = logging.getLogger(__name__)
 INLINE_REQUEST_BYTES = 64 * 1024
 #: A model whose recent REST calls took less than this (seconds, moving average) runs on the
 #: event loop. A REST call's measured time includes decoding and encoding its JSON, which
-#: costs the same on either thread: this leaves the model the gRPC front end's
-#: :data:`~pyserving.server.call_costs.INLINE_RUN_SECONDS` and as much again for the JSON (at
-#: the gRPC threshold, a fast model's calls measured while other processes take the CPU
-#: crossed it now and then and went to workers for a while).
-INLINE_RUN_SECONDS = 2 * call_costs.INLINE_RUN_SECONDS
+#: costs the same on either thread, ~0.1-0.15 ms more than a gRPC call's protobuf: this
+#: leaves the model about what the gRPC front end's
+#: :data:`~pyserving.server.call_costs.INLINE_RUN_SECONDS` leaves it (at 0.2 ms, a fast
+#: model's calls measured while other processes took the CPU crossed it now and then and
+#: went to workers for a while).
+INLINE_RUN_SECONDS = 400e-6
 #: Name of the thread running the REST server's event loop.
 LOOP_THREAD_NAME = "pyserving-rest-loop"
 #: While the transport holds more unsent bytes than this, the connection is not read.
