@@ -243,7 +243,7 @@ def test_bad_preface_ends_the_connection_with_a_protocol_error(server: H2GrpcSer
         other.close()
 
 
-class _NoCalls:
+class NoCalls:
     """A stream handler for connection-level tests: no request may arrive."""
 
     def request_received(self, connection: Http2Connection, stream: Any) -> None:
@@ -262,7 +262,7 @@ def test_a_connection_without_preface_is_closed_in_time() -> None:
     async def scenario() -> bytes:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: Http2Connection(_NoCalls(), settings), "127.0.0.1", 0
+            lambda: Http2Connection(NoCalls(), settings), "127.0.0.1", 0
         )
         port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

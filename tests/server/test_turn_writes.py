@@ -23,6 +23,7 @@ from pyserving.server.http2 import Http2Connection, Http2Settings
 from pyserving.server.rest import RestHandler
 from pyserving.server.service import ModelServing
 from pyserving.server.turn_writes import TurnWrites
+from tests.server.test_grpc_http2 import NoCalls
 
 
 class RecordingTransport(asyncio.Transport):
@@ -181,17 +182,6 @@ def test_http1_pipelined_answers_and_continue_keep_their_order_in_one_write(
 # -- HTTP/2 ------------------------------------------------------------------------------
 
 
-class _NoCalls:
-    def request_received(self, connection: Http2Connection, stream: Any) -> None:
-        raise AssertionError("no request expected")
-
-    def body_received(self, connection: Http2Connection, stream: Any) -> bool:
-        raise AssertionError("no body expected")
-
-    def request_rejected(self, connection: Http2Connection, stream: Any, *args: Any) -> None:
-        raise AssertionError("no request expected")
-
-
 def _ping(payload: bytes) -> bytes:
     return frame(PING, 0, 0, payload)
 
@@ -208,8 +198,8 @@ def test_http2_output_of_a_read_waits_for_the_turn_only_beside_other_connections
         writes = TurnWrites(asyncio.get_running_loop())
         connections: set[Http2Connection] = set()
         for _ in range(others):
-            connections.add(Http2Connection(_NoCalls(), Http2Settings()))
-        connection = Http2Connection(_NoCalls(), Http2Settings(), connections, writes=writes)
+            connections.add(Http2Connection(NoCalls(), Http2Settings()))
+        connection = Http2Connection(NoCalls(), Http2Settings(), connections, writes=writes)
         transport = RecordingTransport()
         connection.connection_made(transport)
         assert transport.written[3] == SETTINGS  # the server's preface: written at once
