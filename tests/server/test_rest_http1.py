@@ -13,7 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -77,7 +77,6 @@ class Server:
         *,
         limits: Http1Limits | None = None,
         probe_after: int = PROBE_AFTER,
-        cpu_timer: Callable[[], float] | None = None,
         **options: Any,
     ) -> None:
         self.serving = serving
@@ -89,9 +88,7 @@ class Server:
             handler,
             self.pool,
             RestServerOptions(port=0, host="127.0.0.1", **options),
-            costs=CallCosts(
-                timer=serving.clock.monotonic, probe_after=probe_after, cpu_timer=cpu_timer
-            ),
+            costs=CallCosts(timer=serving.clock.monotonic, probe_after=probe_after),
             limits=limits,
         )
         self.other: socket.socket | None = None
@@ -490,28 +487,6 @@ def test_failed_calls_do_not_move_a_slow_model_onto_the_loop(core: ServerCore) -
         c.close()
         s.stop()
     assert LOOP_THREAD_NAME not in serving.threads, serving.threads
-
-
-def test_a_slow_model_measured_on_the_loop_without_cpu_use_stays_there(
-    core: ServerCore,
-) -> None:
-    """A model measured slow (1 ms per call by the test's clock) is let onto the loop after
-    2 calls on workers; there it uses no CPU time (the test's CPU clock stands still), so it
-    waited rather than worked: it comes back to the loop, where its next calls run until
-    their wall-clock durations lift its average over the threshold again."""
-    serving = _RecordingServing(core, cost=1e-3)
-    cpu = ManualClock()
-    s = Server(serving, probe_after=2, cpu_timer=cpu.monotonic)
-    c = s.connect()
-    try:
-        for i in range(5):
-            c.send(predict(float(i)))
-            assert c.read()[::2] == (200, answer(float(i)))
-    finally:
-        c.close()
-        s.stop()
-    where = ["L" if t == LOOP_THREAD_NAME else "w" for t in serving.threads]
-    assert "".join(where) == "wwLLL", serving.threads
 
 
 def test_shutdown_answers_the_request_in_flight_then_closes(core: ServerCore) -> None:

@@ -21,15 +21,6 @@ there, the model is fast again (its average restarts from that call); if not, th
 such call comes after twice as many calls, up to :data:`PROBE_AFTER_MAX`. A truly slow
 model holds the loop for one call in at most :data:`PROBE_AFTER` at first, and in
 :data:`PROBE_AFTER_MAX` once measured slow that many times in a row.
-
-A call let onto the loop is also timed by the loop thread's CPU clock. One that is slow by
-the wall clock but fast by its CPU time waited: for the interpreter, held by the workers
-still running the same model's calls (under load they always are), or for threads of the
-model's own runtime. Either way the wall clock cannot tell what the model costs, so the
-model returns to the loop at its CPU time and is measured there by the wall clock again;
-its interval stays doubled, so a model that really waits for its own threads (a large
-TensorFlow model) leaves again within a few calls and is tried less and less often, while
-a fast model that was only waiting for the interpreter stays.
 :class:`CallCosts` keeps the averages.
 """
 
@@ -77,10 +68,6 @@ class CallCosts:
     ``weight``: the newest call's weight in the average (0 < weight <= 1).
     ``probe_after`` / ``probe_after_max``: calls of a slow model on workers before one runs
     on the loop to be measured there, at first and at most.
-    ``cpu_timer``: the calling thread's CPU clock, read around calls on the loop (see the
-    module docstring); by default :func:`time.thread_time` with the default ``timer``, and
-    none with an injected one (a test that decides call durations decides CPU times too,
-    or has none).
 
     Read and written from the loop and from worker threads without a lock: a race may lose
     one call's measurement or let one more call onto the loop, never corrupt the state. A
@@ -94,16 +81,12 @@ class CallCosts:
         weight: float = _COST_WEIGHT,
         probe_after: int = PROBE_AFTER,
         probe_after_max: int = PROBE_AFTER_MAX,
-        cpu_timer: Callable[[], float] | None = None,
     ) -> None:
         if not 0.0 < weight <= 1.0:
             raise ValueError(f"weight must be in (0, 1], got {weight}")
         if not 1 <= probe_after <= probe_after_max:
             raise ValueError("need 1 <= probe_after <= probe_after_max")
         self.timer = timer
-        if cpu_timer is None and timer is time.perf_counter:
-            cpu_timer = time.thread_time
-        self.cpu_timer = cpu_timer
         self.threshold = threshold
         self.weight = weight
         self.probe_after = probe_after
@@ -127,35 +110,22 @@ class CallCosts:
             return True
         return False
 
-    def record(
-        self,
-        model: str,
-        seconds: float,
-        *,
-        on_loop: bool = False,
-        cpu_seconds: float | None = None,
-    ) -> None:
+    def record(self, model: str, seconds: float, *, on_loop: bool = False) -> None:
         """Add one successful call of ``model`` that took ``seconds`` (run on the loop when
-        ``on_loop``, where it used ``cpu_seconds`` of the thread's CPU if measured) to its
-        average (the first call sets it; each counts at most :data:`CLIP_FACTOR` times the
-        threshold)."""
+        ``on_loop``) to its average (the first call sets it; each counts at most
+        :data:`CLIP_FACTOR` times the threshold)."""
         seconds = min(seconds, CLIP_FACTOR * self.threshold)
         cost = self._costs.get(model)
         if cost is None:
             self._costs[model] = _Cost(seconds, self.probe_after)
             return
         if on_loop and cost.average >= self.threshold:
-            # A slow model measured on the loop: no other call's work is in its time.
+            # A slow model measured on the loop: trust it (no other call's wait is in it).
             if seconds < self.threshold:
                 cost.average = seconds
                 cost.probe_after = self.probe_after
                 return
             cost.probe_after = min(2 * cost.probe_after, self.probe_after_max)
-            if cpu_seconds is not None and cpu_seconds < self.threshold:
-                # Slow by the wall clock, fast by its CPU time: it waited (see the module
-                # docstring). Back to the loop, at its CPU time, the interval doubled.
-                cost.average = cpu_seconds
-                return
         cost.average += self.weight * (seconds - cost.average)
 
     def average(self, model: str) -> float | None:

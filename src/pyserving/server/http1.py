@@ -457,15 +457,13 @@ class Http1Connection(asyncio.Protocol):
         model = server.measured_model(request)
         costs = server.costs
         if model is not None and costs.runs_inline(model):
-            timer, cpu_timer = costs.timer, costs.cpu_timer
-            cpu_start = cpu_timer() if cpu_timer is not None else 0.0
+            timer = costs.timer
             start = timer()
             result = server.handler.start(
                 request.method, request.path, request.headers, request.body
             )
             elapsed = timer() - start
-            cpu = cpu_timer() - cpu_start if cpu_timer is not None else None
-            self._started(request, result, model, elapsed, on_loop=True, cpu=cpu)
+            self._started(request, result, model, elapsed, on_loop=True)
             return
         if server.timeout is not None:
             request.timer = self._loop.call_later(server.timeout, self._timed_out, request)
@@ -481,12 +479,10 @@ class Http1Connection(asyncio.Protocol):
         model: str | None,
         elapsed: float,
         on_loop: bool = False,
-        cpu: float | None = None,
     ) -> None:
         """On the loop: ``handler.start``'s result for ``request``, which took ``elapsed``
-        seconds (``cpu`` of the loop thread's CPU, when measured; recorded for ``model``,
-        run on the loop when ``on_loop``: a request that only queued for its batch counts as
-        free, an error not at all)."""
+        seconds (recorded for ``model``, run on the loop when ``on_loop``: a request that
+        only queued for its batch counts as free, an error not at all)."""
         costs = self._server.costs
         if isinstance(result, PendingResponse):
             if model is not None:
@@ -500,7 +496,7 @@ class Http1Connection(asyncio.Protocol):
             self._await_batch(request, result)
             return
         if model is not None and result.status == 200:
-            costs.record(model, elapsed, on_loop=on_loop, cpu_seconds=cpu)
+            costs.record(model, elapsed, on_loop=on_loop)
         self._answer(request, result)
 
     def _run_on_worker(self, request: _Request, model: str | None) -> None:

@@ -118,8 +118,6 @@ def start_inference(
     """
     call.check()
     timer = costs.timer
-    cpu_timer = costs.cpu_timer if on_loop else None
-    cpu_start = cpu_timer() if cpu_timer is not None else 0.0
     start = timer()
     future = method.start(request)
     call.future = future
@@ -129,10 +127,9 @@ def start_inference(
         if future.cancelled() or future.exception() is not None:
             return future
         elapsed = timer() - start
-        cpu = cpu_timer() - cpu_start if cpu_timer is not None else None
     else:
-        elapsed, cpu = 0.0, None  # only queued for its batch
-    costs.record(method.model(request), elapsed, on_loop=on_loop, cpu_seconds=cpu)
+        elapsed = 0.0  # only queued for its batch
+    costs.record(method.model(request), elapsed, on_loop=on_loop)
     return future
 
 
