@@ -97,9 +97,9 @@ INLINE_REQUEST_BYTES = 64 * 1024
 #: event loop. A REST call's measured time includes decoding and encoding its JSON, which
 #: costs the same on either thread, ~0.1-0.15 ms more than a gRPC call's protobuf: this
 #: leaves the model about what the gRPC front end's
-#: :data:`~pyserving.server.call_costs.INLINE_RUN_SECONDS` leaves it (at 0.2 ms, a fast
-#: model's calls measured while other processes took the CPU crossed it now and then and
-#: went to workers for a while).
+#: :data:`~pyserving.server.call_costs.INLINE_RUN_SECONDS` leaves it. (With 0.2 ms here, a
+#: fast model's REST calls measured while other processes took the CPU crossed it now and
+#: then and went to workers for a while.)
 INLINE_RUN_SECONDS = 400e-6
 #: Name of the thread running the REST server's event loop.
 LOOP_THREAD_NAME = "pyserving-rest-loop"

@@ -2,8 +2,9 @@
 
 :class:`Http2Connection` is the I/O half of :class:`~pyserving.server.h2sansio.ServerConnection`
 (which holds every protocol rule and limit): an ``asyncio.Protocol`` that feeds it the bytes
-read, writes what it queues (once per read), arms one timer for its next deadline, and hands
-the events it returns to a :class:`StreamHandler`. The handler answers through
+read, writes what it queues (once per read, at the end of the loop's turn when other
+connections are open: :mod:`~pyserving.server.turn_writes`), arms one timer for its next
+deadline, and hands the events it returns to a :class:`StreamHandler`. The handler answers through
 :meth:`Http2Connection.respond`, or :meth:`~Http2Connection.send_headers` /
 :meth:`~Http2Connection.send_data` / :meth:`~Http2Connection.send_trailers` for answers sent
 in parts; headers are (name, value) tuples of bytes, HPACK-encoded by the connection.

@@ -23,7 +23,7 @@ import asyncio
 import logging
 from typing import Protocol
 
-log = logging.getLogger("pyserving")
+log = logging.getLogger(__name__)
 
 
 class Flushable(Protocol):
