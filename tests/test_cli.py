@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from pyserving.cli import main
+from pyserving.cli import ONEDNN_VARIABLE, apply_onednn_flag, main
 from pyserving.flags import FLAGS, UsageError, not_implemented_flags, parse_flags
 from pyserving.quiet_tensorflow import TF_LOG_VARIABLES, filter_noise, user_wants_tensorflow_logs
 
@@ -306,3 +306,20 @@ def test_num_workers_options(monkeypatch: pytest.MonkeyPatch) -> None:
     assert worker.core.fixed_model_set.startswith("--num_workers=3: ")
     with pytest.raises(UsageError, match="--num_workers must be at least 1, not 0"):
         server_options_from_flags(parse_flags([*base, "--num_workers=0"]))
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "expected"),
+    [
+        ([], {}, "0"),  # off by default, as TF Serving's standard build
+        (["--tensorflow_onednn"], {}, "1"),
+        ([], {"TF_ENABLE_ONEDNN_OPTS": "1"}, "1"),  # the operator's environment is kept
+        (["--tensorflow_onednn=false"], {"TF_ENABLE_ONEDNN_OPTS": "1"}, "0"),  # the flag wins
+        (["--tensorflow_onednn=true"], {"TF_ENABLE_ONEDNN_OPTS": "0"}, "1"),
+    ],
+)
+def test_onednn_flag_sets_the_environment(
+    argv: list[str], environ: dict[str, str], expected: str
+) -> None:
+    apply_onednn_flag(parse_flags(argv), environ)
+    assert environ[ONEDNN_VARIABLE] == expected

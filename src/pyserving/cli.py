@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 
-from pyserving.flags import UsageError, parse_flags, usage
+from pyserving.flags import ParsedFlags, UsageError, parse_flags, usage
 
 
 def version_text() -> str:
@@ -36,6 +36,24 @@ def version_text() -> str:
 
 #: Arguments that print the usage and exit 0, as ``tensorflow_model_server --help`` does.
 HELP_ARGUMENTS = frozenset({"-h", "--help", "-help", "--helpfull", "-helpfull", "--helpshort"})
+
+
+#: TensorFlow reads this once, when it is imported: "0" turns its oneDNN ops off.
+ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
+
+
+def apply_onednn_flag(flags: ParsedFlags, environ: MutableMapping[str, str]) -> None:
+    """Set ``TF_ENABLE_ONEDNN_OPTS`` in ``environ`` from ``--tensorflow_onednn``.
+
+    Given explicitly, the flag decides. Not given, a value already in the environment is
+    kept (an operator's choice made there), and otherwise oneDNN is off: TF Serving's
+    standard build runs TensorFlow's own (Eigen) kernels, which cost small dense models
+    2-6x less per call than oneDNN's on the CPU, give TF Serving's numbers bit for bit, and
+    measured the same on the benchmark MLP (docs/benchmarks.md). Must run before TensorFlow
+    is imported; workers inherit the environment.
+    """
+    if "tensorflow_onednn" in flags.given or ONEDNN_VARIABLE not in environ:
+        environ[ONEDNN_VARIABLE] = "1" if flags.tensorflow_onednn else "0"
 
 
 def _import_tensorflow_for_serving() -> None:
@@ -75,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from pyserving.server.workers import supervise, watch_parent, worker_index
 
+    apply_onednn_flag(flags, os.environ)
     if worker_index() is not None:
         watch_parent()
     elif flags.num_workers > 1:
@@ -90,4 +109,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_server(options)
 
 
-__all__ = ["main", "version_text"]
+__all__ = ["ONEDNN_VARIABLE", "apply_onednn_flag", "main", "version_text"]

@@ -218,6 +218,14 @@ FLAGS: tuple[Flag, ...] = (
         True,
         "pyserving: serve the live dashboard at /dashboard on the REST port",
     ),
+    Flag(
+        "tensorflow_onednn",
+        bool,
+        False,
+        "pyserving: run TensorFlow's ops through oneDNN (sets TF_ENABLE_ONEDNN_OPTS before "
+        "TensorFlow is imported; off as in TF Serving's standard build; when not given, a "
+        "TF_ENABLE_ONEDNN_OPTS already in the environment is kept)",
+    ),
 )
 
 _BY_NAME = {f.name: f for f in FLAGS}

@@ -154,6 +154,32 @@ def test_metrics_and_health(polled: RunningServer) -> None:
     assert polled.client.get("/readyz").status_code == 200
 
 
+@pytest.mark.parametrize(("args", "state"), [([], "off"), (["--tensorflow_onednn"], "on")])
+def test_onednn_kernels_follow_the_flag(
+    args: list[str],
+    state: str,
+    testdata: pathlib.Path,
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Off unless asked for (TF Serving's standard build); the server's TensorFlow reports it.
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    srv = RunningServer(
+        [
+            "--model_name=two",
+            f"--model_base_path={testdata / 'saved_model_half_plus_two_cpu'}",
+            *args,
+        ],
+        tmp_path / "server.log",
+    )
+    try:
+        srv.wait_ready()
+        assert predict(srv, "two", 3.0) == (200, {"predictions": [[3.5]]})
+    finally:
+        srv.stop()
+    assert f"TensorFlow kernels: oneDNN {state} (--tensorflow_onednn)" in srv.log()
+
+
 def test_startup_failure_exits_nonzero(testdata: pathlib.Path) -> None:
     result = run_to_exit(
         [

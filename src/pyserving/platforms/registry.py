@@ -12,7 +12,9 @@ name is the platform's name (``model_platform`` in the model config file) and it
 :class:`Platform` subclass or instance. The built-in platforms are declared there too (in
 pyproject.toml); :data:`BUILTIN_PLATFORMS` also lists them so that an environment whose
 package metadata predates a platform still finds it. A third party adds a platform with
-``pip install``.
+``pip install``. The entry points are read once per process, and again when a model names a
+platform not among them (so a plugin installed into a running server's environment serves
+models that name it; detection by files sees it from then on, or after a restart).
 
 Choosing a platform: a model's ``model_platform`` names it; without one, each version
 directory's files decide (:func:`detect_platform`), in order of :attr:`Platform.priority`
@@ -100,12 +102,21 @@ class Platform(abc.ABC):
 
 _lock = threading.Lock()
 _cache: dict[str, Platform] = {}
+_targets: dict[str, str] | None = None
 
 
-def _entry_point_targets() -> dict[str, str]:
-    targets = dict(BUILTIN_PLATFORMS)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        targets[ep.name] = ep.value
+def _entry_point_targets(refresh: bool = False) -> dict[str, str]:
+    """name -> ``module:attribute`` of every platform. Reading the installed packages'
+    entry points takes milliseconds (every distribution's metadata is scanned), and version
+    directories are matched to platforms on every poll of the file system, so they are read
+    once and then again only with ``refresh`` (a platform name not found)."""
+    global _targets
+    targets = _targets
+    if targets is None or refresh:
+        targets = dict(BUILTIN_PLATFORMS)
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            targets[ep.name] = ep.value
+        _targets = targets
     return targets
 
 
@@ -125,6 +136,8 @@ def get_platform(name: str) -> Platform:
         if found is not None:
             return found
         target = _entry_point_targets().get(name)
+        if target is None:  # installed since the entry points were read?
+            target = _entry_point_targets(refresh=True).get(name)
         if target is None:
             raise NotFound(
                 f"No model platform {name!r} is installed (available: "

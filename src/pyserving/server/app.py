@@ -432,6 +432,16 @@ def _start_grpc(serving: ModelServing, options: ServerOptions) -> Any:
     )
 
 
+def _onednn_state() -> str:
+    """``on`` or ``off``: whether the TensorFlow of this process runs oneDNN kernels."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return "on" if _pywrap_util_port.IsMklEnabled() else "off"
+    except (ImportError, AttributeError):  # pragma: no cover - a TensorFlow without it
+        return "unknown"
+
+
 def _serve(
     options: ServerOptions,
     core: ServerCore,
@@ -447,6 +457,7 @@ def _serve(
     except RuntimeError as exc:  # the port or socket could not be bound
         sys.stderr.write(f"{exc}\n")
         return 1
+    log.info("TensorFlow kernels: oneDNN %s (--tensorflow_onednn)", _onednn_state())
     log.info(
         "Running gRPC ModelServer at 0.0.0.0:%d%s ...",
         grpc_server.port,
