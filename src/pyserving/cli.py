@@ -48,8 +48,9 @@ def apply_onednn_flag(flags: ParsedFlags, environ: MutableMapping[str, str]) -> 
     Given explicitly, the flag decides. Not given, a value already in the environment is
     kept (an operator's choice made there), and otherwise oneDNN is off: TF Serving's
     standard build runs TensorFlow's own (Eigen) kernels, which cost small dense models
-    2-6x less per call than oneDNN's on the CPU, give TF Serving's numbers bit for bit, and
-    measured the same on the benchmark MLP (docs/benchmarks.md). Must run before TensorFlow
+    2-6x less per call than oneDNN's on the CPU (whose different summation order also
+    changes last bits of answers), and measured the same on the benchmark MLP
+    (docs/benchmarks.md). Must run before TensorFlow
     is imported; workers inherit the environment.
     """
     if "tensorflow_onednn" in flags.given or ONEDNN_VARIABLE not in environ:
