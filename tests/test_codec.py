@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
-from tensorflow_serving.apis import classification_pb2, regression_pb2
+from tensorflow_serving.apis import classification_pb2, predict_pb2, regression_pb2
 
 from pyserving import codec
 from pyserving.codec import (
@@ -887,6 +887,32 @@ def test_tensor_proto_round_trip(array: np.ndarray, content: bool) -> None:
     np.testing.assert_array_equal(back, array)
     # TensorFlow reads our protos the same way
     np.testing.assert_array_equal(tf.make_ndarray(proto), array)
+
+
+@pytest.mark.parametrize("size", [1, 31, 32, 33, 512])
+@pytest.mark.parametrize(
+    "np_dtype", [np.float32, np.float64, np.int32, np.int64, np.uint32, np.uint64, np.bool_]
+)
+def test_typed_fields_of_every_length_read_as_tensorflow_reads_them(
+    size: int, np_dtype: type
+) -> None:
+    # Short fields are read through a list, long ones directly: the same values either way.
+    array: np.ndarray = (np.arange(size) % 7).astype(np_dtype).reshape(1, size)
+    proto = ndarray_to_tensor_proto(array)
+    parsed = tensor_pb2.TensorProto.FromString(proto.SerializeToString())
+    back = tensor_proto_to_ndarray(parsed)
+    assert back.dtype == array.dtype
+    np.testing.assert_array_equal(back, array)
+    np.testing.assert_array_equal(back, tf.make_ndarray(parsed))
+
+
+def test_a_tensor_proto_is_filled_in_place_into_a_response() -> None:
+    array = np.array([[0.25, -1.0, 3e38]], np.float32)
+    response = predict_pb2.PredictResponse()
+    filled = ndarray_to_tensor_proto(array, into=response.outputs["y"])
+    assert filled is response.outputs["y"]
+    assert filled == ndarray_to_tensor_proto(array)
+    np.testing.assert_array_equal(tensor_proto_to_ndarray(response.outputs["y"]), array)
 
 
 def test_typed_fields_are_tf_servings() -> None:

@@ -66,14 +66,15 @@ def decoded_size_bytes(proto: Any) -> int | None:
     """What a TensorProto takes once decoded (elements x item size), from its shape alone;
     ``None`` when the shape or dtype is malformed (decoding then reports the error)."""
     shape = proto.tensor_shape
-    if shape.unknown_rank or any(d.size < 0 for d in shape.dim):
+    dims = [d.size for d in shape.dim]
+    if shape.unknown_rank or (dims and min(dims) < 0):
         return None
     try:
         dtype = codec.numpy_dtype(proto.dtype)
     except ServingError:
         return None
     itemsize = STRING_ELEMENT_BYTES if dtype.kind == "O" else dtype.itemsize
-    return math.prod(d.size for d in shape.dim) * itemsize
+    return math.prod(dims) * itemsize
 
 
 def decode_inputs(
@@ -145,9 +146,10 @@ class PredictionService:
         """The ``PredictResponse`` of a finished predict."""
         response = predict_pb2.PredictResponse()
         set_model_spec(response.model_spec, result.id, result.signature_name)
+        outputs = response.outputs
         for name, array in result.outputs.items():
-            response.outputs[name].CopyFrom(
-                codec.ndarray_to_tensor_proto(array, use_tensor_content=self.tensor_content)
+            codec.ndarray_to_tensor_proto(
+                array, use_tensor_content=self.tensor_content, into=outputs[name]
             )
         return response
 
