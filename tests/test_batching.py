@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Iterator
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from pyserving.batching import BatchingOptions, BatchScheduler
+from pyserving.batching import BatchingOptions, BatchScheduler, settled_future
 from pyserving.errors import Internal, InvalidArgument, Unavailable
 from pyserving.protos import BatchingParameters
 
@@ -653,3 +654,25 @@ def test_a_request_cancelled_while_waiting_on_the_loop_leaves_its_batch() -> Non
         assert recorder.batches == [8, 2]
     finally:
         s.close()
+
+
+def test_a_settled_future_behaves_as_a_finished_one() -> None:
+    done = settled_future({"y": 1})
+    failed: concurrent.futures.Future[int] = settled_future(exception=InvalidArgument("bad"))
+    for future in (done, failed):
+        assert future.done() and not future.running() and not future.cancelled()
+        assert not future.cancel()
+        seen: list[object] = []
+        future.add_done_callback(seen.append)  # called at once
+        assert seen == [future]
+        finished, pending = concurrent.futures.wait([future], timeout=0)
+        assert finished == {future} and not pending
+    assert done.result(timeout=0) == {"y": 1} and done.exception() is None
+    assert isinstance(failed.exception(timeout=0), InvalidArgument)
+    with pytest.raises(InvalidArgument, match="bad"):
+        failed.result()
+
+    async def awaited() -> object:
+        return await asyncio.wrap_future(done)
+
+    assert asyncio.run(awaited()) == {"y": 1}

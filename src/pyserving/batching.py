@@ -51,7 +51,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -125,6 +125,33 @@ _CANCELLED = concurrent.futures._base.CANCELLED
 _CANCELLED_AND_NOTIFIED = concurrent.futures._base.CANCELLED_AND_NOTIFIED
 _FINISHED = concurrent.futures._base.FINISHED
 _DONE = frozenset((_CANCELLED, _CANCELLED_AND_NOTIFIED, _FINISHED))
+#: The lock of every settled future: one that is done never waits on it.
+_SETTLED = threading.Condition()
+
+T = TypeVar("T")
+
+
+def settled_future(
+    result: T | None = None, exception: BaseException | None = None
+) -> concurrent.futures.Future[T]:
+    """A ``concurrent.futures.Future`` already finished with ``result`` (or ``exception``).
+
+    ``Future()`` makes a ``Condition`` (and its lock) per future, then ``set_result``
+    notifies it: ~2.5 us for an answer already in hand. A settled future shares one
+    condition and is created done (~0.5 us); every ``Future`` method works on it as on any
+    finished future (``result``, ``exception``, ``add_done_callback`` calls at once,
+    ``cancel`` returns False, ``concurrent.futures.wait`` returns it as done).
+    """
+    future: concurrent.futures.Future[T] = concurrent.futures.Future.__new__(
+        concurrent.futures.Future
+    )
+    future._condition = _SETTLED
+    future._state = _FINISHED
+    future._result = result
+    future._exception = exception
+    future._waiters = []
+    future._done_callbacks = []  # type: ignore[attr-defined]
+    return future
 
 
 class _Task(concurrent.futures.Future[Tensors]):

@@ -33,7 +33,7 @@ from tensorflow_serving.apis import (
 )
 
 from pyserving import inference
-from pyserving.batching import BatchingServable
+from pyserving.batching import BatchingServable, settled_future
 from pyserving.core.monitor import ManagerState, ServableState
 from pyserving.core.source import ServableId
 from pyserving.errors import CancelledError, Code, InvalidArgument, NotFound, ServingError
@@ -309,7 +309,6 @@ class BoundModel:
         if self._spent:
             raise RuntimeError("BoundModel.predict called twice")
         self._spent = True
-        result: concurrent.futures.Future[PredictResult] = concurrent.futures.Future()
         rows = _rows(inputs)
         keys = list(output_filter) if output_filter else None
         servable = self.servable
@@ -318,13 +317,12 @@ class BoundModel:
             if not isinstance(servable, BatchingServable):
                 outputs = servable.run(name, inputs, keys)
                 self._finish(None, rows, True)
-                result.set_result(PredictResult(self.id, name, outputs))
-                return result
+                return settled_future(PredictResult(self.id, name, outputs))
             inner = servable.run_future(name, inputs, keys)
         except Exception as exc:
             self._finish(exc, rows, True)
-            result.set_exception(exc)
-            return result
+            return settled_future(exception=exc)
+        result: concurrent.futures.Future[PredictResult] = concurrent.futures.Future()
 
         def done(inner: concurrent.futures.Future[Any]) -> None:
             error = CancelledError("Cancelled") if inner.cancelled() else inner.exception()

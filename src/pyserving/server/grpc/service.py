@@ -40,6 +40,7 @@ from tensorflow_serving.apis import (
 )
 
 from pyserving import codec
+from pyserving.batching import settled_future
 from pyserving.errors import Code, InvalidArgument, ServingError
 from pyserving.server.grpc.calls import Call, Inference, Method, Unary
 from pyserving.server.grpc.health import HealthService
@@ -138,9 +139,7 @@ class PredictionService:
                 inputs = decode_inputs(request.inputs, self.max_tensor_bytes)
                 return model.predict(inputs, tuple(request.output_filter))
         except Exception as exc:
-            failed: concurrent.futures.Future[PredictResult] = concurrent.futures.Future()
-            failed.set_exception(exc)
-            return failed
+            return settled_future(exception=exc)
 
     def predict_response(self, result: PredictResult) -> predict_pb2.PredictResponse:
         """The ``PredictResponse`` of a finished predict."""

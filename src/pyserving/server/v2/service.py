@@ -37,6 +37,7 @@ from google.protobuf import json_format
 from tensorflow_serving.config import model_server_config_pb2
 
 import pyserving
+from pyserving.batching import settled_future
 from pyserving.core.monitor import ManagerState
 from pyserving.errors import (
     FailedPrecondition,
@@ -257,9 +258,7 @@ class V2Service:
                 inputs = decode_inputs(request.inputs, known)
                 return model.predict(inputs, tuple(request.outputs))
         except Exception as exc:
-            failed: concurrent.futures.Future[PredictResult] = concurrent.futures.Future()
-            failed.set_exception(exc)
-            return failed
+            return settled_future(exception=exc)
 
     def result(
         self, request: InferRequest, future: concurrent.futures.Future[PredictResult]
