@@ -50,8 +50,8 @@ def apply_onednn_flag(flags: ParsedFlags, environ: MutableMapping[str, str]) -> 
     standard build runs TensorFlow's own (Eigen) kernels, which cost small dense models
     2-6x less per call than oneDNN's on the CPU (whose different summation order also
     changes last bits of answers), and measured the same on the benchmark MLP
-    (docs/benchmarks.md). Must run before TensorFlow
-    is imported; workers inherit the environment.
+    (docs/benchmarks.md). Must run before TensorFlow is imported; workers inherit the
+    environment.
     """
     if "tensorflow_onednn" in flags.given or ONEDNN_VARIABLE not in environ:
         environ[ONEDNN_VARIABLE] = "1" if flags.tensorflow_onednn else "0"
