@@ -337,13 +337,13 @@ class BatchScheduler:
         tensors = {k: v if type(v) is np.ndarray else np.asarray(v) for k, v in inputs.items()}
         rows = _rows(tensors)
         if rows is None or rows > self.options.max_batch_size:
-            done: concurrent.futures.Future[Tensors] = concurrent.futures.Future()
             try:
                 outputs = self._run(tensors)
-                done.set_result(outputs if output_keys is None else _select(outputs, output_keys))
+                if output_keys is not None:
+                    outputs = _select(outputs, output_keys)
             except ServingError as exc:
-                done.set_exception(exc)
-            return done
+                return settled_future(exception=exc)
+            return settled_future(outputs)
         key = self._key(tensors)
         if self.batches_on_loop:
             loop = asyncio._get_running_loop()

@@ -21,6 +21,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
+from pyserving.batching import settled_future
 from pyserving.errors import InvalidArgument, NotFound, ServingError
 from pyserving.server.grpc.calls import Call, Inference, Method, Unary, run_inference
 from pyserving.server.service import ModelServing, PredictResult
@@ -128,22 +129,21 @@ class V2GrpcService:
         for a request that fails at once; otherwise it resolves, once the model has run, to
         what :meth:`predict_response` answers from (which raises a later failure).
         Cancelling it takes a queued request out of its batch."""
-        outer: concurrent.futures.Future[_Started] = concurrent.futures.Future()
         try:
             request = infer_request(message)
         except ServingError as exc:
-            outer.set_exception(exc)
-            return outer
+            return settled_future(exception=exc)
         service = self.service
         inner = service.infer_future(request, "GRPC")
         started = _Started(request, bool(message.raw_input_contents), inner)
         if inner.done():
             error = inner.exception()
             if error is not None:
-                outer.set_exception(service.error(error, request.model_name, request.model_version))
-            else:
-                outer.set_result(started)
-            return outer
+                return settled_future(
+                    exception=service.error(error, request.model_name, request.model_version)
+                )
+            return settled_future(started)
+        outer: concurrent.futures.Future[_Started] = concurrent.futures.Future()
 
         def finished(_inner: concurrent.futures.Future[PredictResult]) -> None:
             with contextlib.suppress(concurrent.futures.InvalidStateError):
