@@ -62,6 +62,8 @@ RECEIVE_WINDOW = MAX_WINDOW
 MAX_CACHED_TRAILERS = 64
 #: The server's frame size limit until it says otherwise (RFC 9113 default).
 DEFAULT_MAX_FRAME = 16384
+#: A frame header: the 24-bit length as 16 + 8 bits, type, flags, stream id.
+_FRAME_HEAD = struct.Struct(">HBBBI")
 
 
 def request_headers(authority: str, path: str) -> bytes:
@@ -148,20 +150,26 @@ class GrpcConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buf = self._buffer
-        buf += data
+        if buf:
+            buf += data
+            view: bytes | bytearray = buf
+        else:
+            view = data  # the usual case: a read holds whole frames, nothing left over
         pos = 0
-        end = len(buf)
+        end = len(view)
+        unpack = _FRAME_HEAD.unpack_from
         while end - pos >= 9:
-            length = (buf[pos] << 16) | (buf[pos + 1] << 8) | buf[pos + 2]
+            high, low, kind, flags, stream = unpack(view, pos)
+            length = (high << 8) | low
             if end - pos < 9 + length:
                 break
-            kind = buf[pos + 3]
-            flags = buf[pos + 4]
-            stream = int.from_bytes(buf[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
-            payload = bytes(buf[pos + 9 : pos + 9 + length])
-            pos += 9 + length
-            self._frame_received(kind, flags, stream, payload)
-        del buf[:pos]
+            start = pos + 9
+            pos = start + length
+            self._frame_received(kind, flags, stream & 0x7FFFFFFF, bytes(view[start:pos]))
+        if view is buf:
+            del buf[:pos]
+        elif pos < end:
+            buf += view[pos:]
 
     # -- frames --------------------------------------------------------------------------
 

@@ -463,8 +463,10 @@ def grpc_raw_worker_factory(
         n = 0
         prepared: tuple[bytes, bytes] | None = None
         while time.perf_counter() < deadline:
+            c = conns[slot]
             try:
-                c = await connection(slot)
+                if c is None or not c.usable:  # (re)connect under the slot's lock
+                    c = await connection(slot)
             except OSError as exc:
                 state.error(f"connect: {exc}")
                 await asyncio.sleep(0.01)

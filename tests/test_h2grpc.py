@@ -101,3 +101,44 @@ def test_requests_larger_than_the_flow_control_window(port: int) -> None:
 
     for raw in asyncio.run(main()):
         np.testing.assert_allclose(answer(raw), 0.5 * x + 2.0, rtol=1e-6)
+
+
+class _Recorder:
+    """A transport that keeps what the client writes."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 7, 9, 10, 64, 10_000])
+def test_answers_split_across_reads_anywhere(chunk: int) -> None:
+    """Frames arriving in pieces of any size (mid-header, mid-payload, several frames per
+    read) give the same answers as whole reads."""
+    import hpack
+
+    from pyserving.server.h2sansio import DATA, END_HEADERS, END_STREAM, HEADERS, frame
+
+    async def scenario() -> list[bytes]:
+        conn = GrpcConnection("127.0.0.1:1")
+        conn._transport = _Recorder()  # type: ignore[assignment]
+        prepared = conn.prepare(METHOD, b"request")
+        futures = [conn.call(prepared) for _ in range(3)]
+        head = hpack.Encoder().encode([(":status", "200"), ("content-type", "application/grpc")])
+        trailers = hpack.Encoder().encode([("grpc-status", "0")])
+        wire = b""
+        for i, stream in enumerate((1, 3, 5)):
+            message = b"answer-%d" % i * (i + 1)
+            body = b"\x00" + len(message).to_bytes(4, "big") + message
+            wire += frame(HEADERS, END_HEADERS, stream, head)
+            wire += frame(DATA, 0, stream, body)
+            wire += frame(HEADERS, END_HEADERS | END_STREAM, stream, trailers)
+        for start in range(0, len(wire), chunk):
+            conn.data_received(wire[start : start + chunk])
+        assert not conn._buffer
+        return [f.result() for f in futures]
+
+    got = asyncio.run(scenario())
+    assert got == [b"answer-0", b"answer-1answer-1", b"answer-2answer-2answer-2"]
