@@ -167,8 +167,24 @@ def _typed_values(proto: tensor_pb2.TensorProto, dtype: int, np_dtype: np.dtype[
 _MAX_ARRAY_BYTES = 2**63 - 1
 
 
+#: Bytes per element a string tensor is counted at against a byte budget (an object array's
+#: pointer plus the list it is filled from).
+STRING_ELEMENT_BYTES = 16
+
+
+class ByteBudget:
+    """What decoding may still allocate: :func:`tensor_proto_to_ndarray` takes each tensor's
+    decoded size (elements x item size, :data:`STRING_ELEMENT_BYTES` per string) from
+    ``remaining`` before allocating it, and refuses the tensor that would take it below 0."""
+
+    __slots__ = ("remaining",)
+
+    def __init__(self, limit: int) -> None:
+        self.remaining = limit
+
+
 def tensor_proto_to_ndarray(
-    proto: tensor_pb2.TensorProto, *, name: str | None = None
+    proto: tensor_pb2.TensorProto, *, name: str | None = None, budget: ByteBudget | None = None
 ) -> np.ndarray:
     """The array a TensorProto describes (``Tensor::FromProto`` semantics).
 
@@ -180,9 +196,16 @@ def tensor_proto_to_ndarray(
     Args:
         name: the input alias, if any; errors then read ``tensor parsing error: <name>``
             exactly as TF Serving's Predict says.
+        budget: when given, the tensor's decoded size is taken from it once its shape and
+            dtype are known to be valid and before anything is allocated; a tensor larger
+            than what remains is refused (``tensor parsing error: <name>``), as TF Serving
+            refuses a tensor it cannot allocate. A few bytes on the wire can describe a huge
+            tensor (typed values fewer than the shape are filled out), so this is the
+            check that bounds what a request makes the server allocate.
 
     Raises:
-        InvalidArgument: invalid shape or dtype, or values that do not fit the shape.
+        InvalidArgument: invalid shape or dtype, values that do not fit the shape, or a
+            tensor over the budget.
     """
     dtype = proto.dtype
     try:
@@ -202,6 +225,12 @@ def tensor_proto_to_ndarray(
         # No array can have this shape, even with no elements (a zero dimension beside
         # dimensions whose product overflows): NumPy refuses it.
         raise _parse_error(name, f"shape {shape_text(shape)} is too large")
+    if budget is not None:
+        size = count * (STRING_ELEMENT_BYTES if dtype == DT_STRING else np_dtype.itemsize)
+        if size > budget.remaining:
+            budget.remaining = -1  # nothing more fits
+            raise _parse_error(name, f"shape {shape_text(shape)} is over the size limit")
+        budget.remaining -= size
     if proto.tensor_content and dtype != DT_STRING:
         content = proto.tensor_content
         little = np_dtype.newbyteorder("<") if np_dtype.byteorder not in "|" else np_dtype

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,6 +40,7 @@ from tensorflow_serving.apis import (
 
 from pyserving import codec
 from pyserving.batching import settled_future
+from pyserving.codec.tensor_proto import ByteBudget
 from pyserving.errors import Code, InvalidArgument, ServingError
 from pyserving.server.grpc.calls import Call, Inference, Method, Unary
 from pyserving.server.grpc.health import HealthService
@@ -58,45 +58,31 @@ PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
 PREDICT_PATH = f"/{PREDICTION_SERVICE}/Predict"
 
-#: Bytes per element assumed for string tensors when bounding their decoded size (an object
-#: array's pointer plus the list it is filled from).
-STRING_ELEMENT_BYTES = 16
-
-
-def decoded_size_bytes(proto: Any) -> int | None:
-    """What a TensorProto takes once decoded (elements x item size), from its shape alone;
-    ``None`` when the shape or dtype is malformed (decoding then reports the error)."""
-    shape = proto.tensor_shape
-    dims = [d.size for d in shape.dim]
-    if shape.unknown_rank or (dims and min(dims) < 0):
-        return None
-    try:
-        dtype = codec.numpy_dtype(proto.dtype)
-    except ServingError:
-        return None
-    itemsize = STRING_ELEMENT_BYTES if dtype.kind == "O" else dtype.itemsize
-    return math.prod(dims) * itemsize
-
-
 def decode_inputs(
     inputs: Mapping[str, Any], max_tensor_bytes: int | None = None
 ) -> dict[str, np.ndarray]:
-    """Request inputs as arrays; a malformed one is ``tensor parsing error: <alias>``.
+    """Request inputs as arrays, in the request's order; a malformed one is ``tensor parsing
+    error: <alias>``.
 
     A TensorProto whose typed values are fewer than its shape holds is filled out (TF's
     ``Tensor::FromProto``), so a few bytes on the wire can describe a huge tensor. Inputs
     that together would decode to more than ``max_tensor_bytes`` (the largest request the
     server accepts) are refused the way TF Serving refuses a tensor it cannot allocate:
-    ``tensor parsing error: <alias>``, naming the input that crosses the limit.
+    ``tensor parsing error: <alias>``, naming the input that crosses the limit, before that
+    input is allocated (the inputs decoded before it hold at most the limit together).
     """
-    if max_tensor_bytes is not None:
-        total = 0
-        for name, proto in inputs.items():
-            total += decoded_size_bytes(proto) or 0
-            if total > max_tensor_bytes:
-                log.debug("inputs would decode to over %d bytes at %s; refused", total, name)
-                raise InvalidArgument(f"tensor parsing error: {name}")
-    return {name: codec.tensor_proto_to_ndarray(proto, name=name) for name, proto in inputs.items()}
+    if max_tensor_bytes is None:
+        return {name: codec.tensor_proto_to_ndarray(p, name=name) for name, p in inputs.items()}
+    budget = ByteBudget(max_tensor_bytes)
+    try:
+        return {
+            name: codec.tensor_proto_to_ndarray(p, name=name, budget=budget)
+            for name, p in inputs.items()
+        }
+    except InvalidArgument:
+        if budget.remaining < 0:
+            log.debug("inputs would decode to over %d bytes; refused", max_tensor_bytes)
+        raise
 
 
 def request_spec(request: Any) -> ModelSpec:
@@ -296,6 +282,5 @@ __all__ = [
     "ModelService",
     "PredictionService",
     "decode_inputs",
-    "decoded_size_bytes",
     "request_spec",
 ]
