@@ -217,8 +217,14 @@ class _Task(concurrent.futures.Future[Tensors]):
 
 
 #: A scheduler whose batches took less than this to run (seconds, moving average) batches
-#: requests submitted on an event loop on that loop (see the module docstring).
-LOOP_BATCH_SECONDS = 200e-6
+#: requests submitted on an event loop on that loop (see the module docstring). Handing a
+#: batch of 20-32 requests to a batch thread and back costs ~20-30 us per request (futures,
+#: thread wake-ups, the GIL changing hands), more than a batch this short holds the loop;
+#: and a model whose run is mostly Python (a ``torch.export`` program, ~0.27 ms per batch of
+#: the iris-sized perceptron in the server) gains nothing from running beside the loop,
+#: since it holds the GIL. (At 0.2 ms that model's average hovered about the threshold and
+#: its batches moved between the loop and the threads: 5,000-9,000 requests/s run to run.)
+LOOP_BATCH_SECONDS = 500e-6
 #: Weight of the newest batch in the moving average of batch run durations.
 _BATCH_COST_WEIGHT = 0.2
 
