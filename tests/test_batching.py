@@ -676,3 +676,94 @@ def test_a_settled_future_behaves_as_a_finished_one() -> None:
         return await asyncio.wrap_future(done)
 
     assert asyncio.run(awaited()) == {"y": 1}
+
+
+class Accounting:
+    """``wrap`` and ``on_done`` for a submission: records what each saw and when."""
+
+    def __init__(self) -> None:
+        self.errors: list[BaseException | None] = []
+        self.callbacks_before_done = 0
+        self.callbacks = 0
+
+    def wrap(self, outputs: dict[str, np.ndarray]) -> tuple[str, float]:
+        return ("wrapped", float(outputs["y"].ravel()[0]))
+
+    def on_done(self, error: BaseException | None) -> None:
+        self.callbacks_before_done = self.callbacks
+        self.errors.append(error)
+
+    def callback(self, _future: object) -> None:
+        self.callbacks += 1
+
+
+def test_wrap_and_on_done_on_the_batch_threads(recorder: Recorder, held: BatchScheduler) -> None:
+    recorder.gate.clear()
+    first = held.submit_future({"x": np.array([[0.0]], np.float32)})
+    assert recorder.entered.wait(10)
+    ok, cancelled = Accounting(), Accounting()
+    kept = held.submit_future(
+        {"x": np.array([[2.0]], np.float32)}, wrap=ok.wrap, on_done=ok.on_done
+    )
+    kept.add_done_callback(ok.callback)
+    dropped = held.submit_future(
+        {"x": np.array([[4.0]], np.float32)}, wrap=cancelled.wrap, on_done=cancelled.on_done
+    )
+    assert ok.errors == [] and cancelled.errors == []  # queued: nothing called yet
+    assert dropped.cancel()
+    assert len(cancelled.errors) == 1 and type(cancelled.errors[0]).__name__ == "CancelledError"
+    assert cancelled.errors[0].code.name == "CANCELLED"  # type: ignore[union-attr]
+    recorder.gate.set()
+    first.result(10)
+    assert kept.result(10) == ("wrapped", 3.0)
+    assert ok.errors == [None]  # once, before the future's callbacks
+    assert ok.callbacks_before_done == 0 and ok.callbacks == 1
+    assert recorder.batches == [1, 1]  # the cancelled request left its batch
+
+
+def test_on_done_sees_a_failed_batch_and_refusals() -> None:
+    def failing(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise InvalidArgument("bad batch")
+
+    s = BatchScheduler(failing, BatchingOptions(max_batch_size=4, num_batch_threads=1))
+    try:
+        acct = Accounting()
+        future = s.submit_future({"x": np.ones((1, 1))}, wrap=acct.wrap, on_done=acct.on_done)
+        with pytest.raises(InvalidArgument, match="bad batch"):
+            future.result(10)
+        assert len(acct.errors) == 1 and isinstance(acct.errors[0], InvalidArgument)
+        # A request too large to batch runs at once: its future comes back done.
+        alone = Accounting()
+        done = s.submit_future({"x": np.ones((9, 1))}, wrap=alone.wrap, on_done=alone.on_done)
+        assert done.done() and isinstance(alone.errors[0], InvalidArgument)
+    finally:
+        s.close()
+    refused = Accounting()
+    with pytest.raises(Unavailable):
+        s.submit_future({"x": np.ones((1, 1))}, wrap=refused.wrap, on_done=refused.on_done)
+    assert len(refused.errors) == 1 and isinstance(refused.errors[0], Unavailable)
+
+
+def test_wrap_applies_to_unbatched_and_loop_batched_requests() -> None:
+    recorder = ThreadRecorder()
+    s = loop_scheduler(recorder, 0.001, max_batch_size=4, num_batch_threads=1)
+    try:
+        alone = Accounting()
+        out = s.submit_future({"x": np.ones((6, 1))}, wrap=alone.wrap, on_done=alone.on_done)
+        assert out.result(0) == ("wrapped", 2.5) and alone.errors == [None]
+        accts = [Accounting() for _ in range(3)]
+
+        async def scenario() -> list[object]:
+            futures = [
+                s.submit_future(
+                    {"x": np.array([[float(i)]], np.float32)}, wrap=a.wrap, on_done=a.on_done
+                )
+                for i, a in enumerate(accts)
+            ]
+            return [await asyncio.wrap_future(f) for f in futures]
+
+        assert asyncio.run(scenario()) == [("wrapped", 2.0), ("wrapped", 2.5), ("wrapped", 3.0)]
+        assert [a.errors for a in accts] == [[None]] * 3
+        assert recorder.batches == [4, 6, 3]  # the three ran as one batch on the loop
+    finally:
+        s.close()

@@ -56,7 +56,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from pyserving.core.loader import Loader, ResourceEstimate
-from pyserving.errors import Internal, InvalidArgument, ServingError, Unavailable
+from pyserving.errors import CancelledError, Internal, InvalidArgument, ServingError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ _CANCELLED = concurrent.futures._base.CANCELLED
 _CANCELLED_AND_NOTIFIED = concurrent.futures._base.CANCELLED_AND_NOTIFIED
 _FINISHED = concurrent.futures._base.FINISHED
 _DONE = frozenset((_CANCELLED, _CANCELLED_AND_NOTIFIED, _FINISHED))
+_CANCELLED_STATES = frozenset((_CANCELLED, _CANCELLED_AND_NOTIFIED))
 #: The lock of every settled future: one that is done never waits on it.
 _SETTLED = threading.Condition()
 
@@ -163,6 +164,12 @@ class _Task(concurrent.futures.Future[Tensors]):
     ``concurrent.futures.wait``); ``result``/``exception`` with a pending state block on a
     lock of their own (created only then), released when the task is done, so a batch's
     completion wakes only the threads waiting for it.
+
+    ``wrap`` (optional) turns the request's outputs into the future's result, under the
+    scheduler's lock as the result is set; ``on_done`` (optional) is called with the task's
+    error (``None`` on success, :class:`~pyserving.errors.CancelledError` when cancelled)
+    once it is done, before its callbacks run. A caller that would otherwise chain a second
+    future onto the task (to reshape its result and account for it) uses these instead.
     """
 
     def __init__(
@@ -172,6 +179,8 @@ class _Task(concurrent.futures.Future[Tensors]):
         rows: int,
         keys: Sequence[str] | None,
         enqueued: float,
+        wrap: Callable[[Tensors], Any] | None = None,
+        on_done: Callable[[BaseException | None], None] | None = None,
     ) -> None:
         # No Future.__init__: it would make a Condition (and its lock) per request.
         self._condition = condition
@@ -185,10 +194,22 @@ class _Task(concurrent.futures.Future[Tensors]):
         self.rows = rows
         self.keys = keys
         self.enqueued = enqueued
+        self.wrap = wrap
+        self.on_done = on_done
 
     def _invoke_callbacks(self) -> None:
         # Every transition to a done state (cancel, set_result, set_exception, a batch's
         # resolution) ends here, after the state was set under the lock.
+        on_done = self.on_done
+        if on_done is not None:
+            self.on_done = None
+            error = (
+                CancelledError("Cancelled") if self._state in _CANCELLED_STATES else self._exception
+            )
+            try:
+                on_done(error)
+            except Exception:
+                log.exception("on_done of a batched request failed")
         gate = self._gate
         if gate is not None:
             gate.release()
@@ -324,9 +345,18 @@ class BatchScheduler:
         return self.submit_future(inputs, output_keys).result()
 
     def submit_future(
-        self, inputs: Mapping[str, np.ndarray], output_keys: Sequence[str] | None = None
-    ) -> concurrent.futures.Future[Tensors]:
-        """Queue ``inputs`` for a batch; the future resolves to this request's outputs.
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_keys: Sequence[str] | None = None,
+        *,
+        wrap: Callable[[Tensors], Any] | None = None,
+        on_done: Callable[[BaseException | None], None] | None = None,
+    ) -> concurrent.futures.Future[Any]:
+        """Queue ``inputs`` for a batch; the future resolves to this request's outputs
+        (``wrap(outputs)`` with ``wrap``; it must not raise). ``on_done(error)`` is called
+        once the future is done, before its callbacks (``error``: ``None``, the request's
+        error, or :class:`~pyserving.errors.CancelledError`), whichever way it ends,
+        including the refusals raised here (then before raising).
 
         ``output_keys`` (names of outputs of the run function, checked by the caller)
         selects and orders the outputs this request gets; ``None``: all. The batch still
@@ -340,21 +370,46 @@ class BatchScheduler:
         ``Internal``); its callbacks run on a batch thread or the completion thread (see the
         class docstring). Cancelling a queued request's future takes it out of its batch.
         """
-        tensors = {k: v if type(v) is np.ndarray else np.asarray(v) for k, v in inputs.items()}
-        rows = _rows(tensors)
-        if rows is None or rows > self.options.max_batch_size:
-            try:
-                outputs = self._run(tensors)
-                if output_keys is not None:
-                    outputs = _select(outputs, output_keys)
-            except ServingError as exc:
-                return settled_future(exception=exc)
-            return settled_future(outputs)
-        key = self._key(tensors)
-        if self.batches_on_loop:
-            loop = asyncio._get_running_loop()
-            if loop is not None:
-                return self._submit_on_loop(loop, tensors, rows, key, output_keys)
+        try:
+            tensors = {
+                k: v if type(v) is np.ndarray else np.asarray(v) for k, v in inputs.items()
+            }
+            rows = _rows(tensors)
+            if rows is None or rows > self.options.max_batch_size:
+                try:
+                    outputs = self._run(tensors)
+                    if output_keys is not None:
+                        outputs = _select(outputs, output_keys)
+                except ServingError as exc:
+                    if on_done is not None:
+                        on_done(exc)
+                    return settled_future(exception=exc)
+                if on_done is not None:
+                    on_done(None)
+                return settled_future(outputs if wrap is None else wrap(outputs))
+            key = self._key(tensors)
+            if self.batches_on_loop:
+                loop = asyncio._get_running_loop()
+                if loop is not None:
+                    return self._submit_on_loop(
+                        loop, tensors, rows, key, output_keys, wrap, on_done
+                    )
+            return self._submit_to_threads(tensors, rows, key, output_keys, wrap, on_done)
+        except Exception as exc:
+            if on_done is not None:
+                on_done(exc)
+            raise
+
+    def _submit_to_threads(
+        self,
+        tensors: Tensors,
+        rows: int,
+        key: tuple[Any, ...],
+        output_keys: Sequence[str] | None,
+        wrap: Callable[[Tensors], Any] | None,
+        on_done: Callable[[BaseException | None], None] | None,
+    ) -> _Task:
+        """Queue a request for the batch threads."""
         cond = self._cond
         with cond:
             if self._closed:
@@ -363,7 +418,9 @@ class BatchScheduler:
                 raise Unavailable(
                     "The batch scheduling queue to which this task was submitted is full"
                 )
-            task = _Task(self._futures, tensors, rows, output_keys, self._clock())
+            task = _Task(
+                self._futures, tensors, rows, output_keys, self._clock(), wrap, on_done
+            )
             queue_ = self._queues.get(key)
             if queue_ is None:
                 queue_ = self._queues[key] = collections.deque()
@@ -384,6 +441,8 @@ class BatchScheduler:
         rows: int,
         key: tuple[Any, ...],
         output_keys: Sequence[str] | None,
+        wrap: Callable[[Tensors], Any] | None = None,
+        on_done: Callable[[BaseException | None], None] | None = None,
     ) -> _Task:
         """Queue a request on ``loop`` (the calling thread's): its batch runs there, when
         full or when its oldest request has waited the batch timeout."""
@@ -394,7 +453,7 @@ class BatchScheduler:
             waiting = self._loop_queues[loop] = _LoopQueue(loop)
         if waiting.total_rows + rows > self.capacity_rows:
             raise Unavailable("The batch scheduling queue to which this task was submitted is full")
-        task = _Task(self._futures, tensors, rows, output_keys, self._clock())
+        task = _Task(self._futures, tensors, rows, output_keys, self._clock(), wrap, on_done)
         queue_ = waiting.queues.get(key)
         if queue_ is None:
             queue_ = waiting.queues[key] = collections.deque()
@@ -567,7 +626,8 @@ class BatchScheduler:
         with self._futures:
             if error is None:
                 for task, result in zip(batch, results, strict=True):
-                    task._result = result
+                    wrap = task.wrap
+                    task._result = result if wrap is None else wrap(result)
                     task._state = _FINISHED
                     if task._waiters:  # concurrent.futures.wait
                         for waiter in task._waiters:
@@ -760,14 +820,23 @@ class BatchingServable:
         signature_name: str,
         inputs: Mapping[str, np.ndarray],
         output_keys: Sequence[str] | None = None,
-    ) -> concurrent.futures.Future[Tensors]:
-        """As :meth:`run`, without waiting: see :meth:`BatchScheduler.submit_future`.
-        The future is the request's own (one per request, whatever ``output_keys``):
-        cancelling it takes the request out of its batch."""
-        if output_keys is not None:
-            self.inner.check_output_keys(signature_name, output_keys)
-            output_keys = list(output_keys)
-        return self._scheduler(signature_name).submit_future(inputs, output_keys)
+        *,
+        wrap: Callable[[Tensors], Any] | None = None,
+        on_done: Callable[[BaseException | None], None] | None = None,
+    ) -> concurrent.futures.Future[Any]:
+        """As :meth:`run`, without waiting: see :meth:`BatchScheduler.submit_future` (also
+        for ``wrap`` and ``on_done``). The future is the request's own (one per request,
+        whatever ``output_keys``): cancelling it takes the request out of its batch."""
+        try:
+            if output_keys is not None:
+                self.inner.check_output_keys(signature_name, output_keys)
+                output_keys = list(output_keys)
+            scheduler = self._scheduler(signature_name)
+        except Exception as exc:
+            if on_done is not None:
+                on_done(exc)
+            raise
+        return scheduler.submit_future(inputs, output_keys, wrap=wrap, on_done=on_done)
 
     def close(self) -> None:
         """Stop every scheduler (idempotent)."""

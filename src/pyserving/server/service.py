@@ -36,7 +36,7 @@ from pyserving import inference
 from pyserving.batching import BatchingServable, settled_future
 from pyserving.core.monitor import ManagerState, ServableState
 from pyserving.core.source import ServableId
-from pyserving.errors import CancelledError, Code, InvalidArgument, NotFound, ServingError
+from pyserving.errors import Code, InvalidArgument, NotFound, ServingError
 from pyserving.server.core import ServerCore
 from pyserving.server.metrics import ServerMetrics
 
@@ -313,33 +313,28 @@ class BoundModel:
         keys = list(output_filter) if output_filter else None
         servable = self.servable
         name = self.signature_name
-        try:
-            if not isinstance(servable, BatchingServable):
+        if not isinstance(servable, BatchingServable):
+            try:
                 outputs = servable.run(name, inputs, keys)
-                self._finish(None, rows, True)
-                return settled_future(PredictResult(self.id, name, outputs))
-            inner = servable.run_future(name, inputs, keys)
-        except Exception as exc:
-            self._finish(exc, rows, True)
-            return settled_future(exception=exc)
-        result: concurrent.futures.Future[PredictResult] = concurrent.futures.Future()
+            except Exception as exc:
+                self._finish(exc, rows, True)
+                return settled_future(exception=exc)
+            self._finish(None, rows, True)
+            return settled_future(PredictResult(self.id, name, outputs))
+        model_id = self.id
 
-        def done(inner: concurrent.futures.Future[Any]) -> None:
-            error = CancelledError("Cancelled") if inner.cancelled() else inner.exception()
+        def wrap(outputs: dict[str, np.ndarray]) -> PredictResult:
+            return PredictResult(model_id, name, outputs)
+
+        def on_done(error: BaseException | None) -> None:
             self._finish(error, rows, False)
-            if not result.set_running_or_notify_cancel():
-                return  # the caller gave up waiting (cancelled the future)
-            if inner.cancelled():
-                result.set_exception(CancelledError("Cancelled"))
-            elif error is not None:
-                result.set_exception(error)
-            else:
-                result.set_result(PredictResult(self.id, name, inner.result()))
 
-        # Cancelling the answer (a client gone) takes the request out of its batch.
-        result.add_done_callback(lambda f: inner.cancel() if f.cancelled() else None)
-        inner.add_done_callback(done)
-        return result
+        # The request's own batch future, its result wrapped as it is set: no second
+        # future chained onto it. Cancelling it takes the request out of its batch.
+        try:
+            return servable.run_future(name, inputs, keys, wrap=wrap, on_done=on_done)
+        except Exception as exc:  # refused at once (queue full, closing): on_done ran
+            return settled_future(exception=exc)
 
 
 def _rows(inputs: Mapping[str, Any]) -> int:
