@@ -224,6 +224,26 @@ def test_a_request_in_one_byte_pieces_is_the_same_request() -> None:
     assert stream.body == [b"xy"]
 
 
+@pytest.mark.parametrize("chunk", [5, 9, 10, 23, 64, 4096])
+def test_requests_in_reads_of_any_size_are_the_same_requests(chunk: int) -> None:
+    """Reads ending mid-header, mid-payload or on a frame boundary, several frames per
+    read and a frame's rest in the next: the same requests, bodies intact."""
+    client = Client()
+    data = b"".join(
+        frame(HEADERS, END_HEADERS, sid, client.block())
+        + frame(DATA, 0, sid, b"a" * sid)
+        + frame(DATA, END_STREAM, sid, b"b" * (40 - sid))
+        for sid in (1, 3, 5, 7)
+    )
+    events: list[Event] = []
+    for start in range(0, len(data), chunk):
+        events += client.send(data[start : start + chunk])
+    streams = received(events)
+    assert [b"".join(s.body) for s in streams] == [
+        b"a" * sid + b"b" * (40 - sid) for sid in (1, 3, 5, 7)
+    ]
+
+
 def test_padding_and_priority_fields_are_removed() -> None:
     client = Client()
     block = client.block()

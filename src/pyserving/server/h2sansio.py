@@ -799,7 +799,12 @@ class ServerConnection:
         events: list[Event] = []
         self._events = events
         buffer = self._buffer
-        buffer += data
+        view: bytes | bytearray
+        if buffer or not self._preface_seen:
+            buffer += data
+            view = buffer
+        else:
+            view = data  # the usual read: whole frames, nothing left from the last one
         pos = 0
         try:
             if not self._preface_seen:
@@ -811,25 +816,22 @@ class ServerConnection:
                     raise ProtocolViolation(PROTOCOL_ERROR, "invalid connection preface")
                 pos = len(PREFACE)
                 self._preface_seen = True
-            end = len(buffer)
+            end = len(view)
+            unpack = _FRAME_HEADER.unpack_from
             while end - pos >= 9:
-                length = (buffer[pos] << 16) | (buffer[pos + 1] << 8) | buffer[pos + 2]
+                high, low, kind, flags, stream_id = unpack(view, pos)
+                length = (high << 8) | low
                 if length > RECEIVE_MAX_FRAME:
                     raise ProtocolViolation(FRAME_SIZE_ERROR, f"frame of {length} bytes")
-                if end - pos < 9 + length:
+                start = pos + 9
+                if end - start < length:
                     break
-                kind = buffer[pos + 3]
-                flags = buffer[pos + 4]
-                stream_id = (
-                    (buffer[pos + 5] << 24)
-                    | (buffer[pos + 6] << 16)
-                    | (buffer[pos + 7] << 8)
-                    | buffer[pos + 8]
-                ) & 0x7FFFFFFF
-                payload = bytes(buffer[pos + 9 : pos + 9 + length])
-                pos += 9 + length
-                self._frame(kind, flags, stream_id, payload)
-            del buffer[:pos]
+                pos = start + length
+                self._frame(kind, flags, stream_id & 0x7FFFFFFF, bytes(view[start:pos]))
+            if view is buffer:
+                del buffer[:pos]
+            elif pos < end:
+                buffer += view[pos:]
         except ProtocolViolation as exc:
             self._terminate(exc.code, str(exc))
         return events
