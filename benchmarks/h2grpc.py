@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from typing import cast
+from typing import NamedTuple, cast
 
 import hpack
 
@@ -62,6 +62,9 @@ RECEIVE_WINDOW = MAX_WINDOW
 MAX_CACHED_TRAILERS = 64
 #: The server's frame size limit until it says otherwise (RFC 9113 default).
 DEFAULT_MAX_FRAME = 16384
+_STREAM_ID = struct.Struct(">I")
+#: The HEADERS flags checked for the plain case (END_HEADERS set, no padding or priority).
+_PLAIN_HEADERS = END_HEADERS | PADDED | PRIORITY_FLAG
 #: A frame header: the 24-bit length as 16 + 8 bits, type, flags, stream id.
 _FRAME_HEAD = struct.Struct(">HBBBI")
 
@@ -76,6 +79,16 @@ def request_headers(authority: str, path: str) -> bytes:
         + hpack_literal(31, b"application/grpc")  # content-type
         + hpack_literal(b"te", b"trailers")
     )
+
+
+class Prepared(NamedTuple):
+    """A call's HPACK block, length-prefixed body, and both frames as one write (stream id
+    0, set per call; the DATA frame's header at ``data_at``)."""
+
+    block: bytes
+    body: bytes
+    whole: bytes
+    data_at: int
 
 
 class GrpcCallError(Exception):
@@ -117,6 +130,7 @@ class GrpcConnection(asyncio.Protocol):
         self._decoder = hpack.Decoder()
         self._lost: BaseException | None = None
         self._ready: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     async def open(cls, host: str, port: int) -> GrpcConnection:
@@ -135,7 +149,8 @@ class GrpcConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        self._ready = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._ready = self._loop.create_future()
         settings = struct.pack(
             ">HIHI", SETTINGS_HEADER_TABLE_SIZE, 0, SETTINGS_INITIAL_WINDOW_SIZE, RECEIVE_WINDOW
         )
@@ -158,6 +173,7 @@ class GrpcConnection(asyncio.Protocol):
         pos = 0
         end = len(view)
         unpack = _FRAME_HEAD.unpack_from
+        calls = self._calls
         while end - pos >= 9:
             high, low, kind, flags, stream = unpack(view, pos)
             length = (high << 8) | low
@@ -165,7 +181,18 @@ class GrpcConnection(asyncio.Protocol):
                 break
             start = pos + 9
             pos = start + length
-            self._frame_received(kind, flags, stream & 0x7FFFFFFF, bytes(view[start:pos]))
+            stream &= 0x7FFFFFFF
+            if kind == HEADERS and flags & _PLAIN_HEADERS == END_HEADERS:
+                # The usual answer's header blocks, handled here (no padding, priority or
+                # CONTINUATION): the response headers, then the trailers.
+                call = calls.get(stream)
+                if call is not None and not call.headers_seen and not flags & END_STREAM:
+                    call.headers_seen = True
+                    continue
+                if self._continuation is None:
+                    self._headers(stream, flags, bytes(view[start:pos]))
+                    continue
+            self._frame_received(kind, flags, stream, bytes(view[start:pos]))
         if view is buf:
             del buf[:pos]
         elif pos < end:
@@ -260,6 +287,14 @@ class GrpcConnection(asyncio.Protocol):
             headers = dict(self._decoder.decode(block, raw=False))
             if len(self._trailers) < MAX_CACHED_TRAILERS:
                 self._trailers[block] = headers
+        if headers.get("grpc-status") == "0":  # the usual OK trailers
+            call = self._calls.pop(stream)
+            if not call.future.done():
+                body = call.data[0] if len(call.data) == 1 else b"".join(call.data)
+                if len(body) >= 5:
+                    call.future.set_result(body[5:])
+                    return
+            self._calls[stream] = call  # let _finish say what is wrong
         self._finish(stream, headers)
 
     def _finish(self, stream: int, trailers: dict[str, str]) -> None:
@@ -292,27 +327,34 @@ class GrpcConnection(asyncio.Protocol):
     def usable(self) -> bool:
         return self._lost is None and self._transport is not None
 
-    def prepare(self, method_path: str, message: bytes) -> tuple[bytes, bytes]:
-        """The HPACK block and length-prefixed body of a call, to pass to :meth:`call`."""
+    def prepare(self, method_path: str, message: bytes) -> Prepared:
+        """A call's bytes, built once, to pass to :meth:`call` any number of times."""
         block = request_headers(self._authority, method_path)
-        return block, b"\x00" + struct.pack(">I", len(message)) + message
+        body = b"\x00" + struct.pack(">I", len(message)) + message
+        head = frame(HEADERS, END_HEADERS, 0, block)
+        return Prepared(block, body, head + frame(DATA, END_STREAM, 0, body), len(head))
 
-    def call(self, prepared: tuple[bytes, bytes]) -> asyncio.Future[bytes]:
+    def call(self, prepared: Prepared) -> asyncio.Future[bytes]:
         """Start a unary call; the future resolves to the serialized response message."""
         assert self._transport is not None
-        block, body = prepared
+        block, body, whole, data_at = prepared
         stream = self._next_stream
         self._next_stream += 2
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[bytes] = loop.create_future()
         call = _Call(future, self._initial_stream_window)
         self._calls[stream] = call
-        head = frame(HEADERS, END_HEADERS, stream, block)
         n = len(body)
         if n <= call.send_window and n <= self._send_window and n <= self._max_frame:
             call.send_window -= n
             self._send_window -= n
-            self._transport.write(head + frame(DATA, END_STREAM, stream, body))
+            # Both frames in one write: the prepared bytes with this call's stream id.
+            out = bytearray(whole)
+            _STREAM_ID.pack_into(out, 5, stream)
+            _STREAM_ID.pack_into(out, data_at + 5, stream)
+            self._transport.write(out)
         else:
+            head = frame(HEADERS, END_HEADERS, stream, block)
             self._transport.write(head)
             call.pending = body
             self._blocked.append(stream)

@@ -428,7 +428,7 @@ def grpc_raw_worker_factory(
     """
     from tensorflow_serving.apis import predict_pb2
 
-    from benchmarks.h2grpc import GrpcCallError, GrpcConnection
+    from benchmarks.h2grpc import GrpcCallError, GrpcConnection, Prepared
 
     if v2:
         message, check_raw = v2_grpc_request(payload)
@@ -461,7 +461,7 @@ def grpc_raw_worker_factory(
         slot = assigned % len(conns)
         assigned += 1
         n = 0
-        prepared: tuple[bytes, bytes] | None = None
+        prepared: Prepared | None = None
         while time.perf_counter() < deadline:
             c = conns[slot]
             try:
