@@ -34,7 +34,13 @@ from benchmarks import models, report, run, servers
 
 CONFIGS: dict[str, tuple[str, tuple[tuple[str, tuple[int, ...]], ...]]] = {
     # label -> (kind, ((protocol, concurrency levels), ...))
-    report.PYSERVING: ("pyserving", (("rest", (1, 32)), ("grpc", (1, 32)))),
+    # Both latency points (concurrency 1) before either load point: each protocol's p50 is
+    # measured on a server that has not just been loaded (the protocols' order alternates
+    # between rounds, see _in_round_order).
+    report.PYSERVING: (
+        "pyserving",
+        (("rest", (1,)), ("grpc", (1,)), ("rest", (32,)), ("grpc", (32,))),
+    ),
     report.PYSERVING_BATCHING: ("pyserving", (("rest", (32,)), ("grpc", (32,)))),
     report.FASTAPI: ("fastapi", (("rest", (1,)),)),
 }
@@ -60,6 +66,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown workloads {sorted(unknown)}: {', '.join(models.PLATFORM_WORKLOADS)}")
     return args
+
+
+def _in_round_order(
+    points: tuple[tuple[str, tuple[int, ...]], ...], round_: int
+) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """``points`` as listed in even rounds; in odd rounds the protocols measured at the same
+    concurrency levels one after the other swap places, so neither always goes first."""
+    if round_ % 2 == 0:
+        return points
+    out: list[tuple[str, tuple[int, ...]]] = []
+    i = 0
+    while i < len(points):
+        j = i
+        while j < len(points) and points[j][1] == points[i][1]:
+            j += 1
+        out.extend(reversed(points[i:j]))
+        i = j
+    return tuple(out)
 
 
 def _command(
@@ -112,7 +136,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 run._say(f"{name}: round {round_ + 1}, {label}")
                 with servers.running(server, name):
-                    for protocol, levels in points:
+                    for protocol, levels in _in_round_order(points, round_):
                         port = rest if protocol == "rest" else grpc
                         result = run.run_loadgen(
                             protocol, port, payload, args, server.pid, list(levels)

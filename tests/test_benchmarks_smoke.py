@@ -150,3 +150,17 @@ def test_half_plus_two_is_exported_once_when_tf_servings_models_are_absent(
     workload = bench_models.half_plus_two(models_dir)
     assert workload.base_path == base
     assert graph.stat().st_mtime_ns == exported  # reused, not exported again
+
+
+def test_platform_targets_measures_both_latency_points_before_any_load_point() -> None:
+    """Each protocol's p50 at concurrency 1 comes from a server that has not just served a
+    concurrency-32 point, and the protocols take turns going first."""
+    from benchmarks.platform_targets import CONFIGS, _in_round_order
+
+    points = CONFIGS["pyserving"][1]
+    for round_ in range(4):
+        ordered = _in_round_order(points, round_)
+        assert sorted(ordered) == sorted(points)
+        levels = [max(levels) for _, levels in ordered]
+        assert levels == sorted(levels)  # every latency point before every load point
+        assert ordered[0][0] == ("rest" if round_ % 2 == 0 else "grpc")
