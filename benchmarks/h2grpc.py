@@ -39,6 +39,7 @@ from pyserving.server.http2 import (
     DATA,
     END_HEADERS,
     END_STREAM,
+    FRAME_HEADER,
     GOAWAY,
     HEADERS,
     MAX_WINDOW,
@@ -63,10 +64,6 @@ MAX_CACHED_TRAILERS = 64
 #: The server's frame size limit until it says otherwise (RFC 9113 default).
 DEFAULT_MAX_FRAME = 16384
 _STREAM_ID = struct.Struct(">I")
-#: The HEADERS flags checked for the plain case (END_HEADERS set, no padding or priority).
-_PLAIN_HEADERS = END_HEADERS | PADDED | PRIORITY_FLAG
-#: A frame header: the 24-bit length as 16 + 8 bits, type, flags, stream id.
-_FRAME_HEAD = struct.Struct(">HBBBI")
 
 
 def request_headers(authority: str, path: str) -> bytes:
@@ -172,8 +169,7 @@ class GrpcConnection(asyncio.Protocol):
             view = data  # the usual case: a read holds whole frames, nothing left over
         pos = 0
         end = len(view)
-        unpack = _FRAME_HEAD.unpack_from
-        calls = self._calls
+        unpack = FRAME_HEADER.unpack_from
         while end - pos >= 9:
             high, low, kind, flags, stream = unpack(view, pos)
             length = (high << 8) | low
@@ -181,18 +177,7 @@ class GrpcConnection(asyncio.Protocol):
                 break
             start = pos + 9
             pos = start + length
-            stream &= 0x7FFFFFFF
-            if kind == HEADERS and flags & _PLAIN_HEADERS == END_HEADERS:
-                # The usual answer's header blocks, handled here (no padding, priority or
-                # CONTINUATION): the response headers, then the trailers.
-                call = calls.get(stream)
-                if call is not None and not call.headers_seen and not flags & END_STREAM:
-                    call.headers_seen = True
-                    continue
-                if self._continuation is None:
-                    self._headers(stream, flags, bytes(view[start:pos]))
-                    continue
-            self._frame_received(kind, flags, stream, bytes(view[start:pos]))
+            self._frame_received(kind, flags, stream & 0x7FFFFFFF, bytes(view[start:pos]))
         if view is buf:
             del buf[:pos]
         elif pos < end:
@@ -287,14 +272,6 @@ class GrpcConnection(asyncio.Protocol):
             headers = dict(self._decoder.decode(block, raw=False))
             if len(self._trailers) < MAX_CACHED_TRAILERS:
                 self._trailers[block] = headers
-        if headers.get("grpc-status") == "0":  # the usual OK trailers
-            call = self._calls.pop(stream)
-            if not call.future.done():
-                body = call.data[0] if len(call.data) == 1 else b"".join(call.data)
-                if len(body) >= 5:
-                    call.future.set_result(body[5:])
-                    return
-            self._calls[stream] = call  # let _finish say what is wrong
         self._finish(stream, headers)
 
     def _finish(self, stream: int, trailers: dict[str, str]) -> None:
@@ -306,7 +283,8 @@ class GrpcConnection(asyncio.Protocol):
             message = trailers.get("grpc-message", "stream ended without trailers")
             call.future.set_exception(GrpcCallError(status, message))
             return
-        body = b"".join(call.data)
+        data = call.data
+        body = data[0] if len(data) == 1 else b"".join(data)
         if len(body) < 5:
             call.future.set_exception(GrpcCallError(2, "answer without a message"))
             return

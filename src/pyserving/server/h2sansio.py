@@ -138,13 +138,14 @@ class ProtocolViolation(Exception):
         self.code = code
 
 
-_FRAME_HEADER = struct.Struct(">HBBBI")  # the 24-bit length as 16 + 8 bits
+#: A frame's 9-byte header: the 24-bit length as 16 + 8 bits, type, flags, stream id.
+FRAME_HEADER = struct.Struct(">HBBBI")
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     """One HTTP/2 frame: 9-byte header and payload."""
     n = len(payload)
-    return _FRAME_HEADER.pack(n >> 8, n & 0xFF, kind, flags, stream_id & 0x7FFFFFFF) + payload
+    return FRAME_HEADER.pack(n >> 8, n & 0xFF, kind, flags, stream_id & 0x7FFFFFFF) + payload
 
 
 def hpack_integer(value: int, prefix_bits: int, first_byte: int) -> bytes:
@@ -817,7 +818,7 @@ class ServerConnection:
                 pos = len(PREFACE)
                 self._preface_seen = True
             end = len(view)
-            unpack = _FRAME_HEADER.unpack_from
+            unpack = FRAME_HEADER.unpack_from
             while end - pos >= 9:
                 high, low, kind, flags, stream_id = unpack(view, pos)
                 length = (high << 8) | low
@@ -1466,6 +1467,7 @@ def _unpad(payload: bytes) -> bytes:
 
 
 __all__ = [
+    "FRAME_HEADER",
     "TRANSITIONS",
     "BodyReceived",
     "ConnectionTerminated",
