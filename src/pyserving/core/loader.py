@@ -14,9 +14,15 @@ in which case the loader must clean up anything a failed attempt left behind bef
 from __future__ import annotations
 
 import abc
+import gc
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
+
+from pyserving.errors import FailedPrecondition
+
+_log = logging.getLogger(__name__)
 
 #: TF Serving's default multiplier: the RAM a model takes is bounded by 1.2 x its files' size.
 DISK_SIZE_RAM_MULTIPLIER = 1.2
@@ -73,6 +79,34 @@ class Loader(abc.ABC):
     @abc.abstractmethod
     def servable(self) -> Any:
         """The loaded object handed to requests. Only valid between ``load`` and ``unload``."""
+
+
+class HeldServableLoader(Loader):
+    """A loader whose ``load`` stores the servable it builds in ``self._servable`` (an
+    object with ``close()``): :meth:`unload` closes and drops it, :meth:`servable` hands it
+    out. Subclasses set ``path`` (for messages) and ``_servable = None`` before loading."""
+
+    path: str
+    _servable: Any
+
+    def unload(self) -> None:
+        """Close the servable, drop every reference to it, collect. Never raises: a failure
+        to close is logged (the references are dropped regardless)."""
+        servable, self._servable = self._servable, None
+        if servable is None:
+            return
+        try:
+            servable.close()
+        except Exception:
+            _log.exception("Error while unloading %s", self.path)
+        del servable
+        gc.collect()
+
+    def servable(self) -> Any:
+        """The loaded servable. Raises ``FailedPrecondition`` outside load/unload."""
+        if self._servable is None:
+            raise FailedPrecondition(f"{self!r} is not loaded")
+        return self._servable
 
 
 def directory_size_bytes(path: str | os.PathLike[str]) -> int:

@@ -15,7 +15,6 @@ logged with its traceback. The server keeps serving either way.
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import numpy as np
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from pyserving.codec import datatype_for_numpy
-from pyserving.core.loader import Loader, ResourceEstimate
+from pyserving.core.loader import HeldServableLoader, ResourceEstimate
 from pyserving.errors import FailedPrecondition, Internal, InvalidArgument, ServingError
 from pyserving.platforms.tensorflow.servable import RunFn, SavedModelServable
 
@@ -228,7 +227,7 @@ class ModelServable(SavedModelServable):
         return f"ModelServable(path={self.path!r}, backend={self.backend!r})"
 
 
-class ModelLoader(Loader):
+class ModelLoader(HeldServableLoader):
     """A loader around ``load_fn() -> servable`` (a :class:`ModelServable` or anything with
     the servable interface and ``close``).
 
@@ -243,6 +242,9 @@ class ModelLoader(Loader):
         self._estimate = estimate
         self._servable: Any = None
 
+    def __repr__(self) -> str:
+        return f"ModelLoader(path={self.path!r})"
+
     def estimate_resources(self) -> ResourceEstimate:
         return self._estimate
 
@@ -256,20 +258,6 @@ class ModelLoader(Loader):
             raise InvalidArgument(
                 f"Could not load the model at {self.path}: {type(exc).__name__}: {exc}"
             ) from None
-
-    def unload(self) -> None:
-        servable, self._servable = self._servable, None
-        if servable is not None:
-            try:
-                servable.close()
-            except Exception:
-                log.exception("Closing %s failed", self.path)
-        gc.collect()
-
-    def servable(self) -> Any:
-        if self._servable is None:
-            raise FailedPrecondition("The servable is not loaded")
-        return self._servable
 
 
 def require(module: str, extra: str) -> Any:

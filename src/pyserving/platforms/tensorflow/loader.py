@@ -63,7 +63,7 @@ from typing import Any, Literal
 from google.protobuf import message, text_format
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from pyserving.core.loader import Loader, ResourceEstimate, estimate_from_disk
+from pyserving.core.loader import HeldServableLoader, ResourceEstimate, estimate_from_disk
 from pyserving.errors import (
     Code,
     DataLoss,
@@ -201,7 +201,7 @@ def _restore_variables(session: Any, path: str, meta_graph: meta_graph_pb2.MetaG
     session.run(saver_def.restore_op_name, feed_dict=feeds)
 
 
-class SavedModelLoader(Loader):
+class SavedModelLoader(HeldServableLoader):
     """Loader for one SavedModel version directory (see the module docstring for strategy).
 
     Args:
@@ -391,23 +391,3 @@ class SavedModelLoader(Loader):
         config.allow_soft_placement = True
         return config
 
-    def unload(self) -> None:
-        """Close the session (or drop the restored object), drop every reference, collect.
-
-        Never raises: a failure to close is logged (the references are dropped regardless).
-        """
-        servable, self._servable = self._servable, None
-        if servable is None:
-            return
-        try:
-            servable.close()
-        except Exception:
-            _log.exception("Error while unloading %s", self.path)
-        del servable
-        gc.collect()
-
-    def servable(self) -> SavedModelServable:
-        """The loaded servable. Raises ``FailedPrecondition`` outside load/unload."""
-        if self._servable is None:
-            raise FailedPrecondition(f"{self!r} is not loaded")
-        return self._servable

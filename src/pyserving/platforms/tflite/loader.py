@@ -29,7 +29,6 @@ tensor arena).
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 from collections import Counter
@@ -39,7 +38,11 @@ from typing import Any
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from pyserving.codec import DEFAULT_SIGNATURE_KEY, datatype_for_numpy
-from pyserving.core.loader import DISK_SIZE_RAM_MULTIPLIER, Loader, ResourceEstimate
+from pyserving.core.loader import (
+    DISK_SIZE_RAM_MULTIPLIER,
+    HeldServableLoader,
+    ResourceEstimate,
+)
 from pyserving.errors import (
     AlreadyExists,
     DataLoss,
@@ -211,7 +214,7 @@ def default_signature_keys(names: Iterable[str]) -> dict[str, str]:
     }
 
 
-class TfLiteLoader(Loader):
+class TfLiteLoader(HeldServableLoader):
     """Loader for ``model.tflite`` in one version directory.
 
     Args:
@@ -303,20 +306,3 @@ class TfLiteLoader(Loader):
             raise DataLoss(f"{self.model_path} is empty")
         return model
 
-    def unload(self) -> None:
-        """Drop the interpreters and every reference to them. Never raises."""
-        servable, self._servable = self._servable, None
-        if servable is None:
-            return
-        try:
-            servable.close()
-        except Exception:
-            _log.exception("Error while unloading %s", self.path)
-        del servable
-        gc.collect()
-
-    def servable(self) -> TfLiteServable:
-        """The loaded servable. Raises ``FailedPrecondition`` outside load/unload."""
-        if self._servable is None:
-            raise FailedPrecondition(f"{self!r} is not loaded")
-        return self._servable
