@@ -997,3 +997,65 @@ def test_dtype_helpers() -> None:
     assert codec.numpy_dtype(types_pb2.DT_FLOAT_REF) == np.float32
     assert codec.datatype_for_numpy(np.dtype(">f4")) == types_pb2.DT_FLOAT
     assert codec.datatype_for_numpy(np.dtype("S3")) == types_pb2.DT_STRING
+
+
+def _string_content(values: list[bytes]) -> bytes:
+    """TensorFlow's encoding of a string tensor's ``tensor_content``: every length as a
+    varint, then the strings."""
+    lengths = b""
+    for value in values:
+        n = len(value)
+        while n >= 0x80:
+            lengths += bytes([n & 0x7F | 0x80])
+            n >>= 7
+        lengths += bytes([n])
+    return lengths + b"".join(values)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[b"abc", b"de"], [b"", b"x" * 300, "é".encode(), b"\x00\xff"], [b"a"] * 6, []],
+)
+def test_string_tensor_content_is_decoded_as_tensorflow_decodes_it(values: list[bytes]) -> None:
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING)
+    proto.tensor_shape.dim.add(size=len(values))
+    proto.tensor_content = _string_content(values)
+    got = tensor_proto_to_ndarray(proto, name="s")
+    want = tf.raw_ops.ParseTensor(serialized=proto.SerializeToString(), out_type=tf.string)
+    assert got.dtype == object
+    assert got.tolist() == want.numpy().tolist() == values
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\x03\x02abcd",  # one byte short
+        b"\x03\x02abcdef",  # one byte over
+        b"\x80",  # a length cut short
+        b"\x03",  # one length for two strings
+        b"\xff\xff\xff\xff\xff\x01ab",  # a length past 32 bits
+    ],
+)
+def test_malformed_string_tensor_content_is_refused_as_tensorflow_refuses_it(
+    content: bytes,
+) -> None:
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_content=content)
+    proto.tensor_shape.dim.add(size=2)
+    with pytest.raises(InvalidArgument) as info:
+        tensor_proto_to_ndarray(proto, name="s")
+    assert info.value.message == "tensor parsing error: s"
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.raw_ops.ParseTensor(serialized=proto.SerializeToString(), out_type=tf.string)
+
+
+def test_tensors_of_more_dimensions_than_numpy_holds_are_refused() -> None:
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[1.0])
+    for _ in range(64):
+        proto.tensor_shape.dim.add(size=1)
+    assert tensor_proto_to_ndarray(proto).shape == (1,) * 64
+    proto.tensor_shape.dim.add(size=1)
+    with pytest.raises(InvalidArgument) as info:
+        tensor_proto_to_ndarray(proto, name="x")
+    assert info.value.message == "tensor parsing error: x"
+    with pytest.raises(InvalidArgument, match="65 dimensions"):
+        tensor_proto_to_ndarray(proto)

@@ -614,6 +614,80 @@ def test_malformed_tensor_is_invalid_argument(env: Env) -> None:
     )
 
 
+def _serialized_examples(*xs: float) -> list[bytes]:
+    examples = []
+    for x in xs:
+        example = example_pb2.Example()
+        example.features.feature["x"].float_list.value.append(x)
+        examples.append(example.SerializeToString())
+    return examples
+
+
+def test_string_inputs_in_tensor_content_are_read(env: Env) -> None:
+    """A string tensor in ``tensor_content`` (TensorFlow's encoding: the lengths as varints,
+    then the strings) is the same input as in ``string_val``: here serialized Examples fed
+    to ``classify_x_to_y`` through Predict (y = 0.5 x + 2)."""
+    examples = _serialized_examples(2.0, 4.0)
+    lengths = b"".join(bytes([len(e)]) for e in examples)  # each under 128 bytes
+    content = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING)
+    content.tensor_shape.dim.add(size=2)
+    content.tensor_content = lengths + b"".join(examples)
+    typed = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=examples)
+    typed.tensor_shape.dim.add(size=2)
+    answers = []
+    for proto in (content, typed):
+        request = predict_request(
+            "half_plus_two", {"inputs": proto}, signature_name="classify_x_to_y"
+        )
+        response = env.predict_stub().Predict(request, timeout=TIMEOUT)
+        answers.append(tensor_values(response.outputs["scores"]).ravel().tolist())
+    assert answers[0] == answers[1] == [3.0, 4.0]
+    content.tensor_content = lengths + b"".join(examples)[:-1]  # one byte short
+    request = predict_request(
+        "half_plus_two", {"inputs": content}, signature_name="classify_x_to_y"
+    )
+    assert_error(
+        env.predict_stub().Predict,
+        request,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "tensor parsing error: inputs",
+    )
+
+
+@pytest.mark.parametrize(
+    ("dtype", "rank", "message"),
+    [
+        # NumPy holds at most 64 dimensions.
+        (types_pb2.DT_FLOAT, 65, "tensor parsing error: x"),
+        # TensorFlow converts string arrays of at most 32 dimensions from NumPy (more
+        # would crash the process); numbers of any rank NumPy holds.
+        (
+            types_pb2.DT_STRING,
+            33,
+            "Input 'inputs' is a string tensor of 33 dimensions; at most 32 are supported",
+        ),
+    ],
+)
+def test_tensors_of_too_many_dimensions_are_invalid_argument(
+    env: Env, dtype: int, rank: int, message: str
+) -> None:
+    proto = tensor_pb2.TensorProto(dtype=dtype)
+    if dtype == types_pb2.DT_FLOAT:
+        proto.float_val.append(1.0)
+        name, signature = "x", ""
+    else:
+        proto.string_val.extend(_serialized_examples(2.0))
+        name, signature = "inputs", "classify_x_to_y"
+    for _ in range(rank):
+        proto.tensor_shape.dim.add(size=1)
+    request = predict_request("half_plus_two", {name: proto}, signature_name=signature)
+    assert_error(env.predict_stub().Predict, request, grpc.StatusCode.INVALID_ARGUMENT, message)
+    # The server keeps serving.
+    request = predict_request("half_plus_two", {"x": float_tensor([2.0], (1, 1))})
+    response = env.predict_stub().Predict(request, timeout=TIMEOUT)
+    np.testing.assert_array_equal(tensor_values(response.outputs["y"]), [[3.0]])
+
+
 def test_unknown_output_filter_is_invalid_argument(env: Env) -> None:
     request = predict_request(
         "half_plus_two", {"x": float_tensor([2.0], (1, 1))}, output_filter=("z",)

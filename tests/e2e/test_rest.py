@@ -338,6 +338,28 @@ def test_metadata_two_versions(server: RunningServer) -> None:
         ("/v1/models/two/labels/beta:predict", b'{"instances": [[1.0]]}', 400, "beta"),
         ("/v1/models/default:frobnicate", b"{}", 400, "Malformed request"),
         ("/v1/models/default:regress", b'{"examples": "nope"}', 400, ""),
+        # A string tensor of more dimensions than TensorFlow converts from NumPy (it
+        # would crash the process), and one of as many as it converts.
+        (
+            "/v1/models/default:predict",
+            b'{"signature_name": "classify_x_to_y", "inputs": '
+            + b"[" * 33
+            + b'"a"'
+            + b"]" * 33
+            + b"}",
+            400,
+            "Input 'inputs' is a string tensor of 33 dimensions; at most 32 are supported",
+        ),
+        (
+            "/v1/models/default:predict",
+            b'{"signature_name": "classify_x_to_y", "inputs": '
+            + b"[" * 32
+            + b'"a"'
+            + b"]" * 32
+            + b"}",
+            400,
+            "Expected serialized to be a scalar or vector",
+        ),
     ],
 )
 def test_error_paths(
@@ -351,6 +373,34 @@ def test_error_paths(
     # The server keeps serving after every error.
     status_ok, ok = post(server, "/v1/models/default:predict", {"instances": [[2.0]]})
     assert status_ok == 200 and ok == {"predictions": [[3.0]]}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "fragment"),
+    [
+        # Escapes in a model name or label are decoded after the route matched: the name
+        # may hold "/" or ":" (TF Serving's routing).
+        ("GET", "/v1/models/%64efault", 200, "AVAILABLE"),
+        ("GET", "/v1/models/a%2Fb", 404, "Could not find any versions of model a/b"),
+        ("GET", "/v1/models/default%3Apredict", 404, "versions of model default:predict"),
+        ("POST", "/v1/models/default%3Apredict:predict", 404, "Latest(default:predict)"),
+        ("POST", "/v1/models/two/labels/%73table:predict", 200, "predictions"),
+        # Nowhere else: escaped versions, verbs and path segments do not route.
+        ("GET", "/v1/models/two/versions/%31%32%33", 400, "Malformed request"),
+        ("GET", "/v1/models/default/%6Detadata", 400, "Malformed request"),
+        ("POST", "/v1/models/default%3apredict", 400, "Malformed request"),
+        # Versions are ASCII digits.
+        ("GET", "/v1/models/two/versions/%EF%BC%91%EF%BC%92%EF%BC%93", 400, "Malformed"),
+        ("GET", "/v1/models/two/versions/%D9%A1%D9%A2%D9%A3", 400, "Malformed request"),
+    ],
+)
+def test_paths_route_as_sent_and_names_are_decoded(
+    server: RunningServer, method: str, path: str, status: int, fragment: str
+) -> None:
+    body = b'{"instances": [[1.0]]}' if method == "POST" else None
+    r = server.client.request(method, path, content=body)
+    assert r.status_code == status, r.text
+    assert fragment in r.text
 
 
 def test_status_of_unknown_model(server: RunningServer) -> None:

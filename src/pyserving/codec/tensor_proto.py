@@ -31,6 +31,7 @@ from pyserving.codec.dtypes import (
     numpy_dtype,
 )
 from pyserving.codec.json_predict import (
+    MAX_RANK,
     shape_text,
 )
 from pyserving.codec.tf_json import (
@@ -163,6 +164,41 @@ def _typed_values(proto: tensor_pb2.TensorProto, dtype: int, np_dtype: np.dtype[
     raise InvalidArgument(f"Unsupported tensor data type: {dtype_name(dtype)}")  # pragma: no cover
 
 
+def _string_list(content: bytes, count: int) -> np.ndarray | None:
+    """The ``count`` strings of a ``DT_STRING`` tensor's ``tensor_content`` as an object
+    array, or None when it is not TensorFlow's encoding of them (``count`` varint32
+    lengths, then the strings back to back, nothing after)."""
+    end = len(content)
+    if count > end:  # every length takes at least one byte
+        return None
+    lengths = []
+    pos = 0
+    for _ in range(count):
+        value = 0
+        shift = 0
+        while True:
+            if pos >= end or shift > 28:
+                return None
+            byte = content[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
+            shift += 7
+        if value > 0xFFFFFFFF:
+            return None
+        lengths.append(value)
+    if sum(lengths) != end - pos:
+        return None
+    values = []
+    for length in lengths:
+        values.append(content[pos : pos + length])
+        pos += length
+    strings = np.empty(count, dtype=object)
+    strings[:] = values
+    return strings
+
+
 #: The largest size NumPy can describe (``npy_intp``): a shape past it is refused.
 _MAX_ARRAY_BYTES = 2**63 - 1
 
@@ -188,7 +224,8 @@ def tensor_proto_to_ndarray(
 ) -> np.ndarray:
     """The array a TensorProto describes (``Tensor::FromProto`` semantics).
 
-    ``tensor_content`` must hold exactly the tensor's bytes. Typed ``*_val`` fields may hold
+    ``tensor_content`` must hold exactly the tensor's bytes (for strings, TensorFlow's
+    encoding of them: every length as a varint, then the strings). Typed ``*_val`` fields may hold
     fewer values than the shape needs: none means all zeros (empty strings), otherwise the
     last value is repeated to fill the tensor (a single value broadcasts). More values than
     the shape holds is an error.
@@ -218,6 +255,8 @@ def tensor_proto_to_ndarray(
     if shape_proto.unknown_rank:
         raise _parse_error(name, "unknown rank")
     shape = [d.size for d in shape_proto.dim]
+    if len(shape) > MAX_RANK:
+        raise _parse_error(name, f"{len(shape)} dimensions (NumPy arrays have at most {MAX_RANK})")
     if shape and min(shape) < 0:
         raise _parse_error(name, f"invalid shape {shape_text(shape)}")
     count = math.prod(shape)
@@ -231,7 +270,12 @@ def tensor_proto_to_ndarray(
             budget.remaining = -1  # nothing more fits
             raise _parse_error(name, f"shape {shape_text(shape)} is over the size limit")
         budget.remaining -= size
-    if proto.tensor_content and dtype != DT_STRING:
+    if proto.tensor_content and dtype == DT_STRING:
+        strings = _string_list(proto.tensor_content, count)
+        if strings is None:
+            raise _parse_error(name, "tensor_content is not an encoded list of strings")
+        return strings.reshape(shape)
+    if proto.tensor_content:
         content = proto.tensor_content
         little = np_dtype.newbyteorder("<") if np_dtype.byteorder not in "|" else np_dtype
         if len(content) != count * np_dtype.itemsize:

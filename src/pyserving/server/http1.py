@@ -106,7 +106,7 @@ LOOP_THREAD_NAME = "pyserving-rest-loop"
 #: While the transport holds more unsent bytes than this, the connection is not read.
 WRITE_HIGH_WATER = 4 << 20
 
-_PREDICT = re.compile(r"^/v1/models/([^/:]+)(?:/versions/\d+|/labels/[^/:]+)?:predict$", re.I)
+_PREDICT = re.compile(r"^/v1/models/([^/:]+)(?:/versions/[0-9]+|/labels/[^/:]+)?:predict$", re.I)
 _INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CORS = (
@@ -376,8 +376,8 @@ class Http1Connection(asyncio.Protocol):
         request.method = parser.get_method().decode("ascii")
         version = parser.get_http_version()
         request.keep_alive = version != "1.0" and parser.should_keep_alive()
-        path = httptools.parse_url(self._url).path.decode("ascii")
-        request.path = unquote(path) if "%" in path else path
+        # As sent (percent-escapes kept): the handler decodes the parts it routes on.
+        request.path = httptools.parse_url(self._url).path.decode("ascii")
         headers = request.headers
         limit = self._server.max_body_bytes
         if limit is not None:
@@ -716,7 +716,10 @@ class RestServer:
         ):
             return None
         match = _PREDICT.match(request.path) or _INFER.match(request.path)
-        return match.group(1) if match else None
+        if match is None:
+            return None
+        name = match.group(1)
+        return unquote(name) if "%" in name else name
 
     def connection_closed(self, connection: Http1Connection) -> None:
         self.connections.discard(connection)

@@ -45,6 +45,7 @@ import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import orjson
 from google.protobuf import json_format
@@ -71,13 +72,16 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+# TF Serving's routes, matched on the path as sent: percent-escapes in a model name or label
+# are decoded after matching (so a name may hold "/" or ":"), none elsewhere; versions are
+# ASCII digits.
 _POST = re.compile(
-    r"^/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:(classify|regress|predict)$",
+    r"^/v1/models/([^/:]+)(?:/versions/([0-9]+)|/labels/([^/:]+))?:(classify|regress|predict)$",
     re.IGNORECASE,
 )
 _LIST = re.compile(r"^/v1/models/?$", re.IGNORECASE)
 _GET = re.compile(
-    r"^/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?(/metadata)?$", re.IGNORECASE
+    r"^/v1/models/([^/:]+)(?:/versions/([0-9]+)|/labels/([^/:]+))?(/metadata)?$", re.IGNORECASE
 )
 _CORS_HEADERS = [
     (b"access-control-allow-origin", b"*"),
@@ -207,14 +211,15 @@ class RestHandler:
         if path == "/v2" or path.startswith("/v2/"):
             if method == "POST":
                 body = _decode_body(headers, body, self.max_body_bytes)
-            return self.v2.handle(method, path, headers, body)
+            # The V2 routes are matched on the decoded path (as ASGI servers route).
+            return self.v2.handle(method, _unescaped(path), headers, body)
         if not path.lower().startswith("/v1/"):
             return RestResponse(404, orjson.dumps({"error": f"Not found: {method} {path}"}))
         if method == "POST":
             match = _POST.match(path)
             if match:
                 name, version, label, verb = match.groups()
-                spec = _spec(name, version, label)
+                spec = _spec(_unescaped(name), version, label and _unescaped(label))
                 payload = _decode_body(headers, body, self.max_body_bytes)
                 verb = verb.lower()
                 if verb == "predict":
@@ -226,7 +231,7 @@ class RestHandler:
             match = _GET.match(path)
             if match:
                 name, version, label, metadata = match.groups()
-                spec = _spec(name, version, label)
+                spec = _spec(_unescaped(name), version, label and _unescaped(label))
                 if metadata:
                     return self._json_proto(self.serving.metadata(spec))
                 return self._json_proto(self.serving.status(spec))
@@ -302,6 +307,11 @@ def _message_to_dict(message: Any) -> dict[str, Any]:
         always_print_fields_with_no_presence=True,
     )
     return result
+
+
+def _unescaped(part: str) -> str:
+    """``part`` of a request path with its percent-escapes decoded (as UTF-8)."""
+    return unquote(part) if "%" in part else part
 
 
 def _spec(name: str, version: str | None, label: str | None) -> ModelSpec:

@@ -60,6 +60,9 @@ INIT_OP_SIGNATURE_KEY = "__saved_model_init_op"
 MAX_CACHED_CALLABLES = 256
 
 _DT_STRING = 7
+#: The most dimensions a string input may have: TensorFlow's conversion of a NumPy array of
+#: strings (eager and session alike) crashes the process beyond 32 (numeric arrays are fine).
+MAX_STRING_RANK = 32
 #: A signature input of any dtype (a non-TensorFlow model that declares none): fed as given.
 _DT_INVALID = 0
 _MISSING: Any = object()
@@ -578,6 +581,11 @@ class SavedModelServable:
                 value = info.defaults[feed.alias]
             elif type(value) is not np.ndarray:
                 value = np.asarray(value)
+            if value.ndim > MAX_STRING_RANK and value.dtype.kind in "OSU":
+                raise InvalidArgument(
+                    f"Input '{feed.alias}' is a string tensor of {value.ndim} dimensions; "
+                    f"at most {MAX_STRING_RANK} are supported"
+                )
             if value.dtype != feed.np_dtype and feed.dtype != _DT_INVALID:
                 if feed.dtype == _DT_STRING and value.dtype.kind in "OSU":
                     value = _as_string_feed(value)
