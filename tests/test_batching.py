@@ -599,6 +599,29 @@ def test_full_batches_on_the_loop_do_not_wait_for_the_timeout() -> None:
         s.close()
 
 
+def test_a_blocking_submit_on_a_loop_runs_its_batch_on_a_batch_thread() -> None:
+    """Code running on an event loop that waits for a batch (a Python model wrapping a
+    batched model, run on the loop) gets its answer from a batch thread: were its request
+    queued on the loop, its batch could only run once the wait ended (a deadlock)."""
+    recorder = ThreadRecorder()
+    s = loop_scheduler(recorder, 0.001, max_batch_size=8, num_batch_threads=1)
+    try:
+        assert s.batches_on_loop
+        results: list[np.ndarray] = []
+
+        async def scenario() -> None:
+            results.append(s.submit({"x": np.array([[4.0]], np.float32)})["y"])
+
+        thread = threading.Thread(target=lambda: asyncio.run(scenario()), name="a-loop")
+        thread.start()
+        thread.join(30)
+        assert not thread.is_alive()
+        assert [float(y[0, 0]) for y in results] == [4.0]
+        assert recorder.threads == ["pyserving-t-0", "pyserving-t-0"]
+    finally:
+        s.close()
+
+
 def test_slow_batches_stay_on_batch_threads() -> None:
     recorder = ThreadRecorder()
     s = loop_scheduler(recorder, 1.0, max_batch_size=8, num_batch_threads=1)

@@ -341,8 +341,12 @@ class BatchScheduler:
     def submit(
         self, inputs: Mapping[str, np.ndarray], output_keys: Sequence[str] | None = None
     ) -> Tensors:
-        """Run ``inputs`` as part of a batch and return this request's outputs (blocking)."""
-        return self.submit_future(inputs, output_keys).result()
+        """Run ``inputs`` as part of a batch and return this request's outputs (blocking).
+
+        Called on an event loop's thread (a Python model's code running a batched model it
+        wraps, run on the loop), the request still goes to the batch threads: a batch queued
+        on the loop could only run once this call returned."""
+        return self.submit_future(inputs, output_keys, on_loop=False).result()
 
     def submit_future(
         self,
@@ -351,9 +355,12 @@ class BatchScheduler:
         *,
         wrap: Callable[[Tensors], Any] | None = None,
         on_done: Callable[[BaseException | None], None] | None = None,
+        on_loop: bool = True,
     ) -> concurrent.futures.Future[Any]:
         """Queue ``inputs`` for a batch; the future resolves to this request's outputs
-        (``wrap(outputs)`` with ``wrap``; it must not raise). ``on_done(error)`` is called
+        (``wrap(outputs)`` with ``wrap``; it must not raise). ``on_loop=False`` queues it
+        for the batch threads even when batches run on the caller's event loop (for a
+        caller that will block its thread on the future). ``on_done(error)`` is called
         once the future is done, before its callbacks (``error``: ``None``, the request's
         error, or :class:`~pyserving.errors.CancelledError`), whichever way it ends,
         including the refusals raised here (then before raising).
@@ -388,7 +395,7 @@ class BatchScheduler:
                     on_done(None)
                 return settled_future(outputs if wrap is None else wrap(outputs))
             key = self._key(tensors)
-            if self.batches_on_loop:
+            if on_loop and self.batches_on_loop:
                 loop = asyncio._get_running_loop()
                 if loop is not None:
                     return self._submit_on_loop(
