@@ -202,6 +202,27 @@ def test_load_retries_exhausted_is_error(pool: int) -> None:
         assert m.resources.used().ram_bytes == 0
 
 
+class ExitingLoader(FakeLoader):
+    """A loader whose load calls ``sys.exit()`` (as model code parsing the server's own
+    command line with argparse does)."""
+
+    def load(self) -> None:
+        self.attempts += 1
+        raise SystemExit(2)
+
+
+def test_sys_exit_in_a_load_is_a_load_error(pool: int) -> None:
+    with make(pool, max_num_load_retries=0) as m:
+        monitor = ServableStateMonitor(m.bus)
+        aspire(m, "m", ExitingLoader("m", 1))
+        aspire(m, "other", FakeLoader("other", 1))
+        m.settle()
+        state = monitor.get_state(ServableId("m", 1))
+        assert state is not None and state.state is ManagerState.END
+        assert state.error is not None and state.error.message == "SystemExit: 2"
+        assert m.available_versions("other") == [1]
+
+
 def test_retries_stop_when_version_no_longer_aspired() -> None:
     """A load thread is retrying; un-aspiring the version cancels the wait between attempts."""
     with AspiredVersionsManager(

@@ -111,7 +111,7 @@ class LoaderHarness:
                 try:
                     self.loader.load()
                     return None
-                except Exception as exc:
+                except (Exception, SystemExit) as exc:  # SystemExit: sys.exit() in model code
                     error = as_serving_error(exc)
             else:
                 outcome = self._load_with_timeout(self.loader, timeout)

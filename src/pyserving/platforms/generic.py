@@ -146,7 +146,7 @@ def call_user_code(fn: Callable[..., Any], *args: Any) -> Any:
         raise
     except ValueError as exc:
         raise InvalidArgument(str(exc) or type(exc).__name__) from None
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # SystemExit: sys.exit() in model code
         log.exception("Model code raised %s", type(exc).__name__)
         raise Internal(f"{type(exc).__name__}: {exc}") from None
 
@@ -253,7 +253,7 @@ class ModelLoader(HeldServableLoader):
             self._servable = self._load_fn()
         except ServingError:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             log.exception("Loading %s failed", self.path)
             raise InvalidArgument(
                 f"Could not load the model at {self.path}: {type(exc).__name__}: {exc}"

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from pyserving.core.loader import Loader, ResourceEstimate, estimate_from_disk
-from pyserving.errors import FailedPrecondition, InvalidArgument, NotFound
+from pyserving.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
 from pyserving.platforms.registry import Platform, PlatformOptions, detect_platform
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def import_model_class(path: str) -> type:
             spec.loader.exec_module(module)
         finally:
             sys.modules.pop(module_name, None)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # SystemExit: e.g. argparse at import time
         log.exception("Importing %s failed", file)
         raise InvalidArgument(f"Could not import {file}: {type(exc).__name__}: {exc}") from None
     cls = getattr(module, "Model", None)
@@ -105,7 +105,6 @@ class OpenServable:
         output_keys: Sequence[str] | None = None,
     ) -> dict[str, np.ndarray]:
         """Run the model; see ``SavedModelServable.run``."""
-        from pyserving.errors import Internal
         from pyserving.platforms.generic import as_output, call_user_code
 
         if signature_name not in self.signature_defs:
@@ -186,7 +185,7 @@ class PythonLoader(Loader):
             model = cls()
             if hasattr(model, "load"):
                 model.load(self.path)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             log.exception("Loading the Python model at %s failed", self.path)
             raise InvalidArgument(
                 f"The Python model at {self.path} failed to load: {type(exc).__name__}: {exc}"
@@ -210,7 +209,9 @@ class PythonLoader(Loader):
                 if pre is not None:
                     inputs = call_user_code(pre, inputs)
                     if not isinstance(inputs, Mapping):
-                        raise InvalidArgument("preprocess must return a mapping of inputs")
+                        raise Internal(
+                            f"preprocess returned {type(inputs).__name__}, not a mapping of inputs"
+                        )
                     inputs = {k: np.asarray(v) for k, v in inputs.items()}
                 outputs: Any = servable.run(key, inputs)
                 if post is not None:
