@@ -8,8 +8,10 @@
 Signature ``serving_default`` (method predict): input ``inputs``, float32 ``[-1, n]`` (``n``
 is the booster's number of features). Classifiers (objectives ``binary:*``/``multi:*``,
 ``binary``/``multiclass*``) answer ``classes`` (int64 ``[-1]``, the most probable class) and
-``scores`` (float32 ``[-1, n_classes]``; a binary model's ``[1 - p, p]``); anything else
-answers ``outputs`` (float32 ``[-1]``, the raw prediction).
+``scores`` (float32 ``[-1, n_classes]``, the classes' probabilities; a binary model's
+``[1 - p, p]``; ``multi:softmax`` and ``binary:logitraw`` boosters' from their margins, as
+``multi:softprob`` and ``binary:logistic`` predict them; ``binary:hinge``'s are 0 and 1);
+anything else answers ``outputs`` (float32 ``[-1]``, the raw prediction).
 
 TF Serving's Classify API (signature ``classify``: ``classes`` are the class indices as
 strings, ``scores`` their probabilities) and Regress API (signature ``regress``, for other
@@ -59,6 +61,15 @@ def booster_servable(
     )
 
     inputs = {"inputs": TensorSpec(np.float32, (-1, n_features))}
+    width = 1 if n_classes == 2 else n_classes  # a binary model predicts P(class 1)
+
+    def class_scores(x: np.ndarray) -> np.ndarray:
+        """Every class's probability, one row per row of ``x``."""
+        if len(x) == 0:
+            return np.zeros((0, n_classes), np.float32)
+        raw = np.asarray(predict(x), dtype=np.float32).reshape(len(x), width)
+        return np.concatenate([1 - raw, raw], axis=1) if width == 1 else raw
+
     if n_classes >= 2:
         outputs = {
             "classes": TensorSpec(np.int64, (-1,)),
@@ -69,10 +80,7 @@ def booster_servable(
             x = np.asarray(feeds["inputs"], dtype=np.float32)
             if x.ndim != 2 or x.shape[1] != n_features:
                 raise ValueError(f"inputs must have shape [-1, {n_features}], not {list(x.shape)}")
-            raw = np.asarray(predict(x), dtype=np.float32)
-            scores = raw.reshape(len(x), -1)
-            if scores.shape[1] == 1:
-                scores = np.concatenate([1 - scores, scores], axis=1)
+            scores = class_scores(x)
             return {"classes": scores.argmax(axis=1).astype(np.int64), "scores": scores}
 
     else:
@@ -82,16 +90,13 @@ def booster_servable(
             x = np.asarray(feeds["inputs"], dtype=np.float32)
             if x.ndim != 2 or x.shape[1] != n_features:
                 raise ValueError(f"inputs must have shape [-1, {n_features}], not {list(x.shape)}")
+            if len(x) == 0:
+                return {"outputs": np.zeros(0, np.float32)}
             return {"outputs": np.asarray(predict(x), dtype=np.float32).reshape(len(x))}
 
     signatures: dict[str, Any] = {"serving_default": SignatureSpec(inputs, outputs)}
     functions: dict[str, Any] = {"serving_default": run}
     if n_classes >= 2:
-
-        def class_scores(x: np.ndarray) -> np.ndarray:
-            raw = np.asarray(predict(x), dtype=np.float32).reshape(len(x), -1)
-            return np.concatenate([1 - raw, raw], axis=1) if raw.shape[1] == 1 else raw
-
         extra, fns = example_signatures(
             n_features, feature_names, [str(i) for i in range(n_classes)], class_scores, None
         )
@@ -128,6 +133,23 @@ def xgboost_servable(path: str, options: PlatformOptions) -> Any:
 
     def predict(x: np.ndarray) -> np.ndarray:
         return np.asarray(booster.inplace_predict(x))
+
+    # Classifiers answer probabilities. Objectives whose prediction is something else get
+    # them from the margin: multi:softmax predicts the class index (softmax of the margins
+    # is multi:softprob's answer), binary:logitraw the margin itself (its logistic is
+    # binary:logistic's). binary:hinge predicts 0 or 1, which stand as its scores.
+    if objective == "multi:softmax":
+
+        def predict(x: np.ndarray) -> np.ndarray:
+            margin = np.asarray(booster.inplace_predict(x, predict_type="margin"), np.float64)
+            exp = np.exp(margin - margin.max(axis=1, keepdims=True))
+            return exp / exp.sum(axis=1, keepdims=True)
+
+    elif objective == "binary:logitraw":
+
+        def predict(x: np.ndarray) -> np.ndarray:
+            margin = np.asarray(booster.inplace_predict(x, predict_type="margin"), np.float64)
+            return 1.0 / (1.0 + np.exp(-margin))
 
     names = booster.feature_names
     return booster_servable(
