@@ -282,6 +282,42 @@ def test_sigterm_lets_a_slow_request_finish(tmp_path: pathlib.Path) -> None:
     assert "Done unloading servable version {name: slow version: 1}" in srv.log()
 
 
+def test_sigterm_ends_a_reload_waiting_for_its_models(
+    testdata: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """A HandleReloadConfigRequest waits until its models settle, which for a base path
+    that does not exist yet is never: SIGTERM answers it UNAVAILABLE and the server exits."""
+    import grpc
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+
+    model = testdata / "saved_model_half_plus_two_cpu"
+    srv = RunningServer(
+        ["--model_name=hp2", f"--model_base_path={model}"], tmp_path / "server.log"
+    )
+    srv.wait_ready()
+    request = model_management_pb2.ReloadConfigRequest()
+    for name, base_path in (("hp2", model), ("later", tmp_path / "not-there-yet")):
+        config = request.config.model_config_list.config.add()
+        config.name = name
+        config.base_path = str(base_path)
+        config.model_platform = "tensorflow"
+    with grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}") as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        reload = stub.HandleReloadConfigRequest.future(request, timeout=600)
+        # The new model set is in force (and the reload waits for it) once it is listed.
+        wait_for(
+            lambda: "later" in {m["name"] for m in srv.client.get("/v1/models").json()["models"]}
+        )
+        assert not reload.done()
+        srv.process.send_signal(signal.SIGTERM)
+        with pytest.raises(grpc.RpcError) as info:
+            reload.result(timeout=120)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in str(info.value.details())
+    assert srv.process.wait(120) == 0
+    srv.stop()
+
+
 def test_rest_timeout_and_cors(tmp_path: pathlib.Path) -> None:
     export_slow_model(tmp_path / "slow")
     srv = RunningServer(

@@ -85,11 +85,26 @@ class ServableStateMonitor:
         self._states: dict[str, dict[int, ServableState]] = {}
         self._history: collections.deque[ServableState] = collections.deque(maxlen=max_history)
         self._cond = threading.Condition()
+        self._released = False
         self._unsubscribe = bus.subscribe(self._on_event)
 
     def close(self) -> None:
-        """Stop listening (idempotent)."""
+        """Stop listening (idempotent); waits end (see :meth:`release_waiters`)."""
         self._unsubscribe()
+        self.release_waiters()
+
+    def release_waiters(self) -> None:
+        """End every wait now and from now on (:meth:`wait_for` returns False at once), as
+        the server shuts down: a wait for versions that may never settle must not keep it
+        alive. States are still recorded."""
+        with self._cond:
+            self._released = True
+            self._cond.notify_all()
+
+    @property
+    def released(self) -> bool:
+        """Whether :meth:`release_waiters` was called."""
+        return self._released
 
     def _on_event(self, state: ServableState) -> None:
         with self._cond:
@@ -123,10 +138,13 @@ class ServableStateMonitor:
     def wait_for(
         self, predicate: Callable[[ServableStateMonitor], bool], timeout: float | None = None
     ) -> bool:
-        """Block until ``predicate(self)`` holds or ``timeout`` passes; return whether it held."""
+        """Block until ``predicate(self)`` holds or ``timeout`` passes; return whether it held
+        (False at once once :meth:`release_waiters` was called)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while not predicate(self):
+                if self._released:
+                    return False
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False

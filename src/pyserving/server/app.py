@@ -483,6 +483,7 @@ def _serve(
             _wait_for_signal()
     finally:
         log.info("Shutting down: finishing requests in flight")
+        core.release_waiters()  # a reload waiting for its models answers now
         poller.stop()
         unsubscribe()
         grpc_server.set_serving_status(False)

@@ -41,7 +41,13 @@ from pyserving.core.loader import (
 from pyserving.core.manager import AspiredVersionsManager, ManagerOptions
 from pyserving.core.monitor import ManagerState, ServableState, ServableStateMonitor
 from pyserving.core.source import ServableId, connect
-from pyserving.errors import FailedPrecondition, InvalidArgument, NotFound, ServingError
+from pyserving.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ServingError,
+    Unavailable,
+)
 from pyserving.platforms.registry import (
     PlatformOptions,
     all_markers,
@@ -249,6 +255,10 @@ class ServerCore:
             elif self._remote_started and self.options.file_system_poll_wait_seconds >= 0:
                 self._remote_source.poll_once()
             self.monitor.wait_until_settled(models, timeout=self.options.settle_timeout)
+            if self.monitor.released:
+                raise Unavailable(
+                    "The server is shutting down before the new configuration's models settled"
+                )
             for name in removed:
                 self._wait_until_unloaded(name)
                 self.manager.set_version_labels(name, {})
@@ -444,6 +454,12 @@ class ServerCore:
         return [states[v] for v in sorted(states)]
 
     # ------------------------------------------------------------------ lifecycle
+
+    def release_waiters(self) -> None:
+        """The server is shutting down: configuration reloads waiting for their models to
+        settle stop waiting and fail with ``Unavailable`` (so that none keeps the process
+        alive), as do later ones. Models keep serving until :meth:`close`."""
+        self.monitor.release_waiters()
 
     def close(self) -> None:
         """Stop polling and unload every model. Idempotent."""
