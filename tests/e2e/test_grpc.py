@@ -532,7 +532,12 @@ def test_unknown_label_is_invalid_argument(env: Env) -> None:
 
 def test_empty_model_name_is_invalid_argument(env: Env) -> None:
     request = predict_request("", {"x": float_tensor([2.0], (1, 1))})
-    assert_error(env.predict_stub().Predict, request, grpc.StatusCode.INVALID_ARGUMENT)
+    assert_error(
+        env.predict_stub().Predict,
+        request,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ModelSpec has no name specified.",  # TF Serving's words
+    )
 
 
 def test_missing_model_spec_is_invalid_argument(env: Env) -> None:

@@ -423,7 +423,7 @@ class ServerCore:
     ) -> ServableRequest:
         """The ServableRequest a model spec denotes; ``InvalidArgument`` without a name."""
         if not name:
-            raise InvalidArgument("Missing ModelSpec name")
+            raise InvalidArgument("ModelSpec has no name specified.")
         if version is not None and label:
             raise InvalidArgument("ModelSpec has both version and version_label set")
         return ServableRequest(name, version=version, label=label or None)
