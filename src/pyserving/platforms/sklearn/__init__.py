@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from pyserving.core.loader import Loader
+from pyserving.errors import InvalidArgument
 from pyserving.platforms.generic_estimate import MIB, estimate
 from pyserving.platforms.registry import Platform, PlatformOptions
 
@@ -72,9 +73,15 @@ def estimator_servable(path: str, estimator: Any, backend: str = "sklearn") -> A
         example_signatures,
     )
 
+    if not callable(getattr(estimator, "predict", None)):
+        raise InvalidArgument(
+            f"The model at {path} is a {type(estimator).__name__}, not an estimator: it has "
+            "no predict method"
+        )
     n = getattr(estimator, "n_features_in_", None)
     inputs = {"inputs": TensorSpec(np.float32, (-1, int(n) if n is not None else -1))}
     classes = getattr(estimator, "classes_", None)
+    width: tuple[int, ...] = ()  # a regressor's output shape beyond the batch
     if classes is not None:
         classes = np.asarray(classes)
         classes_dtype = _classes_dtype(classes)
@@ -94,7 +101,14 @@ def estimator_servable(path: str, estimator: Any, backend: str = "sklearn") -> A
             return result
 
     else:
-        outputs = {"outputs": TensorSpec(np.float32, (-1,))}
+        # A multi-output regressor answers a row of values per row: its width, from one
+        # prediction of zeros (unknown when that fails: the shape stays [-1]).
+        if n is not None:
+            try:
+                width = np.asarray(estimator.predict(np.zeros((1, int(n))))).shape[1:]
+            except Exception:
+                width = ()
+        outputs = {"outputs": TensorSpec(np.float32, (-1, *width))}
 
         def predict(feeds: dict[str, np.ndarray]) -> dict[str, Any]:
             x = np.asarray(feeds["inputs"], dtype=np.float64)
@@ -112,7 +126,7 @@ def estimator_servable(path: str, estimator: Any, backend: str = "sklearn") -> A
                 lambda x: estimator.predict_proba(np.asarray(x, dtype=np.float64)),
                 None,
             )
-        elif classes is None:
+        elif classes is None and not width:  # the Regress API answers one value per example
             extra, fns = example_signatures(
                 int(n),
                 None if names is None else [str(v) for v in names],

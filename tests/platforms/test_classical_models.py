@@ -1,5 +1,7 @@
-"""XGBoost and LightGBM classifiers answer every class's probability, whatever their
-objective predicts, and the class they predict; empty batches answer empty outputs."""
+"""Boosters and scikit-learn models: XGBoost and LightGBM classifiers answer every class's
+probability, whatever their objective predicts, and the class they predict; empty batches
+answer empty outputs; a pickle that is no estimator is a load error; a multi-output
+regressor's signature has its width."""
 
 from __future__ import annotations
 
@@ -119,3 +121,38 @@ def test_empty_batches_of_lightgbm_and_regressors(tmp_path: pathlib.Path) -> Non
             assert {k: v.shape for k, v in out.items()} == shapes
         finally:
             loader.unload()  # type: ignore[attr-defined]
+
+
+def test_a_pickle_that_is_not_an_estimator_is_a_load_error(tmp_path: pathlib.Path) -> None:
+    import joblib
+
+    from pyserving.errors import InvalidArgument
+
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    joblib.dump({"not": "an estimator"}, tmp_path / "m" / "1" / "model.joblib")
+    loader = get_platform("sklearn").loader(str(tmp_path / "m" / "1"), PlatformOptions())
+    with pytest.raises(InvalidArgument, match="is a dict, not an estimator"):
+        loader.load()
+
+
+def test_a_multi_output_regressors_outputs_have_its_width(tmp_path: pathlib.Path) -> None:
+    import joblib
+    from sklearn.linear_model import LinearRegression
+
+    x, _ = _iris()
+    regressor = LinearRegression().fit(x[:, :2], x[:, 2:])  # two outputs
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    joblib.dump(regressor, tmp_path / "m" / "1" / "model.joblib")
+    loader = _serve(tmp_path / "m" / "1", "sklearn")
+    try:
+        servable = loader.servable()  # type: ignore[attr-defined]
+        [dim_batch, dim_width] = servable.signature_defs["serving_default"].outputs[
+            "outputs"
+        ].tensor_shape.dim
+        assert (dim_batch.size, dim_width.size) == (-1, 2)
+        out = servable.run("serving_default", {"inputs": x[:3, :2]})
+        np.testing.assert_allclose(out["outputs"], regressor.predict(x[:3, :2]), rtol=1e-5)
+        # The Regress API answers one value per example: not offered for two outputs.
+        assert "regress" not in servable.signature_defs
+    finally:
+        loader.unload()  # type: ignore[attr-defined]
