@@ -790,3 +790,49 @@ def test_wrap_applies_to_unbatched_and_loop_batched_requests() -> None:
         assert recorder.batches == [4, 6, 3]  # the three ran as one batch on the loop
     finally:
         s.close()
+
+
+class RefusesNegatives(Recorder):
+    """A model that refuses any batch holding a negative value (INVALID_ARGUMENT), or, with
+    ``internal``, fails it with INTERNAL."""
+
+    def __init__(self, internal: bool = False) -> None:
+        super().__init__()
+        self.internal = internal
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if (inputs["x"] < 0).any():
+            self.batches.append(-int(inputs["x"].shape[0]))
+            if self.internal:
+                raise Internal("the model broke")
+            raise InvalidArgument("x must not be negative")
+        return super().__call__(inputs)
+
+
+def test_a_bad_request_fails_alone_not_its_batch() -> None:
+    """A batch refused with INVALID_ARGUMENT runs again one request at a time: the request
+    at fault gets the error, the others that shared its batch their answers."""
+    model = RefusesNegatives()
+    s = scheduler(model, max_batch_size=3, batch_timeout_micros=600_000_000)
+    try:
+        futures = [s.submit_future({"x": np.array([[v]], np.float32)}) for v in (1.0, -1.0, 3.0)]
+        assert float(futures[0].result(30)["y"][0, 0]) == 2.5
+        with pytest.raises(InvalidArgument, match="x must not be negative"):
+            futures[1].result(30)
+        assert float(futures[2].result(30)["y"][0, 0]) == 3.5
+        assert model.batches == [-3, 1, -1, 1]  # the batch, then each request alone
+    finally:
+        s.close()
+
+
+def test_a_batch_failing_otherwise_fails_every_request_once() -> None:
+    model = RefusesNegatives(internal=True)
+    s = scheduler(model, max_batch_size=2, batch_timeout_micros=600_000_000)
+    try:
+        futures = [s.submit_future({"x": np.array([[v]], np.float32)}) for v in (1.0, -1.0)]
+        for future in futures:
+            with pytest.raises(Internal, match="the model broke"):
+                future.result(30)
+        assert model.batches == [-2]  # not run again
+    finally:
+        s.close()

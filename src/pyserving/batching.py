@@ -495,7 +495,8 @@ class BatchScheduler:
                 error: ServingError = Unavailable("The batch scheduler is shutting down")
                 self._complete(batch, None, 0, error)
                 continue
-            self._complete(*self._execute(batch, self._clock() - taken[0].enqueued))
+            for done in self._execute(batch, self._clock() - taken[0].enqueued):
+                self._complete(*done)
 
     def _fail_on_loop(self, waiting: _LoopQueue) -> None:
         """On the loop, once the scheduler is closed: fail what waits there."""
@@ -568,17 +569,32 @@ class BatchScheduler:
             batch, oldest = taken
             if not batch:
                 continue
-            done = self._execute(batch, self._clock() - oldest)
-            if self._queues:
-                # More work is waiting: the completion thread answers this batch while this
-                # thread runs the next one (two batches in flight).
-                self._completions.put(done)
-            else:
-                # Nothing to overlap with: answering here saves a thread hand-off.
-                self._complete(*done)
+            for done in self._execute(batch, self._clock() - oldest):
+                if self._queues:
+                    # More work is waiting: the completion thread answers this batch while
+                    # this thread runs the next one (two batches in flight).
+                    self._completions.put(done)
+                else:
+                    # Nothing to overlap with: answering here saves a thread hand-off.
+                    self._complete(*done)
 
-    def _execute(self, batch: list[_Task], queued: float) -> _Completion:
-        """Merge and run one batch (on a batch thread); the completion thread answers it."""
+    def _execute(self, batch: list[_Task], queued: float) -> list[_Completion]:
+        """Merge and run one batch; what answers its requests. A batch of several requests
+        that fails with ``InvalidArgument`` (a request's bad value: a model's ``ValueError``,
+        an op refusing one row) is run again one request at a time, so that only the
+        requests at fault get the error, not every request that shared their batch."""
+        done = self._execute_batch(batch, queued)
+        if len(batch) > 1 and isinstance(done[3], InvalidArgument):
+            log.info(
+                "A batch of %d requests failed (%s); running them one at a time",
+                len(batch),
+                done[3].message,
+            )
+            return [self._execute_batch([task], queued) for task in batch]
+        return [done]
+
+    def _execute_batch(self, batch: list[_Task], queued: float) -> _Completion:
+        """Merge and run one batch (on a batch thread or the loop)."""
         rows = 0
         for task in batch:
             rows += task.rows
