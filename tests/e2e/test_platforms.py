@@ -300,6 +300,51 @@ def test_a_preprocess_that_returns_no_mapping_is_an_internal_error(repo: pathlib
     finally:
         loader.unload()
 
+@pytest.mark.parametrize(
+    ("returned", "outcome"),
+    [
+        ("x.astype(np.float64)", "float32"),  # cast to the declared dtype
+        ("x.astype(np.int32)", "float32"),
+        ("np.array(['a'] * len(x))", "is object of shape [1]; its signature declares float of"),
+        ("x.reshape(-1, 1)", "is float32 of shape [1,1]; its signature declares float of"),
+        ("[[1.0, 2.0], [3.0]]", "The model's output 'y' is not a tensor"),
+    ],
+)
+def test_outputs_are_held_to_the_declared_signature(
+    tmp_path: pathlib.Path, returned: str, outcome: str
+) -> None:
+    """What a model returns is cast to its declared dtype, or refused (INTERNAL: the model
+    broke its signature, not the request) when it cannot be."""
+    from pyserving.errors import Internal
+    from pyserving.platforms.registry import PlatformOptions, get_platform
+
+    version = tmp_path / "declared" / "1"
+    version.mkdir(parents=True)
+    (version / "model.py").write_text(
+        "import numpy as np\n"
+        "class Model:\n"
+        "    signature = {'inputs': {'x': ('float32', [-1])},\n"
+        "                 'outputs': {'y': ('float32', [-1])}}\n"
+        "    def predict(self, inputs):\n"
+        "        x = inputs['x']\n"
+        f"        return {{'y': {returned}}}\n"
+    )
+    loader = get_platform("python").loader(str(version), PlatformOptions())
+    loader.load()
+    try:
+        run = loader.servable().run
+        x = np.array([2.0], np.float32)
+        if outcome == "float32":
+            y = run("serving_default", {"x": x})["y"]
+            assert y.dtype == np.float32 and y.tolist() == [2.0]
+        else:
+            with pytest.raises(Internal) as info:
+                run("serving_default", {"x": x})
+            assert outcome in info.value.message
+    finally:
+        loader.unload()
+
+
 def test_the_platform_is_detected_from_the_files(repo: pathlib.Path) -> None:
     from pyserving.platforms.registry import PlatformOptions, detect_platform
 

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 PREDICT_METHOD_NAME = "tensorflow/serving/predict"
 DEFAULT_SIGNATURE_KEY = "serving_default"
 _DT_STRING = 7
+_DT_INVALID = 0
 
 #: One signature's computation: input alias -> array in, output alias -> array(-like) out.
 ModelFn = Callable[[dict[str, np.ndarray]], Mapping[str, Any]]
@@ -138,6 +139,50 @@ def as_output(value: Any) -> np.ndarray:
     return array
 
 
+def declared_output(
+    alias: str, info: meta_graph_pb2.TensorInfo
+) -> Callable[[np.ndarray], np.ndarray] | None:
+    """What holds a model's output ``alias`` to what its signature declares (``info``): a
+    cast to the declared dtype within its kind or to a wider kind (float64 to float32, int32
+    to int64 or float32), or ``Internal`` for a value of another dtype (text for a number, a
+    float for an integer), rank or fixed dimension. None when nothing is declared (dtype
+    ``DT_INVALID``: a model without a signature)."""
+    from pyserving.codec import dtype_name, numpy_dtype
+    from pyserving.codec.json_predict import shape_text
+
+    dtype = info.dtype
+    if dtype == _DT_INVALID:
+        return None
+    want = numpy_dtype(dtype)
+    text = dtype == _DT_STRING
+    shape = None if info.tensor_shape.unknown_rank else [d.size for d in info.tensor_shape.dim]
+
+    def refuse(array: np.ndarray) -> Internal:
+        declared = "any shape" if shape is None else f"shape {shape_text(shape)}"
+        return Internal(
+            f"The model's output '{alias}' is {array.dtype.name} of shape "
+            f"{shape_text(list(array.shape))}; its signature declares {dtype_name(dtype)} of "
+            f"{declared}"
+        )
+
+    def check(array: np.ndarray) -> np.ndarray:
+        if text:
+            if array.dtype.kind not in "OSU":
+                raise refuse(array)
+        elif array.dtype != want:
+            if array.dtype.kind in "OSUV" or not np.can_cast(array.dtype, want, "same_kind"):
+                raise refuse(array)
+            array = array.astype(want)
+        if shape is not None and (
+            array.ndim != len(shape)
+            or any(0 <= d != n for d, n in zip(shape, array.shape, strict=True))
+        ):
+            raise refuse(array)
+        return array
+
+    return check
+
+
 def call_user_code(fn: Callable[..., Any], *args: Any) -> Any:
     """Call model code, mapping its exceptions (see the module docstring)."""
     try:
@@ -176,6 +221,7 @@ class FunctionRunner:
             raise Internal(f"Signature {signature_name!r} has no function")
         feeds = tuple(feed_aliases)
         fetches = tuple(fetch_aliases)
+        checks = [declared_output(a, signature.outputs[a]) for a in fetches]
 
         def run(*args: np.ndarray) -> list[np.ndarray]:
             outputs = call_user_code(fn, dict(zip(feeds, args, strict=True)))
@@ -183,10 +229,21 @@ class FunctionRunner:
                 raise Internal(
                     f"The model returned {type(outputs).__name__}, not a mapping of outputs"
                 )
-            try:
-                return [as_output(outputs[a]) for a in fetches]
-            except KeyError as exc:
-                raise Internal(f"The model returned no output {exc}") from None
+            answer = []
+            for alias, check in zip(fetches, checks, strict=True):
+                try:
+                    value = outputs[alias]
+                except KeyError:
+                    raise Internal(f"The model returned no output '{alias}'") from None
+                try:
+                    array = as_output(value)
+                except (ValueError, TypeError) as exc:  # ragged lists, objects NumPy refuses
+                    raise Internal(
+                        f"The model's output '{alias}' is not a tensor: {type(exc).__name__}: "
+                        f"{exc}"
+                    ) from None
+                answer.append(array if check is None else check(array))
+            return answer
 
         return run
 
