@@ -345,6 +345,34 @@ def test_outputs_are_held_to_the_declared_signature(
         loader.unload()
 
 
+@pytest.mark.parametrize(
+    "signature",
+    [
+        "{'inputs': ['x'], 'outputs': {}}",
+        "{'inputs': {'x': ('notadtype', [-1])}, 'outputs': {}}",
+        "{'inputs': {'x': ('float32', [-1], 'extra')}, 'outputs': {}}",
+        "{'inputs': {'x': ('float32', ['a'])}, 'outputs': {}}",
+        "{'outputs': {}}",
+    ],
+)
+def test_a_malformed_signature_is_a_load_error_naming_it(
+    tmp_path: pathlib.Path, signature: str
+) -> None:
+    from pyserving.errors import InvalidArgument
+    from pyserving.platforms.registry import PlatformOptions, get_platform
+
+    version = tmp_path / "m" / "1"
+    version.mkdir(parents=True)
+    (version / "model.py").write_text(
+        f"class Model:\n    signature = {signature}\n"
+        "    def predict(self, inputs):\n        return inputs\n"
+    )
+    loader = get_platform("python").loader(str(version), PlatformOptions())
+    with pytest.raises(InvalidArgument) as info:
+        loader.load()
+    assert f"{version / 'model.py'}: Model.signature is not valid" in info.value.message
+
+
 def test_the_platform_is_detected_from_the_files(repo: pathlib.Path) -> None:
     from pyserving.platforms.registry import PlatformOptions, detect_platform
 

@@ -224,15 +224,20 @@ class PythonLoader(Loader):
             raise
 
     def _make(self, model: Any, predict: Any, inner_servable: Any, inner: Loader | None) -> Any:
-        from pyserving.platforms.generic import ModelServable, signature_spec
+        from pyserving.platforms.generic import ModelServable, signature_def, signature_spec
 
         on_close = inner.unload if inner is not None else None
         declared = getattr(model, "signature", None)
         if declared is not None:
             try:
                 spec = signature_spec(declared)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise InvalidArgument(f"Model.signature is not valid: {exc}") from None
+                signature_def(spec)  # every dtype and shape understood
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise InvalidArgument(
+                    f"{os.path.join(self.path, MODEL_FILE)}: Model.signature is not valid "
+                    f"({type(exc).__name__}: {exc}); it is {{'inputs': {{name: (dtype, shape)}}, "
+                    "'outputs': {...}}"
+                ) from None
             return ModelServable(
                 self.path,
                 {"serving_default": spec},
