@@ -910,6 +910,11 @@ def test_torchscript_inputs_take_the_request_dtypes(server: RunningServer) -> No
         "/v1/models/lookup_ts:predict", json={"inputs": {"ids": [[1.5]], "mask": [[True]]}}
     )
     assert floats.status_code == 400 and "Long, Int" in floats.json()["error"], floats.text
+    strings = server.client.post(
+        "/v1/models/lookup_ts:predict", json={"inputs": {"ids": [["a"]], "mask": [[True]]}}
+    )
+    assert strings.status_code == 400, strings.text
+    assert strings.json()["error"] == "Input 'ids' holds strings, which PyTorch tensors cannot"
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         request = predict_pb2.PredictRequest()

@@ -165,7 +165,15 @@ def torch_servable(path: str, options: PlatformOptions) -> Any:
         module, names, inputs, outputs = _torchscript(torch, path)
 
     def run(feeds: dict[str, np.ndarray]) -> dict[str, Any]:
-        tensors = [torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in names]
+        tensors = []
+        for name in names:
+            array = np.ascontiguousarray(feeds[name])
+            try:
+                tensors.append(torch.from_numpy(array))
+            except TypeError:  # strings, objects: no PyTorch tensor holds them
+                raise InvalidArgument(
+                    f"Input '{name}' holds {_numpy_kind(array)}, which PyTorch tensors cannot"
+                ) from None
         try:
             with torch.inference_mode():
                 result = module(*tensors)
@@ -179,6 +187,10 @@ def torch_servable(path: str, options: PlatformOptions) -> Any:
         {"serving_default": run},
         backend="pytorch",
     )
+
+
+def _numpy_kind(array: np.ndarray) -> str:
+    return "strings" if array.dtype.kind in "OSU" else f"{array.dtype.name} values"
 
 
 class PyTorchPlatform(Platform):
