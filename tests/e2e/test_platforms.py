@@ -382,6 +382,26 @@ def test_the_platform_is_detected_from_the_files(repo: pathlib.Path) -> None:
     flowers = detect_platform(str(repo / "flowers_python" / "1"), options, exclude=["python"])
     assert flowers.name == "tensorflow"
 
+
+def test_a_directory_with_several_platforms_files_is_served_by_one_with_a_warning(
+    repo: pathlib.Path, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pyserving.platforms.registry import PlatformOptions, detect_platform
+
+    both = tmp_path / "both" / "1"
+    shutil.copytree(repo / "iris_sklearn" / "1", both)
+    shutil.copy(repo / "iris_onnx" / "1" / "model.onnx", both)
+    with caplog.at_level("WARNING", logger="pyserving.platforms.registry"):
+        assert detect_platform(str(both), PlatformOptions()).name == "onnx"
+    assert f"The version directory {both} holds models of several platforms (onnx, sklearn)" in (
+        caplog.text
+    )
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pyserving.platforms.registry"):
+        detect_platform(str(repo / "iris_sklearn" / "1"), PlatformOptions())
+    assert "several platforms" not in caplog.text
+
+
 def test_onnx_predict_over_rest_and_grpc(server: RunningServer) -> None:
     response = server.client.post("/v1/models/iris_onnx:predict", json={"instances": IRIS_ROWS})
     assert response.status_code == 200, response.text

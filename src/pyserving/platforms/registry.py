@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import logging
 import os
 import threading
 from collections.abc import Iterable
@@ -38,6 +39,8 @@ from typing import Any
 
 from pyserving.core.loader import Loader
 from pyserving.errors import NotFound
+
+log = logging.getLogger(__name__)
 
 #: The entry-point group platforms register under.
 ENTRY_POINT_GROUP = "pyserving.platforms"
@@ -187,9 +190,22 @@ def detect_platform(path: str, options: PlatformOptions, exclude: Iterable[str] 
         NotFound: no platform recognizes the directory; the message lists what each looks for.
     """
     candidates = all_platforms(exclude)
-    for platform in candidates:
-        if platform.detect(path, options):
-            return platform
+    matching = [p for p in candidates if p.detect(path, options)]
+    if matching:
+        chosen = matching[0]
+        others = [p.name for p in matching[1:] if p.name != "python"]
+        if chosen.name != "python" and others:
+            # Not an error (a directory may keep several exports of one model), but the
+            # files of the platforms not chosen are ignored: say so.
+            log.warning(
+                "The version directory %s holds models of several platforms (%s); serving "
+                "its %s model. Set model_platform in the model config (or --model_platform) "
+                "to choose another.",
+                path,
+                ", ".join([chosen.name, *others]),
+                chosen.name,
+            )
+        return chosen
     wanted = "; ".join(f"{p.name}: {' or '.join(p.version_markers(options))}" for p in candidates)
     head = f"The version directory {path} holds no model of any installed platform"
     if any(p.name == "tensorflow" for p in candidates):
