@@ -291,9 +291,7 @@ def test_sigterm_ends_a_reload_waiting_for_its_models(
     from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
     model = testdata / "saved_model_half_plus_two_cpu"
-    srv = RunningServer(
-        ["--model_name=hp2", f"--model_base_path={model}"], tmp_path / "server.log"
-    )
+    srv = RunningServer(["--model_name=hp2", f"--model_base_path={model}"], tmp_path / "server.log")
     srv.wait_ready()
     request = model_management_pb2.ReloadConfigRequest()
     for name, base_path in (("hp2", model), ("later", tmp_path / "not-there-yet")):

@@ -262,10 +262,16 @@ def test_load_errors_name_their_cause(repo: pathlib.Path) -> None:
         broken.load()
     # sys.exit() while importing model.py (argparse reading the server's command line) or
     # in its load() is a load error too.
-    for name, code in (("exits_on_import", "import sys\nsys.exit(2)\n"), ("exits_in_load", (
-        "import sys\nclass Model:\n    def load(self, path):\n        sys.exit('no')\n"
-        "    def predict(self, inputs):\n        return inputs\n"
-    ))):
+    for name, code in (
+        ("exits_on_import", "import sys\nsys.exit(2)\n"),
+        (
+            "exits_in_load",
+            (
+                "import sys\nclass Model:\n    def load(self, path):\n        sys.exit('no')\n"
+                "    def predict(self, inputs):\n        return inputs\n"
+            ),
+        ),
+    ):
         (repo / name / "1").mkdir(parents=True, exist_ok=True)
         (repo / name / "1" / "model.py").write_text(code)
         exiting = get_platform("python").loader(str(repo / name / "1"), options)
@@ -300,6 +306,7 @@ def test_a_preprocess_that_returns_no_mapping_is_an_internal_error(repo: pathlib
     finally:
         loader.unload()
 
+
 @pytest.mark.parametrize(
     ("returned", "outcome"),
     [
@@ -308,6 +315,8 @@ def test_a_preprocess_that_returns_no_mapping_is_an_internal_error(repo: pathlib
         ("np.array(['a'] * len(x))", "is object of shape [1]; its signature declares float of"),
         ("x.reshape(-1, 1)", "is float32 of shape [1,1]; its signature declares float of"),
         ("[[1.0, 2.0], [3.0]]", "The model's output 'y' is not a tensor"),
+        ("[None] * len(x)", "A model output holds NoneType values"),
+        ("np.array([{'a': 1}] * len(x))", "A model output holds dict values"),
     ],
 )
 def test_outputs_are_held_to_the_declared_signature(
@@ -420,6 +429,7 @@ def test_onnx_predict_over_rest_and_grpc(server: RunningServer) -> None:
     scores = codec.tensor_proto_to_ndarray(answer.outputs["probabilities"])
     assert scores.shape == (2, 3) and scores.argmax(axis=1).tolist() == [0, 2]
 
+
 def test_onnx_request_errors_are_invalid_argument(server: RunningServer) -> None:
     response = server.client.post("/v1/models/iris_onnx:predict", json={"inputs": [1.0, 2.0]})
     assert response.status_code == 400, response.text
@@ -428,6 +438,7 @@ def test_onnx_request_errors_are_invalid_argument(server: RunningServer) -> None
     signature = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
     dims = signature["inputs"]["inputs"]["tensor_shape"]["dim"]
     assert [int(d["size"]) for d in dims] == [-1, 4]
+
 
 def test_corrupt_onnx_file_is_a_load_error(tmp_path: pathlib.Path) -> None:
     from pyserving.errors import InvalidArgument
@@ -438,6 +449,7 @@ def test_corrupt_onnx_file_is_a_load_error(tmp_path: pathlib.Path) -> None:
     loader = get_platform("onnx").loader(str(tmp_path / "1"), PlatformOptions())
     with pytest.raises(InvalidArgument, match="Could not load the model"):
         loader.load()
+
 
 def test_a_model_above_the_memory_budget_is_not_loaded(
     repo: pathlib.Path, tmp_path: pathlib.Path
@@ -454,6 +466,7 @@ def test_a_model_above_the_memory_budget_is_not_loaded(
     )
     assert result.returncode == 1, result.stderr
     assert "Insufficient resources to load servable iris version 1" in result.stderr
+
 
 @pytest.mark.parametrize("name", ["iris_xgboost", "iris_lightgbm"])
 def test_booster_predict_over_rest_and_grpc(server: RunningServer, name: str) -> None:
@@ -474,6 +487,7 @@ def test_booster_predict_over_rest_and_grpc(server: RunningServer, name: str) ->
     bad = server.client.post(f"/v1/models/{name}:predict", json={"instances": [[1.0, 2.0]]})
     assert bad.status_code == 400 and "[-1, 4]" in bad.json()["error"]
 
+
 @pytest.mark.parametrize(
     ("platform", "file"), [("xgboost", "model.ubj"), ("lightgbm", "model.txt")]
 )
@@ -489,6 +503,7 @@ def test_corrupt_booster_file_is_a_load_error(
     assert found.name == platform
     with pytest.raises(InvalidArgument, match="Could not load the model"):
         found.loader(str(tmp_path / "1"), PlatformOptions()).load()
+
 
 def test_torch_export_predict_over_rest_and_grpc(server: RunningServer) -> None:
     response = server.client.post("/v1/models/iris_torch:predict", json={"instances": IRIS_ROWS})
@@ -513,6 +528,7 @@ def test_torch_export_predict_over_rest_and_grpc(server: RunningServer) -> None:
     assert set(signature["outputs"]) == {"classes", "scores"}
     assert signature["outputs"]["classes"]["dtype"] == "DT_INT64"
 
+
 def test_keras_predict_over_rest_and_grpc(server: RunningServer) -> None:
     response = server.client.post("/v1/models/iris_keras:predict", json={"instances": IRIS_ROWS})
     assert response.status_code == 200, response.text
@@ -530,10 +546,12 @@ def test_keras_predict_over_rest_and_grpc(server: RunningServer) -> None:
     bad = server.client.post("/v1/models/iris_keras:predict", json={"instances": [[1.0, 2.0]]})
     assert bad.status_code == 400 and "incompatible" in bad.json()["error"]
 
+
 def test_the_readme_shows_the_examples_config() -> None:
     config = (ROOT / "examples" / "models.config").read_text()
     body = "\n".join(line for line in config.splitlines() if not line.startswith("#"))
     assert body in (ROOT / "README.md").read_text()
+
 
 @pytest.mark.parametrize(
     ("name", "labels"),
@@ -559,6 +577,7 @@ def test_classify_api_on_examples(server: RunningServer, name: str, labels: Any)
     )
     assert bad.status_code == 400, bad.text
 
+
 def test_python_model_without_a_signature_over_grpc(server: RunningServer) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -573,6 +592,7 @@ def test_python_model_without_a_signature_over_grpc(server: RunningServer) -> No
             stub.Predict(request, timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
+
 def test_python_model_without_a_signature_over_rest(server: RunningServer) -> None:
     columnar = server.client.post("/v1/models/open:predict", json={"inputs": {"x": [1.0, 2.5]}})
     assert columnar.status_code == 200, columnar.text
@@ -582,6 +602,7 @@ def test_python_model_without_a_signature_over_rest(server: RunningServer) -> No
     assert [p["doubled"] for p in rows.json()["predictions"]] == [2, 4]
     missing = server.client.post("/v1/models/open:predict", json={"inputs": {"y": [1.0]}})
     assert missing.status_code == 500 and "KeyError" in missing.json()["error"]
+
 
 def test_v2_infer_on_a_python_model_without_a_signature(server: RunningServer) -> None:
     """V2 inputs are taken by the names and datatypes the request gives, outputs are the
@@ -634,6 +655,7 @@ def test_v2_infer_on_a_python_model_without_a_signature(server: RunningServer) -
         answer = call(text, timeout=30)
         assert answer.outputs[0].name == "doubled"
 
+
 # ------------------------------------------------------- every platform, one lifecycle
 
 FLOWERS = {
@@ -642,6 +664,7 @@ FLOWERS = {
     "petal_length": [1.5, 5.6],
     "petal_width": [0.25, 2.0],
 }
+
 
 @dataclass(frozen=True)
 class Case:
@@ -656,6 +679,7 @@ class Case:
     expected: list[Any]
     model_file: str
     corrupt: bytes = b"\\x00\\x01\\x02 this is not a model \\xff"
+
 
 IRIS_EXPECTED = [0, 2]
 CASES = [
@@ -675,6 +699,7 @@ CASES = [
          "model.py", b"class Model(:\\n"),
 ]  # fmt: skip
 
+
 def _answer(case: Case, outputs: dict[str, Any]) -> list[Any]:
     """What ``case.output`` says about the two rows (class indices or names)."""
     values = np.asarray(outputs[case.output])
@@ -682,9 +707,11 @@ def _answer(case: Case, outputs: dict[str, Any]) -> list[Any]:
         return values.argmax(axis=1).tolist()
     return [v.decode() if isinstance(v, bytes) else v for v in values.tolist()]
 
+
 def _rest_answer(case: Case, body: dict[str, Any]) -> list[Any]:
     outputs = body["outputs"]
     return _answer(case, outputs if isinstance(outputs, dict) else {case.output: outputs})
+
 
 def _predict_request(case: Case) -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
@@ -694,9 +721,11 @@ def _predict_request(case: Case) -> predict_pb2.PredictRequest:
         request.inputs[alias].CopyFrom(codec.ndarray_to_tensor_proto(array))
     return request
 
+
 def _grpc_answer(case: Case, response: predict_pb2.PredictResponse) -> list[Any]:
     outputs = {k: codec.tensor_proto_to_ndarray(v) for k, v in response.outputs.items()}
     return _answer(case, outputs)
+
 
 def _v2_inputs(case: Case) -> list[dict[str, Any]]:
     inputs = []
@@ -705,6 +734,7 @@ def _v2_inputs(case: Case) -> list[dict[str, Any]]:
         data = array.ravel().tolist()
         inputs.append({"name": alias, "shape": list(array.shape), "datatype": "FP32", "data": data})
     return inputs
+
 
 @pytest.mark.parametrize("case", CASES, ids=[c.platform for c in CASES])
 def test_predict_and_metadata_over_rest_grpc_and_v2(server: RunningServer, case: Case) -> None:
@@ -751,6 +781,7 @@ def test_predict_and_metadata_over_rest_grpc_and_v2(server: RunningServer, case:
     (output,) = v2.json()["outputs"]
     values = np.array(output["data"], dtype=object if output["datatype"] == "BYTES" else None)
     assert _answer(case, {case.output: values.reshape(output["shape"])}) == case.expected
+
 
 class Hammer:
     """A REST and a gRPC client predicting ``case``'s rows in a loop until stopped, each
@@ -811,6 +842,7 @@ class Hammer:
                     self._fail(f"gRPC {exc.code()}: {exc.details()}")  # type: ignore[attr-defined]
                 self.counts["gRPC"] += 1
 
+
 def _wait_until(predicate: Any, what: str, timeout: float = 120.0) -> Any:
     """Poll ``predicate`` (observable state: model status, answers seen) until it returns
     something truthy; bounded."""
@@ -822,10 +854,12 @@ def _wait_until(predicate: Any, what: str, timeout: float = 120.0) -> Any:
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
 
+
 def _versions(server: RunningServer, model: str) -> dict[int, dict[str, Any]]:
     response = server.client.get(f"/v1/models/{model}")
     assert response.status_code == 200, response.text
     return {int(s["version"]): s for s in response.json()["model_version_status"]}
+
 
 def _publish(server: RunningServer, repo: pathlib.Path, case: Case, version: int) -> pathlib.Path:
     """Rename the staging copy made by :func:`_staging` to ``version`` (atomic, as a
@@ -839,11 +873,13 @@ def _publish(server: RunningServer, repo: pathlib.Path, case: Case, version: int
     assert response.status_code == 200, response.text
     return target
 
+
 def _staging(repo: pathlib.Path, case: Case, version: int) -> pathlib.Path:
     """A copy of version 1 of ``case``'s model under a name the server ignores."""
     staging = repo / case.model / f".staging-{version}"
     shutil.copytree(repo / case.model / "1", staging)
     return staging
+
 
 @pytest.mark.parametrize("case", CASES, ids=[c.platform for c in CASES])
 def test_version_lifecycle_under_load(
@@ -910,6 +946,7 @@ def test_version_lifecycle_under_load(
     # Answers switched from version 1 to version 2 once, never back.
     assert hammer.versions == sorted(hammer.versions) and hammer.versions[-1] == 2
     assert f"Loading servable version {{name: {case.model} version: 4}}" not in server.log()
+
 
 def test_torchscript_inputs_take_the_request_dtypes(server: RunningServer) -> None:
     """A TorchScript module declares no dtypes: JSON integers are int64 and booleans bool over

@@ -146,9 +146,9 @@ def test_a_multi_output_regressors_outputs_have_its_width(tmp_path: pathlib.Path
     loader = _serve(tmp_path / "m" / "1", "sklearn")
     try:
         servable = loader.servable()  # type: ignore[attr-defined]
-        [dim_batch, dim_width] = servable.signature_defs["serving_default"].outputs[
-            "outputs"
-        ].tensor_shape.dim
+        [dim_batch, dim_width] = (
+            servable.signature_defs["serving_default"].outputs["outputs"].tensor_shape.dim
+        )
         assert (dim_batch.size, dim_width.size) == (-1, 2)
         out = servable.run("serving_default", {"inputs": x[:3, :2]})
         np.testing.assert_allclose(out["outputs"], regressor.predict(x[:3, :2]), rtol=1e-5)

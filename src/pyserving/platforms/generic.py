@@ -136,6 +136,23 @@ def as_output(value: Any) -> np.ndarray:
         flat = np.empty(array.size, dtype=object)
         flat[:] = [s.encode("utf-8") for s in array.ravel().tolist()]
         return flat.reshape(array.shape)
+    if array.dtype.kind == "O":
+        values = array.ravel().tolist()
+        if not all(type(v) is bytes for v in values):
+            texts = []
+            for v in values:
+                if isinstance(v, bytes):
+                    texts.append(v)
+                elif isinstance(v, str):
+                    texts.append(v.encode("utf-8"))
+                else:  # None, dicts, lists...: no tensor holds them
+                    raise Internal(
+                        f"A model output holds {type(v).__name__} values; outputs hold "
+                        "numbers, booleans, strings or bytes"
+                    )
+            flat = np.empty(len(texts), dtype=object)
+            flat[:] = texts
+            return flat.reshape(array.shape)
     return array
 
 
