@@ -15,6 +15,7 @@ model (the backend's runtime itself, loaded for TensorFlow models anyway, is not
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,7 +45,14 @@ def keras_servable(path: str, options: PlatformOptions) -> Any:
     from pyserving.platforms.generic import ModelServable, SignatureSpec, TensorSpec, require
 
     keras = require("keras", "keras")
-    model = keras.saving.load_model(os.path.join(path, MODEL_FILE), compile=False)
+    file = os.path.join(path, MODEL_FILE)
+    if not zipfile.is_zipfile(file):
+        # (Keras itself says "File not found" of a file that exists but is no archive.)
+        raise InvalidArgument(
+            f"Could not load the model at {path}: {MODEL_FILE} is not a Keras 3 model (a "
+            ".keras file is a zip archive)"
+        )
+    model = keras.saving.load_model(file, compile=False)
     model_inputs = list(model.inputs)
     names = [str(getattr(t, "name", f"input_{i}")) for i, t in enumerate(model_inputs)]
     inputs = {name: _spec(t) for name, t in zip(names, model_inputs, strict=True)}
