@@ -201,18 +201,21 @@ class RestHandler:
     def _dispatch(
         self, method: str, path: str, headers: dict[bytes, bytes], body: bytes
     ) -> RestResponse | PendingResponse:
-        extra = self.extra_routes.get(path)
+        # The server's own routes (metrics, health, the dashboard) are matched on the
+        # decoded path; TF Serving's /v1 routes on the path as sent (see _POST).
+        decoded = _unescaped(path)
+        extra = self.extra_routes.get(decoded)
         if extra is not None and method == "GET":
             return extra()
         if self.prefix_routes and method == "GET":
             for prefix, route in self.prefix_routes.items():
-                if path.startswith(prefix):
-                    return route(path[len(prefix) :])
+                if decoded.startswith(prefix):
+                    return route(decoded[len(prefix) :])
         if path == "/v2" or path.startswith("/v2/"):
             if method == "POST":
                 body = _decode_body(headers, body, self.max_body_bytes)
             # The V2 routes are matched on the decoded path (as ASGI servers route).
-            return self.v2.handle(method, _unescaped(path), headers, body)
+            return self.v2.handle(method, decoded, headers, body)
         if not path.lower().startswith("/v1/"):
             return RestResponse(404, orjson.dumps({"error": f"Not found: {method} {path}"}))
         if method == "POST":
