@@ -182,6 +182,9 @@ def declared_output(
             f"{declared}"
         )
 
+    rank = -1 if shape is None else len(shape)
+    fixed = [] if shape is None else [(i, d) for i, d in enumerate(shape) if d >= 0]
+
     def check(array: np.ndarray) -> np.ndarray:
         if text:
             if array.dtype.kind not in "OSU":
@@ -190,11 +193,13 @@ def declared_output(
             if array.dtype.kind in "OSUV" or not np.can_cast(array.dtype, want, "same_kind"):
                 raise refuse(array)
             array = array.astype(want)
-        if shape is not None and (
-            array.ndim != len(shape)
-            or any(0 <= d != n for d, n in zip(shape, array.shape, strict=True))
-        ):
+        if rank >= 0 and array.ndim != rank:
             raise refuse(array)
+        if fixed:
+            dims = array.shape
+            for i, d in fixed:
+                if dims[i] != d:
+                    raise refuse(array)
         return array
 
     return check
