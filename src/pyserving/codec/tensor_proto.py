@@ -171,6 +171,16 @@ def _string_list(content: bytes, count: int) -> np.ndarray | None:
     end = len(content)
     if count > end:  # every length takes at least one byte
         return None
+    head = np.frombuffer(content, np.uint8, count)
+    if count and int(head.max()) < 0x80:  # every length one byte: no varint to walk
+        sizes = head.astype(np.int64)
+        if int(sizes.sum()) != end - count:
+            return None
+        stops = (np.cumsum(sizes) + count).tolist()
+        starts = [count, *stops[:-1]]
+        strings = np.empty(count, dtype=object)
+        strings[:] = [content[a:b] for a, b in zip(starts, stops, strict=True)]
+        return strings
     lengths = []
     pos = 0
     for _ in range(count):
