@@ -102,6 +102,11 @@ def test_json_flat_and_nested() -> None:
     assert ints.dtype == np.int32 and ints.tolist() == [1, -2, 3]
     words = decode("BYTES", [2], [["é"], ["b"]], JSON, info(types_pb2.DT_STRING, -1))
     assert words.tolist() == ["é".encode(), b"b"]
+    # Whole numbers past int64 beside others (NumPy alone would read them as float64).
+    big = decode("UINT64", [2], [1, 2**63], JSON, info(types_pb2.DT_UINT64, -1))
+    assert big.dtype == np.uint64 and big.tolist() == [1, 2**63]
+    top = decode("UINT64", [2, 1], [[0], [2**64 - 1]], JSON, info(types_pb2.DT_UINT64, -1, -1))
+    assert top.tolist() == [[0], [2**64 - 1]]
 
 
 @pytest.mark.parametrize(
@@ -112,6 +117,9 @@ def test_json_flat_and_nested() -> None:
         ("FP32", types_pb2.DT_FLOAT, [True, False], "numbers"),
         ("INT8", types_pb2.DT_INT8, [1, 300], "out of range"),
         ("INT32", types_pb2.DT_INT32, [1, 1.5], "whole numbers"),
+        ("UINT64", types_pb2.DT_UINT64, [1, 2**64], "out of range"),
+        ("UINT64", types_pb2.DT_UINT64, [2**63, 1.5], "whole numbers"),
+        ("INT64", types_pb2.DT_INT64, [-1, 2**63], "out of range"),
         ("BOOL", types_pb2.DT_BOOL, [1, 0], "true or false"),
         ("BYTES", types_pb2.DT_STRING, ["a", 1], "strings"),
         ("FP32", types_pb2.DT_FLOAT, [1.0, 2.0, 3.0], "holds 2 elements"),

@@ -280,7 +280,15 @@ def from_json(
         return wide.reshape(shape)
     if datatype in _INT_RANGES:
         if kind not in "iu":
-            raise InvalidArgument(f"input '{name}': {datatype} data must be whole numbers")
+            # NumPy reads whole numbers past int64 beside others as float64 (or objects):
+            # read them one by one, exactly.
+            flat = _flatten(name, data) if kind in "fO" else []
+            if not flat or not all(type(v) is int for v in flat):
+                raise InvalidArgument(f"input '{name}': {datatype} data must be whole numbers")
+            lo, hi = _INT_RANGES[datatype]
+            if min(flat) < lo or max(flat) > hi:
+                raise InvalidArgument(f"input '{name}': a value is out of range for {datatype}")
+            return np.array(flat, dtype=NUMPY_DTYPES[datatype]).reshape(shape)
         lo, hi = _INT_RANGES[datatype]
         if int(wide.min()) < lo or int(wide.max()) > hi:
             raise InvalidArgument(f"input '{name}': a value is out of range for {datatype}")
