@@ -8,7 +8,9 @@ import math
 import pathlib
 import shutil
 import time
+import zlib
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -156,6 +158,38 @@ def test_gzip_request_body(server: RunningServer) -> None:
     )
     assert r.status_code == 200, r.text
     assert r.json() == {"predictions": [[3.0]]}
+
+
+@pytest.mark.parametrize(
+    ("encoding", "compress", "status"),
+    [
+        ("deflate", zlib.compress, 200),  # the zlib format (RFC 9110)
+        ("deflate", lambda b: zlib.compress(b, wbits=-15), 200),  # raw deflate, as some send
+        ("identity", lambda b: b, 200),
+        ("br", lambda b: b, 400),
+    ],
+)
+def test_deflate_request_bodies_and_unknown_encodings(
+    server: RunningServer, encoding: str, compress: Any, status: int
+) -> None:
+    for path, body, answer in (
+        ("/v1/models/default:predict", b'{"instances": [[2.0]]}', {"predictions": [[3.0]]}),
+        (
+            "/v2/models/default/infer",
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [2.0]}]}',
+            None,
+        ),
+    ):
+        r = server.client.post(path, content=compress(body), headers={"Content-Encoding": encoding})
+        assert r.status_code == status, r.text
+        if status != 200:
+            assert r.json() == {
+                "error": "Unsupported Content-Encoding: br (gzip and deflate are supported)"
+            }
+        elif answer is not None:
+            assert r.json() == answer
+        else:
+            assert r.json()["outputs"][0]["data"] == [3.0]
 
 
 # ----------------------------------------------------------------------------- classify/regress

@@ -52,7 +52,7 @@ from google.protobuf import json_format
 from tensorflow_serving.apis import input_pb2
 
 from pyserving import codec
-from pyserving.compression import GZIP, InflatedTooLarge, inflate
+from pyserving.compression import GZIP, ZLIB, InflatedTooLarge, inflate
 from pyserving.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -330,13 +330,31 @@ def _spec(name: str, version: str | None, label: str | None) -> ModelSpec:
 
 
 def _decode_body(headers: dict[bytes, bytes], body: bytes, limit: int | None = None) -> bytes:
-    encoding = headers.get(b"content-encoding", b"").lower()
-    if encoding == b"gzip":
+    """The body as sent, or decompressed (``Content-Encoding: gzip`` or ``deflate``, the
+    zlib format, or raw deflate as some clients send it), at most ``limit`` bytes of it; an
+    encoding of another name is refused rather than read as JSON."""
+    encoding = headers.get(b"content-encoding", b"").strip().lower()
+    if not encoding or encoding == b"identity":
+        return body
+    if encoding in (b"gzip", b"x-gzip"):
         try:
             return gunzip(body, limit)
         except (OSError, EOFError, zlib.error) as exc:
             raise InvalidArgument(f"Failed to decompress gzip request body: {exc}") from None
-    return body
+    if encoding == b"deflate":
+        try:
+            try:
+                return inflate(body, ZLIB, limit)
+            except zlib.error:  # no zlib header: raw deflate
+                return inflate(body, -zlib.MAX_WBITS, limit)
+        except InflatedTooLarge as exc:
+            raise _too_large(exc.limit, "Decompressed request body") from None
+        except (EOFError, zlib.error) as exc:
+            raise InvalidArgument(f"Failed to decompress deflate request body: {exc}") from None
+    raise InvalidArgument(
+        f"Unsupported Content-Encoding: {encoding.decode('latin-1')} (gzip and deflate are "
+        "supported)"
+    )
 
 
 def gunzip(data: bytes, limit: int | None = None) -> bytes:
