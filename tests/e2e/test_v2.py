@@ -426,15 +426,43 @@ def test_repository_load_and_unload(servers: Servers) -> None:
     np.testing.assert_allclose(rpc.infer("spare", [triton_input(triton_grpc, X)]).as_numpy("y"), Y)
     rpc.unload_model("spare")
     assert not http.is_model_ready("spare")
-    assert "spare" not in {m["name"] for m in http.get_model_repository_index()}
-    assert "spare" not in {name for name, _, _ in grpc_repository_index(rpc)}
-    rpc.load_model("spare", config=json.dumps({"base_path": str(servers.models / "spare")}))
+    # An unloaded model stays in the index, and loads again by name (Triton's repository
+    # extension: the index lists the models the Load API can load).
+    spare = [m for m in http.get_model_repository_index() if m["name"] == "spare"]
+    assert [(m.get("version", ""), m["state"], m["reason"]) for m in spare] == [
+        ("", "UNAVAILABLE", "unloaded")
+    ]
+    assert ("spare", "", "UNAVAILABLE") in grpc_repository_index(rpc)
+    rpc.load_model("spare")
     assert rpc.is_model_ready("spare")
     assert ("spare", "123", "READY") in grpc_repository_index(rpc)
     http.unload_model("spare")
+    http.unload_model("spare")  # already unloaded: nothing to do
+    http.load_model("spare")
+    assert http.is_model_ready("spare")
+    http.unload_model("spare")
     with pytest.raises(InferenceServerException) as info:
-        http.unload_model("spare")
+        http.unload_model("never_configured")
     assert info.value.status() == "404"
+
+
+def test_labels_of_a_model_loaded_again_after_an_unload(servers: Servers) -> None:
+    """Loading a model again with version labels waits for its new versions before giving
+    the labels (its old versions' END states are not the new ones)."""
+    client = servers.main.client
+    config = json.dumps(
+        {"base_path": str(servers.models / "spare"), "version_labels": {"stable": 123}}
+    )
+    for _ in range(2):
+        r = client.post(
+            "/v2/repository/models/labelled/load", json={"parameters": {"config": config}}
+        )
+        assert r.status_code == 200, r.text
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [2.0]}]}
+        answer = client.post("/v2/models/labelled/versions/stable/infer", json=body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"][0]["data"] == [3.0]
+        assert client.post("/v2/repository/models/labelled/unload").status_code == 200
 
 
 def test_model_that_fails_to_load_is_unavailable(servers: Servers) -> None:

@@ -156,6 +156,9 @@ class ServerCore:
         self.monitor = ServableStateMonitor(self.manager.bus)
         self._config = model_server_config_pb2.ModelServerConfig()
         self._models: dict[str, model_server_config_pb2.ModelConfig] = {}
+        #: Models the V2 repository API unloaded, by name, with the config they had: they
+        #: stay in its index (UNAVAILABLE) and load again by name.
+        self.repository_unloaded: dict[str, model_server_config_pb2.ModelConfig] = {}
         self._platforms = dict(self.options.platforms)
         self._platform_options = PlatformOptions(
             saved_model_tags=self.options.saved_model_tags,
@@ -230,6 +233,13 @@ class ServerCore:
                     self.options.policy_per_model.get(name, self.options.manager.default_policy),
                 )
             removed = set(self._models) - set(models)
+            # Models configured again after a time out of the set: their old END states are
+            # not what this reload waits for.
+            stale = {
+                name: states
+                for name in set(models) - set(self._models)
+                if (states := self.monitor.get_version_states(name))
+            }
             self._models = models
             self._config = model_server_config_pb2.ModelServerConfig()
             self._config.CopyFrom(config)
@@ -255,6 +265,8 @@ class ServerCore:
             elif self._remote_started and self.options.file_system_poll_wait_seconds >= 0:
                 self._remote_source.poll_once()
             self.monitor.wait_until_settled(models, timeout=self.options.settle_timeout)
+            for name, old in stale.items():
+                self._wait_for_fresh_versions(name, old)
             if self.monitor.released:
                 raise Unavailable(
                     "The server is shutting down before the new configuration's models settled"
@@ -285,6 +297,17 @@ class ServerCore:
 
             markers = (*markers, TFLITE_MODEL_FILENAME)
         return markers
+
+    def _wait_for_fresh_versions(self, name: str, old: dict[int, ServableState]) -> None:
+        """Wait until ``name`` has versions whose states are not the ``old`` ones (left from
+        an earlier time it was configured) and they have all settled."""
+        done = (ManagerState.AVAILABLE, ManagerState.END)
+
+        def settled(m: ServableStateMonitor) -> bool:
+            fresh = [s for v, s in m.get_version_states(name).items() if old.get(v) is not s]
+            return bool(fresh) and all(s.state in done for s in fresh)
+
+        self.monitor.wait_for(settled, timeout=self.options.settle_timeout)
 
     def _wait_until_unloaded(self, name: str) -> None:
         def gone(m: ServableStateMonitor) -> bool:

@@ -314,9 +314,15 @@ class V2Service:
 
     def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
         """Every configured model's known versions with their states (a configured model
-        with none yet: one entry with an empty version, ``UNAVAILABLE``)."""
+        with none yet: one entry with an empty version, ``UNAVAILABLE``), and the models
+        this API unloaded (one entry each, ``UNAVAILABLE``, reason ``unloaded``)."""
         entries: list[IndexEntry] = []
-        for name in sorted(self.core.model_names()):
+        configured = set(self.core.model_names())
+        for name in sorted(configured | set(self.core.repository_unloaded)):
+            if name not in configured:  # unloaded through this API
+                if not ready_only:
+                    entries.append(IndexEntry(name, "", "UNAVAILABLE", "unloaded"))
+                continue
             states = self.core.monitor.get_version_states(name)
             if not states and not ready_only:
                 entries.append(IndexEntry(name, "", "UNAVAILABLE", "no version found yet"))
@@ -351,6 +357,8 @@ class V2Service:
         config = self.core.config
         models = config.model_config_list.config
         current = next((m for m in models if m.name == name), None)
+        if current is None:
+            current = self.core.repository_unloaded.get(name)  # unloaded here: as it was
         model = model_server_config_pb2.ModelConfig()
         if current is not None:
             model.CopyFrom(current)
@@ -375,17 +383,8 @@ class V2Service:
         kept = [m for m in models if m.name != name]
         del models[:]
         models.extend([*kept, model])
-        monitor = self.core.monitor
-        stale = monitor.get_version_states(name)  # of an earlier time it was configured
         self.core.reload_config(config)
-        if current is None and stale:
-            # The reload saw those old END states as settled: wait for the new versions.
-            def settled(m: Any) -> bool:
-                fresh = [s for v, s in m.get_version_states(name).items() if stale.get(v) is not s]
-                done = (ManagerState.AVAILABLE, ManagerState.END)
-                return bool(fresh) and all(s.state in done for s in fresh)
-
-            monitor.wait_for(settled, timeout=self.core.options.settle_timeout)
+        self.core.repository_unloaded.pop(name, None)
         if not self.core.manager.available_versions(name):
             reasons = [
                 s.error.message
@@ -398,15 +397,23 @@ class V2Service:
 
     def unload(self, name: str) -> None:
         """Remove ``name`` from the model set (as a config reload without it); returns once
-        it is unloaded. ``NotFound`` when it is not configured."""
+        it is unloaded. It stays in the repository index (``UNAVAILABLE``) and loads again
+        by name with the config it had; unloading it again does nothing. ``NotFound`` for a
+        model neither configured nor unloaded here."""
         config = self.core.config
         models = config.model_config_list.config
-        kept = [m for m in models if m.name != name]
-        if len(kept) == len(models):
+        current = next((m for m in models if m.name == name), None)
+        if current is None:
+            if name in self.core.repository_unloaded:
+                return
             raise NotFound(f"Model '{name}' is not configured")
+        remembered = model_server_config_pb2.ModelConfig()
+        remembered.CopyFrom(current)
+        kept = [m for m in models if m.name != name]
         del models[:]
         models.extend(kept)
         self.core.reload_config(config)
+        self.core.repository_unloaded[name] = remembered
 
 
 def _tensors(tensor_map: Any) -> list[TensorMetadata]:
