@@ -446,6 +446,21 @@ def test_repository_load_and_unload(servers: Servers) -> None:
     assert info.value.status() == "404"
 
 
+def test_the_classification_extension_is_refused_not_ignored(servers: Servers) -> None:
+    """An output asking for Triton's classification extension (``class_count``) gets an
+    error: the server does not offer it, and answering the raw tensor instead would give
+    the client another datatype and shape than it asked for."""
+    for module, client in ((triton_http, servers.http), (triton_grpc, servers.grpc)):
+        output = module.InferRequestedOutput("y", class_count=1)  # type: ignore[attr-defined]
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("half_plus_two", [triton_input(module, X)], outputs=[output])
+        assert info.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
+        assert "classification extension" in str(info.value.message())
+        # The server keeps serving.
+        answer = client.infer("half_plus_two", [triton_input(module, X)])
+        np.testing.assert_allclose(answer.as_numpy("y"), Y)
+
+
 def test_labels_of_a_model_loaded_again_after_an_unload(servers: Servers) -> None:
     """Loading a model again with version labels waits for its new versions before giving
     the labels (its old versions' END states are not the new ones)."""

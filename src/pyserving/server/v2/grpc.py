@@ -28,6 +28,7 @@ from pyserving.server.service import ModelServing, PredictResult
 from pyserving.server.v2 import codec
 from pyserving.server.v2.protos import MESSAGES, SERVICE
 from pyserving.server.v2.service import (
+    CLASSIFICATION_REFUSED,
     CONTENTS,
     RAW,
     InferRequest,
@@ -97,9 +98,17 @@ def infer_request(message: Any) -> InferRequest:
         message.model_version,
         message.id,
         tensors,
-        [output.name for output in message.outputs],
+        [_output_name(output) for output in message.outputs],
         signature_name,
     )
+
+
+def _output_name(output: Any) -> str:
+    """A requested output's name; ``InvalidArgument`` when it asks for the classification
+    extension, which this server does not offer."""
+    if "classification" in output.parameters:
+        raise InvalidArgument(CLASSIFICATION_REFUSED.format(output.name))
+    return str(output.name)
 
 
 class V2GrpcService:

@@ -37,6 +37,7 @@ from pyserving.server.rest import PendingResponse, RestResponse
 from pyserving.server.service import PredictResult
 from pyserving.server.v2 import codec
 from pyserving.server.v2.service import (
+    CLASSIFICATION_REFUSED,
     JSON,
     RAW,
     InferRequest,
@@ -254,9 +255,10 @@ def parse_infer_request(
             raise InvalidArgument(f'output {index} must be an object with a "name" string')
         output_name = item["name"]
         names.append(output_name)
-        wanted[output_name] = _flag(
-            _parameters(item, f"output '{output_name}'"), "binary_data", binary_default
-        )
+        output_parameters = _parameters(item, f"output '{output_name}'")
+        if "classification" in output_parameters:
+            raise InvalidArgument(CLASSIFICATION_REFUSED.format(output_name))
+        wanted[output_name] = _flag(output_parameters, "binary_data", binary_default)
     request = InferRequest(name, version, request_id, inputs, names, signature_name)
     return request, wanted
 

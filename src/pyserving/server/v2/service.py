@@ -69,6 +69,14 @@ BACKEND_PLATFORMS = {
 RAW, JSON, CONTENTS = "raw", "json", "contents"
 
 
+#: The answer to an output asking for Triton's classification extension (top classes as
+#: "value:index" strings), which this server does not offer: an error, not the raw tensor.
+CLASSIFICATION_REFUSED = (
+    "output '{}' asks for the classification extension (class_count), which this server "
+    "does not offer; request the output itself"
+)
+
+
 @dataclass(frozen=True)
 class InputTensor:
     """One input as the request gave it: ``data`` is raw bytes (``form`` RAW), a JSON value
