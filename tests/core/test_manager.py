@@ -248,6 +248,46 @@ def test_retries_stop_when_version_no_longer_aspired() -> None:
         assert loader.attempts == 1
 
 
+def _inline_retrying_manager() -> tuple[AspiredVersionsManager, FakeLoader]:
+    """A manager whose loop runs loads itself (``num_load_threads`` 0), loading a version
+    that always fails, now waiting an hour to retry it (so the loop is blocked)."""
+    m = AspiredVersionsManager(
+        ManagerOptions(num_load_threads=0, max_num_load_retries=100, load_retry_interval=3600.0)
+    )
+    loader = FakeLoader("m", 1, fail_times=1000)
+    aspire(m, "m", loader)
+    deadline = time.monotonic() + 30
+    while loader.attempts < 1:
+        assert time.monotonic() < deadline, "the first load attempt never ran"
+        threading.Event().wait(0.01)
+    return m, loader
+
+
+def test_a_version_gone_from_its_source_stops_retrying_at_once() -> None:
+    """The loop is blocked in the retry wait, so it cannot apply the new aspired set: the
+    source's callback itself ends the wait (the version's directory was deleted)."""
+    m, loader = _inline_retrying_manager()
+    monitor = ServableStateMonitor(m.bus)
+    try:
+        m.get_aspired_versions_callback()("m", [])
+        state = monitor.wait_until_available(ServableId("m", 1), timeout=30)
+        assert state.state is ManagerState.END
+        assert loader.attempts == 1
+    finally:
+        m.close()
+
+
+def test_close_ends_a_wait_between_load_attempts() -> None:
+    """Shutting down does not wait out the retry interval (a SIGTERM would otherwise take
+    minutes with the default retries)."""
+    m, loader = _inline_retrying_manager()
+    closer = threading.Thread(target=m.close)
+    closer.start()
+    closer.join(30)
+    assert not closer.is_alive(), "close() waited out the retry interval"
+    assert loader.attempts == 1
+
+
 def test_error_data_from_source_is_visible(manager: AspiredVersionsManager) -> None:
     from pyserving.errors import NotFound as NF
 

@@ -214,13 +214,23 @@ class AspiredVersionsManager(Target[Loader]):
         self._wake.set()
 
     def _supersede_changed(self, name: str, versions: Sequence[ServableData[Any]]) -> None:
-        """Supersede every loading harness of ``name`` whose content ``versions`` changes.
+        """Supersede every loading harness of ``name`` whose content ``versions`` changes, and
+        un-aspire every loading harness ``versions`` no longer holds.
 
         Runs on the source's thread, so that a load waiting between retries stops waiting
         even when it runs inline in the manager loop (``num_load_threads`` = 0) and no round
         can run until it returns. Caller holds ``_lock``.
         """
         current = self._harnesses.get(name, {})
+        wanted = {item.id.version for item in versions}
+        for version, loading in current.items():
+            if version not in wanted and loading.state in _LOADING and loading.is_aspired:
+                # Gone from the source (its directory deleted): no further attempt.
+                log.info(
+                    "Servable %s: no longer aspired while loading; no further attempt",
+                    loading.id,
+                )
+                loading.set_aspired(False)
         for item in versions:
             harness = current.get(item.id.version)
             if (
@@ -561,6 +571,11 @@ class AspiredVersionsManager(Target[Loader]):
             return
         self._closed = True
         self._stop.set()
+        # Loads waiting to retry stop waiting (the loop may be running one inline).
+        with self._lock:
+            for versions in self._harnesses.values():
+                for harness in versions.values():
+                    harness.set_aspired(False)
         self._wake.set()
         if self._thread is not None:
             self._thread.join()
