@@ -83,6 +83,37 @@ def test_config_rewrite_adds_and_removes_models(polled: RunningServer, repo: pat
     assert predict(polled, "three")[0] == 200
 
 
+def test_a_label_for_a_version_not_there_yet_is_given_once_it_is(
+    polled: RunningServer, repo: pathlib.Path, testdata: pathlib.Path
+) -> None:
+    """A rewrite whose model set applies but whose label names a version not AVAILABLE yet
+    is applied again at every poll: the label is given once the version serves, without
+    the file changing again."""
+    config: pathlib.Path = polled.config_path  # type: ignore[attr-defined]
+    two = repo / "two"
+    tmp = config.with_suffix(".tmp")
+    tmp.write_text(
+        "model_config_list {\n"
+        f'config {{ name: "two" base_path: "{two}"\n'
+        "  model_version_policy { all {} }\n"
+        '  version_labels { key: "next" value: 124 } }\n}\n'
+    )
+    tmp.replace(config)
+    wait_for(lambda: "applying it again at every poll" in polled.log())
+    labelled = "/v1/models/two/labels/next:predict"
+    body = json.dumps({"instances": [[2.0]]})
+    assert polled.client.post(labelled, content=body).status_code == 400
+    staging = repo / "staging"
+    shutil.copytree(testdata / "saved_model_half_plus_two_2_versions" / "00000124", staging)
+    staging.rename(two / "00000124")
+    wait_for(lambda: polled.client.post(labelled, content=body).status_code == 200)
+    assert "Model config reloaded: two" in polled.log()
+    # A config file that cannot be read is said once; the current set keeps serving.
+    config.unlink()
+    wait_for(lambda: "Failed to read model config file" in polled.log())
+    assert polled.client.post(labelled, content=body).status_code == 200
+
+
 def test_new_version_served_while_old_serves_until_then(
     polled: RunningServer, repo: pathlib.Path, testdata: pathlib.Path
 ) -> None:

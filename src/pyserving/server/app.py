@@ -25,7 +25,7 @@ from pyserving.config import (
 )
 from pyserving.core.loader import ResourceEstimate
 from pyserving.core.manager import ManagerOptions
-from pyserving.errors import ServingError
+from pyserving.errors import FailedPrecondition, ServingError
 from pyserving.flags import ParsedFlags, UsageError, not_implemented_flags
 from pyserving.server.core import ServerCore, ServerCoreOptions
 from pyserving.server.health import install_health_routes, is_ready
@@ -580,7 +580,10 @@ class ConfigFilePoller:
     """Re-reads ``--model_config_file`` every ``--model_config_file_poll_wait_seconds``.
 
     A changed, valid file replaces the model set (as the reload RPC does); a file that does
-    not parse or validate is logged and the current set keeps serving.
+    not parse or validate is logged and the current set keeps serving. A file whose model set
+    was applied but whose version labels could not all be given (a version not AVAILABLE
+    yet) is applied again at every poll until they are. A file that cannot be read is
+    logged (once, until it can be read again) and the current set keeps serving.
     """
 
     def __init__(self, options: ServerOptions, core: ServerCore) -> None:
@@ -589,14 +592,26 @@ class ConfigFilePoller:
         self._core = core
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last = self._read()
+        self._unreadable: str | None = None  # the read error last logged
+        self._last = self._read() if self._path else None  # in force (or refused for good)
+        self._attempted = self._last  # the content last tried
 
     def _read(self) -> bytes | None:
         try:
             with open(self._path, "rb") as f:
-                return f.read()
-        except OSError:
+                content = f.read()
+        except OSError as exc:
+            reason = f"{type(exc).__name__}: {exc.strerror or exc}"
+            if reason != self._unreadable:
+                self._unreadable = reason
+                log.error(
+                    "Failed to read model config file %s (%s); serving the last configuration",
+                    self._path,
+                    reason,
+                )
             return None
+        self._unreadable = None
+        return content
 
     def start(self) -> None:
         if not self._path or self._period <= 0:
@@ -614,14 +629,34 @@ class ConfigFilePoller:
         content = self._read()
         if content is None or content == self._last:
             return
-        self._last = content
+        retry = content == self._attempted
+        self._attempted = content
         try:
             config = load_model_server_config(self._path)
-            log.info("Model config file %s changed; reloading", self._path)
-            self._core.reload_config(config, from_config_file=True)
-            log.info("Model config reloaded: %s", ", ".join(self._core.model_names()))
         except ServingError as exc:
+            self._last = content
             log.error("Not applying model config file %s: %s", self._path, exc.message)
+            return
+        if not retry:
+            log.info("Model config file %s changed; reloading", self._path)
+        try:
+            self._core.reload_config(config, from_config_file=True)
+        except FailedPrecondition as exc:
+            # The new model set is in force; a label names a version not AVAILABLE yet.
+            if not retry:
+                log.error(
+                    "Model config file %s applied, except: %s; applying it again at every "
+                    "poll until that succeeds",
+                    self._path,
+                    exc.message,
+                )
+            return
+        except ServingError as exc:
+            self._last = content
+            log.error("Not applying model config file %s: %s", self._path, exc.message)
+            return
+        self._last = content
+        log.info("Model config reloaded: %s", ", ".join(self._core.model_names()))
 
     def stop(self) -> None:
         self._stop.set()
