@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,22 +28,31 @@ MAX_WARMUP_RECORDS = 1000
 
 
 def read_tfrecords(path: str) -> Iterator[bytes]:
-    """The records of a TFRecord file (lengths are read; CRCs are not verified).
+    """The records of a TFRecord file, read by TensorFlow's reader (lengths and data
+    checked against their CRCs).
 
-    Raises ``DataLoss`` for a truncated or malformed file.
+    Raises ``DataLoss`` for a file that is not in the format, or is truncated or corrupt,
+    with TensorFlow's reason (as TF Serving refuses it).
     """
-    with open(path, "rb") as f:
-        while True:
-            header = f.read(12)
-            if not header:
-                return
-            if len(header) != 12:
-                raise DataLoss(f"Truncated TFRecord header in {path}")
-            (length,) = struct.unpack("<Q", header[:8])
-            data = f.read(length)
-            if len(data) != length or len(f.read(4)) != 4:
-                raise DataLoss(f"Truncated TFRecord of {length} bytes in {path}")
+    import tensorflow as tf
+
+    def refused(reason: str) -> DataLoss:
+        return DataLoss(
+            f"Failed to read warmup data in {path}: {reason}. Please verify your warmup "
+            "data is in TFRecord format."
+        )
+
+    size = os.path.getsize(path)
+    offset = 0  # bytes of whole records read
+    try:
+        for record in tf.data.TFRecordDataset(path):
+            data = record.numpy()
+            offset += 12 + len(data) + 4  # length, its CRC, the data, its CRC
             yield data
+    except tf.errors.OpError as exc:
+        raise refused(exc.message) from None
+    if offset != size:  # (TensorFlow's reader ends quietly at a header cut short)
+        raise refused(f"truncated record at {offset}")
 
 
 def load_warmup_records(version_path: str) -> list[Any]:

@@ -109,14 +109,26 @@ def test_warmup_on_unknown_signature_fails_the_load(core: ServerCore, model: pat
     assert "Warmup record 0" in state.error.message and "nope" in state.error.message
 
 
-def test_malformed_warmup_file_fails_the_load(core: ServerCore, model: pathlib.Path) -> None:
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"\x05\x00\x00", "truncated record"),  # a record header cut short
+        (b"this is not a tfrecord at all" * 5, "corrupted record at 0"),  # length's CRC wrong
+    ],
+)
+def test_malformed_warmup_file_fails_the_load(
+    core: ServerCore, model: pathlib.Path, content: bytes, reason: str
+) -> None:
     path = model / "00000123" / WARMUP_FILE
     path.parent.mkdir(parents=True)
-    path.write_bytes(b"\x05\x00\x00")  # a truncated record header
+    path.write_bytes(content)
     core.reload_config(config_for(model))
     [state] = core.model_status("m")
     assert state.state is ManagerState.END
-    assert state.error is not None and "Truncated" in state.error.message
+    assert state.error is not None and state.error.code.name == "DATA_LOSS", state.error
+    assert f"Failed to read warmup data in {path}" in state.error.message
+    assert reason in state.error.message
+    assert "Please verify your warmup data is in TFRecord format." in state.error.message
 
 
 def test_no_warmup_file_is_fine(core: ServerCore, model: pathlib.Path) -> None:
