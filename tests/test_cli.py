@@ -155,6 +155,26 @@ def test_session_config_file_is_read_or_refused(tmp_path) -> None:  # type: igno
         )
 
 
+def test_a_platform_config_file_tf_serving_would_refuse_is_refused(tmp_path: pathlib.Path) -> None:
+    """Its settings are not applied (a warning says so), but a file that does not parse as
+    TF Serving's PlatformConfigMap, or cannot be read, stops the start as in TF Serving."""
+    from pyserving.server.app import server_options_from_flags
+
+    good = tmp_path / "platform.config"
+    good.write_text('platform_configs { key: "tensorflow" value { } }\n')
+    options = server_options_from_flags(
+        parse_flags(["--model_base_path=/models/m", f"--platform_config_file={good}"])
+    )
+    assert "platform_config_file" in options.ignored_flags
+    bad = tmp_path / "bad.config"
+    bad.write_text("platform_configz { }\n")
+    for path in (bad, tmp_path / "missing.config"):
+        with pytest.raises(UsageError, match=r"tensorflow\.serving\.PlatformConfigMap"):
+            server_options_from_flags(
+                parse_flags(["--model_base_path=/models/m", f"--platform_config_file={path}"])
+            )
+
+
 def _run_python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", code],

@@ -115,6 +115,21 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
             "Both server_options.model_base_path and server_options.model_config_file are "
             "empty!\nStart with --model_base_path=/path/to/model (or --model_config_file)."
         )
+    if flags.platform_config_file:
+        # Its settings are not applied (see the warning at start), but a file TF Serving
+        # would refuse is refused here too.
+        from tensorflow_serving.config import platform_config_pb2
+
+        from pyserving.config import read_text_proto
+
+        try:
+            read_text_proto(
+                flags.platform_config_file,
+                platform_config_pb2.PlatformConfigMap(),
+                "tensorflow.serving.PlatformConfigMap",
+            )
+        except ConfigError as exc:
+            raise UsageError(exc.message) from None
     metrics_path = ""
     if flags.monitoring_config_file:
         from pyserving.config import read_text_proto
