@@ -1059,3 +1059,13 @@ def test_tensors_of_more_dimensions_than_numpy_holds_are_refused() -> None:
     assert info.value.message == "tensor parsing error: x"
     with pytest.raises(InvalidArgument, match="65 dimensions"):
         tensor_proto_to_ndarray(proto)
+
+
+def test_tensors_of_no_elements_ignore_their_content_as_tensorflow_does() -> None:
+    for dtype, content in ((types_pb2.DT_STRING, b"\x01a"), (types_pb2.DT_FLOAT, b"\x00" * 4)):
+        proto = tensor_pb2.TensorProto(dtype=dtype, tensor_content=content)
+        proto.tensor_shape.dim.add(size=0)
+        proto.tensor_shape.dim.add(size=2)
+        got = tensor_proto_to_ndarray(proto, name="x")
+        want = tf.io.parse_tensor(proto.SerializeToString(), tf.dtypes.as_dtype(dtype))
+        assert got.shape == tuple(want.shape) == (0, 2)

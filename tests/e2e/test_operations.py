@@ -88,26 +88,35 @@ def test_a_label_for_a_version_not_there_yet_is_given_once_it_is(
 ) -> None:
     """A rewrite whose model set applies but whose label names a version not AVAILABLE yet
     is applied again at every poll: the label is given once the version serves, without
-    the file changing again."""
+    the file changing again. Restoring the file in force before applies it."""
     config: pathlib.Path = polled.config_path  # type: ignore[attr-defined]
     two = repo / "two"
-    tmp = config.with_suffix(".tmp")
-    tmp.write_text(
-        "model_config_list {\n"
-        f'config {{ name: "two" base_path: "{two}"\n'
-        "  model_version_policy { all {} }\n"
-        '  version_labels { key: "next" value: 124 } }\n}\n'
-    )
-    tmp.replace(config)
-    wait_for(lambda: "applying it again at every poll" in polled.log())
+
+    def write_labelled() -> None:
+        tmp = config.with_suffix(".tmp")
+        tmp.write_text(
+            "model_config_list {\n"
+            f'config {{ name: "two" base_path: "{two}"\n'
+            "  model_version_policy { all {} }\n"
+            '  version_labels { key: "next" value: 124 } }\n}\n'
+        )
+        tmp.replace(config)
+
     labelled = "/v1/models/two/labels/next:predict"
     body = json.dumps({"instances": [[2.0]]})
+    write_labelled()
+    wait_for(lambda: "applying it again at every poll" in polled.log())
     assert polled.client.post(labelled, content=body).status_code == 400
+    # The previous file restored is applied (the failed one is not taken as in force).
+    write_config(config, {"two": two})
+    wait_for(lambda: "Model config reloaded: two" in polled.log())
+    write_labelled()
+    wait_for(lambda: polled.log().count("applying it again at every poll") >= 2)
     staging = repo / "staging"
     shutil.copytree(testdata / "saved_model_half_plus_two_2_versions" / "00000124", staging)
     staging.rename(two / "00000124")
     wait_for(lambda: polled.client.post(labelled, content=body).status_code == 200)
-    assert "Model config reloaded: two" in polled.log()
+    assert polled.log().count("Model config reloaded: two") >= 2
     # A config file that cannot be read is said once; the current set keeps serving.
     config.unlink()
     wait_for(lambda: "Failed to read model config file" in polled.log())

@@ -312,6 +312,7 @@ def test_a_preprocess_that_returns_no_mapping_is_an_internal_error(repo: pathlib
     [
         ("x.astype(np.float64)", "float32"),  # cast to the declared dtype
         ("x.astype(np.int32)", "float32"),
+        ("x.astype(object)", "float32"),  # numbers held as objects (pandas)
         ("np.array(['a'] * len(x))", "is object of shape [1]; its signature declares float of"),
         ("x.reshape(-1, 1)", "is float32 of shape [1,1]; its signature declares float of"),
         ("[[1.0, 2.0], [3.0]]", "The model's output 'y' is not a tensor"),

@@ -166,6 +166,7 @@ def test_gzip_request_body(server: RunningServer) -> None:
         ("deflate", zlib.compress, 200),  # the zlib format (RFC 9110)
         ("deflate", lambda b: zlib.compress(b, wbits=-15), 200),  # raw deflate, as some send
         ("identity", lambda b: b, 200),
+        ("utf-8", lambda b: b, 200),  # not a coding: ignored, as TF Serving ignores it
         ("br", lambda b: b, 400),
     ],
 )

@@ -156,3 +156,37 @@ def test_a_multi_output_regressors_outputs_have_its_width(tmp_path: pathlib.Path
         assert "regress" not in servable.signature_defs
     finally:
         loader.unload()  # type: ignore[attr-defined]
+
+
+def test_a_multi_class_booster_of_two_classes_answers_both(tmp_path: pathlib.Path) -> None:
+    x, y = _iris()
+    y = (y == 2).astype(int)
+    booster = xgb.train(
+        {"objective": "multi:softprob", "num_class": 2, "max_depth": 2},
+        xgb.DMatrix(x, label=y),
+        num_boost_round=3,
+    )
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    booster.save_model(str(tmp_path / "m" / "1" / "model.json"))
+    loader = _serve(tmp_path / "m" / "1", "xgboost")
+    try:
+        out = loader.servable().run("serving_default", {"inputs": x})  # type: ignore[attr-defined]
+        np.testing.assert_allclose(out["scores"], booster.inplace_predict(x), rtol=1e-6)
+        assert out["scores"].shape == (len(x), 2)
+    finally:
+        loader.unload()  # type: ignore[attr-defined]
+
+
+def test_a_regressor_of_one_column_keeps_its_regress_signature(tmp_path: pathlib.Path) -> None:
+    import joblib
+    from sklearn.linear_model import LinearRegression
+
+    x, _ = _iris()
+    regressor = LinearRegression().fit(x[:, :3], x[:, 3:])  # y as a column: (n, 1)
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    joblib.dump(regressor, tmp_path / "m" / "1" / "model.joblib")
+    loader = _serve(tmp_path / "m" / "1", "sklearn")
+    try:
+        assert "regress" in loader.servable().signature_defs  # type: ignore[attr-defined]
+    finally:
+        loader.unload()  # type: ignore[attr-defined]

@@ -280,6 +280,8 @@ def tensor_proto_to_ndarray(
             budget.remaining = -1  # nothing more fits
             raise _parse_error(name, f"shape {shape_text(shape)} is over the size limit")
         budget.remaining -= size
+    if count == 0:  # (tensor_content and typed values are not read, as in TensorFlow)
+        return np.empty(shape, dtype=object if dtype == DT_STRING else np_dtype)
     if proto.tensor_content and dtype == DT_STRING:
         strings = _string_list(proto.tensor_content, count)
         if strings is None:

@@ -61,14 +61,14 @@ def booster_servable(
     )
 
     inputs = {"inputs": TensorSpec(np.float32, (-1, n_features))}
-    width = 1 if n_classes == 2 else n_classes  # a binary model predicts P(class 1)
 
     def class_scores(x: np.ndarray) -> np.ndarray:
-        """Every class's probability, one row per row of ``x``."""
+        """Every class's probability, one row per row of ``x`` (a binary model predicts
+        P(class 1) alone; a multi-class one of two classes, both)."""
         if len(x) == 0:
             return np.zeros((0, n_classes), np.float32)
-        raw = np.asarray(predict(x), dtype=np.float32).reshape(len(x), width)
-        return np.concatenate([1 - raw, raw], axis=1) if width == 1 else raw
+        raw = np.asarray(predict(x), dtype=np.float32).reshape(len(x), -1)
+        return np.concatenate([1 - raw, raw], axis=1) if raw.shape[1] == 1 else raw
 
     if n_classes >= 2:
         outputs = {

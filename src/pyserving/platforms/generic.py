@@ -145,8 +145,11 @@ def as_output(value: Any) -> np.ndarray:
                     texts.append(v)
                 elif isinstance(v, str):
                     texts.append(v.encode("utf-8"))
-                else:  # None, dicts, lists...: no tensor holds them
-                    raise Internal(
+                else:
+                    numbers = _numeric(values)
+                    if numbers is not None:  # numbers held as objects (pandas)
+                        return numbers.reshape(array.shape)
+                    raise Internal(  # None, dicts, lists...: no tensor holds them
                         f"A model output holds {type(v).__name__} values; outputs hold "
                         "numbers, booleans, strings or bytes"
                     )
@@ -154,6 +157,17 @@ def as_output(value: Any) -> np.ndarray:
             flat[:] = texts
             return flat.reshape(array.shape)
     return array
+
+
+def _numeric(values: list[Any]) -> np.ndarray | None:
+    """``values`` as an array of numbers or booleans, or None when they are not all such."""
+    if not all(isinstance(v, (bool, int, float, np.number, np.bool_)) for v in values):
+        return None
+    try:
+        numbers = np.array(values)
+    except (ValueError, OverflowError, TypeError):
+        return None
+    return numbers if numbers.dtype.kind in "biuf" else None
 
 
 def declared_output(
@@ -192,6 +206,13 @@ def declared_output(
         elif array.dtype != want:
             if array.dtype.kind in "OSUV" or not np.can_cast(array.dtype, want, "same_kind"):
                 raise refuse(array)
+            if (
+                want.kind in "iu"
+                and array.size
+                and not np.can_cast(array.dtype, want, "safe")
+                and (array.min() < np.iinfo(want).min or array.max() > np.iinfo(want).max)
+            ):
+                raise refuse(array)  # narrowing would wrap
             array = array.astype(want)
         if rank >= 0 and array.ndim != rank:
             raise refuse(array)
@@ -220,13 +241,21 @@ def call_user_code(fn: Callable[..., Any], *args: Any) -> Any:
 
 class FunctionRunner:
     """A :class:`~pyserving.platforms.tensorflow.servable.Runner` over one :data:`ModelFn`
-    per signature. ``on_close`` runs once at :meth:`close`."""
+    per signature. ``on_close`` runs once at :meth:`close`. ``check_outputs``: outputs are
+    held to the signature (:func:`declared_output`), for signatures a user declared; the
+    shapes runtimes report (onnxruntime's unknown ``[]``, an export's fixed batch of 1) are
+    not held to."""
 
     def __init__(
-        self, functions: Mapping[str, ModelFn], on_close: Callable[[], None] | None = None
+        self,
+        functions: Mapping[str, ModelFn],
+        on_close: Callable[[], None] | None = None,
+        *,
+        check_outputs: bool = False,
     ) -> None:
         self._functions: dict[str, ModelFn] | None = dict(functions)
         self._on_close = on_close
+        self._check_outputs = check_outputs
 
     def make_callable(
         self,
@@ -243,7 +272,10 @@ class FunctionRunner:
             raise Internal(f"Signature {signature_name!r} has no function")
         feeds = tuple(feed_aliases)
         fetches = tuple(fetch_aliases)
-        checks = [declared_output(a, signature.outputs[a]) for a in fetches]
+        checks = [
+            declared_output(a, signature.outputs[a]) if self._check_outputs else None
+            for a in fetches
+        ]
 
         def run(*args: np.ndarray) -> list[np.ndarray]:
             outputs = call_user_code(fn, dict(zip(feeds, args, strict=True)))
@@ -285,7 +317,11 @@ class ModelServable(SavedModelServable):
         functions: key -> the function computing that signature.
         backend: the platform's name (shown in ``repr``).
         on_close: releases the model (called once, by ``close``).
+        check_outputs: hold outputs to the signatures (see :class:`FunctionRunner`).
     """
+
+    #: String inputs reach the model's own code, not TensorFlow's conversion from NumPy.
+    string_rank_limit = None
 
     def __init__(
         self,
@@ -295,12 +331,14 @@ class ModelServable(SavedModelServable):
         *,
         backend: str,
         on_close: Callable[[], None] | None = None,
+        check_outputs: bool = False,
     ) -> None:
         meta_graph = meta_graph_pb2.MetaGraphDef()
         for key, spec in signatures.items():
             proto = spec if isinstance(spec, meta_graph_pb2.SignatureDef) else signature_def(spec)
             meta_graph.signature_def[key].CopyFrom(proto)
-        super().__init__(path, (), meta_graph, FunctionRunner(functions, on_close), backend=backend)
+        runner = FunctionRunner(functions, on_close, check_outputs=check_outputs)
+        super().__init__(path, (), meta_graph, runner, backend=backend)
 
     def __repr__(self) -> str:
         return f"ModelServable(path={self.path!r}, backend={self.backend!r})"

@@ -657,7 +657,10 @@ class ConfigFilePoller:
         try:
             self._core.reload_config(config, from_config_file=True)
         except FailedPrecondition as exc:
-            # The new model set is in force; a label names a version not AVAILABLE yet.
+            # The new model set is in force; a label names a version not AVAILABLE yet. No
+            # content counts as in force: this one is tried again, any other (the previous
+            # one restored) applied.
+            self._last = None
             if not retry:
                 log.error(
                     "Model config file %s applied, except: %s; applying it again at every "

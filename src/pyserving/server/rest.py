@@ -45,7 +45,7 @@ import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import orjson
 from google.protobuf import json_format
@@ -329,10 +329,15 @@ def _spec(name: str, version: str | None, label: str | None) -> ModelSpec:
     return ModelSpec(name, None, label)
 
 
+#: Content codings of compressed bodies that are not decompressed here.
+_UNSUPPORTED_CODINGS = frozenset({b"br", b"zstd", b"compress", b"x-compress"})
+
+
 def _decode_body(headers: dict[bytes, bytes], body: bytes, limit: int | None = None) -> bytes:
     """The body as sent, or decompressed (``Content-Encoding: gzip`` or ``deflate``, the
-    zlib format, or raw deflate as some clients send it), at most ``limit`` bytes of it; an
-    encoding of another name is refused rather than read as JSON."""
+    zlib format, or raw deflate as some clients send it), at most ``limit`` bytes of it. A
+    compression this server cannot read (``br``, ``zstd``, ``compress``) is refused rather
+    than read as JSON; any other value is ignored, as TF Serving ignores it."""
     encoding = headers.get(b"content-encoding", b"").strip().lower()
     if not encoding or encoding == b"identity":
         return body
@@ -351,10 +356,12 @@ def _decode_body(headers: dict[bytes, bytes], body: bytes, limit: int | None = N
             raise _too_large(exc.limit, "Decompressed request body") from None
         except (EOFError, zlib.error) as exc:
             raise InvalidArgument(f"Failed to decompress deflate request body: {exc}") from None
-    raise InvalidArgument(
-        f"Unsupported Content-Encoding: {encoding.decode('latin-1')} (gzip and deflate are "
-        "supported)"
-    )
+    if encoding in _UNSUPPORTED_CODINGS:  # compressed in a way this server cannot read
+        raise InvalidArgument(
+            f"Unsupported Content-Encoding: {encoding.decode('latin-1')} (gzip and deflate "
+            "are supported)"
+        )
+    return body  # another value: the body as it is, as TF Serving reads it
 
 
 def gunzip(data: bytes, limit: int | None = None) -> bytes:
@@ -423,7 +430,12 @@ class RestApp:
         if scope["type"] != "http":
             return
         method: str = scope["method"]
-        path: str = scope["path"]
+        # The path as sent (the handler decodes what it routes on); ASGI's "path" is
+        # decoded already.
+        raw = scope.get("raw_path")
+        path: str = (
+            raw.decode("latin-1").partition("?")[0] if raw else quote(scope["path"], safe="/:")
+        )
         headers = dict(scope["headers"])
         try:
             body = await self._read_body(headers, receive)

@@ -244,6 +244,7 @@ class PythonLoader(Loader):
                 {"serving_default": predict},
                 backend="python",
                 on_close=on_close,
+                check_outputs=True,
             )
         has_hooks = hasattr(model, "preprocess") or hasattr(model, "postprocess")
         if inner_servable is not None and not has_hooks:

@@ -126,7 +126,7 @@ def estimator_servable(path: str, estimator: Any, backend: str = "sklearn") -> A
                 lambda x: estimator.predict_proba(np.asarray(x, dtype=np.float64)),
                 None,
             )
-        elif classes is None and not width:  # the Regress API answers one value per example
+        elif classes is None and int(np.prod(width)) == 1:  # Regress: one value per example
             extra, fns = example_signatures(
                 int(n),
                 None if names is None else [str(v) for v in names],

@@ -512,6 +512,10 @@ class SavedModelServable:
     ``unload``) must not race with ``run``; the manager guarantees that by waiting for handles.
     """
 
+    #: The most dimensions a string input may have (:data:`MAX_STRING_RANK`: TensorFlow
+    #: converts it from NumPy); None: no limit (a model of another platform).
+    string_rank_limit: int | None = MAX_STRING_RANK
+
     def __init__(
         self,
         path: str,
@@ -581,10 +585,11 @@ class SavedModelServable:
                 value = info.defaults[feed.alias]
             elif type(value) is not np.ndarray:
                 value = np.asarray(value)
-            if value.ndim > MAX_STRING_RANK and value.dtype.kind in "OSU":
+            limit = self.string_rank_limit
+            if limit is not None and value.ndim > limit and value.dtype.kind in "OSU":
                 raise InvalidArgument(
                     f"Input '{feed.alias}' is a string tensor of {value.ndim} dimensions; "
-                    f"at most {MAX_STRING_RANK} are supported"
+                    f"at most {limit} are supported"
                 )
             if value.dtype != feed.np_dtype and feed.dtype != _DT_INVALID:
                 if feed.dtype == _DT_STRING and value.dtype.kind in "OSU":
