@@ -810,8 +810,8 @@ class RefusesNegatives(Recorder):
 
 
 def test_a_bad_request_fails_alone_not_its_batch() -> None:
-    """A batch refused with INVALID_ARGUMENT runs again one request at a time: the request
-    at fault gets the error, the others that shared its batch their answers."""
+    """A batch refused with INVALID_ARGUMENT runs again in halves, down to the request at
+    fault: it gets the error, the others that shared its batch their answers."""
     model = RefusesNegatives()
     s = scheduler(model, max_batch_size=3, batch_timeout_micros=600_000_000)
     try:
@@ -820,7 +820,28 @@ def test_a_bad_request_fails_alone_not_its_batch() -> None:
         with pytest.raises(InvalidArgument, match="x must not be negative"):
             futures[1].result(30)
         assert float(futures[2].result(30)["y"][0, 0]) == 3.5
-        assert model.batches == [-3, 1, -1, 1]  # the batch, then each request alone
+        # The batch; its halves [1] and [-1, 3]; the failed half's halves [-1] and [3].
+        assert model.batches == [-3, 1, -2, -1, 1]
+    finally:
+        s.close()
+
+
+def test_one_bad_request_among_many_costs_a_few_runs_not_one_each() -> None:
+    model = RefusesNegatives()
+    values = [float(v) for v in range(1, 17)]
+    values[11] = -1.0
+    s = scheduler(model, max_batch_size=16, batch_timeout_micros=600_000_000)
+    try:
+        futures = [s.submit_future({"x": np.array([[v]], np.float32)}) for v in values]
+        for v, future in zip(values, futures, strict=True):
+            if v < 0:
+                with pytest.raises(InvalidArgument):
+                    future.result(30)
+            else:
+                assert float(future.result(30)["y"][0, 0]) == 0.5 * v + 2
+        # 1 + 2 log2(16) runs instead of 1 + 16.
+        assert len(model.batches) == 9
+        assert sum(n for n in model.batches if n > 0) == 15
     finally:
         s.close()
 

@@ -581,23 +581,37 @@ class BatchScheduler:
     def _execute(self, batch: list[_Task], queued: float) -> list[_Completion]:
         """Merge and run one batch; what answers its requests. A batch of several requests
         that fails with ``InvalidArgument`` (a request's bad value: a model's ``ValueError``,
-        an op refusing one row) is run again one request at a time, so that only the
-        requests at fault get the error, not every request that shared their batch."""
+        an op refusing one row) is split in halves and each half run again, down to the
+        requests at fault (about 2 log2(n) runs for one bad request among n), so that only
+        they get the error, not every request that shared their batch."""
         done = self._execute_batch(batch, queued)
         if len(batch) > 1 and isinstance(done[3], InvalidArgument):
             log.info(
-                "A batch of %d requests failed (%s); running them one at a time",
+                "A batch of %d requests failed (%s); running its halves again",
                 len(batch),
                 done[3].message,
             )
-            return [self._execute_batch([task], queued, measure=False) for task in batch]
+            return self._isolate(batch, queued)
         return [done]
+
+    def _isolate(self, batch: list[_Task], queued: float) -> list[_Completion]:
+        """Run each half of a failed ``batch`` again, recursing into halves that fail with
+        ``InvalidArgument`` (not measured: see :meth:`_execute_batch`)."""
+        done: list[_Completion] = []
+        half = len(batch) // 2
+        for part in (batch[:half], batch[half:]):
+            ran = self._execute_batch(part, queued, measure=False)
+            if len(part) > 1 and isinstance(ran[3], InvalidArgument):
+                done.extend(self._isolate(part, queued))
+            else:
+                done.append(ran)
+        return done
 
     def _execute_batch(
         self, batch: list[_Task], queued: float, measure: bool = True
     ) -> _Completion:
-        """Merge and run one batch (on a batch thread or the loop); ``measure=False`` (a
-        request run again alone) leaves the batch cost and the observer out."""
+        """Merge and run one batch (on a batch thread or the loop); ``measure=False`` (part
+        of a failed batch run again) leaves the batch cost and the observer out."""
         rows = 0
         for task in batch:
             rows += task.rows
