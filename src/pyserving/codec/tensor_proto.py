@@ -172,40 +172,34 @@ def _string_list(content: bytes, count: int) -> np.ndarray | None:
     if count > end:  # every length takes at least one byte
         return None
     head = np.frombuffer(content, np.uint8, count)
+    lengths: Any
     if count and int(head.max()) < 0x80:  # every length one byte: no varint to walk
-        sizes = head.astype(np.int64)
-        if int(sizes.sum()) != end - count:
-            return None
-        stops = (np.cumsum(sizes) + count).tolist()
-        starts = [count, *stops[:-1]]
-        strings = np.empty(count, dtype=object)
-        strings[:] = [content[a:b] for a, b in zip(starts, stops, strict=True)]
-        return strings
-    lengths = []
-    pos = 0
-    for _ in range(count):
-        value = 0
-        shift = 0
-        while True:
-            if pos >= end or shift > 28:
+        lengths = head.astype(np.int64)
+        pos = count
+    else:
+        lengths = []
+        pos = 0
+        for _ in range(count):
+            value = 0
+            shift = 0
+            while True:
+                if pos >= end or shift > 28:
+                    return None
+                byte = content[pos]
+                pos += 1
+                value |= (byte & 0x7F) << shift
+                if byte < 0x80:
+                    break
+                shift += 7
+            if value > 0xFFFFFFFF:
                 return None
-            byte = content[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                break
-            shift += 7
-        if value > 0xFFFFFFFF:
-            return None
-        lengths.append(value)
-    if sum(lengths) != end - pos:
+            lengths.append(value)
+    stops = (np.cumsum(lengths, dtype=np.int64) + pos).tolist()
+    if (stops[-1] if stops else pos) != end:
         return None
-    values = []
-    for length in lengths:
-        values.append(content[pos : pos + length])
-        pos += length
+    starts = [pos, *stops[:-1]]
     strings = np.empty(count, dtype=object)
-    strings[:] = values
+    strings[:] = [content[a:b] for a, b in zip(starts, stops, strict=True)]
     return strings
 
 

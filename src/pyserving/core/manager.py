@@ -555,13 +555,18 @@ class AspiredVersionsManager(Target[Loader]):
 
     # ----------------------------------------------------------------- shutdown
 
-    def unload_all(self, timeout: float | None = 60.0) -> None:
-        """Un-aspire every version and step until all are unloaded."""
+    def _unaspire_all(self) -> None:
+        """Un-aspire every version and drop what the sources asked for since the last
+        round; loads waiting to retry stop waiting."""
         with self._lock:
             self._pending = {}
             for versions in self._harnesses.values():
                 for harness in versions.values():
                     harness.set_aspired(False)
+
+    def unload_all(self, timeout: float | None = 60.0) -> None:
+        """Un-aspire every version and step until all are unloaded."""
+        self._unaspire_all()
         self.wait_until_idle(timeout)
         self.settle(timeout=timeout)
 
@@ -571,11 +576,7 @@ class AspiredVersionsManager(Target[Loader]):
             return
         self._closed = True
         self._stop.set()
-        # Loads waiting to retry stop waiting (the loop may be running one inline).
-        with self._lock:
-            for versions in self._harnesses.values():
-                for harness in versions.values():
-                    harness.set_aspired(False)
+        self._unaspire_all()  # (the loop may be waiting to retry a load inline)
         self._wake.set()
         if self._thread is not None:
             self._thread.join()

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from pyserving.codec import datatype_for_numpy
+from pyserving.codec import datatype_for_numpy, dtype_name, numpy_dtype
+from pyserving.codec.json_predict import shape_text
 from pyserving.core.loader import HeldServableLoader, ResourceEstimate
 from pyserving.errors import FailedPrecondition, Internal, InvalidArgument, ServingError
 from pyserving.platforms.tensorflow.servable import RunFn, SavedModelServable
@@ -178,9 +179,6 @@ def declared_output(
     to int64 or float32), or ``Internal`` for a value of another dtype (text for a number, a
     float for an integer), rank or fixed dimension. None when nothing is declared (dtype
     ``DT_INVALID``: a model without a signature)."""
-    from pyserving.codec import dtype_name, numpy_dtype
-    from pyserving.codec.json_predict import shape_text
-
     dtype = info.dtype
     if dtype == _DT_INVALID:
         return None

@@ -99,6 +99,15 @@ class ServerOptions:
     worker_index: int | None = None
 
 
+def _flag_file(path: str, message: Any, what: str) -> Any:
+    """``message`` read from the text-proto file a flag names; ``UsageError`` (the server
+    does not start) when it cannot be read or parsed."""
+    try:
+        return read_text_proto(path, message, what)
+    except ConfigError as exc:
+        raise UsageError(exc.message) from None
+
+
 def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
     """Build ServerOptions; ``UsageError`` for inconsistent flags or a bad config file."""
     if flags.model_config_file:
@@ -120,29 +129,18 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         # would refuse is refused here too.
         from tensorflow_serving.config import platform_config_pb2
 
-        from pyserving.config import read_text_proto
-
-        try:
-            read_text_proto(
-                flags.platform_config_file,
-                platform_config_pb2.PlatformConfigMap(),
-                "tensorflow.serving.PlatformConfigMap",
-            )
-        except ConfigError as exc:
-            raise UsageError(exc.message) from None
+        _flag_file(
+            flags.platform_config_file,
+            platform_config_pb2.PlatformConfigMap(),
+            "tensorflow.serving.PlatformConfigMap",
+        )
     metrics_path = ""
     if flags.monitoring_config_file:
-        from pyserving.config import read_text_proto
         from pyserving.protos import MonitoringConfig
 
-        try:
-            monitoring = read_text_proto(
-                flags.monitoring_config_file,
-                MonitoringConfig(),
-                "tensorflow.serving.MonitoringConfig",
-            )
-        except ConfigError as exc:
-            raise UsageError(exc.message) from None
+        monitoring = _flag_file(
+            flags.monitoring_config_file, MonitoringConfig(), "tensorflow.serving.MonitoringConfig"
+        )
         if monitoring.prometheus_config.enable:
             metrics_path = monitoring.prometheus_config.path or "/monitoring/prometheus/metrics"
     if flags.version_policy not in ("availability_preserving", "resource_preserving"):
@@ -178,7 +176,6 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         raise UsageError("--enable_per_model_batching_parameters requires --enable_batching")
     if flags.enable_batching:
         from pyserving.batching import BatchingOptions
-        from pyserving.config import read_text_proto
         from pyserving.protos import BatchingParameters
 
         batching = BatchingOptions()
@@ -648,15 +645,10 @@ class ConfigFilePoller:
         self._attempted = content
         try:
             config = load_model_server_config(self._path)
-        except ServingError as exc:
-            self._last = content
-            log.error("Not applying model config file %s: %s", self._path, exc.message)
-            return
-        if not retry:
-            log.info("Model config file %s changed; reloading", self._path)
-        try:
+            if not retry:
+                log.info("Model config file %s changed; reloading", self._path)
             self._core.reload_config(config, from_config_file=True)
-        except FailedPrecondition as exc:
+        except FailedPrecondition as exc:  # (a file that does not parse: InvalidArgument)
             # The new model set is in force; a label names a version not AVAILABLE yet. No
             # content counts as in force: this one is tried again, any other (the previous
             # one restored) applied.

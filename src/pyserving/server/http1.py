@@ -74,7 +74,6 @@ from collections import deque
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import cast
-from urllib.parse import unquote
 
 import httptools
 
@@ -86,6 +85,7 @@ from pyserving.server.rest import (
     RestResponse,
     _too_large,
     error_response,
+    unescaped,
 )
 from pyserving.server.turn_writes import TurnWrites
 
@@ -718,8 +718,7 @@ class RestServer:
         match = _PREDICT.match(request.path) or _INFER.match(request.path)
         if match is None:
             return None
-        name = match.group(1)
-        return unquote(name) if "%" in name else name
+        return unescaped(match.group(1))
 
     def connection_closed(self, connection: Http1Connection) -> None:
         self.connections.discard(connection)

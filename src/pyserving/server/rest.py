@@ -203,7 +203,7 @@ class RestHandler:
     ) -> RestResponse | PendingResponse:
         # The server's own routes (metrics, health, the dashboard) are matched on the
         # decoded path; TF Serving's /v1 routes on the path as sent (see _POST).
-        decoded = _unescaped(path)
+        decoded = unescaped(path)
         extra = self.extra_routes.get(decoded)
         if extra is not None and method == "GET":
             return extra()
@@ -222,7 +222,7 @@ class RestHandler:
             match = _POST.match(path)
             if match:
                 name, version, label, verb = match.groups()
-                spec = _spec(_unescaped(name), version, label and _unescaped(label))
+                spec = _spec(unescaped(name), version, label and unescaped(label))
                 payload = _decode_body(headers, body, self.max_body_bytes)
                 verb = verb.lower()
                 if verb == "predict":
@@ -234,7 +234,7 @@ class RestHandler:
             match = _GET.match(path)
             if match:
                 name, version, label, metadata = match.groups()
-                spec = _spec(_unescaped(name), version, label and _unescaped(label))
+                spec = _spec(unescaped(name), version, label and unescaped(label))
                 if metadata:
                     return self._json_proto(self.serving.metadata(spec))
                 return self._json_proto(self.serving.status(spec))
@@ -312,7 +312,7 @@ def _message_to_dict(message: Any) -> dict[str, Any]:
     return result
 
 
-def _unescaped(part: str) -> str:
+def unescaped(part: str) -> str:
     """``part`` of a request path with its percent-escapes decoded (as UTF-8)."""
     return unquote(part) if "%" in part else part
 
