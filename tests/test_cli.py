@@ -130,7 +130,7 @@ def test_tensor_content_flag_reaches_the_grpc_options() -> None:
     flags = parse_flags(["--model_base_path=/models/m", "--enable_serialization_as_tensor_content"])
     options = server_options_from_flags(flags)
     assert options.grpc_tensor_content is True
-    assert "enable_serialization_as_tensor_content" not in options.ignored_flags
+    assert not any("serialization" in w for w in options.startup_warnings)
     plain = server_options_from_flags(parse_flags(["--model_base_path=/models/m"]))
     assert plain.grpc_tensor_content is False
 
@@ -155,24 +155,145 @@ def test_session_config_file_is_read_or_refused(tmp_path) -> None:  # type: igno
         )
 
 
-def test_a_platform_config_file_tf_serving_would_refuse_is_refused(tmp_path: pathlib.Path) -> None:
-    """Its settings are not applied (a warning says so), but a file that does not parse as
-    TF Serving's PlatformConfigMap, or cannot be read, stops the start as in TF Serving."""
+_ADAPTER = "type.googleapis.com/tensorflow.serving.SavedModelBundleSourceAdapterConfig"
+
+
+def _platform_config(tmp_path: pathlib.Path, legacy: str, key: str = "tensorflow") -> str:
+    path = tmp_path / "platform.config"
+    path.write_text(
+        f'platform_configs {{ key: "{key}" value {{ source_adapter_config {{ '
+        f"[{_ADAPTER}] {{ legacy_config {{ {legacy} }} }} }} }} }}\n"
+    )
+    return str(path)
+
+
+def test_a_platform_config_file_sets_the_tensorflow_platform(tmp_path: pathlib.Path) -> None:
+    """Its legacy_config is what TF Serving's flags would have built: session config and its
+    thread counts, batching, tags, warmup and TFLite settings; the flags it replaces are not
+    read, and a warning names those given."""
+    from tensorflow.core.protobuf import config_pb2
+
     from pyserving.server.app import server_options_from_flags
 
-    good = tmp_path / "platform.config"
-    good.write_text('platform_configs { key: "tensorflow" value { } }\n')
-    options = server_options_from_flags(
-        parse_flags(["--model_base_path=/models/m", f"--platform_config_file={good}"])
+    path = _platform_config(
+        tmp_path,
+        "session_config { intra_op_parallelism_threads: 3 inter_op_parallelism_threads: 2 "
+        "allow_soft_placement: true } "
+        "batching_parameters { max_batch_size { value: 16 } batch_timeout_micros { value: 700 } "
+        "num_batch_threads { value: 2 } allowed_batch_sizes: 8 allowed_batch_sizes: 16 } "
+        'saved_model_tags: "serve" saved_model_tags: "gpu" '
+        "enable_model_warmup: true model_warmup_options { num_request_iterations { value: 4 } } "
+        "enable_per_model_batching_params: true "
+        "prefer_tflite_model: true num_tflite_pools: 3 num_tflite_interpreters_per_pool: 2",
     )
-    assert "platform_config_file" in options.ignored_flags
-    bad = tmp_path / "bad.config"
-    bad.write_text("platform_configz { }\n")
-    for path in (bad, tmp_path / "missing.config"):
-        with pytest.raises(UsageError, match=r"tensorflow\.serving\.PlatformConfigMap"):
+    flags = parse_flags(
+        [
+            "--model_base_path=/models/m",
+            f"--platform_config_file={path}",
+            "--tensorflow_intra_op_parallelism=7",
+            "--enable_model_warmup=false",
+        ]
+    )
+    options = server_options_from_flags(flags)
+    core = options.core
+    session = config_pb2.ConfigProto()
+    session.ParseFromString(core.session_config)
+    assert (session.intra_op_parallelism_threads, session.allow_soft_placement) == (3, True)
+    assert (core.intra_op_threads, core.inter_op_threads) == (3, 2)
+    assert core.batching is not None
+    assert (core.batching.max_batch_size, core.batching.batch_timeout_micros) == (16, 700)
+    assert (core.batching.num_batch_threads, core.batching.allowed_batch_sizes) == (2, (8, 16))
+    assert core.per_model_batching is True
+    assert core.saved_model_tags == ("serve", "gpu")
+    assert (core.enable_warmup, core.warmup_iterations) == (True, 4)
+    assert (core.prefer_tflite_model, core.num_tflite_pools) == (True, 3)
+    assert core.num_tflite_interpreters_per_pool == 2
+    assert options.startup_warnings == (
+        "--platform_config_file sets the TensorFlow platform's settings; not read: "
+        "--enable_model_warmup, --tensorflow_intra_op_parallelism",
+    )
+
+
+def test_a_platform_config_file_field_left_out_is_the_protos_default(
+    tmp_path: pathlib.Path,
+) -> None:
+    """As in TF Serving, the file replaces the flags' defaults too: no batching without
+    batching_parameters, warmup off without enable_model_warmup, tags default to serve; a
+    set field pyserving does not act on is named in a warning."""
+    from pyserving.server.app import server_options_from_flags
+
+    path = _platform_config(tmp_path, 'session_target: "local" mixed_precision: "bfloat16"')
+    options = server_options_from_flags(
+        parse_flags(
+            ["--model_base_path=/models/m", "--enable_batching", f"--platform_config_file={path}"]
+        )
+    )
+    core = options.core
+    assert core.batching is None and core.per_model_batching is False
+    assert (core.enable_warmup, core.warmup_iterations) == (False, 1)
+    assert core.saved_model_tags == ("serve",)
+    assert (core.session_config, core.intra_op_threads, core.inter_op_threads) == (b"", 0, 0)
+    assert options.startup_warnings == (
+        "--platform_config_file sets the TensorFlow platform's settings; not read: "
+        "--enable_batching",
+        "--platform_config_file: SessionBundleConfig fields not acted on by pyserving: "
+        "session_target, mixed_precision",
+    )
+    # An entry with no adapter config at all is an empty legacy_config.
+    bare = tmp_path / "bare.config"
+    bare.write_text('platform_configs { key: "tensorflow" value { } }\n')
+    options = server_options_from_flags(
+        parse_flags(["--model_base_path=/models/m", f"--platform_config_file={bare}"])
+    )
+    assert options.core.batching is None and options.startup_warnings == ()
+
+
+def test_a_platform_config_file_that_cannot_be_honoured_stops_the_start(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Unreadable, malformed, an entry for another platform, none for tensorflow, another
+    adapter type, bad batching parameters or warmup iterations: each stops the start with a
+    message naming what is wrong."""
+    from pyserving.server.app import server_options_from_flags
+
+    def refused(path: str | pathlib.Path, pattern: str) -> None:
+        with pytest.raises(UsageError, match=pattern):
             server_options_from_flags(
                 parse_flags(["--model_base_path=/models/m", f"--platform_config_file={path}"])
             )
+
+    bad = tmp_path / "bad.config"
+    bad.write_text("platform_configz { }\n")
+    refused(bad, r"tensorflow\.serving\.PlatformConfigMap.*platform_configz")
+    refused(tmp_path / "missing.config", r"tensorflow\.serving\.PlatformConfigMap.*cannot read")
+    refused(_platform_config(tmp_path, "enable_model_warmupp: true"), r"enable_model_warmupp")
+    refused(
+        _platform_config(tmp_path, "", key="onnx"),
+        r"platform 'onnx' has no settings in a platform config file",
+    )
+    empty = tmp_path / "empty.config"
+    empty.write_text("")
+    refused(empty, r"PlatformConfigMap has no entry for platform tensorflow")
+    other = tmp_path / "other.config"
+    other.write_text(
+        'platform_configs { key: "tensorflow" value { source_adapter_config { '
+        '[type.googleapis.com/tensorflow.serving.ModelWarmupOptions] { model_name: "m" } '
+        "} } }\n"
+    )
+    refused(other, r"is a tensorflow\.serving\.ModelWarmupOptions; pyserving reads")
+    refused(
+        _platform_config(
+            tmp_path,
+            "batching_parameters { max_batch_size { value: 8 } allowed_batch_sizes: 4 }",
+        ),
+        r"platform_config_file=.*: batching_parameters: The last entry in allowed_batch_sizes "
+        r"must match max_batch_size",
+    )
+    refused(
+        _platform_config(tmp_path, "model_warmup_options { num_request_iterations { value: 0 } }"),
+        r"platform_config_file=.*: model_warmup_options\.num_request_iterations must be "
+        r"positive",
+    )
 
 
 def _run_python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -85,7 +85,12 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag("use_alts_credentials", bool, False, "Use ALTS credentials", False),
     Flag("ssl_config_file", str, "", "SSLConfig text proto for gRPC"),
-    Flag("platform_config_file", str, "", "PlatformConfigMap text proto", False),
+    Flag(
+        "platform_config_file",
+        str,
+        "",
+        "PlatformConfigMap text proto (replaces the TensorFlow platform's flags)",
+    ),
     Flag("per_process_gpu_memory_fraction", float, 0.0, "GPU memory fraction", False),
     Flag("saved_model_tags", str, "serve", "Comma-separated tags of the MetaGraph to load"),
     Flag("grpc_channel_arguments", str, "", "Comma-separated gRPC channel arguments k=v"),

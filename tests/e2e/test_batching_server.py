@@ -153,3 +153,71 @@ def test_requests_waiting_for_a_batch_hold_no_thread(
         assert (stats["count"], stats["sum"]) == (1, 8)  # one batch of all eight
     finally:
         assert srv.stop() == 0, srv.log()
+
+
+def test_a_platform_config_file_sets_batching_and_warmup(
+    testdata: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """TF Serving's PlatformConfigMap alone (no --enable_batching) turns batching on with its
+    parameters and replays warmup as often as its options say: one warmup record of 8 rows
+    replayed twice is two batches of 8, and 8 concurrent one-row requests, held by a 30 s
+    timeout until the batch is full, are a third."""
+    import shutil
+
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    base = tmp_path / "half_plus_two"
+    shutil.copytree(testdata / "saved_model_half_plus_two_cpu", base)
+    record = prediction_log_pb2.PredictionLog()
+    request = record.predict_log.request
+    request.model_spec.name = "half_plus_two"
+    request.inputs["x"].CopyFrom(
+        codec.ndarray_to_tensor_proto(np.arange(8, dtype=np.float32).reshape(8, 1))
+    )
+    warmup = base / "00000123" / "assets.extra" / "tf_serving_warmup_requests"
+    warmup.parent.mkdir()
+    with tf.io.TFRecordWriter(str(warmup)) as writer:
+        writer.write(record.SerializeToString())
+    platform = tmp_path / "platform.config"
+    platform.write_text(
+        'platform_configs { key: "tensorflow" value { source_adapter_config {\n'
+        "  [type.googleapis.com/tensorflow.serving.SavedModelBundleSourceAdapterConfig] {\n"
+        "    legacy_config {\n"
+        "      session_config { intra_op_parallelism_threads: 1 }\n"
+        "      batching_parameters {\n"
+        "        max_batch_size { value: 8 } batch_timeout_micros { value: 30000000 }\n"
+        "        num_batch_threads { value: 1 }\n"
+        "      }\n"
+        "      enable_model_warmup: true\n"
+        "      model_warmup_options { num_request_iterations { value: 2 } }\n"
+        "    }\n"
+        "  }\n"
+        "} } }\n"
+    )
+    srv = RunningServer(
+        [
+            "--model_name=half_plus_two",
+            f"--model_base_path={base}",
+            f"--platform_config_file={platform}",
+            f"--monitoring_config_file={testdata / 'monitoring_config.txt'}",
+        ],
+        tmp_path / "server.log",
+    )
+    try:
+        srv.wait_ready()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            jobs = [
+                (i, pool.submit(rest_predict, srv, "half_plus_two", [[float(i)]])) for i in range(8)
+            ]
+            for i, job in jobs:
+                assert job.result(timeout=60) == [[0.5 * i + 2.0]]
+        r = srv.client.get("/monitoring/prometheus/metrics")
+        families = {f.name: f for f in text_string_to_metric_families(r.text)}
+        sizes = families[":tensorflow:serving:batching_session:processed_batch_size"]
+        stats = {s.name.rsplit("_", 1)[-1]: s.value for s in sizes.samples if "le" not in s.labels}
+        assert (stats["count"], stats["sum"]) == (3, 24), stats
+        warmups = families[":tensorflow:serving:model_warmup_latency"]
+        assert next(s.value for s in warmups.samples if s.name.endswith("_count")) == 1
+    finally:
+        assert srv.stop() == 0, srv.log()

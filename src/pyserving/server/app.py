@@ -27,6 +27,7 @@ from pyserving.core.loader import ResourceEstimate
 from pyserving.core.manager import ManagerOptions
 from pyserving.errors import FailedPrecondition, ServingError
 from pyserving.flags import ParsedFlags, UsageError, not_implemented_flags
+from pyserving.platform_config import TensorFlowSettings
 from pyserving.server.core import ServerCore, ServerCoreOptions
 from pyserving.server.health import install_health_routes, is_ready
 from pyserving.server.logs import configure_logging, log_transition
@@ -69,7 +70,8 @@ class ServerOptions:
     rest_enable_cors: bool = False
     check_method_name: bool = False
     shutdown_grace_seconds: float = 30.0
-    ignored_flags: tuple[str, ...] = ()
+    #: Logged as warnings at start: flags and config fields given but not acted on.
+    startup_warnings: tuple[str, ...] = ()
     #: Where Prometheus metrics are served on the REST port ("" = not served).
     metrics_path: str = ""
     #: ``--model_config_file`` and how often to re-read it (0 = never).
@@ -124,16 +126,6 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
             "Both server_options.model_base_path and server_options.model_config_file are "
             "empty!\nStart with --model_base_path=/path/to/model (or --model_config_file)."
         )
-    if flags.platform_config_file:
-        # Its settings are not applied (see the warning at start), but a file TF Serving
-        # would refuse is refused here too.
-        from tensorflow_serving.config import platform_config_pb2
-
-        _flag_file(
-            flags.platform_config_file,
-            platform_config_pb2.PlatformConfigMap(),
-            "tensorflow.serving.PlatformConfigMap",
-        )
     metrics_path = ""
     if flags.monitoring_config_file:
         from pyserving.protos import MonitoringConfig
@@ -169,26 +161,25 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         if flags.model_memory_budget_bytes > 0
         else None
     )
+    if flags.platform_config_file:
+        tf_settings = _platform_config(flags)
+    else:
+        tf_settings = _tensorflow_settings_from_flags(flags)
     batching = None
-    if flags.batching_parameters_file and not flags.enable_batching:
-        raise UsageError("--batching_parameters_file requires --enable_batching")
-    if flags.enable_per_model_batching_parameters and not flags.enable_batching:
-        raise UsageError("--enable_per_model_batching_parameters requires --enable_batching")
-    if flags.enable_batching:
+    if tf_settings.batching_parameters is not None:
         from pyserving.batching import BatchingOptions
-        from pyserving.protos import BatchingParameters
 
-        batching = BatchingOptions()
-        if flags.batching_parameters_file:
-            try:
-                params = read_text_proto(
-                    flags.batching_parameters_file,
-                    BatchingParameters(),
-                    "tensorflow.serving.BatchingParameters",
-                )
-                batching = BatchingOptions.from_proto(params)
-            except ServingError as exc:
-                raise UsageError(exc.message) from None
+        try:
+            batching = BatchingOptions.from_proto(tf_settings.batching_parameters)
+        except ServingError as exc:
+            if flags.platform_config_file:
+                where = f"--platform_config_file={flags.platform_config_file}: "
+                where += "batching_parameters: "
+            elif flags.batching_parameters_file:
+                where = f"--batching_parameters_file={flags.batching_parameters_file}: "
+            else:
+                where = ""
+            raise UsageError(where + exc.message) from None
     load_timeout = flags.load_timeout_seconds
     if not load_timeout >= 0:  # also refuses NaN
         raise UsageError(f"--load_timeout_seconds must be >= 0, not {load_timeout}")
@@ -197,14 +188,11 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
             f"--rest_api_max_body_bytes must be >= 0, not {flags.rest_api_max_body_bytes}"
         )
     grpc_tls = _grpc_tls(flags.ssl_config_file)
-    session_config = _session_config(flags.tensorflow_session_config_file)
     _check_rest_tls(
         flags.rest_api_ssl_certfile,
         flags.rest_api_ssl_keyfile,
         flags.rest_api_ssl_client_ca_file,
     )
-    intra = flags.tensorflow_intra_op_parallelism or flags.tensorflow_session_parallelism
-    inter = flags.tensorflow_inter_op_parallelism or flags.tensorflow_session_parallelism
     core = ServerCoreOptions(
         manager=ManagerOptions(
             num_load_threads=flags.num_load_threads,
@@ -217,18 +205,18 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         ),
         file_system_poll_wait_seconds=flags.file_system_poll_wait_seconds,
         allow_version_labels_for_unavailable_models=flags.allow_version_labels_for_unavailable_models,
-        saved_model_tags=tuple(t.strip() for t in flags.saved_model_tags.split(",") if t.strip()),
-        intra_op_threads=intra,
-        inter_op_threads=inter,
-        session_config=session_config,
+        saved_model_tags=tf_settings.saved_model_tags,
+        intra_op_threads=tf_settings.intra_op_threads,
+        inter_op_threads=tf_settings.inter_op_threads,
+        session_config=tf_settings.session_config,
         batching=batching,
-        per_model_batching=flags.enable_per_model_batching_parameters,
+        per_model_batching=tf_settings.per_model_batching and batching is not None,
         policy_per_model=policy_per_model,
-        enable_warmup=flags.enable_model_warmup,
-        warmup_iterations=flags.num_request_iterations_for_warmup,
-        prefer_tflite_model=flags.prefer_tflite_model,
-        num_tflite_pools=max(1, flags.num_tflite_pools),
-        num_tflite_interpreters_per_pool=max(1, flags.num_tflite_interpreters_per_pool),
+        enable_warmup=tf_settings.enable_warmup,
+        warmup_iterations=tf_settings.warmup_iterations,
+        prefer_tflite_model=tf_settings.prefer_tflite_model,
+        num_tflite_pools=max(1, tf_settings.num_tflite_pools),
+        num_tflite_interpreters_per_pool=max(1, tf_settings.num_tflite_interpreters_per_pool),
         model_cache_dir=flags.model_cache_dir,
         fixed_model_set=(
             f"--num_workers={flags.num_workers}: each worker serves the model set of the "
@@ -255,7 +243,7 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         rest_timeout_ms=flags.rest_api_timeout_in_ms,
         rest_enable_cors=flags.rest_api_enable_cors_support,
         check_method_name=flags.enable_signature_method_name_check,
-        ignored_flags=tuple(not_implemented_flags(flags)),
+        startup_warnings=_startup_warnings(flags, tf_settings),
         metrics_path=metrics_path,
         log_format=flags.log_format,
         model_config_file=flags.model_config_file,
@@ -279,6 +267,76 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
 
 def _flag_text(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _tensorflow_settings_from_flags(flags: ParsedFlags) -> TensorFlowSettings:
+    """The TensorFlow platform's settings the flags give (no ``--platform_config_file``);
+    ``UsageError`` for inconsistent flags or a bad file they name."""
+    if flags.batching_parameters_file and not flags.enable_batching:
+        raise UsageError("--batching_parameters_file requires --enable_batching")
+    if flags.enable_per_model_batching_parameters and not flags.enable_batching:
+        raise UsageError("--enable_per_model_batching_parameters requires --enable_batching")
+    params = None
+    if flags.enable_batching:
+        from pyserving.protos import BatchingParameters
+
+        params = BatchingParameters()
+        if flags.batching_parameters_file:
+            params = _flag_file(
+                flags.batching_parameters_file, params, "tensorflow.serving.BatchingParameters"
+            )
+    return TensorFlowSettings(
+        session_config=_session_config(flags.tensorflow_session_config_file),
+        intra_op_threads=flags.tensorflow_intra_op_parallelism
+        or flags.tensorflow_session_parallelism,
+        inter_op_threads=flags.tensorflow_inter_op_parallelism
+        or flags.tensorflow_session_parallelism,
+        batching_parameters=params,
+        per_model_batching=flags.enable_per_model_batching_parameters,
+        saved_model_tags=tuple(t.strip() for t in flags.saved_model_tags.split(",") if t.strip()),
+        enable_warmup=flags.enable_model_warmup,
+        warmup_iterations=flags.num_request_iterations_for_warmup,
+        prefer_tflite_model=flags.prefer_tflite_model,
+        num_tflite_pools=flags.num_tflite_pools,
+        num_tflite_interpreters_per_pool=flags.num_tflite_interpreters_per_pool,
+        unused_fields=(),
+    )
+
+
+def _platform_config(flags: ParsedFlags) -> TensorFlowSettings:
+    """The settings of ``--platform_config_file``, which replace those of
+    :data:`~pyserving.platform_config.REPLACED_FLAGS`; ``UsageError`` for a file that cannot
+    be read or honoured."""
+    from pyserving.platform_config import read_platform_config_file
+
+    try:
+        settings = read_platform_config_file(flags.platform_config_file)
+    except ConfigError as exc:
+        raise UsageError(exc.message) from None
+    return settings
+
+
+def _startup_warnings(flags: ParsedFlags, settings: TensorFlowSettings) -> tuple[str, ...]:
+    """What the server logs at start about flags and files it does not act on."""
+    from pyserving.platform_config import REPLACED_FLAGS
+
+    warnings = [
+        f"Flag --{name} is accepted but not implemented by pyserving yet; ignored"
+        for name in not_implemented_flags(flags)
+    ]
+    if flags.platform_config_file:
+        replaced = sorted(name for name in flags.given if name in REPLACED_FLAGS)
+        if replaced:
+            warnings.append(
+                "--platform_config_file sets the TensorFlow platform's settings; not read: "
+                + ", ".join(f"--{name}" for name in replaced)
+            )
+        if settings.unused_fields:
+            warnings.append(
+                "--platform_config_file: SessionBundleConfig fields not acted on by "
+                "pyserving: " + ", ".join(settings.unused_fields)
+            )
+    return tuple(warnings)
 
 
 def _session_config(path: str) -> bytes:
@@ -368,8 +426,8 @@ def run_server(options: ServerOptions) -> int:
     """Serve until SIGTERM/SIGINT; return the process exit status."""
     configure_logging(options.log_format, options.worker_index)
     freeze_startup_objects()
-    for name in options.ignored_flags:
-        log.warning("Flag --%s is accepted but not implemented by pyserving yet; ignored", name)
+    for warning in options.startup_warnings:
+        log.warning("%s", warning)
     metrics = ServerMetrics(options.metrics_multiprocess_dir, options.worker_index)
     core = ServerCore(options.core, metrics)
     core.manager.bus.subscribe(log_transition)
