@@ -619,6 +619,33 @@ def test_malformed_tensor_is_invalid_argument(env: Env) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "names",
+    [("x", "extra"), ("nope",)],
+    ids=["extra-input", "unknown-alias"],
+)
+def test_alias_errors_come_before_tensor_parsing_errors(env: Env, names: tuple[str, ...]) -> None:
+    """TF Serving checks a Predict's input aliases before it parses their tensors: a request
+    with wrong aliases and an unparsable tensor gets the same alias error as one whose
+    tensors parse."""
+    good = float_tensor([2.0], (1, 1))
+    bad = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_content=b"abc")
+    bad.tensor_shape.dim.add(size=1)
+    bad.tensor_shape.dim.add(size=1)
+    messages = []
+    for tensor in (good, bad):
+        request = predict_request("half_plus_two", dict.fromkeys(names, tensor))
+        with pytest.raises(grpc.RpcError) as info:
+            env.predict_stub().Predict(request, timeout=TIMEOUT)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        messages.append(info.value.details())
+    assert messages[0] == messages[1]
+    assert "tensor parsing error" not in messages[1]
+    assert (
+        "input size does not match signature" if len(names) > 1 else "not found in request"
+    ) in (messages[1])
+
+
 def _serialized_examples(*xs: float) -> list[bytes]:
     examples = []
     for x in xs:

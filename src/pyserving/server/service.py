@@ -19,7 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -293,6 +293,17 @@ class BoundModel:
             rows,
             executed,
         )
+
+    def check_input_aliases(self, aliases: Collection[str]) -> None:
+        """Raise the error :meth:`predict` would give inputs named ``aliases`` that do not
+        fit the signature (for a front end that has yet to decode their values); nothing
+        when they fit or the servable cannot tell without the values."""
+        servable = self.servable
+        if isinstance(servable, BatchingServable):
+            servable = servable.inner
+        check = getattr(servable, "check_input_aliases", None)
+        if check is not None:
+            check(self.signature_name, aliases)
 
     def predict(
         self, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str] = ()

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -541,6 +541,14 @@ class SavedModelServable:
         return (
             f"SavedModelServable(path={self.path!r}, tags={self.tags!r}, backend={self.backend!r})"
         )
+
+    def check_input_aliases(self, signature_name: str, aliases: Collection[str]) -> None:
+        """Raise what :meth:`run` raises for a request whose inputs are named ``aliases``
+        (missing, extra or unknown aliases), without their values: TF Serving checks a
+        Predict's aliases before it parses the tensors. Nothing for an unknown signature."""
+        info = self._infos.get(signature_name)
+        if info is not None and frozenset(aliases) != info.input_aliases:
+            info.check_inputs(dict.fromkeys(aliases))
 
     def run(
         self,

@@ -122,7 +122,13 @@ class PredictionService:
         every error is the future's."""
         try:
             with self.serving.bind(request_spec(request)) as model:
-                inputs = decode_inputs(request.inputs, self.max_tensor_bytes)
+                try:
+                    inputs = decode_inputs(request.inputs, self.max_tensor_bytes)
+                except InvalidArgument:
+                    # TF Serving checks the aliases before parsing the tensors: a request
+                    # wrong in both gets the alias error.
+                    model.check_input_aliases(request.inputs.keys())
+                    raise
                 return model.predict(inputs, tuple(request.output_filter))
         except Exception as exc:
             return settled_future(exception=exc)
