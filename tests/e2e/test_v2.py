@@ -259,6 +259,32 @@ def test_rest_json_forms(servers: Servers) -> None:
     assert r.json()["outputs"][0]["data"] == [4.0]
 
 
+def test_rest_json_non_finite_numbers(servers: Servers) -> None:
+    """NaN and the infinities read and written as bare tokens, as Triton does (strict JSON
+    has no such numbers; ``null`` would lose them): by a raw HTTP client and by Triton's."""
+    client = servers.main.client
+    body = (
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [4, 1], '
+        b'"data": [NaN, Infinity, -Infinity, 1]}]}'
+    )
+    r = client.post("/v2/models/half_plus_two/infer", content=body)
+    assert r.status_code == 200, r.text
+    assert b'"data":[NaN,Infinity,-Infinity,2.5]' in r.content
+    data = json.loads(r.content)["outputs"][0]["data"]
+    assert np.isnan(data[0]) and data[1:] == [float("inf"), float("-inf"), 2.5]
+    x = np.array([[np.nan], [np.inf], [-np.inf], [1.0]], dtype=np.float32)
+    inputs = [triton_http.InferInput("x", [4, 1], "FP32")]
+    inputs[0].set_data_from_numpy(x, binary_data=False)
+    outputs = [triton_http.InferRequestedOutput("y", binary_data=False)]
+    result = servers.http.infer("half_plus_two", inputs, outputs=outputs)
+    np.testing.assert_array_equal(result.as_numpy("y"), x * 0.5 + 2)
+    # Still JSON or nothing: the tokens do not make a broken body readable.
+    for broken in (b'{"inputs": [NaN', b'{"inputs": [{"name": "x", "data": [nan]}]}'):
+        r = client.post("/v2/models/half_plus_two/infer", content=broken)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"].startswith("Request body is not valid JSON"), r.text
+
+
 def test_rest_binary_request_and_response(servers: Servers) -> None:
     header = json.dumps(
         {

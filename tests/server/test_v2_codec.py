@@ -180,3 +180,17 @@ def test_outputs() -> None:
     assert codec.metadata_shape(info(types_pb2.DT_FLOAT, unknown_rank=True)) == [-1]
     assert codec.tf_datatype(types_pb2.DT_COMPLEX64) == "COMPLEX64"
     assert codec.tf_datatype(types_pb2.DT_FLOAT_REF) == "FP32"
+
+
+@pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64"])
+def test_non_finite_outputs_are_bare_tokens_in_json(datatype: str) -> None:
+    """NaN and the infinities as ``NaN``/``Infinity``/``-Infinity`` in place (Triton's JSON),
+    the finite values as orjson writes them; arrays without them stay arrays."""
+    import orjson
+
+    dtype = codec.NUMPY_DTYPES[datatype]
+    array = np.array([[1.5, np.nan], [np.inf, -np.inf], [-0.0, 3.0]], dtype)
+    data = codec.json_data("y", array, datatype)
+    assert orjson.dumps({"data": data}) == (b'{"data":[1.5,NaN,Infinity,-Infinity,-0.0,3.0]}')
+    finite = codec.json_data("y", np.array([1.0, 2.0], dtype), datatype)
+    assert isinstance(finite, np.ndarray)

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 from tensorflow.core.framework import types_pb2
 
 from pyserving.errors import InvalidArgument
@@ -370,8 +371,30 @@ def json_data(name: str, array: np.ndarray, datatype: str) -> Any:
                 'data (output parameter "binary_data": true)'
             ) from None
     if datatype in ("FP16", "BF16"):
-        return array.astype(np.float32).ravel()
-    return np.ascontiguousarray(array).ravel()
+        flat = array.astype(np.float32).ravel()
+    else:
+        flat = np.ascontiguousarray(array).ravel()
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        return _with_non_finite_tokens(flat)
+    return flat
+
+
+_NON_FINITE_TOKENS = {"nan": b"NaN", "inf": b"Infinity", "-inf": b"-Infinity"}
+
+
+def _with_non_finite_tokens(flat: np.ndarray) -> orjson.Fragment:
+    """``flat`` (floats, some not finite) as a JSON list with ``NaN``, ``Infinity`` and
+    ``-Infinity`` as bare tokens, as Triton writes them (RapidJSON's ``kWriteNanAndInfFlag``)
+    and as TF Serving's REST API writes them; strict JSON has no such numbers, and orjson
+    would write ``null``, which reads back as no number at all."""
+    text = orjson.dumps(flat, option=orjson.OPT_SERIALIZE_NUMPY)
+    pieces = text.split(b"null")  # a numeric list holds no other null
+    tokens = [_NON_FINITE_TOKENS[str(v)] for v in flat[~np.isfinite(flat)].tolist()]
+    joined = [pieces[0]]
+    for token, piece in zip(tokens, pieces[1:], strict=True):
+        joined.append(token)
+        joined.append(piece)
+    return orjson.Fragment(b"".join(joined))
 
 
 def fill_contents(contents: Any, array: np.ndarray, datatype: str) -> None:

@@ -26,6 +26,7 @@ Errors answer ``{"error": "..."}`` with the status of the error
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -156,10 +157,33 @@ def _object(body: bytes, empty_ok: bool = False) -> dict[str, Any]:
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"Request body is not valid JSON: {exc}") from None
+        value = _with_non_finite_numbers(body)
+        if value is None:
+            raise InvalidArgument(f"Request body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise InvalidArgument("Request body must be a JSON object")
     return value
+
+
+def _with_non_finite_numbers(body: bytes) -> Any:
+    """``body`` read with ``NaN``, ``Infinity`` and ``-Infinity`` as numbers (Triton reads
+    them so, with RapidJSON's ``kParseNanAndInfFlag``), or None when it is not JSON even so.
+    Only a body orjson refused comes here; it must still be UTF-8 throughout, with no lone
+    surrogate escapes, as orjson requires."""
+    if b"NaN" not in body and b"Infinity" not in body:
+        return None
+    try:
+        value = json.loads(body.decode("utf-8"), parse_int=_int_as_orjson_reads)
+        orjson.dumps(value)  # refuses what orjson would not have read (lone surrogates)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    return value
+
+
+def _int_as_orjson_reads(text: str) -> int | float:
+    """A JSON integer as orjson reads it: an int within 64 bits, else a float."""
+    value = int(text)
+    return value if -(1 << 63) <= value < (1 << 64) else float(value)
 
 
 def _parameters(holder: dict[str, Any], what: str) -> dict[str, Any]:
