@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import json_format
-from tensorflow_serving.apis import inference_pb2, input_pb2
+from google.protobuf.wrappers_pb2 import Int64Value
+from tensorflow_serving.apis import inference_pb2, input_pb2, model_pb2
 
 from pyserving import codec, inference
 from pyserving.errors import (
@@ -66,6 +67,10 @@ def _export_custom(path: pathlib.Path) -> None:
                 CLASSIFY,
             ),
             "wide_regression": build({"inputs": info(examples)}, {"outputs": info(wide)}, REGRESS),
+            # A regression as the default signature, for tasks that name no signature.
+            "serving_default": build(
+                {"inputs": info(examples)}, {"outputs": info(wide[:, :1])}, REGRESS
+            ),
             "double_scores": build(
                 {"inputs": info(examples)}, {"scores": info(double_scores)}, CLASSIFY
             ),
@@ -234,6 +239,24 @@ def test_multi_inference(tf1: SavedModelServable) -> None:
     assert first.model_spec.version.value == 123
     assert first.classification_result.classifications[0].classes[0].score == 3.0
     assert second.regression_result.regressions[0].value == 4.0
+
+
+def test_multi_inference_results_name_the_resolved_signature(custom: SavedModelServable) -> None:
+    """A task naming no signature runs serving_default, and its result says so (TF Serving's
+    MakeModelSpec), with the served version; only name, signature and version are set."""
+    request = inference_pb2.MultiInferenceRequest()
+    request.input.CopyFrom(examples(2.0))
+    _task(request, "", REGRESS)
+    _task(request, "classes_and_scores", CLASSIFY)
+    request.tasks[0].model_spec.version_label = "stable"
+    first, second = inference.multi_inference(custom, request, version=7).results
+    assert str(first.model_spec) == str(
+        model_pb2.ModelSpec(
+            name="default", signature_name="serving_default", version=Int64Value(value=7)
+        )
+    )
+    assert first.regression_result.regressions[0].value == 1.0
+    assert second.model_spec.signature_name == "classes_and_scores"
 
 
 def test_multi_inference_errors(tf1: SavedModelServable) -> None:

@@ -474,8 +474,9 @@ def multi_inference(
     string tensor therefore cannot take it, and the request fails as TF Serving's single
     ``Session::Run`` over the sorted set of input tensors does, with ``Expects arg[i] to be
     float but string is provided`` (``i`` the tensor's position in that sorted set). The
-    tasks then run one after another on the same examples. Each result carries its task's
-    ``model_spec``, with ``version`` filled in when given.
+    tasks then run one after another on the same examples. Each result's ``model_spec`` is
+    its task's model name and signature name (``serving_default`` when the task left it
+    empty), with ``version`` when given (TF Serving's ``MakeModelSpec``).
 
     Raises:
         InvalidArgument: TF Serving's messages for invalid task lists, ``Input is empty.``,
@@ -522,7 +523,8 @@ def multi_inference(
     response = inference_pb2.MultiInferenceResponse()
     for task, name, output_keys in plans:
         result = response.results.add()
-        result.model_spec.CopyFrom(task.model_spec)
+        result.model_spec.name = task.model_spec.name
+        result.model_spec.signature_name = name
         if version is not None:
             result.model_spec.version.value = version
         if output_keys is not None:

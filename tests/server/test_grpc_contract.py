@@ -209,11 +209,57 @@ def test_multi_inference(channel: grpc.Channel) -> None:
     assert classify.model_spec.version.value == 123
     assert classify.classification_result.classifications[0].classes[0].score == 3.0
     assert regress.regression_result.regressions[0].value == pytest.approx(3.0)
-    request.tasks[1].model_spec.name = "gated"
-    assert failure(predictions(channel).MultiInference, request) == (
+    assert regress.model_spec.signature_name == "regress_x_to_y"
+
+
+def test_multi_inference_checks_as_tf_serving(channel: grpc.Channel) -> None:
+    """TF Serving serves every task with the version the first task names (the others'
+    versions and labels are not read) and checks the tasks' model names after resolving
+    that version; each result's model_spec has the resolved version and signature name."""
+    request = inference_pb2.MultiInferenceRequest()
+    for signature, method in (
+        ("classify_x_to_y", "tensorflow/serving/classify"),
+        ("regress_x_to_y", "tensorflow/serving/regress"),
+    ):
+        task = request.tasks.add()
+        task.model_spec.name = "half_plus_two"
+        task.model_spec.signature_name = signature
+        task.method_name = method
+    request.tasks[0].model_spec.version.value = 123
+    request.tasks[1].model_spec.version_label = "no-such-label"
+    request.input.CopyFrom(examples(2.0))
+    results = predictions(channel).MultiInference(request, timeout=TIMEOUT).results
+    assert [(r.model_spec.name, r.model_spec.version.value) for r in results] == [
+        ("half_plus_two", 123),
+        ("half_plus_two", 123),
+    ]
+    assert [r.model_spec.signature_name for r in results] == ["classify_x_to_y", "regress_x_to_y"]
+    assert not results[0].model_spec.HasField("version_label")
+
+    def refused(edit: Any) -> tuple[grpc.StatusCode, str]:
+        broken = inference_pb2.MultiInferenceRequest()
+        broken.CopyFrom(request)
+        edit(broken)
+        return failure(predictions(channel).MultiInference, broken)
+
+    assert refused(lambda r: setattr(r.tasks[1].model_spec, "name", "gated")) == (
         grpc.StatusCode.INVALID_ARGUMENT,
-        "Inconsistent model specs across tasks",
+        "All ModelSpecs in a MultiInferenceRequest must access the same model name.",
     )
+    assert refused(lambda r: setattr(r.tasks[1].model_spec, "name", "")) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Found ModelSpec with an empty model name.",
+    )
+    assert refused(lambda r: setattr(r.tasks[0].model_spec, "name", "")) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ModelSpec has no name specified.",
+    )
+    assert refused(lambda r: r.ClearField("tasks")) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ModelSpec has no name specified.",
+    )
+    code, message = refused(lambda r: setattr(r.tasks[0].model_spec, "name", "zzz"))
+    assert code == grpc.StatusCode.NOT_FOUND and "zzz" in message, message
 
 
 def test_get_model_metadata(channel: grpc.Channel) -> None:

@@ -190,26 +190,22 @@ class ModelServing:
             return handle.id, signature_name, result
 
     def multi_inference(self, request: Any) -> Any:
-        """MultiInference: every task must name the same model (and version/label)."""
-        tasks = list(request.tasks)
-        if not tasks:
-            raise InvalidArgument("Signature names should be unique.")
-        first = tasks[0].model_spec
-        spec = spec_from_proto(first)
-        for task in tasks[1:]:
-            other = spec_from_proto(task.model_spec)
-            if (other.name, other.version, other.label) != (spec.name, spec.version, spec.label):
-                raise InvalidArgument("Inconsistent model specs across tasks")
+        """MultiInference, as TF Serving runs it: the version the first task's model spec
+        names serves every task (the others' versions and labels are not read; their model
+        names must be the same, :func:`pyserving.inference.multi_inference` checks);
+        without tasks, the empty model spec is refused as any other."""
+        tasks = request.tasks
+        spec = spec_from_proto(tasks[0].model_spec) if tasks else ModelSpec("")
         with (
             self._observed(spec.name, "multi_inference", "GRPC"),
             self.core.handle(spec.name, spec.version, spec.label) as handle,
         ):
-            response = inference.multi_inference(
-                handle.servable, request, check_method_name=self.check_method_name
+            return inference.multi_inference(
+                handle.servable,
+                request,
+                version=handle.id.version,
+                check_method_name=self.check_method_name,
             )
-            for result in response.results:
-                set_model_spec(result.model_spec, handle.id, result.model_spec.signature_name)
-            return response
 
     def metadata(
         self, spec: ModelSpec, fields: Sequence[str] = ("signature_def",)
