@@ -388,6 +388,39 @@ def test_columnar_type_errors(dtype: int, value: Any, message: str) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("text", "decoded"),
+    [
+        ("aGVsbG8=", b"hello"),
+        ("aGVs\nbG8=", b"hello"),  # line-wrapped, as base64 and MIME encoders write
+        ("aGVs\r\nbG8=\r\n", b"hello"),
+        (" a G V s b G 8 = ", b"hello"),
+        ("aGVsbG8", b"hello"),  # padding may be left out
+        ("aGVsbG8.", b"hello"),  # '.' pads as '='
+        ("YQ==", b"a"),
+        ("YQ=.", b"a"),
+        ("YQ", b"a"),
+        ("", b""),
+    ],
+)
+def test_b64_is_read_as_tf_serving_reads_it(text: str, decoded: bytes) -> None:
+    """absl::Base64Unescape: whitespace anywhere, optional padding of '=' or '.'."""
+    sig = signature(x=types_pb2.DT_STRING)
+    _, inputs = parse_predict_request({"instances": [{"b64": text}]}, sig)
+    assert inputs["x"].tolist() == [decoded]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["YQ=", "YQ===", "Y", "YWJj=", "YQ==YQ==", "YQ==x", "YW-j", "YW_j", "\x00YQ==", "é", "="],
+)
+def test_b64_that_tf_serving_refuses_is_refused(text: str) -> None:
+    """Padding of the wrong length, a lone character in the last group, data after the
+    padding, characters outside the standard alphabet."""
+    sig = signature(x=types_pb2.DT_STRING)
+    assert error({"inputs": [{"b64": text}]}, sig) == "Unable to base64 decode"
+
+
 def test_unsupported_json_dtype() -> None:
     sig = signature(x=types_pb2.DT_HALF)
     with pytest.raises(Unimplemented) as info:

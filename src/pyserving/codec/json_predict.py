@@ -80,10 +80,31 @@ def is_b64(value: Any) -> bool:
     return type(value) is dict and len(value) == 1 and type(value.get("b64")) is str
 
 
+#: ASCII whitespace (``absl::ascii_isspace``), which base64 text may hold anywhere.
+_B64_SPACE = str.maketrans("", "", " \t\n\v\f\r")
+#: Pad characters to expect after 0, 2 or 3 characters of a last group (1 is never valid).
+_B64_EXPECTED_PADS = {0: 0, 2: 2, 3: 1}
+
+
 def b64decode(text: str) -> bytes:
-    padded = text + "=" * (-len(text) % 4)
+    """``{"b64": text}`` decoded as TF Serving decodes it (``absl::Base64Unescape``): the
+    standard alphabet; ASCII whitespace anywhere is skipped (line-wrapped base64 reads);
+    ``=`` or ``.`` pads the last group, with either none or exactly the number it needs,
+    and nothing but padding and whitespace after it. ``InvalidArgument`` (``Unable to
+    base64 decode``) otherwise."""
+    if len(text) % 4 == 0:
+        try:  # the usual, strictly padded form
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            pass
+    pad = min((i for i in (text.find("="), text.find(".")) if i >= 0), default=len(text))
+    data = text[:pad].translate(_B64_SPACE)
+    rest = text[pad:].translate(_B64_SPACE)
+    expected = _B64_EXPECTED_PADS.get(len(data) % 4)
+    if expected is None or rest.strip("=.") or len(rest) not in (0, expected):
+        raise InvalidArgument("Unable to base64 decode")
     try:
-        return base64.b64decode(padded, validate=True)
+        return base64.b64decode(data + "=" * (-len(data) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise InvalidArgument("Unable to base64 decode") from None
 
