@@ -12,7 +12,7 @@ import pytest
 from google.protobuf import text_format
 
 from pyserving.batching import BatchingOptions, BatchScheduler, settled_future
-from pyserving.errors import Internal, InvalidArgument, Unavailable
+from pyserving.errors import FailedPrecondition, Internal, InvalidArgument, Unavailable
 from pyserving.protos import BatchingParameters
 
 
@@ -158,10 +158,23 @@ def test_pad_variable_length_inputs(recorder: Recorder) -> None:
         s.close()
 
 
-def test_output_without_batch_dimension_is_an_error() -> None:
-    s = BatchScheduler(lambda x: {"y": np.float32(1.0) * np.ones(())}, BatchingOptions())
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        (np.ones(()), r"^Batched output tensor has 0 dimensions \(output y\)$"),
+        (
+            np.ones((1, 2)),
+            r"^Batched output tensor's 0th dimension does not equal the sum of the 0th "
+            r"dimension sizes of the input tensors \(output y has shape \[1, 2\], the batch 2 "
+            r"rows\)$",
+        ),
+    ],
+)
+def test_output_without_batch_dimension_is_an_error(output: np.ndarray, message: str) -> None:
+    """TF Serving's FAILED_PRECONDITION (BatchingSession), naming the output."""
+    s = BatchScheduler(lambda x: {"y": output}, BatchingOptions())
     try:
-        with pytest.raises(Internal, match="dimension 0 must be the batch size"):
+        with pytest.raises(FailedPrecondition, match=message):
             s.submit({"x": np.ones((2, 1), np.float32)})
     finally:
         s.close()

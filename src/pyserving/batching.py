@@ -56,7 +56,14 @@ from typing import Any, TypeVar
 import numpy as np
 
 from pyserving.core.loader import Loader, ResourceEstimate
-from pyserving.errors import CancelledError, Internal, InvalidArgument, ServingError, Unavailable
+from pyserving.errors import (
+    CancelledError,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    ServingError,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -790,11 +797,16 @@ def _merge_padded(batch: Sequence[_Task], name: str, padded: int) -> np.ndarray:
 
 
 def _check_batched(outputs: Tensors, batch: int) -> None:
+    """TF Serving's check before splitting a batch's outputs (``BatchingSession``), its
+    ``FAILED_PRECONDITION`` naming the output and its shape."""
     for name, value in outputs.items():
-        if value.ndim == 0 or value.shape[0] != batch:
-            raise Internal(
-                f"Batched output {name} has shape {list(value.shape)}; its dimension 0 must be "
-                f"the batch size {batch}"
+        if value.ndim == 0:
+            raise FailedPrecondition(f"Batched output tensor has 0 dimensions (output {name})")
+        if value.shape[0] != batch:
+            raise FailedPrecondition(
+                "Batched output tensor's 0th dimension does not equal the sum of the 0th "
+                f"dimension sizes of the input tensors (output {name} has shape "
+                f"{list(value.shape)}, the batch {batch} rows)"
             )
 
 
