@@ -76,6 +76,7 @@ class Served:
     base: pathlib.Path
     source: pathlib.Path
     started: pathlib.Path  # written by each call of the slow model
+    config: pathlib.Path  # --model_config_file
     metrics_path: str = "/monitoring/prometheus/metrics"
 
     def scrape(self) -> dict[str, float]:
@@ -127,11 +128,12 @@ def served(testdata: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> 
             f"--num_workers={WORKERS}",
             f"--model_config_file={models}",
             "--file_system_poll_wait_seconds=1",
+            "--max_num_load_retries=0",
             f"--monitoring_config_file={monitoring}",
         ],
         tmp / "server.log",
     )
-    env = Served(server, base, source, started)
+    env = Served(server, base, source, started, models)
     try:
         wait_until(
             "every worker serving", lambda: f"All {WORKERS} workers serving" in server.log(), server
@@ -167,9 +169,12 @@ def test_connections_reach_both_workers_which_answer_alike(served: Served) -> No
     url = served.server.url
     before = served.worker_counts()
     statuses = set()
+    dashboards = set()
     for _ in range(24):
         with httpx.Client(timeout=60) as client:  # a new connection each time
             statuses.add(client.get(f"{url}/v1/models/{MODEL}").text)
+            worker = client.get(f"{url}/dashboard/api/state").json()["server"]["worker"]
+            dashboards.add((worker["index"], worker["count"]))
             response = rest_predict(client, url)
             assert response.status_code == 200, response.text
             assert response.json() == {"predictions": [2.5, 3.0]}
@@ -190,6 +195,7 @@ def test_connections_reach_both_workers_which_answer_alike(served: Served) -> No
     after_rest = served.worker_counts()
     assert all(a > b for a, b in zip(after_rest, before, strict=True)), (before, after_rest)
     assert sum(after_rest) - sum(before) == 24
+    assert dashboards == {(0, WORKERS), (1, WORKERS)}  # each says whose figures it shows
 
     grpc_statuses = set()
     for _ in range(24):
@@ -345,6 +351,56 @@ def test_killed_worker_is_restarted_while_the_other_serves(served: Served, clien
         return served.worker_counts()[1] > before
 
     wait_until("the restarted worker answering", restarted_worker_answered, served.server)
+
+
+def test_a_worker_restarted_in_a_state_a_fresh_start_refuses_waits_then_serves(
+    served: Served,
+) -> None:
+    """The config file broken since the workers read it, and the newest version corrupt
+    (the workers keep serving the one before): a restarted worker reads the configuration
+    the others applied, not the broken file, and, since its version policy picks only the
+    corrupt version, waits without serving (and without dying and being restarted in a
+    loop) until a good version arrives; the other worker serves throughout."""
+    config = served.config.read_text()
+    served.config.write_text("model_config_list { this is not a config")
+    broken = served.base / ".staging-3"
+    broken.mkdir()
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    broken.rename(served.base / "3")
+
+    def state(version: int, name: str) -> float:
+        key = (
+            f'pyserving_model_version_state{{model_name="{MODEL}",state="{name}",'
+            f'version="{version}"}}'
+        )
+        return served.scrape().get(key, 0.0)
+
+    try:
+        wait_until(
+            "version 3 failed in both workers", lambda: state(3, "END") == WORKERS, served.server
+        )
+        victim = served.pids()[1]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(
+            "the restarted worker waiting",
+            lambda: "have no version this worker can serve (half); waiting" in served.server.log(),
+            served.server,
+        )
+        log = served.server.log()
+        assert "serving the configuration the other workers applied last" in log
+        assert served.pids()[1] == victim  # not serving
+        for _ in range(5):  # fresh connections: worker 0 answers them all
+            with httpx.Client(timeout=60) as http:
+                answer = rest_predict(http, served.server.url)
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == {"predictions": [2.5, 3.0]}
+        copy_version(served.source, served.base, 4)
+        wait_until("worker 1 serving again", lambda: served.pids()[1] != victim, served.server)
+        after_kill = served.server.log().split(f"(pid {victim}) was killed by SIGKILL", 1)[1]
+        assert "exited with status" not in after_kill  # no restart loop
+        assert "Every model has a version AVAILABLE; serving" in after_kill
+    finally:
+        served.config.write_text(config)
 
 
 def test_sigterm_lets_a_request_in_flight_finish_and_exits_0(served: Served) -> None:

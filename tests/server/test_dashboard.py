@@ -282,6 +282,7 @@ def test_state_reports_versions_errors_memory_and_transitions(
     dashboard.close()
     orjson.dumps(state)  # JSON as it is
     assert state["server"]["ports"] == {"grpc": 1, "rest": 2, "grpc_socket": ""}
+    assert state["server"]["worker"] is None
     assert state["server"]["flags"] == [["port", "1"], ["model_base_path", "s3://***@bucket/m"]]
     assert state["server"]["memory"] == {
         "rss_bytes": 123,

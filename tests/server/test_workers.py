@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pathlib
+import subprocess
 import sys
 from typing import Any
 
@@ -14,17 +16,21 @@ import pytest
 
 from pyserving.core.loader import ResourceEstimate
 from pyserving.server.workers import (
+    STATE_DIR_PREFIX,
     Supervisor,
     SupervisorOptions,
     check_memory_budget,
     describe_exit,
+    remove_stale_state_dirs,
     restart_delay,
 )
 
 #: A stand-in worker. argv: marks directory, then a JSON {index: [action per incarnation]}.
 #: Actions: "fail-N" exits N before serving; "serve-exit-N" tells the supervisor it serves,
 #: then exits N; "serve" serves until SIGTERM, then exits 0 ("serve-N": exits N);
-#: "serve-stop" serves and, once every worker serves, sends the supervisor SIGTERM.
+#: "serve-stop" serves and, once every worker serves, sends the supervisor SIGTERM
+#: ("serve-stop-twice": two); "stuck" serves and never ends its drain. Each incarnation
+#: writes its process id and rejoin variables to its mark.
 STAND_IN = r"""
 import json, os, pathlib, signal, sys, time
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
@@ -32,7 +38,8 @@ index = os.environ["PYSERVING_WORKER"]
 marks = pathlib.Path(sys.argv[1])
 script = json.loads(sys.argv[2])
 incarnation = len(list(marks.glob(f"{index}-*")))
-(marks / f"{index}-{incarnation}").touch()
+names = ("PYSERVING_WORKER_PROCESS_ID", "PYSERVING_WORKER_REJOIN")
+(marks / f"{index}-{incarnation}").write_text(json.dumps([os.environ.get(n) for n in names]))
 action = script[index][incarnation]
 if action.startswith("fail-"):
     sys.exit(int(action[5:]))
@@ -42,10 +49,14 @@ os.close(fd)
 (marks / f"served-{index}").touch()
 if action.startswith("serve-exit-"):
     sys.exit(int(action[11:]))
-if action == "serve-stop":
+if action in ("serve-stop", "serve-stop-twice"):
     while len(list(marks.glob("served-*"))) < len(script):
         time.sleep(0.01)
     os.kill(int(os.environ["PYSERVING_SUPERVISOR_PID"]), signal.SIGTERM)
+    if action == "serve-stop-twice":
+        os.kill(int(os.environ["PYSERVING_SUPERVISOR_PID"]), signal.SIGTERM)
+if action == "stuck":  # a drain that never ends: SIGTERM stays blocked
+    time.sleep(3600)
 signal.sigwait({signal.SIGTERM})
 sys.exit(int(action[6:]) if action.startswith("serve-") and action[6:].isdigit() else 0)
 """
@@ -95,6 +106,86 @@ def test_a_worker_that_dies_is_restarted(
         "0-2",
         "1-0",
     ]
+    # Each incarnation names its metric files uniquely; the restarted ones rejoin.
+    marks = tmp_path / "marks"
+    assert [json.loads((marks / f"0-{i}").read_text()) for i in range(3)] == [
+        ["0-1", None],
+        ["0-2", "1"],
+        ["0-3", "1"],
+    ]
+    assert json.loads((marks / "1-0").read_text()) == ["1-1", None]
+
+
+def test_a_second_signal_stops_waiting_for_the_drain(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker whose drain does not end: a second SIGTERM kills the workers at once
+    instead of waiting for the stop timeout."""
+    script = {"0": ["stuck"], "1": ["serve-stop-twice"]}
+    assert supervisor(tmp_path, script, stop_timeout=120.0) == 1
+    assert "Received a second signal: killing the workers" in caplog.text
+    assert "still running" not in caplog.text
+
+
+def test_stale_state_directories_are_removed(tmp_path: pathlib.Path) -> None:
+    """Directories of supervisors that no longer run (SIGKILL skips their clean-up) are
+    removed at the next start; those of running ones and other files are kept."""
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f"{STATE_DIR_PREFIX}{dead_pid}-abc"
+    (stale / "metrics").mkdir(parents=True)
+    (stale / "metrics" / "counter_0-1.db").write_bytes(b"x")
+    live = tmp_path / f"{STATE_DIR_PREFIX}{os.getpid()}-def"
+    live.mkdir()
+    other = tmp_path / "pyserving-something-else"
+    other.mkdir()
+    assert remove_stale_state_dirs(str(tmp_path)) == [str(stale)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])
+
+
+#: A grandparent (a child subreaper, so that it can wait for its grandchild) starts a
+#: supervisor stand-in, which starts a worker whose drain never ends (SIGTERM blocked) and
+#: that watches its parent with a 0.5 s deadline; the grandparent kills the supervisor and
+#: prints how the worker ended.
+ORPHAN = r"""
+import ctypes, os, signal, subprocess, sys, time
+ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+worker = (
+    "import os, signal, time\n"
+    "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})\n"
+    "os.environ['PYSERVING_SUPERVISOR_PID'] = str(os.getppid())\n"
+    "from pyserving.server.workers import watch_parent\n"
+    "watch_parent(deadline=0.5)\n"
+    "print(os.getpid(), flush=True)\n"
+    "time.sleep(3600)\n"
+)
+parent = (
+    "import subprocess, sys, time\n"
+    f"subprocess.Popen([sys.executable, '-c', {worker!r}])\n"
+    "time.sleep(3600)\n"
+)
+supervisor = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE)
+pid = int(supervisor.stdout.readline())
+supervisor.kill()
+supervisor.wait()
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_a_worker_whose_supervisor_died_exits_even_if_its_drain_does_not_end() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", ORPHAN], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1"], result.stdout
+    assert "still running 0s after the supervisor died; exiting" in result.stderr
 
 
 def test_a_worker_failing_its_drain_makes_the_exit_status_1(

@@ -34,8 +34,12 @@ from pyserving.server.logs import configure_logging, log_transition
 from pyserving.server.metrics import CONTENT_TYPE, ServerMetrics
 from pyserving.server.service import ModelServing
 from pyserving.server.workers import (
+    applied_config,
+    metrics_process_id,
     multiprocess_dir,
     notify_ready,
+    rejoining,
+    save_applied_config,
     worker_index,
 )
 
@@ -97,8 +101,14 @@ class ServerOptions:
     #: prometheus-client's multiprocess directory this worker writes its metrics to and
     #: aggregates every worker's from ("" = metrics of this process only).
     metrics_multiprocess_dir: str = ""
+    #: What names this worker's metric files (None: its pid).
+    metrics_process_id: str | None = None
     #: This process's index among ``--num_workers`` workers (None = not a worker).
     worker_index: int | None = None
+    num_workers: int = 1
+    #: A worker replacing one that died while the server served: it serves what loads
+    #: rather than failing its start when a version does not load.
+    rejoin: bool = False
 
 
 def _flag_file(path: str, message: Any, what: str) -> Any:
@@ -112,11 +122,19 @@ def _flag_file(path: str, message: Any, what: str) -> Any:
 
 def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
     """Build ServerOptions; ``UsageError`` for inconsistent flags or a bad config file."""
+    rejoin_warnings: list[str] = []
     if flags.model_config_file:
         try:
             config = load_model_server_config(flags.model_config_file)
         except ConfigError as exc:
-            raise UsageError(exc.message) from None
+            # A worker replacing one that died serves what the other workers serve.
+            config = applied_config() if rejoining() else None
+            if config is None:
+                raise UsageError(exc.message) from None
+            rejoin_warnings.append(
+                f"Not applying model config file {flags.model_config_file}: {exc.message}; "
+                "serving the configuration the other workers applied last"
+            )
     elif flags.model_base_path:
         config = single_model_config(
             flags.model_name, flags.model_base_path, flags.model_platform
@@ -243,7 +261,7 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         rest_timeout_ms=flags.rest_api_timeout_in_ms,
         rest_enable_cors=flags.rest_api_enable_cors_support,
         check_method_name=flags.enable_signature_method_name_check,
-        startup_warnings=_startup_warnings(flags, tf_settings),
+        startup_warnings=(*_startup_warnings(flags, tf_settings), *rejoin_warnings),
         metrics_path=metrics_path,
         log_format=flags.log_format,
         model_config_file=flags.model_config_file,
@@ -261,7 +279,10 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         ),
         reuse_port=flags.num_workers > 1,
         metrics_multiprocess_dir=multiprocess_dir() if worker is not None else "",
+        metrics_process_id=metrics_process_id() if worker is not None else None,
         worker_index=worker,
+        num_workers=flags.num_workers,
+        rejoin=rejoining(),
     )
 
 
@@ -428,7 +449,11 @@ def run_server(options: ServerOptions) -> int:
     freeze_startup_objects()
     for warning in options.startup_warnings:
         log.warning("%s", warning)
-    metrics = ServerMetrics(options.metrics_multiprocess_dir, options.worker_index)
+    metrics = ServerMetrics(
+        options.metrics_multiprocess_dir,
+        options.worker_index,
+        process_id=options.metrics_process_id,
+    )
     core = ServerCore(options.core, metrics)
     core.manager.bus.subscribe(log_transition)
     core.manager.bus.subscribe(metrics.on_state)
@@ -439,6 +464,7 @@ def run_server(options: ServerOptions) -> int:
         except ServingError as exc:
             sys.stderr.write(f"{exc.message}\n")
             return 1
+        save_applied_config(options.model_config)
         failed = [name for name in core.model_names() if not core.manager.available_versions(name)]
         if failed:
             for name in failed:
@@ -450,8 +476,23 @@ def run_server(options: ServerOptions) -> int:
                             state.id.version,
                             state.error.message,
                         )
-            sys.stderr.write(f"{len(failed)} model(s) did not become available\n")
-            return 1
+            if not options.rejoin:
+                sys.stderr.write(f"{len(failed)} model(s) did not become available\n")
+                return 1
+            # Rejoining a running server whose workers serve a version this worker did not
+            # load (an older one, kept while the newest fails): serving without it would
+            # fail the requests the kernel gives this worker, and exiting would only be
+            # restarted into the same state. It waits, polling its sources, until every
+            # model has a version to serve (a new version fixes it), then serves.
+            log.warning(
+                "%d model(s) have no version this worker can serve (%s); waiting until "
+                "each has one before serving (the other workers keep serving)",
+                len(failed),
+                ", ".join(failed),
+            )
+            if not _wait_until_every_model_serves(core):
+                return 0
+            log.info("Every model has a version AVAILABLE; serving")
         return _serve(options, core, metrics, dashboard)
     finally:
         if dashboard is not None:
@@ -478,6 +519,8 @@ def _dashboard(
             grpc_socket_path=options.grpc_socket_path,
             flags=options.flags_in_force,
             batching=options.core.batching is not None,
+            worker_index=options.worker_index,
+            num_workers=options.num_workers,
         ),
     )
 
@@ -630,7 +673,8 @@ def rest_server_options(options: ServerOptions, *, reuse_port: bool = False) -> 
     )
 
 
-def _wait_for_signal() -> None:
+def _wait_for_signal(ready: threading.Event | None = None) -> bool:
+    """Block until SIGTERM or SIGINT (True), or until ``ready`` is set (False)."""
     stop = threading.Event()
 
     def handler(signum: int, _frame: object) -> None:
@@ -639,11 +683,31 @@ def _wait_for_signal() -> None:
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        # Short waits: the handler runs on the main thread between them.
         while not stop.wait(1.0):
-            pass
+            if ready is not None and ready.is_set():
+                return False
+        return True
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def _wait_until_every_model_serves(core: ServerCore) -> bool:
+    """Block until every configured model has an AVAILABLE version (True) or a signal
+    arrives (False)."""
+    ready = threading.Event()
+
+    def check(_state: object = None) -> None:
+        if all(core.manager.available_versions(name) for name in core.model_names()):
+            ready.set()
+
+    unsubscribe = core.manager.bus.subscribe(check)
+    try:
+        check()
+        return not _wait_for_signal(ready)
+    finally:
+        unsubscribe()
 
 
 class ConfigFilePoller:
@@ -724,6 +788,7 @@ class ConfigFilePoller:
             log.error("Not applying model config file %s: %s", self._path, exc.message)
             return
         self._last = content
+        save_applied_config(config)
         log.info("Model config reloaded: %s", ", ".join(self._core.model_names()))
 
     def stop(self) -> None:

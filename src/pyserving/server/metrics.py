@@ -71,7 +71,7 @@ class SharedFiles:
     ``MultiProcessCollector`` aggregates every process's). Not thread-safe: callers hold
     :class:`ServerMetrics`' lock."""
 
-    def __init__(self, directory: str, process_id: int | None = None) -> None:
+    def __init__(self, directory: str, process_id: int | str | None = None) -> None:
         self.directory = directory
         self._pid = os.getpid() if process_id is None else process_id
         self._files: dict[str, MmapedDict] = {}
@@ -237,8 +237,9 @@ class ServerMetrics(Collector):
     ``multiprocess_dir``: prometheus-client's multiprocess directory shared by the workers
     of ``--num_workers`` ("" = this process's metrics only); ``worker``: this worker's
     index, counted in ``pyserving_worker_request_count``; ``process_id``: names this
-    process's files (default: its pid, as prometheus-client's ``mark_process_dead``
-    expects). See the module docstring.
+    process's files (default: its pid; a supervised worker's is unique over the
+    supervisor's life, and the supervisor passes it to prometheus-client's
+    ``mark_process_dead``). See the module docstring.
     """
 
     def __init__(
@@ -246,7 +247,7 @@ class ServerMetrics(Collector):
         multiprocess_dir: str = "",
         worker: int | None = None,
         *,
-        process_id: int | None = None,
+        process_id: int | str | None = None,
     ) -> None:
         self._lock = threading.Lock()
         shared = self._shared = (

@@ -70,6 +70,18 @@ READY_FD_ENV = "PYSERVING_WORKER_READY_FD"
 SUPERVISOR_PID_ENV = "PYSERVING_SUPERVISOR_PID"
 #: prometheus-client's multiprocess directory, made by the supervisor for its workers.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: Set in a worker's environment: what names its metric files, unique over the supervisor's
+#: life (``<index>-<start>``: a restarted worker never reopens a dead one's files, even
+#: with the same pid).
+PROCESS_ID_ENV = "PYSERVING_WORKER_PROCESS_ID"
+#: Set in a worker's environment when it replaces one that died while the server served.
+REJOIN_ENV = "PYSERVING_WORKER_REJOIN"
+#: Set in a worker's environment: the supervisor's directory shared by its workers.
+STATE_DIR_ENV = "PYSERVING_WORKER_STATE_DIR"
+#: The model config last applied by a worker, in the state directory.
+APPLIED_CONFIG_FILE = "applied_model_config.pbtxt"
+#: The name the supervisor's state directories start with (in the temporary directory).
+STATE_DIR_PREFIX = "pyserving-workers-"
 
 
 # ---------------------------------------------------------------------- worker side
@@ -86,6 +98,57 @@ def multiprocess_dir() -> str:
     return os.environ.get(MULTIPROC_ENV, "")
 
 
+def metrics_process_id() -> str | None:
+    """What names this worker's metric files (None outside a worker: its pid)."""
+    return os.environ.get(PROCESS_ID_ENV) or None
+
+
+def rejoining() -> bool:
+    """Whether this worker replaces one that died while the server served: it then joins
+    a running server, so it serves what loads (a version that fails to load is reported in
+    its status, as the other workers report it) instead of failing its start."""
+    return worker_index() is not None and os.environ.get(REJOIN_ENV) == "1"
+
+
+def save_applied_config(config: Any) -> None:
+    """Record ``config`` (a ``ModelServerConfig``) as the one the workers serve, for a
+    worker that rejoins while ``--model_config_file`` does not parse. A no-op outside a
+    worker; written whole or not at all."""
+    directory = os.environ.get(STATE_DIR_ENV, "")
+    if worker_index() is None or not directory:
+        return
+    from google.protobuf import text_format
+
+    path = os.path.join(directory, APPLIED_CONFIG_FILE)
+    temporary = f"{path}.{os.getpid()}"
+    try:
+        with open(temporary, "w", encoding="utf-8") as f:
+            f.write(text_format.MessageToString(config))
+        os.replace(temporary, path)
+    except OSError as exc:
+        log.warning("Could not record the applied model config in %s: %s", path, exc)
+
+
+def applied_config() -> Any:
+    """The ``ModelServerConfig`` the workers last applied (:func:`save_applied_config`), or
+    None when there is none or this is not a worker."""
+    directory = os.environ.get(STATE_DIR_ENV, "")
+    if worker_index() is None or not directory:
+        return None
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from pyserving.config import ConfigError, read_text_proto
+
+    path = os.path.join(directory, APPLIED_CONFIG_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        config = model_server_config_pb2.ModelServerConfig()
+        return read_text_proto(path, config, "tensorflow.serving.ModelServerConfig")
+    except ConfigError:
+        return None
+
+
 def notify_ready() -> None:
     """Tell the supervisor this worker serves (its ports are listening). Once; a no-op
     outside a worker."""
@@ -97,9 +160,15 @@ def notify_ready() -> None:
         os.close(int(fd))
 
 
-def watch_parent() -> None:
+def watch_parent(deadline: float = 120.0) -> None:
     """Have the kernel send this worker SIGTERM when its supervisor dies (Linux), so a
-    killed supervisor leaves no workers behind; exit at once if it is already gone."""
+    killed supervisor leaves no workers behind; exit at once if it is already gone.
+
+    A worker whose drain does not end (a request stuck in a model) would then hold the
+    ports with nobody to kill it: a watcher thread ends the process ``deadline`` seconds
+    after the supervisor is gone (as the supervisor would have), and sends the SIGTERM
+    itself where the kernel cannot.
+    """
     expected = os.environ.get(SUPERVISOR_PID_ENV, "")
     if sys.platform.startswith("linux"):
         import ctypes
@@ -107,9 +176,26 @@ def watch_parent() -> None:
         with contextlib.suppress(OSError, AttributeError):
             pr_set_pdeathsig = 1
             ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-    if expected.isdigit() and os.getppid() != int(expected):
+    if not expected.isdigit():
+        return
+    if os.getppid() != int(expected):
         sys.stderr.write("pyserving worker: the supervisor is gone; exiting\n")
         raise SystemExit(1)
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == int(expected):
+            time.sleep(1.0)  # polling the parent: no event tells a thread of its death
+        with contextlib.suppress(OSError):
+            os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(deadline)
+        sys.stderr.write(
+            f"pyserving worker: still running {deadline:.0f}s after the supervisor died; "
+            "exiting\n"
+        )
+        os._exit(1)
+
+    threading.Thread(target=watch, name="pyserving-parent-watch", daemon=True).start()
 
 
 def reuse_port_socket(port: int, backlog: int, host: str = "0.0.0.0") -> socket.socket:
@@ -242,8 +328,9 @@ class SupervisorOptions:
 
     ``command``: a worker's command line; ``env``: its environment (the supervisor adds
     the worker variables). ``metrics_dir``: the multiprocess directory (its files of dead
-    workers' live gauges are removed). ``grace_seconds``: the drain grace of one worker;
-    workers still running ``stop_timeout`` seconds after SIGTERM are killed (None:
+    workers' live gauges are removed). ``state_dir``: the directory the workers share (the
+    model config last applied, for workers that rejoin). ``grace_seconds``: the drain grace
+    of one worker; workers still running ``stop_timeout`` seconds after SIGTERM are killed (None:
     ``2 x grace + 60``, REST's and gRPC's drains one after the other, then unloading).
     ``min_uptime``: a worker dying sooner after it began serving counts as an early death.
     """
@@ -252,6 +339,7 @@ class SupervisorOptions:
     command: tuple[str, ...]
     env: Mapping[str, str]
     metrics_dir: str = ""
+    state_dir: str = ""
     grace_seconds: float = 30.0
     stop_timeout: float | None = None
     min_uptime: float = 10.0
@@ -268,6 +356,8 @@ class _Slot:
     ever_ready: bool = False
     early_deaths: int = 0
     restart_at: float | None = None
+    starts: int = 0
+    process_id: str = ""
 
 
 class Supervisor:
@@ -292,6 +382,7 @@ class Supervisor:
         self._exit_code = 0
         self._all_ready_logged = False
         self._failed_stops = 0
+        self._forced = False
 
     # -------------------------------------------------------------- processes
 
@@ -301,8 +392,17 @@ class Supervisor:
         env[WORKER_ENV] = str(slot.index)
         env[READY_FD_ENV] = str(write_fd)
         env[SUPERVISOR_PID_ENV] = str(os.getpid())
+        slot.starts += 1
+        slot.process_id = f"{slot.index}-{slot.starts}"
+        env[PROCESS_ID_ENV] = slot.process_id
+        if slot.starts > 1:  # restarts happen only once the server has served
+            env[REJOIN_ENV] = "1"
+        else:
+            env.pop(REJOIN_ENV, None)
         if self.options.metrics_dir:
             env[MULTIPROC_ENV] = self.options.metrics_dir
+        if self.options.state_dir:
+            env[STATE_DIR_ENV] = self.options.state_dir
         try:
             slot.process = subprocess.Popen(
                 self.options.command, env=env, pass_fds=(write_fd,), start_new_session=True
@@ -346,7 +446,7 @@ class Supervisor:
             from prometheus_client.multiprocess import mark_process_dead
 
             with contextlib.suppress(OSError):
-                mark_process_dead(process.pid, self.options.metrics_dir)
+                mark_process_dead(slot.process_id, self.options.metrics_dir)
         how = describe_exit(process.returncode)
         now = self._clock()
         if self._stopping_since is not None:
@@ -405,8 +505,12 @@ class Supervisor:
         self._selector.register(wakeup_read, selectors.EVENT_READ, None)
 
         def on_signal(signum: int, _frame: object) -> None:
-            if signum != signal.SIGCHLD and self._signal is None:
+            if signum == signal.SIGCHLD:
+                return
+            if self._signal is None:
                 self._signal = signum
+            else:  # a second SIGTERM/SIGINT: stop waiting for the drain
+                self._forced = True
 
         previous_wakeup = signal.set_wakeup_fd(wakeup_write)
         previous = {
@@ -436,6 +540,10 @@ class Supervisor:
             for slot in self._slots:
                 self._reap(slot)
             now = self._clock()
+            if self._forced and any(slot.process is not None for slot in self._slots):
+                log.error("Received a second signal: killing the workers")
+                self._kill_all()
+                return 1
             if self._stopping_since is not None:
                 if all(slot.process is None for slot in self._slots):
                     if self._exit_code == 0 and self._failed_stops:
@@ -498,20 +606,51 @@ def supervise(flags: ParsedFlags, args: Sequence[str]) -> int:
         if refusal is not None:
             sys.stderr.write(refusal + "\n")
             return 1
-    metrics_dir = tempfile.mkdtemp(prefix="pyserving-metrics-")
+    remove_stale_state_dirs(tempfile.gettempdir())
+    state_dir = tempfile.mkdtemp(prefix=f"{STATE_DIR_PREFIX}{os.getpid()}-")
+    metrics_dir = os.path.join(state_dir, "metrics")
     try:
+        os.mkdir(metrics_dir)
         supervisor = Supervisor(
             SupervisorOptions(
                 num_workers=n,
                 command=(sys.executable, "-m", "pyserving", *args),
                 env=dict(os.environ),
                 metrics_dir=metrics_dir,
+                state_dir=state_dir,
             )
         )
         log.info("Starting %d workers", n)
         return supervisor.run()
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def remove_stale_state_dirs(parent: str) -> list[str]:
+    """Remove the state directories under ``parent`` left by supervisors that no longer
+    run (killed with SIGKILL, which skips their own clean-up); the paths removed."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir(parent):
+            if not name.startswith(STATE_DIR_PREFIX):
+                continue
+            pid = name[len(STATE_DIR_PREFIX) :].partition("-")[0]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            path = os.path.join(parent, name)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _budget_refusal(flags: ParsedFlags) -> str | None:
@@ -548,15 +687,22 @@ def _budget_refusal(flags: ParsedFlags) -> str | None:
 
 
 __all__ = [
+    "APPLIED_CONFIG_FILE",
+    "STATE_DIR_PREFIX",
     "Supervisor",
     "SupervisorOptions",
+    "applied_config",
     "check_memory_budget",
     "describe_exit",
+    "metrics_process_id",
     "multiprocess_dir",
     "notify_ready",
     "port_taken",
+    "rejoining",
+    "remove_stale_state_dirs",
     "restart_delay",
     "reuse_port_socket",
+    "save_applied_config",
     "startup_estimates",
     "supervise",
     "watch_parent",

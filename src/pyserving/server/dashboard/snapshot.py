@@ -55,14 +55,18 @@ _BACKEND_PLATFORMS = {"session": "tensorflow", "function": "tensorflow"}
 
 @dataclass(frozen=True)
 class ServerInfo:
-    """What the dashboard shows of the process itself: ports, and the flags in force as
-    ``(name, value)`` pairs (those given on the command line)."""
+    """What the dashboard shows of the process itself: ports, the flags in force as
+    ``(name, value)`` pairs (those given on the command line), and which worker it is."""
 
     grpc_port: int = 0
     rest_port: int = 0
     grpc_socket_path: str = ""
     flags: tuple[tuple[str, str], ...] = ()
     batching: bool = False
+    #: With ``--num_workers``: this worker's index and the number of workers (the page
+    #: then shows one worker's figures, and says so).
+    worker_index: int | None = None
+    num_workers: int = 1
 
 
 class Dashboard:
@@ -192,6 +196,11 @@ class Dashboard:
             },
             "flags": self._flags,
             "batching": self.info.batching,
+            "worker": (
+                None
+                if self.info.worker_index is None
+                else {"index": self.info.worker_index, "count": self.info.num_workers}
+            ),
             "memory": {
                 "rss_bytes": self._rss(),
                 "reserved_bytes": used.ram_bytes,

@@ -158,6 +158,11 @@
     fact(facts, "Uptime", duration(server.uptime_s));
     fact(facts, "Started", new Date(server.started * 1000).toLocaleString());
     fact(facts, "PID", server.pid);
+    if (server.worker) {
+      // Each worker answers with its own figures: requests, memory and its budget share.
+      fact(facts, "Worker", (server.worker.index + 1) + " of " + server.worker.count +
+        " (this page shows this worker's requests and memory)");
+    }
     fact(facts, "gRPC port", server.ports.grpc || (server.ports.grpc_socket ? "\u2013" : "off"));
     if (server.ports.grpc_socket) fact(facts, "gRPC socket", server.ports.grpc_socket);
     fact(facts, "REST port", server.ports.rest);
@@ -170,7 +175,7 @@
     let text = "Memory in use (RSS) " + bytes(memory.rss_bytes) + " \u00b7 reserved by models " +
       bytes(memory.reserved_bytes);
     text += memory.budget_bytes === null ? " \u00b7 no budget" : " of a budget of " +
-      bytes(memory.budget_bytes);
+      bytes(memory.budget_bytes) + (server.worker ? " (this worker's share)" : "");
     text += " \u00b7 loading the versions now AVAILABLE grew memory by " + bytes(grown) +
       " (bar: measured in orange, reserved in blue, of the " +
       (memory.budget_bytes === null ? "largest" : "budget") + ")";
