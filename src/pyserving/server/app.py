@@ -490,7 +490,7 @@ def run_server(options: ServerOptions) -> int:
                 len(failed),
                 ", ".join(failed),
             )
-            if not _wait_until_every_model_serves(core):
+            if not _wait_until_every_model_serves(core, options):
                 return 0
             log.info("Every model has a version AVAILABLE; serving")
         return _serve(options, core, metrics, dashboard)
@@ -693,9 +693,10 @@ def _wait_for_signal(ready: threading.Event | None = None) -> bool:
             signal.signal(sig, old)
 
 
-def _wait_until_every_model_serves(core: ServerCore) -> bool:
+def _wait_until_every_model_serves(core: ServerCore, options: ServerOptions) -> bool:
     """Block until every configured model has an AVAILABLE version (True) or a signal
-    arrives (False)."""
+    arrives (False). The model config file is polled meanwhile, as when serving: a model
+    taken out of it is no longer waited for."""
     ready = threading.Event()
 
     def check(_state: object = None) -> None:
@@ -703,10 +704,13 @@ def _wait_until_every_model_serves(core: ServerCore) -> bool:
             ready.set()
 
     unsubscribe = core.manager.bus.subscribe(check)
+    poller = ConfigFilePoller(options, core)
+    poller.start()
     try:
         check()
         return not _wait_for_signal(ready)
     finally:
+        poller.stop()
         unsubscribe()
 
 
