@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -673,8 +674,9 @@ def rest_server_options(options: ServerOptions, *, reuse_port: bool = False) -> 
     )
 
 
-def _wait_for_signal(ready: threading.Event | None = None) -> bool:
-    """Block until SIGTERM or SIGINT (True), or until ``ready`` is set (False)."""
+def _wait_for_signal(done: Callable[[], bool] | None = None) -> bool:
+    """Block until SIGTERM or SIGINT (True), or until ``done()`` (asked every second) is
+    true (False)."""
     stop = threading.Event()
 
     def handler(signum: int, _frame: object) -> None:
@@ -685,7 +687,7 @@ def _wait_for_signal(ready: threading.Event | None = None) -> bool:
     try:
         # Short waits: the handler runs on the main thread between them.
         while not stop.wait(1.0):
-            if ready is not None and ready.is_set():
+            if done is not None and done():
                 return False
         return True
     finally:
@@ -697,21 +699,16 @@ def _wait_until_every_model_serves(core: ServerCore, options: ServerOptions) -> 
     """Block until every configured model has an AVAILABLE version (True) or a signal
     arrives (False). The model config file is polled meanwhile, as when serving: a model
     taken out of it is no longer waited for."""
-    ready = threading.Event()
 
-    def check(_state: object = None) -> None:
-        if all(core.manager.available_versions(name) for name in core.model_names()):
-            ready.set()
+    def every_model_serves() -> bool:
+        return all(core.manager.available_versions(name) for name in core.model_names())
 
-    unsubscribe = core.manager.bus.subscribe(check)
     poller = ConfigFilePoller(options, core)
     poller.start()
     try:
-        check()
-        return not _wait_for_signal(ready)
+        return every_model_serves() or not _wait_for_signal(every_model_serves)
     finally:
         poller.stop()
-        unsubscribe()
 
 
 class ConfigFilePoller:
