@@ -464,3 +464,22 @@ def test_onednn_flag_sets_the_environment(
 ) -> None:
     apply_onednn_flag(parse_flags(argv), environ)
     assert environ[ONEDNN_VARIABLE] == expected
+
+
+def test_each_worker_caches_object_store_models_in_its_own_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cache directory serves one process: worker N of --num_workers uses worker-N inside
+    the flag's (or the default) directory, so workers neither conflict nor leak copies."""
+    from pyserving.server.app import server_options_from_flags
+
+    flags = parse_flags(
+        ["--model_base_path=/models/m", "--model_cache_dir=/var/cache/ps", "--num_workers=2"]
+    )
+    assert server_options_from_flags(flags).core.model_cache_subdir == ""
+    monkeypatch.setenv("PYSERVING_WORKER", "1")
+    options = server_options_from_flags(flags)
+    assert (options.core.model_cache_dir, options.core.model_cache_subdir) == (
+        "/var/cache/ps",
+        "worker-1",
+    )

@@ -133,7 +133,7 @@ def cached(tmp: pathlib.Path, model: str = "hpt") -> list[str]:
     model_dir = tmp / "cache" / model
     if not model_dir.is_dir():
         return []
-    return sorted(p.name.split("-")[0] for p in model_dir.iterdir())
+    return sorted(p.name.split("-")[0] for p in model_dir.iterdir() if p.name[0].isdigit())
 
 
 def test_s3_serves_the_version_in_the_bucket(

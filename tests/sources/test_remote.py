@@ -293,6 +293,29 @@ def test_unreachable_store_emits_nothing_and_is_reported(
     assert list(recorder.last()) == [1]
 
 
+def test_a_base_path_emptied_of_every_object_keeps_the_versions_loaded(
+    store: tuple[str, SpyFileSystem], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A prefix without objects does not exist in an object store: as for a local base path
+    that does not exist, nothing is emitted (TF Serving never emits an empty list for a base
+    path it cannot find), so a republish that deletes everything first unloads nothing."""
+    base, spy = store
+    put(spy, f"{base}/1/saved_model.pb")
+    source, recorder = make_source(base, spy, [])
+    source.poll_once()
+    assert list(recorder.last()) == [1]
+    spy.fs.rm(spy.fs._strip_protocol(f"{base}/1"), recursive=True)
+    with caplog.at_level(logging.WARNING, logger="pyserving"):
+        source.poll_once()
+    assert len(recorder.calls) == 1  # nothing emitted
+    assert f"Could not read base path {base} for servable m" in caplog.text
+    assert "no such base path" in caplog.text
+    put(spy, f"{base}/2/saved_model.pb")
+    source.poll_once()  # the base path exists again: version 1 is gone, 2 is new
+    source.poll_once()  # and unchanged since
+    assert list(recorder.last()) == [2]
+
+
 def test_unsafe_object_names_are_left_out(
     store: tuple[str, SpyFileSystem], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -351,7 +374,8 @@ def test_failed_download_is_retried_resumed_and_never_visible_half(
     path = cache.fetch(version, attempts=3, on_store_event=lambda *e: events.append(e))
     assert [e[2] for e in events] == [False, True]
     assert sorted(p.name for p in (tmp_path / "cache" / "m").iterdir()) == [
-        f"1-{version.fingerprint}"
+        ".pyserving-model-cache",  # the cache's marker
+        f"1-{version.fingerprint}",
     ]
     for name in ("saved_model.pb", "variables/a", "variables/b"):
         assert (pathlib.Path(path) / name).read_bytes() == b"content"
@@ -372,7 +396,7 @@ def test_download_failing_every_attempt_leaves_nothing(
     spy.fail_get = 5
     with pytest.raises(Unavailable, match=r"Could not copy servable .* \(2 attempts\)"):
         cache.fetch(version, attempts=2)
-    assert list((tmp_path / "cache" / "m").iterdir()) == []
+    assert [p.name for p in (tmp_path / "cache" / "m").iterdir()] == [".pyserving-model-cache"]
     cache.close()
 
 
@@ -408,13 +432,27 @@ def test_copies_no_longer_needed_are_deleted(
     )
     recorder = Recorder()
     source.set_aspired_versions_callback(recorder)
-    leftover = tmp_path / "cache" / "gone" / "3-abc"  # a model no longer configured
+    # What an earlier run left: a copy of a model no longer configured, half a copy.
+    leftover = tmp_path / "cache" / "gone" / f"3-{'ab' * 12}"
     leftover.mkdir(parents=True)
-    stale = tmp_path / "cache" / "m" / ".partial-2-xyz"  # a copy an earlier run left half
+    (leftover.parent / ".pyserving-model-cache").touch()
+    stale = tmp_path / "cache" / "m" / ".partial-2-xyz"
     stale.mkdir(parents=True)
+    (stale.parent / ".pyserving-model-cache").touch()
+    # What the cache did not make, in a directory shared with other files: kept.
+    foreign = [
+        tmp_path / "cache" / "someone_else" / "data" / "precious.txt",
+        tmp_path / "cache" / "local_model" / "1" / "saved_model.pb",
+        tmp_path / "cache" / "m" / "notes" / "todo.txt",
+        tmp_path / "cache" / "gone" / "README",
+    ]
+    for path in foreign:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("keep me")
     source.poll_once()
     v1, v2 = recorder.last()[1].value(), recorder.last()[2].value()
     assert not leftover.exists() and not stale.exists()
+    assert all(path.read_text() == "keep me" for path in foreign)
     cache.acquire(v1)
     p1, p2 = cache.fetch(v1), cache.fetch(v2)
     spy.fs.rm(spy.fs._strip_protocol(f"{base}/1"), recursive=True)
@@ -430,6 +468,7 @@ def test_copies_no_longer_needed_are_deleted(
     spy.fail_find = None
     source.poll_once()
     assert not os.path.exists(p2)
+    assert all(path.read_text() == "keep me" for path in foreign)
     cache.close()
 
 
@@ -503,6 +542,47 @@ def test_cached_version_loader(store: tuple[str, SpyFileSystem], tmp_path: pathl
     with pytest.raises(FailedPrecondition):
         failing.servable()
     cache.close()
+
+
+def test_a_copy_that_fails_to_load_is_copied_again(
+    store: tuple[str, SpyFileSystem], tmp_path: pathlib.Path
+) -> None:
+    """Cached copies are checked by size only: one damaged on disk would fail every load
+    retry. A copy whose load fails is deleted (aspired or not) and downloaded again."""
+    base, spy = store
+    put(spy, f"{base}/1/saved_model.pb", b"x" * 1000)
+    version = remote_version(base, spy)
+    cache = ModelCache(str(tmp_path / "cache"))
+    cache.update_aspired({"m": {(1, version.fingerprint)}}, {"m"})
+    outcomes = [True, False]  # the first load fails, the second succeeds
+
+    def factory(path: str) -> Loader:
+        return FakeLoader(path, fail=outcomes.pop(0))
+
+    with pytest.raises(NotFound):
+        CachedVersionLoader(version, cache, factory, ResourceEstimate()).load()
+    assert not os.path.exists(cache.path_for(version))
+    downloads = spy.calls.count("get")
+    loader = CachedVersionLoader(version, cache, factory, ResourceEstimate())
+    loader.load()
+    assert spy.calls.count("get") > downloads  # copied again
+    assert os.path.isdir(cache.path_for(version))  # aspired and loaded: kept
+    loader.unload()
+    cache.close()
+
+
+def test_each_worker_has_its_own_cache_directory(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers of --num_workers share the flag's (or the default) directory, each in its own
+    subdirectory: no lock conflict, and a restarted worker takes over its predecessor's."""
+    given = [ModelCache(str(tmp_path / "cache"), f"worker-{i}") for i in range(2)]
+    assert [c.open() for c in given] == [str(tmp_path / "cache" / f"worker-{i}") for i in range(2)]
+    monkeypatch.setattr(cache_module.tempfile, "gettempdir", lambda: str(tmp_path))
+    default = ModelCache("", "worker-0")
+    assert default.open() == str(tmp_path / "pyserving-model-cache" / "worker-0")
+    for c in (*given, default):
+        c.close()
 
 
 def test_store_errors_are_store_errors(store: tuple[str, SpyFileSystem]) -> None:

@@ -237,6 +237,9 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         num_tflite_pools=max(1, tf_settings.num_tflite_pools),
         num_tflite_interpreters_per_pool=max(1, tf_settings.num_tflite_interpreters_per_pool),
         model_cache_dir=flags.model_cache_dir,
+        # A cache directory serves one process: each worker has its own inside it (a
+        # restarted worker takes over its predecessor's copies).
+        model_cache_subdir="" if worker_index() is None else f"worker-{worker_index()}",
         fixed_model_set=(
             f"--num_workers={flags.num_workers}: each worker serves the model set of the "
             "command line or --model_config_file (change it by editing the file, with "

@@ -139,6 +139,9 @@ class ServerCoreOptions:
     num_tflite_pools: int = 1
     num_tflite_interpreters_per_pool: int = 1
     model_cache_dir: str = ""
+    #: A directory inside the cache directory (given or default) to use instead: each
+    #: worker of ``--num_workers`` has its own.
+    model_cache_subdir: str = ""
     download_attempts: int = 3
     download_backoff: float = 1.0
     fixed_model_set: str = ""
@@ -175,7 +178,7 @@ class ServerCore:
         )
         connect(self._source, self._adapter)
         connect(self._adapter, self.manager)
-        self.cache = ModelCache(self.options.model_cache_dir)
+        self.cache = ModelCache(self.options.model_cache_dir, self.options.model_cache_subdir)
         self._remote_source = RemoteStoragePathSource(
             poll_wait_seconds=self.options.file_system_poll_wait_seconds,
             on_store_event=self._on_store_event,

@@ -16,7 +16,13 @@
   aspired; a cached version that is neither aspired nor in use by a loader (loading, or
   loaded and not yet unloaded) is deleted, as is a version released by its loader while no
   longer aspired, and anything left by an earlier run that is not aspired. A model whose
-  store could not be listed keeps its copies until it can be.
+  store could not be listed keeps its copies until it can be. Only what the cache made is
+  ever deleted: model directories holding its marker file, and in them the
+  ``<version>-<fingerprint>`` copies and ``.partial-*`` directories, so a cache directory
+  shared with other files (``~/.cache``, a directory of local models) loses nothing else.
+* **Copied again after a failed load.** A copy whose load fails is deleted once no loader
+  uses it, so the next attempt downloads it afresh (a copy damaged on disk would otherwise
+  fail every retry: cached copies are checked against the listing by size only).
 * **One server per directory.** The directory is locked (``flock`` on ``.lock``) by the
   server using it; an explicit directory in use by another live process is refused. The
   default (``<temp dir>/pyserving-model-cache``) falls back to a directory of this process's
@@ -36,6 +42,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -55,6 +62,10 @@ DEFAULT_CACHE_NAME = "pyserving-model-cache"
 
 _PARTIAL = ".partial-"
 _LOCK = ".lock"
+#: In each model directory the cache made: only those directories are cleaned up.
+_MARKER = ".pyserving-model-cache"
+#: The cache's own entries in a model directory: ``<version>-<listing fingerprint>``.
+_ENTRY = re.compile(r"[0-9]+-[0-9a-f]{24}")
 
 
 def _quote_name(name: str) -> str:
@@ -65,12 +76,15 @@ def _quote_name(name: str) -> str:
 class ModelCache:
     """Local copies of remote model versions under one directory. Thread-safe.
 
-    ``directory``: "" for the default. Nothing is created or locked until :meth:`open`
-    (called by the server when the first remote model is configured, and by :meth:`fetch`).
+    ``directory``: "" for the default; ``subdir``: a directory inside it to use instead
+    (the default's fallback is then that directory with the process id appended). Nothing
+    is created or locked until :meth:`open` (called by the server when the first remote
+    model is configured, and by :meth:`fetch`).
     """
 
-    def __init__(self, directory: str = "") -> None:
+    def __init__(self, directory: str = "", subdir: str = "") -> None:
         self._requested = directory
+        self._subdir = subdir
         self._directory: str | None = None
         self._private = False
         self._lock_file: Any = None
@@ -98,14 +112,15 @@ class ModelCache:
             if self._directory is not None:
                 return self._directory
             if self._requested:
-                path = os.path.abspath(self._requested)
+                path = os.path.abspath(os.path.join(self._requested, self._subdir))
                 if not self._try_lock(path):
                     raise FailedPrecondition(
                         f"--model_cache_dir={path} is in use by another pyserving process; "
                         "give each server its own cache directory"
                     )
             else:
-                path = os.path.join(tempfile.gettempdir(), DEFAULT_CACHE_NAME)
+                path = os.path.join(tempfile.gettempdir(), DEFAULT_CACHE_NAME, self._subdir)
+                path = path.rstrip(os.sep)
                 if not self._try_lock(path):
                     path = f"{path}-{os.getpid()}"
                     self._private = True
@@ -158,8 +173,11 @@ class ModelCache:
             key = self._key(version)
             self._in_use[key] = self._in_use.get(key, 0) + 1
 
-    def release(self, version: RemoteVersion) -> None:
-        """Undo one :meth:`acquire`; deletes the copy when no longer aspired nor in use."""
+    def release(self, version: RemoteVersion, *, discard: bool = False) -> None:
+        """Undo one :meth:`acquire`; deletes the copy when no longer aspired nor in use, or,
+        with ``discard`` (its load failed: the copy may be what is wrong, e.g. damaged on
+        disk since it was checked), when no longer in use, so the next load copies it
+        again."""
         with self._lock:
             key = self._key(version)
             count = self._in_use.get(key, 0) - 1
@@ -167,6 +185,17 @@ class ModelCache:
                 self._in_use[key] = count
             else:
                 self._in_use.pop(key, None)
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        if discard and count <= 0:
+            with key_lock:
+                path = self.path_for(version)
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                    log.info(
+                        "Removed cached model copy %s (its load failed; the next attempt "
+                        "copies it again)",
+                        path,
+                    )
         self.collect()
 
     def fetch(
@@ -184,13 +213,15 @@ class ModelCache:
         with self._lock:
             key_lock = self._key_locks.setdefault(self._key(version), threading.Lock())
         with key_lock:
+            parent = os.path.dirname(final)
+            os.makedirs(parent, exist_ok=True)
+            with open(os.path.join(parent, _MARKER), "a"):
+                pass  # marks the directory as the cache's (see collect)
             if os.path.isdir(final):
                 if _matches(final, version):
                     return final
                 log.warning("Cached copy %s does not match its listing; copying it again", final)
                 shutil.rmtree(final, ignore_errors=True)
-            parent = os.path.dirname(final)
-            os.makedirs(parent, exist_ok=True)
             partial = tempfile.mkdtemp(prefix=f"{_PARTIAL}{version.version}-", dir=parent)
             progress_key = (version.name, version.version)
             with self._lock:
@@ -299,6 +330,8 @@ class ModelCache:
                 model_dir = os.path.join(directory, quoted)
                 if quoted == _LOCK or not os.path.isdir(model_dir):
                     continue
+                if not os.path.exists(os.path.join(model_dir, _MARKER)):
+                    continue  # not made by the cache: never touched
                 name = names.get(quoted)
                 if name is not None and name in self._configured and name not in self._aspired:
                     continue  # not listed yet: unknown
@@ -312,6 +345,8 @@ class ModelCache:
                         if path not in self._partials:
                             doomed.append(path)
                         continue
+                    if not _ENTRY.fullmatch(entry):
+                        continue  # not a copy the cache made
                     if name is not None and (
                         entry in self._aspired.get(name, ()) or (name, entry) in self._in_use
                     ):
@@ -322,6 +357,8 @@ class ModelCache:
             log.info("Removed cached model copy %s (no longer aspired)", path)
         for path in {os.path.dirname(p) for p in doomed}:
             with contextlib.suppress(OSError):
+                if os.listdir(path) == [_MARKER]:
+                    os.remove(os.path.join(path, _MARKER))
                 os.rmdir(path)  # only when empty
 
 
@@ -403,6 +440,7 @@ class CachedVersionLoader(Loader):
 
     def load(self) -> None:
         self._cache.acquire(self.version)
+        path: str | None = None
         try:
             path = self._cache.fetch(
                 self.version,
@@ -413,7 +451,9 @@ class CachedVersionLoader(Loader):
             inner = self._factory(path)
             inner.load()
         except BaseException:
-            self._cache.release(self.version)
+            # A copy that fails to load is not kept: damaged on disk since it was copied
+            # (its files are checked by size only), it would fail every retry.
+            self._cache.release(self.version, discard=path is not None)
             raise
         self.local_path = path
         self._inner = inner

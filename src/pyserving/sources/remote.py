@@ -460,6 +460,13 @@ class RemoteStoragePathSource(StoragePathSource[RemoteVersion]):
                 servable.name,
             )
         self._report(servable.name, "list", True)
+        if not tree:
+            # An object store has no directories: a prefix without objects does not exist.
+            # As for a local base path that does not exist, nothing is emitted, so the
+            # versions loaded keep serving (TF Serving never emits an empty version list for
+            # a base path it cannot find), rather than being unloaded because every object
+            # was deleted for a moment (a sync with --delete, a republish).
+            raise OSError(f"no object under {display_url(servable.base_path)}: no such base path")
         self._trees[servable.name] = tree
         found: dict[int, str] = {}
         for child in sorted(tree):
