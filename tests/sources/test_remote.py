@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import pathlib
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -314,6 +315,52 @@ def test_a_base_path_emptied_of_every_object_keeps_the_versions_loaded(
     source.poll_once()  # the base path exists again: version 1 is gone, 2 is new
     source.poll_once()  # and unchanged since
     assert list(recorder.last()) == [2]
+
+
+def test_a_store_that_never_answers_counts_as_down_within_the_deadline(
+    store: tuple[str, SpyFileSystem],
+) -> None:
+    """A store accepting connections but never answering: the listing gives up after the
+    deadline (the poll goes on; the store is reported down); while it still hangs, later
+    listings fail at once instead of piling threads up; once it answers, listings work."""
+    base, spy = store
+    put(spy, f"{base}/1/saved_model.pb")
+    hang = threading.Event()
+    original = spy.find
+
+    def find(path: str, **kwargs: Any) -> Any:
+        hang.wait()
+        return original(path, **kwargs)
+
+    spy.find = find  # type: ignore[method-assign]
+    events: list[tuple[str, str, bool, int]] = []
+    source = RemoteStoragePathSource(
+        [ServableSourceConfig("m", base, complete_markers=SAVED_MODEL_MARKERS)],
+        -1,
+        store_factory=lambda url: ObjectStore(url, spy, list_deadline=0.2),
+        on_store_event=lambda *e: events.append(e),
+    )
+    recorder = Recorder()
+    source.set_aspired_versions_callback(recorder)
+    objects = ObjectStore(base, spy, list_deadline=0.2)
+    with pytest.raises(StoreError, match=r"TimeoutError: no answer to the listing in 0s"):
+        objects.list_tree(base)
+    with pytest.raises(StoreError, match=r"has not answered yet"):
+        objects.list_tree(base)  # at once: the first listing still hangs
+    source.poll_once()
+    assert recorder.calls == [] and events == [("m", "list", False, 0)]
+    hang.set()
+    spy.find = original  # type: ignore[method-assign]
+    for _ in range(100):  # the hung listing returns on its own thread
+        try:
+            assert "1" in objects.list_tree(base)
+            break
+        except StoreError:
+            threading.Event().wait(0.05)
+    else:
+        pytest.fail("the store never answered again")
+    source.poll_once()
+    assert list(recorder.last()) == [1]
 
 
 def test_unsafe_object_names_are_left_out(

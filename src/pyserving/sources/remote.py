@@ -35,12 +35,14 @@ one is missing.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import importlib
 import logging
 import os
 import re
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -278,6 +280,10 @@ def _tag_number(info: Mapping[str, Any]) -> int:
     return int.from_bytes(digest, "big")
 
 
+#: How long one listing of a base path may take before the store counts as down.
+LIST_DEADLINE_SECONDS = 60.0
+
+
 class ObjectStore:
     """The fsspec filesystem behind one remote base path.
 
@@ -286,12 +292,54 @@ class ObjectStore:
     requests on fsspec's own event-loop thread).
     """
 
-    def __init__(self, url: str, filesystem: Any = None) -> None:
+    def __init__(
+        self, url: str, filesystem: Any = None, *, list_deadline: float = LIST_DEADLINE_SECONDS
+    ) -> None:
         self.scheme = scheme_of(url)
         if filesystem is None:
             filesystem = _filesystem_for(url)
         self.fs = filesystem
+        self.list_deadline = list_deadline
         self._skipped: set[str] = set()
+        self._listing_lock = threading.Lock()
+        self._listing: concurrent.futures.Future[Any] | None = None
+        self._listing_since = 0.0
+
+    def _find(self, root: str) -> Any:
+        """``fs.find(root)`` within ``list_deadline`` seconds, else ``StoreError``.
+
+        A store that accepts connections and never answers would otherwise hold the poll
+        (every model's) for as long as its client's timeouts and retries allow (minutes for
+        S3; GCS's and Azure's clients set none). The listing runs on a thread of its own;
+        past the deadline the poll goes on and the store counts as down, and while that
+        listing has still not returned, later polls do not start another (no thread piles
+        up behind a hung store): they fail at once."""
+        with self._listing_lock:
+            pending = self._listing
+            if pending is not None and not pending.done():
+                raise StoreError(
+                    f"the listing started {time.monotonic() - self._listing_since:.0f}s ago "
+                    "has not answered yet"
+                )
+            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            self._listing = future
+            self._listing_since = time.monotonic()
+
+        def run() -> None:
+            try:
+                future.set_result(self.fs.find(root, detail=True, withdirs=False))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        threading.Thread(target=run, name="pyserving-store-list", daemon=True).start()
+        try:
+            return future.result(timeout=self.list_deadline)
+        except concurrent.futures.TimeoutError:
+            raise StoreError(
+                f"TimeoutError: no answer to the listing in {self.list_deadline:.0f}s"
+            ) from None
+        except Exception as exc:
+            raise StoreError(redact(f"{type(exc).__name__}: {exc}")) from None
 
     def root(self, url: str) -> str:
         """The store path of ``url`` (no scheme, no trailing ``/``)."""
@@ -302,10 +350,7 @@ class ObjectStore:
         ``{child name: {relative name: (size, tag number)}}`` (a child holding only
         placeholders maps to ``{}``). ``StoreError`` when the listing fails."""
         root = self.root(url)
-        try:
-            found = self.fs.find(root, detail=True, withdirs=False)
-        except Exception as exc:
-            raise StoreError(redact(f"{type(exc).__name__}: {exc}")) from None
+        found = self._find(root)
         tree: dict[str, dict[str, tuple[int, int]]] = {}
         prefix = root + "/"
         for path, info in found.items():
