@@ -107,8 +107,8 @@ class ServerOptions:
     #: This process's index among ``--num_workers`` workers (None = not a worker).
     worker_index: int | None = None
     num_workers: int = 1
-    #: A worker replacing one that died while the server served: it serves what loads
-    #: rather than failing its start when a version does not load.
+    #: A worker replacing one that died while the server served: when a model has no
+    #: version it can load, it waits for one (polling) rather than failing its start.
     rejoin: bool = False
 
 

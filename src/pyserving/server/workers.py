@@ -105,8 +105,9 @@ def metrics_process_id() -> str | None:
 
 def rejoining() -> bool:
     """Whether this worker replaces one that died while the server served: it then joins
-    a running server, so it serves what loads (a version that fails to load is reported in
-    its status, as the other workers report it) instead of failing its start."""
+    a running server rather than starting one (the model config the workers applied when
+    the file no longer parses; a wait, polling, for models with no version it can load,
+    instead of failing its start into a restart loop)."""
     return worker_index() is not None and os.environ.get(REJOIN_ENV) == "1"
 
 
