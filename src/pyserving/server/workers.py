@@ -17,11 +17,14 @@ budget is set). It:
    otherwise after a delay doubling with each such early death (:func:`restart_delay`).
    A worker that fails before it first serves, during start-up, fails the whole server: the
    others are stopped and the supervisor exits with that worker's status (as a single server
-   exits 1 when a model does not load);
+   exits 1 when a model does not load). A restarted worker (``PYSERVING_WORKER_REJOIN=1``)
+   joins the running server instead (:func:`rejoining`); each start of a worker names its
+   metric files uniquely (``PYSERVING_WORKER_PROCESS_ID``);
 4. on SIGTERM or SIGINT, sends SIGTERM to every worker (each drains as a single server does:
    requests in flight finish within the grace period, models unload), waits for all, and
    exits 0 when every worker exited 0 (or, still starting, died of that SIGTERM), else 1.
-   Workers still running ``2 x grace + 60`` seconds later are killed.
+   Workers still running ``2 x grace + 60`` seconds later, or when a second signal comes,
+   are killed.
 
 A **worker** is a complete server (``server/app.py``) with a few differences, all driven by
 its options: it binds both ports with ``SO_REUSEPORT``, so the kernel spreads new
