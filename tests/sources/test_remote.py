@@ -8,6 +8,7 @@ stores (S3 on moto, GCS on its emulator, Azure on Azurite) are in tests/e2e.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
@@ -21,7 +22,7 @@ import pytest
 
 from pyserving.core.loader import Loader, ResourceEstimate
 from pyserving.core.source import ServableData
-from pyserving.errors import FailedPrecondition, NotFound, Unavailable
+from pyserving.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from pyserving.sources import cache as cache_module
 from pyserving.sources.cache import CachedVersionLoader, ModelCache
 from pyserving.sources.filesystem import (
@@ -443,6 +444,33 @@ def test_download_failing_every_attempt_leaves_nothing(
     spy.fail_get = 5
     with pytest.raises(Unavailable, match=r"Could not copy servable .* \(2 attempts\)"):
         cache.fetch(version, attempts=2)
+    assert [p.name for p in (tmp_path / "cache" / "m").iterdir()] == [".pyserving-model-cache"]
+    cache.close()
+
+
+def test_a_full_cache_disk_is_named_and_not_taken_for_a_store_failure(
+    store: tuple[str, SpyFileSystem], tmp_path: pathlib.Path
+) -> None:
+    """No space left for the copy: RESOURCE_EXHAUSTED naming the cache directory, at once
+    (the store is not at fault: no retry, no store error counted), nothing left behind."""
+    base, spy = store
+    put(spy, f"{base}/1/saved_model.pb")
+    version = remote_version(base, spy)
+    cache = ModelCache(str(tmp_path / "cache"))
+
+    def full(remote: Sequence[str], local: Sequence[str]) -> None:
+        spy.calls.append("get")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    spy.get = full  # type: ignore[method-assign]
+    events: list[tuple[str, str, bool, int]] = []
+    with pytest.raises(ResourceExhausted) as info:
+        cache.fetch(version, attempts=3, on_store_event=lambda *e: events.append(e))
+    assert info.value.message == (
+        f"Could not copy servable {{name: m version: 1}} into the model cache directory "
+        f"{tmp_path / 'cache'}: No space left on device"
+    )
+    assert spy.calls.count("get") == 1 and events == []
     assert [p.name for p in (tmp_path / "cache" / "m").iterdir()] == [".pyserving-model-cache"]
     cache.close()
 

@@ -52,8 +52,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from pyserving.core.loader import Loader, ResourceEstimate
-from pyserving.errors import FailedPrecondition, Unavailable
-from pyserving.sources.remote import RemoteVersion, StoreError, StoreEventCallback, redact
+from pyserving.errors import FailedPrecondition, ResourceExhausted, Unavailable
+from pyserving.sources.remote import (
+    LocalCopyError,
+    RemoteVersion,
+    StoreError,
+    StoreEventCallback,
+    redact,
+)
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +278,12 @@ class ModelCache:
         for attempt in range(1, attempts + 1):
             try:
                 copied = version.store.download(version.url, version.files, partial)
+            except LocalCopyError as exc:
+                raise ResourceExhausted(
+                    f"Could not copy servable {{name: {version.name} version: "
+                    f"{version.version}}} into the model cache directory "
+                    f"{os.path.dirname(os.path.dirname(partial))}: {exc.strerror}"
+                ) from None
             except StoreError as exc:
                 _notify(on_store_event, version.name, False, 0)
                 message = redact(str(exc))

@@ -36,6 +36,7 @@ one is missing.
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import hashlib
 import importlib
 import logging
@@ -284,6 +285,15 @@ def _tag_number(info: Mapping[str, Any]) -> int:
 LIST_DEADLINE_SECONDS = 60.0
 
 
+class LocalCopyError(OSError):
+    """Writing a version's local copy failed on the cache's disk (full, over quota,
+    read-only): not the store's failure, and not worth retrying at once."""
+
+
+#: The errors of writing the local copy that are the cache disk's, not the store's.
+_LOCAL_WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
 class ObjectStore:
     """The fsspec filesystem behind one remote base path.
 
@@ -394,6 +404,10 @@ class ObjectStore:
         if remote:
             try:
                 self.fs.get(remote, local)
+            except OSError as exc:
+                if exc.errno in _LOCAL_WRITE_ERRORS:
+                    raise LocalCopyError(exc.errno, exc.strerror or str(exc)) from None
+                raise StoreError(redact(f"{type(exc).__name__}: {exc}")) from None
             except Exception as exc:
                 raise StoreError(redact(f"{type(exc).__name__}: {exc}")) from None
         for name, size in files:
