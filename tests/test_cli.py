@@ -7,6 +7,7 @@ import pathlib
 import re
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -483,3 +484,46 @@ def test_each_worker_caches_object_store_models_in_its_own_directory(
         "/var/cache/ps",
         "worker-1",
     )
+
+
+def test_a_rejoining_worker_waits_for_its_models_for_a_bounded_time() -> None:
+    """A restarted worker of --num_workers waits for a version of every model (and its
+    labels) before serving, but not for ever: a version that failed is not loaded again as
+    is, so past the limit it exits to be started again ("timeout"); "ready" as soon as
+    every model serves and the labels could be given."""
+    from pyserving.server import app
+
+    class Manager:
+        versions: list[int] = []
+
+        def available_versions(self, name: str) -> list[int]:
+            return self.versions
+
+    class Core:
+        manager = Manager()
+        reloads = 0
+
+        def model_names(self) -> list[str]:
+            return ["m"]
+
+        def reload_config(self, config: object, *, from_config_file: bool = False) -> None:
+            self.reloads += 1
+
+    class Poller:
+        def start(self) -> None:
+            pass
+
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 100.0  # each look at the clock: 100 s later
+        return now[0]
+
+    core: Any = Core()
+    options: Any = type("Options", (), {"model_config": None})()
+    poller: Any = Poller()
+    wait = app._wait_until_every_model_serves
+    assert wait(core, options, poller, False, 300.0, clock) == "timeout"
+    Manager.versions = [1]
+    assert wait(core, options, poller, True, 300.0, clock) == "ready"
+    assert core.reloads == 1  # the labels given once every model serves

@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,10 @@ if TYPE_CHECKING:  # grpc is imported only when the gRPC server starts
     from pyserving.server.grpc import GrpcTls
 
 log = logging.getLogger("pyserving")
+
+#: How long a restarted worker of ``--num_workers`` waits for a version of every model
+#: before it exits to be started again (see ``run_server``).
+REJOIN_WAIT_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -463,14 +468,23 @@ def run_server(options: ServerOptions) -> int:
     core.manager.bus.subscribe(metrics.on_state)
     dashboard = _dashboard(options, core, metrics)
     try:
+        labels_pending = False
         try:
             core.reload_config(options.model_config, from_config_file=True)
+        except FailedPrecondition as exc:
+            # The model set is in force; a label names a version not AVAILABLE here.
+            if not options.rejoin:
+                sys.stderr.write(f"{exc.message}\n")
+                return 1
+            log.warning("Version labels not given yet: %s", exc.message)
+            labels_pending = True
         except ServingError as exc:
             sys.stderr.write(f"{exc.message}\n")
             return 1
         save_applied_config(options.model_config)
+        poller = ConfigFilePoller(options, core)
         failed = [name for name in core.model_names() if not core.manager.available_versions(name)]
-        if failed:
+        if failed or labels_pending:
             for name in failed:
                 for state in core.monitor.get_version_states(name).values():
                     if state.error is not None:
@@ -485,19 +499,36 @@ def run_server(options: ServerOptions) -> int:
                 return 1
             # Rejoining a running server whose workers serve a version this worker did not
             # load (an older one, kept while the newest fails): serving without it would
-            # fail the requests the kernel gives this worker, and exiting would only be
-            # restarted into the same state. It waits, polling its sources, until every
-            # model has a version to serve (a new version fixes it), then serves.
+            # fail the requests the kernel gives this worker, and exiting at once would
+            # only be restarted into the same state. It waits, polling its sources, until
+            # every model has a version to serve (a new version fixes it) and the labels
+            # are given, then serves; after REJOIN_WAIT_SECONDS it exits, so that the
+            # supervisor starts it again (a failure that was passing, a download cut
+            # short, is then retried: a version that failed is not loaded again as is).
             log.warning(
                 "%d model(s) have no version this worker can serve (%s); waiting until "
-                "each has one before serving (the other workers keep serving)",
+                "each has one before serving, for at most %.0fs (the other workers keep "
+                "serving)",
                 len(failed),
-                ", ".join(failed),
+                ", ".join(failed) or "labels",
+                REJOIN_WAIT_SECONDS,
             )
-            if not _wait_until_every_model_serves(core, options):
+            outcome = _wait_until_every_model_serves(
+                core, options, poller, labels_pending, REJOIN_WAIT_SECONDS
+            )
+            if outcome == "signal":
+                core.release_waiters()
+                poller.stop()
                 return 0
+            if outcome == "timeout":
+                poller.stop()
+                sys.stderr.write(
+                    f"Worker still has no version of every model after "
+                    f"{REJOIN_WAIT_SECONDS:.0f}s; exiting to be started again\n"
+                )
+                return 1
             log.info("Every model has a version AVAILABLE; serving")
-        return _serve(options, core, metrics, dashboard)
+        return _serve(options, core, metrics, dashboard, poller)
     finally:
         if dashboard is not None:
             dashboard.close()
@@ -564,6 +595,7 @@ def _serve(
     core: ServerCore,
     metrics: ServerMetrics,
     dashboard: Dashboard | None = None,
+    poller: ConfigFilePoller | None = None,
 ) -> int:
     serving = ModelServing(core, check_method_name=options.check_method_name, metrics=metrics)
     try:
@@ -584,8 +616,9 @@ def _serve(
         lambda _state: grpc_server.set_serving_status(is_ready(core))
     )
     grpc_server.set_serving_status(is_ready(core))
-    poller = ConfigFilePoller(options, core)
-    poller.start()
+    if poller is None:
+        poller = ConfigFilePoller(options, core)
+    poller.start()  # once: a poller already started goes on
     status = 0
     try:
         if options.rest_port and options.rest_port != options.grpc_port:
@@ -698,20 +731,39 @@ def _wait_for_signal(done: Callable[[], bool] | None = None) -> bool:
             signal.signal(sig, old)
 
 
-def _wait_until_every_model_serves(core: ServerCore, options: ServerOptions) -> bool:
-    """Block until every configured model has an AVAILABLE version (True) or a signal
-    arrives (False). The model config file is polled meanwhile, as when serving: a model
-    taken out of it is no longer waited for."""
+def _wait_until_every_model_serves(
+    core: ServerCore,
+    options: ServerOptions,
+    poller: ConfigFilePoller,
+    labels_pending: bool,
+    limit: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> str:
+    """Block until every configured model has an AVAILABLE version and, with
+    ``labels_pending``, the config's version labels could be given (``"ready"``), a signal
+    arrives (``"signal"``) or ``limit`` seconds pass (``"timeout"``). The model config file
+    is polled meanwhile by ``poller`` (started here), as when serving: a model taken out of
+    it is no longer waited for."""
+    pending = labels_pending
+    deadline = clock() + limit
 
-    def every_model_serves() -> bool:
-        return all(core.manager.available_versions(name) for name in core.model_names())
+    def done() -> bool:
+        nonlocal pending
+        if not all(core.manager.available_versions(name) for name in core.model_names()):
+            return clock() >= deadline
+        if pending:
+            try:
+                core.reload_config(options.model_config, from_config_file=True)
+            except ServingError:
+                return clock() >= deadline
+            pending = False
+        return True
 
-    poller = ConfigFilePoller(options, core)
     poller.start()
-    try:
-        return every_model_serves() or not _wait_for_signal(every_model_serves)
-    finally:
-        poller.stop()
+    if done() or not _wait_for_signal(done):
+        ready = all(core.manager.available_versions(n) for n in core.model_names())
+        return "ready" if ready and not pending else "timeout"
+    return "signal"
 
 
 class ConfigFilePoller:
@@ -752,7 +804,8 @@ class ConfigFilePoller:
         return content
 
     def start(self) -> None:
-        if not self._path or self._period <= 0:
+        """Start polling (once: later calls do nothing)."""
+        if not self._path or self._period <= 0 or self._thread is not None:
             return
         self._thread = threading.Thread(
             target=self._loop, name="pyserving-config-poll", daemon=True

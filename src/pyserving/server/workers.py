@@ -171,15 +171,17 @@ def watch_parent(deadline: float = 120.0) -> None:
     A worker whose drain does not end (a request stuck in a model) would then hold the
     ports with nobody to kill it: a watcher thread ends the process ``deadline`` seconds
     after the supervisor is gone (as the supervisor would have), and sends the SIGTERM
-    itself where the kernel cannot.
+    itself only where the kernel cannot (a second one would cut the drain short).
     """
     expected = os.environ.get(SUPERVISOR_PID_ENV, "")
+    kernel_signals = False
     if sys.platform.startswith("linux"):
         import ctypes
 
         with contextlib.suppress(OSError, AttributeError):
             pr_set_pdeathsig = 1
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+            libc = ctypes.CDLL(None, use_errno=True)
+            kernel_signals = libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM)) == 0
     if not expected.isdigit():
         return
     if os.getppid() != int(expected):
@@ -190,8 +192,10 @@ def watch_parent(deadline: float = 120.0) -> None:
     def watch() -> None:
         while os.getppid() == int(expected):
             time.sleep(1.0)  # polling the parent: no event tells a thread of its death
-        with contextlib.suppress(OSError):
-            os.kill(os.getpid(), signal.SIGTERM)
+        if not kernel_signals:
+            # Only then: a second SIGTERM would end a drain under way at once.
+            with contextlib.suppress(OSError):
+                os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(deadline)
         sys.stderr.write(
             f"pyserving worker: still running {deadline:.0f}s after the supervisor died; "
