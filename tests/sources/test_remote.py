@@ -623,24 +623,30 @@ def test_a_copy_that_fails_to_load_is_copied_again(
     store: tuple[str, SpyFileSystem], tmp_path: pathlib.Path
 ) -> None:
     """Cached copies are checked by size only: one damaged on disk would fail every load
-    retry. A copy whose load fails is deleted (aspired or not) and downloaded again."""
+    retry. The first time a copy fails to load it is deleted (aspired or not) and downloaded
+    again; later failures of the same version keep it (a broken version is not downloaded
+    on every retry)."""
     base, spy = store
     put(spy, f"{base}/1/saved_model.pb", b"x" * 1000)
     version = remote_version(base, spy)
     cache = ModelCache(str(tmp_path / "cache"))
     cache.update_aspired({"m": {(1, version.fingerprint)}}, {"m"})
-    outcomes = [True, False]  # the first load fails, the second succeeds
+    outcomes = [True, True, True, False]  # three failed loads, then one that succeeds
 
     def factory(path: str) -> Loader:
         return FakeLoader(path, fail=outcomes.pop(0))
 
-    with pytest.raises(NotFound):
-        CachedVersionLoader(version, cache, factory, ResourceEstimate()).load()
-    assert not os.path.exists(cache.path_for(version))
-    downloads = spy.calls.count("get")
     loader = CachedVersionLoader(version, cache, factory, ResourceEstimate())
+    with pytest.raises(NotFound):
+        loader.load()
+    assert not os.path.exists(cache.path_for(version))  # the first failure: discarded
+    downloads = spy.calls.count("get")
+    for _ in range(2):  # the retries (the same loader)
+        with pytest.raises(NotFound):
+            loader.load()
+        assert os.path.isdir(cache.path_for(version))  # kept: copied again only once
+    assert spy.calls.count("get") == downloads + 1
     loader.load()
-    assert spy.calls.count("get") > downloads  # copied again
     assert os.path.isdir(cache.path_for(version))  # aspired and loaded: kept
     loader.unload()
     cache.close()

@@ -20,9 +20,11 @@
   ever deleted: model directories holding its marker file, and in them the
   ``<version>-<fingerprint>`` copies and ``.partial-*`` directories, so a cache directory
   shared with other files (``~/.cache``, a directory of local models) loses nothing else.
-* **Copied again after a failed load.** A copy whose load fails is deleted once no loader
-  uses it, so the next attempt downloads it afresh (a copy damaged on disk would otherwise
-  fail every retry: cached copies are checked against the listing by size only).
+* **Copied again after a failed load, once.** The first time a copy fails to load it is
+  deleted once no loader uses it, so the next attempt downloads it afresh (a copy damaged on
+  disk would otherwise fail every retry: cached copies are checked against the listing by
+  size only); later failures keep it (a version broken in the store is not downloaded again
+  on every retry).
 * **One server per directory.** The directory is locked (``flock`` on ``.lock``) by the
   server using it; an explicit directory in use by another live process is refused. The
   default (``<temp dir>/pyserving-model-cache``) falls back to a directory of this process's
@@ -436,6 +438,7 @@ class CachedVersionLoader(Loader):
         self._backoff = backoff
         self._on_store_event = on_store_event
         self._inner: Loader | None = None
+        self._discarded = False
         self.local_path: str | None = None
 
     def estimate_resources(self) -> ResourceEstimate:
@@ -463,9 +466,12 @@ class CachedVersionLoader(Loader):
             inner = self._factory(path)
             inner.load()
         except BaseException:
-            # A copy that fails to load is not kept: damaged on disk since it was copied
-            # (its files are checked by size only), it would fail every retry.
-            self._cache.release(self.version, discard=path is not None)
+            # A copy that fails to load is not kept, once: damaged on disk since it was
+            # copied (its files are checked by size only), it would fail every retry. Once
+            # only: a version that is itself broken is not copied again on every retry.
+            discard = path is not None and not self._discarded
+            self._discarded = self._discarded or discard
+            self._cache.release(self.version, discard=discard)
             raise
         self.local_path = path
         self._inner = inner
