@@ -92,11 +92,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if flags.version:
         sys.stdout.write(version_text())
         return 0
-    from pyserving.server.workers import supervise, watch_parent, worker_index
+    from pyserving.server.workers import (
+        hold_worker_state_dir,
+        supervise,
+        watch_parent,
+        worker_index,
+    )
 
     apply_onednn_flag(flags, os.environ)
     if worker_index() is not None:
         watch_parent()
+        hold_worker_state_dir()
     elif flags.num_workers > 1:
         return supervise(flags, args)
     _import_tensorflow_for_serving()

@@ -17,10 +17,12 @@ import pytest
 from pyserving.core.loader import ResourceEstimate
 from pyserving.server.workers import (
     STATE_DIR_PREFIX,
+    STATE_LOCK_FILE,
     Supervisor,
     SupervisorOptions,
     check_memory_budget,
     describe_exit,
+    hold_state_dir,
     remove_stale_state_dirs,
     restart_delay,
 )
@@ -148,8 +150,22 @@ def test_stale_state_directories_are_removed(tmp_path: pathlib.Path) -> None:
     live.mkdir()
     other = tmp_path / "pyserving-something-else"
     other.mkdir()
-    assert remove_stale_state_dirs(str(tmp_path)) == [str(stale)]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])
+    # With a lock file (this version's): removed only when nobody holds it, whatever the
+    # pid in the name says (another container sharing the directory has other pids).
+    held = tmp_path / f"{STATE_DIR_PREFIX}{dead_pid}-held"
+    held.mkdir()
+    holder = hold_state_dir(str(held))
+    unheld = tmp_path / f"{STATE_DIR_PREFIX}{os.getpid()}-unheld"
+    unheld.mkdir()
+    (unheld / STATE_LOCK_FILE).touch()
+    huge = tmp_path / f"{STATE_DIR_PREFIX}{'9' * 30}-x"  # no such pid: not a crash
+    huge.mkdir()
+    assert sorted(remove_stale_state_dirs(str(tmp_path))) == sorted([str(stale), str(unheld)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [live.name, other.name, held.name, huge.name]
+    )
+    holder.close()
+    assert str(held) in remove_stale_state_dirs(str(tmp_path))
 
 
 #: A grandparent (a child subreaper, so that it can wait for its grandchild) starts a

@@ -547,6 +547,25 @@ def test_copies_no_longer_needed_are_deleted(
     cache.close()
 
 
+def test_copies_from_before_the_marker_are_cleaned_up_too(tmp_path: pathlib.Path) -> None:
+    """A cache directory written before model directories were marked: directories holding
+    only the cache's own copies are taken as the cache's (and cleaned up); any other stays."""
+    copy = f"3-{'ab' * 12}"
+    older = tmp_path / "cache" / "older" / copy
+    older.mkdir(parents=True)
+    (older / "saved_model.pb").write_bytes(b"x")
+    (tmp_path / "cache" / "older" / ".partial-4-xyz").mkdir()
+    mixed = tmp_path / "cache" / "mixed"
+    (mixed / copy).mkdir(parents=True)
+    (mixed / "mine.txt").write_text("keep me")
+    cache = ModelCache(str(tmp_path / "cache"))
+    cache.open()
+    cache.update_aspired({}, set())
+    assert not (tmp_path / "cache" / "older").exists()
+    assert (mixed / copy).is_dir() and (mixed / "mine.txt").read_text() == "keep me"
+    cache.close()
+
+
 def test_one_server_per_cache_directory(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -85,6 +85,8 @@ STATE_DIR_ENV = "PYSERVING_WORKER_STATE_DIR"
 APPLIED_CONFIG_FILE = "applied_model_config.pbtxt"
 #: The name the supervisor's state directories start with (in the temporary directory).
 STATE_DIR_PREFIX = "pyserving-workers-"
+#: In a state directory: locked (shared) by the supervisor and its workers while they run.
+STATE_LOCK_FILE = ".lock"
 
 
 # ---------------------------------------------------------------------- worker side
@@ -617,6 +619,7 @@ def supervise(flags: ParsedFlags, args: Sequence[str]) -> int:
     remove_stale_state_dirs(tempfile.gettempdir())
     state_dir = tempfile.mkdtemp(prefix=f"{STATE_DIR_PREFIX}{os.getpid()}-")
     metrics_dir = os.path.join(state_dir, "metrics")
+    held = hold_state_dir(state_dir)
     try:
         os.mkdir(metrics_dir)
         supervisor = Supervisor(
@@ -632,21 +635,72 @@ def supervise(flags: ParsedFlags, args: Sequence[str]) -> int:
         return supervisor.run()
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
+        if held is not None:
+            held.close()
+
+
+def hold_state_dir(directory: str) -> Any:
+    """Hold a shared lock on ``directory``'s lock file for as long as the returned handle
+    stays open (the supervisor's life, each worker's): :func:`remove_stale_state_dirs` does
+    not remove a directory whose lock anyone holds, whichever process namespace they run
+    in. None when it cannot be taken."""
+    import fcntl
+
+    try:
+        handle = open(os.path.join(directory, STATE_LOCK_FILE), "a+")  # noqa: SIM115
+    except OSError:
+        return None
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
+    except OSError:
+        handle.close()
+        return None
+    return handle
+
+
+#: Held for the state directory's life (:func:`hold_state_dir`).
+_held_state_dir: Any = None
+
+
+def hold_worker_state_dir() -> None:
+    """In a worker: hold the supervisor's state directory (see :func:`hold_state_dir`) for
+    this process's life, so that it outlives a killed supervisor while the worker drains."""
+    global _held_state_dir
+    directory = os.environ.get(STATE_DIR_ENV, "")
+    if directory and worker_index() is not None and _held_state_dir is None:
+        _held_state_dir = hold_state_dir(directory)
 
 
 def remove_stale_state_dirs(parent: str) -> list[str]:
     """Remove the state directories under ``parent`` left by supervisors that no longer
-    run (killed with SIGKILL, which skips their own clean-up); the paths removed."""
+    run (killed with SIGKILL, which skips their own clean-up) nor have workers left: those
+    whose lock file no process holds (one without a lock file: whose supervisor's pid is not
+    running); the paths removed."""
+    import fcntl
+
     removed = []
     with contextlib.suppress(OSError):
         for name in os.listdir(parent):
             if not name.startswith(STATE_DIR_PREFIX):
                 continue
-            pid = name[len(STATE_DIR_PREFIX) :].partition("-")[0]
-            if not pid.isdigit() or _alive(int(pid)):
-                continue
             path = os.path.join(parent, name)
-            shutil.rmtree(path, ignore_errors=True)
+            lock_path = os.path.join(path, STATE_LOCK_FILE)
+            if os.path.exists(lock_path):
+                try:
+                    handle = open(lock_path, "a+")  # noqa: SIM115
+                except OSError:
+                    continue
+                with handle:
+                    try:
+                        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except OSError:
+                        continue  # held: in use
+                    shutil.rmtree(path, ignore_errors=True)
+            else:
+                pid = name[len(STATE_DIR_PREFIX) :].partition("-")[0]
+                if not pid.isdigit() or _alive(int(pid)):
+                    continue
+                shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
 
@@ -656,8 +710,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True  # another user's process
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process, or no pid: left alone
     return True
 
 
@@ -697,11 +751,14 @@ def _budget_refusal(flags: ParsedFlags) -> str | None:
 __all__ = [
     "APPLIED_CONFIG_FILE",
     "STATE_DIR_PREFIX",
+    "STATE_LOCK_FILE",
     "Supervisor",
     "SupervisorOptions",
     "applied_config",
     "check_memory_budget",
     "describe_exit",
+    "hold_state_dir",
+    "hold_worker_state_dir",
     "metrics_process_id",
     "multiprocess_dir",
     "notify_ready",

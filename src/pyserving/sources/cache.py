@@ -136,6 +136,7 @@ class ModelCache:
                         raise FailedPrecondition(f"cannot lock the model cache directory {path}")
                     log.info("Model cache directory in use by another server; using %s", path)
             self._directory = path
+            _mark_earlier_copies(path)
             log.info("Model cache directory: %s", path)
             return path
 
@@ -231,6 +232,8 @@ class ModelCache:
                 log.warning("Cached copy %s does not match its listing; copying it again", final)
                 shutil.rmtree(final, ignore_errors=True)
             partial = tempfile.mkdtemp(prefix=f"{_PARTIAL}{version.version}-", dir=parent)
+            with open(os.path.join(parent, _MARKER), "a"):
+                pass  # again: a clean-up may have found the directory empty meanwhile
             progress_key = (version.name, version.version)
             with self._lock:
                 self._partials.add(partial)
@@ -373,7 +376,30 @@ class ModelCache:
             with contextlib.suppress(OSError):
                 if os.listdir(path) == [_MARKER]:
                     os.remove(os.path.join(path, _MARKER))
-                os.rmdir(path)  # only when empty
+                    try:
+                        os.rmdir(path)
+                    except OSError:  # a copy started meanwhile: the directory stays the cache's
+                        with open(os.path.join(path, _MARKER), "a"):
+                            pass
+
+
+def _mark_earlier_copies(directory: str) -> None:
+    """Mark model directories that hold only copies as the cache makes them (by a version
+    of pyserving from before the marker), so that they are cleaned up like the others."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            model_dir = os.path.join(directory, name)
+            if name == _LOCK or not os.path.isdir(model_dir):
+                continue
+            try:
+                entries = os.listdir(model_dir)
+            except OSError:
+                continue
+            if entries and _MARKER not in entries and all(
+                _ENTRY.fullmatch(e) or e.startswith(_PARTIAL) for e in entries
+            ):
+                with contextlib.suppress(OSError), open(os.path.join(model_dir, _MARKER), "a"):
+                    pass
 
 
 @contextlib.contextmanager
