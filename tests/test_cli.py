@@ -527,3 +527,16 @@ def test_a_rejoining_worker_waits_for_its_models_for_a_bounded_time() -> None:
     Manager.versions = [1]
     assert wait(core, options, poller, True, 300.0, clock) == "ready"
     assert core.reloads == 1  # the labels given once every model serves
+
+
+def test_store_listing_timeout_flag() -> None:
+    from pyserving.server.app import server_options_from_flags
+
+    base = ["--model_base_path=s3://bucket/m"]
+    assert server_options_from_flags(parse_flags(base)).core.store_list_timeout == 60.0
+    flags = parse_flags([*base, "--model_store_list_timeout_seconds=0"])
+    assert server_options_from_flags(flags).core.store_list_timeout == 0.0
+    for bad in ("-1", "nan", "inf"):
+        flags = parse_flags([*base, f"--model_store_list_timeout_seconds={bad}"])
+        with pytest.raises(UsageError, match="model_store_list_timeout_seconds must be >= 0"):
+            server_options_from_flags(flags)

@@ -218,6 +218,13 @@ FLAGS: tuple[Flag, ...] = (
         "copied before loading (default: <temp dir>/pyserving-model-cache)",
     ),
     Flag(
+        "model_store_list_timeout_seconds",
+        float,
+        60.0,
+        "pyserving: how long one listing of a model's base path in an object store may take "
+        "before the store counts as down for that poll (0 = no limit)",
+    ),
+    Flag(
         "dashboard",
         bool,
         True,

@@ -364,6 +364,24 @@ def test_a_store_that_never_answers_counts_as_down_within_the_deadline(
     assert list(recorder.last()) == [1]
 
 
+def test_a_listing_without_a_deadline_runs_on_the_callers_thread(
+    store: tuple[str, SpyFileSystem],
+) -> None:
+    base, spy = store
+    put(spy, f"{base}/1/saved_model.pb")
+    threads: list[str] = []
+    original = spy.find
+
+    def find(path: str, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return original(path, **kwargs)
+
+    spy.find = find  # type: ignore[method-assign]
+    assert "1" in ObjectStore(base, spy, list_deadline=0).list_tree(base)
+    assert "1" in ObjectStore(base, spy, list_deadline=30).list_tree(base)
+    assert threads == [threading.current_thread().name, "pyserving-store-list"]
+
+
 def test_unsafe_object_names_are_left_out(
     store: tuple[str, SpyFileSystem], caplog: pytest.LogCaptureFixture
 ) -> None:

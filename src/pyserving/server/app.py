@@ -242,6 +242,7 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
         num_tflite_pools=max(1, tf_settings.num_tflite_pools),
         num_tflite_interpreters_per_pool=max(1, tf_settings.num_tflite_interpreters_per_pool),
         model_cache_dir=flags.model_cache_dir,
+        store_list_timeout=_store_list_timeout(flags.model_store_list_timeout_seconds),
         # A cache directory serves one process: each worker has its own inside it (a
         # restarted worker takes over its predecessor's copies).
         model_cache_subdir="" if worker_index() is None else f"worker-{worker_index()}",
@@ -297,6 +298,15 @@ def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
 
 def _flag_text(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _store_list_timeout(seconds: float) -> float:
+    """``--model_store_list_timeout_seconds``, checked (``UsageError``)."""
+    if not seconds >= 0 or seconds == float("inf"):  # also refuses NaN
+        raise UsageError(
+            f"--model_store_list_timeout_seconds must be >= 0 (0 = no limit), not {seconds}"
+        )
+    return seconds
 
 
 def _tensorflow_settings_from_flags(flags: ParsedFlags) -> TensorFlowSettings:

@@ -65,6 +65,7 @@ from pyserving.sources.filesystem import (
     ServableVersionPolicy,
 )
 from pyserving.sources.remote import (
+    ObjectStore,
     RemoteStoragePathSource,
     RemoteVersion,
     check_base_path,
@@ -142,6 +143,8 @@ class ServerCoreOptions:
     #: A directory inside the cache directory (given or default) to use instead: each
     #: worker of ``--num_workers`` has its own.
     model_cache_subdir: str = ""
+    #: Seconds one listing of an object store's base path may take (0 = no limit).
+    store_list_timeout: float = 60.0
     download_attempts: int = 3
     download_backoff: float = 1.0
     fixed_model_set: str = ""
@@ -179,8 +182,10 @@ class ServerCore:
         connect(self._source, self._adapter)
         connect(self._adapter, self.manager)
         self.cache = ModelCache(self.options.model_cache_dir, self.options.model_cache_subdir)
+        list_timeout = self.options.store_list_timeout
         self._remote_source = RemoteStoragePathSource(
             poll_wait_seconds=self.options.file_system_poll_wait_seconds,
+            store_factory=lambda url: ObjectStore(url, list_deadline=list_timeout),
             on_store_event=self._on_store_event,
             on_aspired=self.cache.update_aspired,
         )

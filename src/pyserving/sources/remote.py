@@ -323,7 +323,13 @@ class ObjectStore:
         S3; GCS's and Azure's clients set none). The listing runs on a thread of its own;
         past the deadline the poll goes on and the store counts as down, and while that
         listing has still not returned, later polls do not start another (no thread piles
-        up behind a hung store): they fail at once."""
+        up behind a hung store): they fail at once. ``list_deadline`` <= 0: no limit (the
+        listing runs on the caller's thread)."""
+        if self.list_deadline <= 0:
+            try:
+                return self.fs.find(root, detail=True, withdirs=False)
+            except Exception as exc:
+                raise StoreError(redact(f"{type(exc).__name__}: {exc}")) from None
         with self._listing_lock:
             pending = self._listing
             if pending is not None and not pending.done():
