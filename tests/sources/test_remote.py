@@ -467,7 +467,7 @@ def test_download_failing_every_attempt_leaves_nothing(
 
 
 def test_a_full_cache_disk_is_named_and_not_taken_for_a_store_failure(
-    store: tuple[str, SpyFileSystem], tmp_path: pathlib.Path
+    store: tuple[str, SpyFileSystem], tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No space left for the copy: RESOURCE_EXHAUSTED naming the cache directory, at once
     (the store is not at fault: no retry, no store error counted), nothing left behind."""
@@ -490,6 +490,14 @@ def test_a_full_cache_disk_is_named_and_not_taken_for_a_store_failure(
     )
     assert spy.calls.count("get") == 1 and events == []
     assert [p.name for p in (tmp_path / "cache" / "m").iterdir()] == [".pyserving-model-cache"]
+
+    # Full before anything is copied (making the partial copy's directory): the same.
+    def no_room(*args: Any, **kwargs: Any) -> str:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_module.tempfile, "mkdtemp", no_room)
+    with pytest.raises(ResourceExhausted, match=r"into the model cache directory .*: No space"):
+        cache.fetch(version)
     cache.close()
 
 

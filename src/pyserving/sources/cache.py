@@ -56,6 +56,7 @@ from typing import Any
 from pyserving.core.loader import Loader, ResourceEstimate
 from pyserving.errors import FailedPrecondition, ResourceExhausted, Unavailable
 from pyserving.sources.remote import (
+    LOCAL_WRITE_ERRORS,
     LocalCopyError,
     RemoteVersion,
     StoreError,
@@ -221,31 +222,51 @@ class ModelCache:
         final = self.path_for(version)
         with self._lock:
             key_lock = self._key_locks.setdefault(self._key(version), threading.Lock())
-        with key_lock:
-            parent = os.path.dirname(final)
-            os.makedirs(parent, exist_ok=True)
-            with open(os.path.join(parent, _MARKER), "a"):
-                pass  # marks the directory as the cache's (see collect)
-            if os.path.isdir(final):
-                if _matches(final, version):
-                    return final
-                log.warning("Cached copy %s does not match its listing; copying it again", final)
-                shutil.rmtree(final, ignore_errors=True)
-            partial = tempfile.mkdtemp(prefix=f"{_PARTIAL}{version.version}-", dir=parent)
-            with open(os.path.join(parent, _MARKER), "a"):
-                pass  # again: a clean-up may have found the directory empty meanwhile
-            progress_key = (version.name, version.version)
+        try:
+            with key_lock:
+                return self._fetch_locked(version, final, attempts, backoff, on_store_event)
+        except OSError as exc:
+            if exc.errno not in LOCAL_WRITE_ERRORS:
+                raise
+            raise ResourceExhausted(
+                f"Could not copy servable {{name: {version.name} version: "
+                f"{version.version}}} into the model cache directory {self.directory}: "
+                f"{exc.strerror or exc}"
+            ) from None
+
+    def _fetch_locked(
+        self,
+        version: RemoteVersion,
+        final: str,
+        attempts: int,
+        backoff: float,
+        on_store_event: StoreEventCallback | None,
+    ) -> str:
+        """:meth:`fetch` under the version's lock."""
+        parent = os.path.dirname(final)
+        os.makedirs(parent, exist_ok=True)
+        with open(os.path.join(parent, _MARKER), "a"):
+            pass  # marks the directory as the cache's (see collect)
+        if os.path.isdir(final):
+            if _matches(final, version):
+                return final
+            log.warning("Cached copy %s does not match its listing; copying it again", final)
+            shutil.rmtree(final, ignore_errors=True)
+        partial = tempfile.mkdtemp(prefix=f"{_PARTIAL}{version.version}-", dir=parent)
+        with open(os.path.join(parent, _MARKER), "a"):
+            pass  # again: a clean-up may have found the directory empty meanwhile
+        progress_key = (version.name, version.version)
+        with self._lock:
+            self._partials.add(partial)
+            self._copying[progress_key] = (partial, version.total_bytes)
+        try:
+            self._download(version, partial, max(1, attempts), backoff, on_store_event)
+            os.rename(partial, final)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
             with self._lock:
-                self._partials.add(partial)
-                self._copying[progress_key] = (partial, version.total_bytes)
-            try:
-                self._download(version, partial, max(1, attempts), backoff, on_store_event)
-                os.rename(partial, final)
-            finally:
-                shutil.rmtree(partial, ignore_errors=True)
-                with self._lock:
-                    self._partials.discard(partial)
-                    self._copying.pop(progress_key, None)
+                self._partials.discard(partial)
+                self._copying.pop(progress_key, None)
         log.info(
             "Servable {name: %s version: %d}: copied %d files (%d bytes) from %s to %s",
             version.name,

@@ -291,7 +291,7 @@ class LocalCopyError(OSError):
 
 
 #: The errors of writing the local copy that are the cache disk's, not the store's.
-_LOCAL_WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+LOCAL_WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 
 
 class ObjectStore:
@@ -403,7 +403,12 @@ class ObjectStore:
             target = os.path.join(destination, *name.split("/"))
             if _size_of(target) == size:
                 continue
-            os.makedirs(os.path.dirname(target), exist_ok=True)
+            try:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+            except OSError as exc:
+                if exc.errno in LOCAL_WRITE_ERRORS:
+                    raise LocalCopyError(exc.errno, exc.strerror or str(exc)) from None
+                raise
             remote.append(f"{root}/{name}")
             local.append(target)
             copied += size
@@ -411,7 +416,7 @@ class ObjectStore:
             try:
                 self.fs.get(remote, local)
             except OSError as exc:
-                if exc.errno in _LOCAL_WRITE_ERRORS:
+                if exc.errno in LOCAL_WRITE_ERRORS:
                     raise LocalCopyError(exc.errno, exc.strerror or str(exc)) from None
                 raise StoreError(redact(f"{type(exc).__name__}: {exc}")) from None
             except Exception as exc:
