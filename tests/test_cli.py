@@ -237,6 +237,8 @@ def test_a_platform_config_file_field_left_out_is_the_protos_default(
     assert options.startup_warnings == (
         "--platform_config_file sets the TensorFlow platform's settings; not read: "
         "--enable_batching",
+        "--platform_config_file: model warmup is off (its SessionBundleConfig does not set "
+        "enable_model_warmup: true)",
         "--platform_config_file: SessionBundleConfig fields not acted on by pyserving: "
         "session_target, mixed_precision",
     )
@@ -246,7 +248,11 @@ def test_a_platform_config_file_field_left_out_is_the_protos_default(
     options = server_options_from_flags(
         parse_flags(["--model_base_path=/models/m", f"--platform_config_file={bare}"])
     )
-    assert options.core.batching is None and options.startup_warnings == ()
+    assert options.core.batching is None
+    assert options.startup_warnings == (
+        "--platform_config_file: model warmup is off (its SessionBundleConfig does not set "
+        "enable_model_warmup: true)",
+    )
 
 
 def test_a_platform_config_file_that_cannot_be_honoured_stops_the_start(
@@ -540,3 +546,33 @@ def test_store_listing_timeout_flag() -> None:
         flags = parse_flags([*base, f"--model_store_list_timeout_seconds={bad}"])
         with pytest.raises(UsageError, match="model_store_list_timeout_seconds must be >= 0"):
             server_options_from_flags(flags)
+
+
+def test_a_rejoining_worker_reads_the_config_the_workers_applied(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted worker serves what the other workers serve: the config they applied last
+    when the file is not polled (they never read it again) or no longer parses; the file
+    when it is polled and parses (they apply it at their next poll)."""
+    from pyserving.server.app import server_options_from_flags
+
+    (tmp_path / "applied_model_config.pbtxt").write_text(
+        'model_config_list { config { name: "applied" base_path: "/models/a" } }'
+    )
+    path = tmp_path / "models.config"
+    path.write_text('model_config_list { config { name: "edited" base_path: "/models/e" } }')
+    monkeypatch.setenv("PYSERVING_WORKER", "1")
+    monkeypatch.setenv("PYSERVING_WORKER_STATE_DIR", str(tmp_path))
+
+    def served(*extra: str) -> tuple[str, tuple[str, ...]]:
+        options = server_options_from_flags(parse_flags([f"--model_config_file={path}", *extra]))
+        return options.model_config.model_config_list.config[0].name, options.startup_warnings
+
+    assert served()[0] == "edited"  # a first start reads the file
+    monkeypatch.setenv("PYSERVING_WORKER_REJOIN", "1")
+    assert served() == ("applied", ())
+    assert served("--model_config_file_poll_wait_seconds=5") == ("edited", ())
+    path.write_text("model_config_list { oops")
+    name, warnings = served("--model_config_file_poll_wait_seconds=5")
+    assert name == "applied"
+    assert "serving the configuration the other workers applied last" in warnings[0]

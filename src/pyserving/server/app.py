@@ -129,7 +129,12 @@ def _flag_file(path: str, message: Any, what: str) -> Any:
 def server_options_from_flags(flags: ParsedFlags) -> ServerOptions:
     """Build ServerOptions; ``UsageError`` for inconsistent flags or a bad config file."""
     rejoin_warnings: list[str] = []
-    if flags.model_config_file:
+    polled = flags.model_config_file_poll_wait_seconds > 0
+    applied = applied_config() if rejoining() and flags.model_config_file and not polled else None
+    if applied is not None:
+        # Not polling: the other workers serve the file as it was when they read it.
+        config = applied
+    elif flags.model_config_file:
         try:
             config = load_model_server_config(flags.model_config_file)
         except ConfigError as exc:
@@ -370,6 +375,11 @@ def _startup_warnings(flags: ParsedFlags, settings: TensorFlowSettings) -> tuple
             warnings.append(
                 "--platform_config_file sets the TensorFlow platform's settings; not read: "
                 + ", ".join(f"--{name}" for name in replaced)
+            )
+        if not settings.enable_warmup and "enable_model_warmup" not in flags.given:
+            warnings.append(
+                "--platform_config_file: model warmup is off (its SessionBundleConfig does "
+                "not set enable_model_warmup: true)"
             )
         if settings.unused_fields:
             warnings.append(
