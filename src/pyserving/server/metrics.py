@@ -27,9 +27,10 @@ Recording is thread-safe and cheap (a lock and a dict update); rendering happens
 
 **Workers** (``--num_workers``; ``ServerMetrics(multiprocess_dir, worker)``). Each worker
 keeps its values as above and also writes every updated value into its own files in
-prometheus-client's multiprocess format (``counter_<pid>.db``, ``histogram_<pid>.db``,
-``gauge_<mode>_<pid>.db`` in ``PROMETHEUS_MULTIPROC_DIR``: an ``mmap`` write of the new
-total, under the same lock). A scrape, whichever worker answers it, renders what
+prometheus-client's multiprocess format (``counter_<id>.db``, ``histogram_<id>.db``,
+``gauge_<mode>_<id>.db`` in ``PROMETHEUS_MULTIPROC_DIR``, ``<id>`` the worker's index and
+start number, ``<index>-<start>``, so a restarted worker never writes into a dead one's
+files: an ``mmap`` write of the new total, under the same lock). A scrape, whichever worker answers it, renders what
 prometheus-client's ``MultiProcessCollector`` aggregates from every worker's files, under
 the same names, types and labels: counters and histograms are summed over workers (also
 over workers that died and were restarted, so they never go backwards);
