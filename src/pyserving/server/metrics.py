@@ -30,10 +30,11 @@ keeps its values as above and also writes every updated value into its own files
 prometheus-client's multiprocess format (``counter_<id>.db``, ``histogram_<id>.db``,
 ``gauge_<mode>_<id>.db`` in ``PROMETHEUS_MULTIPROC_DIR``, ``<id>`` the worker's index and
 start number, ``<index>-<start>``, so a restarted worker never writes into a dead one's
-files: an ``mmap`` write of the new total, under the same lock). A scrape, whichever worker answers it, renders what
-prometheus-client's ``MultiProcessCollector`` aggregates from every worker's files, under
-the same names, types and labels: counters and histograms are summed over workers (also
-over workers that died and were restarted, so they never go backwards);
+files: an ``mmap`` write of the new total, under the same lock). A scrape, whichever
+worker answers it, renders what prometheus-client's ``MultiProcessCollector`` aggregates
+from every worker's files, under the same names, types and labels: counters and
+histograms are summed over workers (also over workers that died and were restarted, so
+they never go backwards);
 ``pyserving_model_version_state`` is summed over the live workers (N when every worker
 holds the version in that state), ``pyserving_model_store_up`` is the minimum over them
 (1 when every worker's last listing succeeded). One metric is added,
