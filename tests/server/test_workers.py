@@ -241,3 +241,29 @@ def test_memory_budget_counts_n_copies(workers: int, budget: int, refused: bool)
     if message is not None:
         assert f"{workers} x 100 = {workers * 100} bytes" in message
         assert "a version 1: 60, b version 3: 40" in message
+
+
+def test_the_budget_check_reads_the_platform_config_file(
+    testdata: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """With --platform_config_file the supervisor's estimates use its settings, not the
+    flags it replaces; a file that cannot be read is left to the workers to report."""
+    from pyserving.flags import parse_flags
+    from pyserving.server.workers import _budget_refusal
+
+    platform = tmp_path / "platform.config"
+    platform.write_text(
+        'platform_configs { key: "tensorflow" value { source_adapter_config { '
+        "[type.googleapis.com/tensorflow.serving.SavedModelBundleSourceAdapterConfig] { "
+        'legacy_config { saved_model_tags: "serve" } } } } }\n'
+    )
+    args = [
+        f"--model_base_path={testdata / 'saved_model_half_plus_two_cpu'}",
+        "--num_workers=2",
+        "--model_memory_budget_bytes=1",
+        "--saved_model_tags=no-such-tag",  # replaced by the file
+    ]
+    message = _budget_refusal(parse_flags([*args, f"--platform_config_file={platform}"]))
+    assert message is not None and "--num_workers=2: each worker loads every model" in message
+    platform.write_text("not a platform config")
+    assert _budget_refusal(parse_flags([*args, f"--platform_config_file={platform}"])) is None

@@ -732,12 +732,28 @@ def _budget_refusal(flags: ParsedFlags) -> str | None:
             return None
     except ConfigError:
         return None
-    options = PlatformOptions(
-        saved_model_tags=tuple(t.strip() for t in flags.saved_model_tags.split(",") if t.strip()),
-        prefer_tflite_model=flags.prefer_tflite_model,
-        num_tflite_pools=max(1, flags.num_tflite_pools),
-        num_tflite_interpreters_per_pool=max(1, flags.num_tflite_interpreters_per_pool),
-    )
+    if flags.platform_config_file:
+        from pyserving.platform_config import read_platform_config_file
+
+        try:
+            settings = read_platform_config_file(flags.platform_config_file)
+        except ConfigError:
+            return None  # the workers report it
+        options = PlatformOptions(
+            saved_model_tags=settings.saved_model_tags,
+            prefer_tflite_model=settings.prefer_tflite_model,
+            num_tflite_pools=max(1, settings.num_tflite_pools),
+            num_tflite_interpreters_per_pool=max(1, settings.num_tflite_interpreters_per_pool),
+        )
+    else:
+        options = PlatformOptions(
+            saved_model_tags=tuple(
+                t.strip() for t in flags.saved_model_tags.split(",") if t.strip()
+            ),
+            prefer_tflite_model=flags.prefer_tflite_model,
+            num_tflite_pools=max(1, flags.num_tflite_pools),
+            num_tflite_interpreters_per_pool=max(1, flags.num_tflite_interpreters_per_pool),
+        )
     estimates, unknown = startup_estimates(config, options)
     if unknown:
         log.info(
