@@ -6,6 +6,7 @@ import concurrent.futures
 import json
 import pathlib
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -67,6 +68,18 @@ def grpc_predict(port: int, x: np.ndarray) -> np.ndarray:
         request.inputs["x"].CopyFrom(codec.ndarray_to_tensor_proto(x))
         response = stub.Predict(request, timeout=60)
         return codec.tensor_proto_to_ndarray(response.outputs["y"])
+
+
+def metric_families(server: RunningServer) -> dict[str, Any]:
+    """One scrape of ``server``'s Prometheus metrics, by family name."""
+    r = server.client.get("/monitoring/prometheus/metrics")
+    return {f.name: f for f in text_string_to_metric_families(r.text)}
+
+
+def batch_size_stats(families: dict[str, Any]) -> dict[str, float]:
+    """``processed_batch_size``'s ``count`` and ``sum`` (every model) in a scrape."""
+    sizes = families[":tensorflow:serving:batching_session:processed_batch_size"]
+    return {s.name.rsplit("_", 1)[-1]: s.value for s in sizes.samples if "le" not in s.labels}
 
 
 def test_concurrent_requests_get_their_own_answers(server: RunningServer) -> None:
@@ -146,10 +159,7 @@ def test_requests_waiting_for_a_batch_hold_no_thread(
                 assert job.result(timeout=60) == [[0.5 * i + 2.0]]
             for i, job in grpc_jobs:
                 np.testing.assert_allclose(job.result(timeout=60), [[0.5 * i + 2.0]])
-        r = srv.client.get("/monitoring/prometheus/metrics")
-        families = {f.name: f for f in text_string_to_metric_families(r.text)}
-        sizes = families[":tensorflow:serving:batching_session:processed_batch_size"]
-        stats = {s.name.rsplit("_", 1)[-1]: s.value for s in sizes.samples if "le" not in s.labels}
+        stats = batch_size_stats(metric_families(srv))
         assert (stats["count"], stats["sum"]) == (1, 8)  # one batch of all eight
     finally:
         assert srv.stop() == 0, srv.log()
@@ -212,10 +222,8 @@ def test_a_platform_config_file_sets_batching_and_warmup(
             ]
             for i, job in jobs:
                 assert job.result(timeout=60) == [[0.5 * i + 2.0]]
-        r = srv.client.get("/monitoring/prometheus/metrics")
-        families = {f.name: f for f in text_string_to_metric_families(r.text)}
-        sizes = families[":tensorflow:serving:batching_session:processed_batch_size"]
-        stats = {s.name.rsplit("_", 1)[-1]: s.value for s in sizes.samples if "le" not in s.labels}
+        families = metric_families(srv)
+        stats = batch_size_stats(families)
         assert (stats["count"], stats["sum"]) == (3, 24), stats
         warmups = families[":tensorflow:serving:model_warmup_latency"]
         assert next(s.value for s in warmups.samples if s.name.endswith("_count")) == 1

@@ -194,7 +194,8 @@ def test_classify_and_regress(channel: grpc.Channel) -> None:
     )
 
 
-def test_multi_inference(channel: grpc.Channel) -> None:
+def classify_and_regress_request() -> inference_pb2.MultiInferenceRequest:
+    """A MultiInference of half_plus_two's classify_x_to_y and regress_x_to_y (no input)."""
     request = inference_pb2.MultiInferenceRequest()
     for signature, method in (
         ("classify_x_to_y", "tensorflow/serving/classify"),
@@ -204,6 +205,11 @@ def test_multi_inference(channel: grpc.Channel) -> None:
         task.model_spec.name = "half_plus_two"
         task.model_spec.signature_name = signature
         task.method_name = method
+    return request
+
+
+def test_multi_inference(channel: grpc.Channel) -> None:
+    request = classify_and_regress_request()
     request.input.CopyFrom(examples(2.0))
     classify, regress = predictions(channel).MultiInference(request, timeout=TIMEOUT).results
     assert classify.model_spec.version.value == 123
@@ -216,15 +222,7 @@ def test_multi_inference_checks_as_tf_serving(channel: grpc.Channel) -> None:
     """TF Serving serves every task with the version the first task names (the others'
     versions and labels are not read) and checks the tasks' model names after resolving
     that version; each result's model_spec has the resolved version and signature name."""
-    request = inference_pb2.MultiInferenceRequest()
-    for signature, method in (
-        ("classify_x_to_y", "tensorflow/serving/classify"),
-        ("regress_x_to_y", "tensorflow/serving/regress"),
-    ):
-        task = request.tasks.add()
-        task.model_spec.name = "half_plus_two"
-        task.model_spec.signature_name = signature
-        task.method_name = method
+    request = classify_and_regress_request()
     request.tasks[0].model_spec.version.value = 123
     request.tasks[1].model_spec.version_label = "no-such-label"
     request.input.CopyFrom(examples(2.0))
