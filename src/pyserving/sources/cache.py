@@ -57,7 +57,6 @@ from pyserving.core.loader import Loader, ResourceEstimate
 from pyserving.errors import FailedPrecondition, ResourceExhausted, Unavailable
 from pyserving.sources.remote import (
     LOCAL_WRITE_ERRORS,
-    LocalCopyError,
     RemoteVersion,
     StoreError,
     StoreEventCallback,
@@ -225,7 +224,7 @@ class ModelCache:
         try:
             with key_lock:
                 return self._fetch_locked(version, final, attempts, backoff, on_store_event)
-        except OSError as exc:
+        except OSError as exc:  # writing the copy (a store's failure is StoreError)
             if exc.errno not in LOCAL_WRITE_ERRORS:
                 raise
             raise ResourceExhausted(
@@ -245,16 +244,14 @@ class ModelCache:
         """:meth:`fetch` under the version's lock."""
         parent = os.path.dirname(final)
         os.makedirs(parent, exist_ok=True)
-        with open(os.path.join(parent, _MARKER), "a"):
-            pass  # marks the directory as the cache's (see collect)
+        _mark(parent)  # the directory is the cache's (see collect)
         if os.path.isdir(final):
             if _matches(final, version):
                 return final
             log.warning("Cached copy %s does not match its listing; copying it again", final)
             shutil.rmtree(final, ignore_errors=True)
         partial = tempfile.mkdtemp(prefix=f"{_PARTIAL}{version.version}-", dir=parent)
-        with open(os.path.join(parent, _MARKER), "a"):
-            pass  # again: a clean-up may have found the directory empty meanwhile
+        _mark(parent)  # again: a clean-up may have found the directory empty meanwhile
         progress_key = (version.name, version.version)
         with self._lock:
             self._partials.add(partial)
@@ -304,12 +301,6 @@ class ModelCache:
         for attempt in range(1, attempts + 1):
             try:
                 copied = version.store.download(version.url, version.files, partial)
-            except LocalCopyError as exc:
-                raise ResourceExhausted(
-                    f"Could not copy servable {{name: {version.name} version: "
-                    f"{version.version}}} into the model cache directory "
-                    f"{os.path.dirname(os.path.dirname(partial))}: {exc.strerror}"
-                ) from None
             except StoreError as exc:
                 _notify(on_store_event, version.name, False, 0)
                 message = redact(str(exc))
@@ -400,8 +391,13 @@ class ModelCache:
                     try:
                         os.rmdir(path)
                     except OSError:  # a copy started meanwhile: the directory stays the cache's
-                        with open(os.path.join(path, _MARKER), "a"):
-                            pass
+                        _mark(path)
+
+
+def _mark(model_dir: str) -> None:
+    """Mark ``model_dir`` as made by the cache (its marker file; ``OSError`` if it cannot)."""
+    with open(os.path.join(model_dir, _MARKER), "a"):
+        pass
 
 
 def _mark_earlier_copies(directory: str) -> None:
@@ -419,8 +415,8 @@ def _mark_earlier_copies(directory: str) -> None:
             if entries and _MARKER not in entries and all(
                 _ENTRY.fullmatch(e) or e.startswith(_PARTIAL) for e in entries
             ):
-                with contextlib.suppress(OSError), open(os.path.join(model_dir, _MARKER), "a"):
-                    pass
+                with contextlib.suppress(OSError):
+                    _mark(model_dir)
 
 
 @contextlib.contextmanager

@@ -285,12 +285,9 @@ def _tag_number(info: Mapping[str, Any]) -> int:
 LIST_DEADLINE_SECONDS = 60.0
 
 
-class LocalCopyError(OSError):
-    """Writing a version's local copy failed on the cache's disk (full, over quota,
-    read-only): not the store's failure, and not worth retrying at once."""
-
-
-#: The errors of writing the local copy that are the cache disk's, not the store's.
+#: The errors of writing a version's local copy that are the cache disk's (full, over quota,
+#: read-only), not the store's: :meth:`ObjectStore.download` raises them as they are (not
+#: as ``StoreError``), and they are not worth retrying at once.
 LOCAL_WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 
 
@@ -325,11 +322,18 @@ class ObjectStore:
         listing has still not returned, later polls do not start another (no thread piles
         up behind a hung store): they fail at once. ``list_deadline`` <= 0: no limit (the
         listing runs on the caller's thread)."""
-        if self.list_deadline <= 0:
-            try:
+        try:
+            if self.list_deadline <= 0:
                 return self.fs.find(root, detail=True, withdirs=False)
-            except Exception as exc:
-                raise StoreError(redact(f"{type(exc).__name__}: {exc}")) from None
+            return self._find_in_thread(root)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(redact(f"{type(exc).__name__}: {exc}")) from None
+
+    def _find_in_thread(self, root: str) -> Any:
+        """:meth:`_find` with a deadline: ``StoreError`` past it, or while the previous
+        listing has still not returned; the filesystem's own exception otherwise."""
         with self._listing_lock:
             pending = self._listing
             if pending is not None and not pending.done():
@@ -354,8 +358,6 @@ class ObjectStore:
             raise StoreError(
                 f"TimeoutError: no answer to the listing in {self.list_deadline:.0f}s"
             ) from None
-        except Exception as exc:
-            raise StoreError(redact(f"{type(exc).__name__}: {exc}")) from None
 
     def root(self, url: str) -> str:
         """The store path of ``url`` (no scheme, no trailing ``/``)."""
@@ -394,7 +396,7 @@ class ObjectStore:
         """Copy ``files`` (relative to ``url``) into ``destination``, skipping those already
         there with the listed size; then check every size. Returns the bytes copied;
         ``StoreError`` when a copy fails or a size differs from the listing (the object
-        changed since it was listed)."""
+        changed since it was listed); ``OSError`` when ``destination`` cannot be written."""
         root = self.root(url)
         remote: list[str] = []
         local: list[str] = []
@@ -403,23 +405,16 @@ class ObjectStore:
             target = os.path.join(destination, *name.split("/"))
             if _size_of(target) == size:
                 continue
-            try:
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-            except OSError as exc:
-                if exc.errno in LOCAL_WRITE_ERRORS:
-                    raise LocalCopyError(exc.errno, exc.strerror or str(exc)) from None
-                raise
+            os.makedirs(os.path.dirname(target), exist_ok=True)
             remote.append(f"{root}/{name}")
             local.append(target)
             copied += size
         if remote:
             try:
                 self.fs.get(remote, local)
-            except OSError as exc:
-                if exc.errno in LOCAL_WRITE_ERRORS:
-                    raise LocalCopyError(exc.errno, exc.strerror or str(exc)) from None
-                raise StoreError(redact(f"{type(exc).__name__}: {exc}")) from None
             except Exception as exc:
+                if isinstance(exc, OSError) and exc.errno in LOCAL_WRITE_ERRORS:
+                    raise  # the cache's disk, not the store
                 raise StoreError(redact(f"{type(exc).__name__}: {exc}")) from None
         for name, size in files:
             actual = _size_of(os.path.join(destination, *name.split("/")))
