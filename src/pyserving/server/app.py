@@ -525,12 +525,16 @@ def run_server(options: ServerOptions) -> int:
             # are given, then serves; after REJOIN_WAIT_SECONDS it exits, so that the
             # supervisor starts it again (a failure that was passing, a download cut
             # short, is then retried: a version that failed is not loaded again as is).
+            waiting_for = (
+                f"{len(failed)} model(s) have no version this worker can serve "
+                f"({', '.join(failed)})"
+                if failed
+                else "Version labels cannot be given yet"
+            )
             log.warning(
-                "%d model(s) have no version this worker can serve (%s); waiting until "
-                "each has one before serving, for at most %.0fs (the other workers keep "
-                "serving)",
-                len(failed),
-                ", ".join(failed) or "labels",
+                "%s; waiting until each has one before serving, for at most %.0fs (the "
+                "other workers keep serving)",
+                waiting_for,
                 REJOIN_WAIT_SECONDS,
             )
             outcome = _wait_until_every_model_serves(
